@@ -1,0 +1,119 @@
+"""The preference LSTM: the seed's bidirectional model, corrected, and its causal streaming variant.
+
+Both are one class. Parameter names are exactly ``nn.LSTM``'s (``lstm.weight_ih_l0`` ...), so a state_dict moves
+freely between training (which may use the per-sample-gradient path for DP-SGD) and inference code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from model.encoding import FEATURE_DIM, GENRE_SLOTS
+from model.per_sample import linear_with_grad_sample, lstm_with_grad_sample
+from model.vocab import GENRES
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. Defaults are the seed's: 2-layer bidirectional LSTM, hidden 64, dropout 0.3, head dropout 0.5."""
+
+    bidirectional: bool = True
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.3
+    head_dropout: float = 0.5
+    style_embedding_dim: int = 32
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1 or self.num_layers < 1 or self.style_embedding_dim < 1:
+            raise ValueError(
+                "model.hidden_size, model.num_layers and model.style_embedding_dim must be positive; "
+                f"found {self.hidden_size}, {self.num_layers}, {self.style_embedding_dim}."
+            )
+        for name in ("dropout", "head_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1); found {value}.")
+
+
+class PreferenceLSTM(nn.Module):
+    """Events -> logits over the 8 genres of the user's next kept segment.
+
+    The style one-hot is embedded by a bias-free linear map (a learned 32-dim embedding that also accepts
+    soft one-hots), concatenated with the other event features, read by the LSTM; the final hidden states
+    (both directions when bidirectional) go through dropout into a linear head. ``forward`` returns logits;
+    ``predict_proba`` the distribution.
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.config = config
+        directions = 2 if config.bidirectional else 1
+        self.style_embedding = nn.Linear(GENRE_SLOTS, config.style_embedding_dim, bias=False)
+        self.lstm = nn.LSTM(
+            input_size=config.style_embedding_dim + FEATURE_DIM - GENRE_SLOTS,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            bidirectional=config.bidirectional,
+            batch_first=True,
+        )
+        self.head_dropout = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(directions * config.hidden_size, len(GENRES))
+        self.per_sample_grads = False
+        """When True, backward also stores each parameter's per-sample gradient in ``p.grad_sample`` (DP-SGD)."""
+
+    @property
+    def is_causal(self) -> bool:
+        return not self.config.bidirectional
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        genre, rest = x[..., :GENRE_SLOTS], x[..., GENRE_SLOTS:]
+        if self.per_sample_grads:
+            style = linear_with_grad_sample(self.style_embedding, genre)
+        else:
+            style = self.style_embedding(genre)
+        return torch.cat([style, rest], dim=-1)
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.head_dropout(features)
+        if self.per_sample_grads:
+            return linear_with_grad_sample(self.head, features)
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, 8]`` for right-padded windows ``x [B, T, FEATURE_DIM]`` with ``lengths [B]`` (each >= 1)."""
+        inputs = self._embed(x)
+        if self.per_sample_grads:
+            _, h_n = lstm_with_grad_sample(self.lstm, inputs, lengths)
+        else:
+            packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, (h_n, _) = self.lstm(packed)
+        last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.config.bidirectional else h_n[-1]
+        return self._logits(last)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The predicted preference distribution ``[B, 8]`` (evaluation mode is the caller's choice)."""
+        return torch.softmax(self.forward(x, lengths), dim=-1)
+
+    def initial_state(self, batch_size: int = 1) -> LSTMState:
+        """Zero (h, c) for streaming with :meth:`step`."""
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def step(self, event_features: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        """Advance the causal model by one event ``[B, FEATURE_DIM]``; returns (logits ``[B, 8]``, new state).
+
+        Equal to ``forward`` over the whole history ending at this event, at the cost of one step.
+        """
+        if not self.is_causal:
+            raise ValueError("step() needs a causal model (model.bidirectional=false): a bidirectional model reads the whole sequence.")
+        output, state = self.lstm(self._embed(event_features).unsqueeze(1), state)
+        return self._logits(output[:, -1]), state

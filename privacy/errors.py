@@ -1,0 +1,9 @@
+"""Typed errors of the privacy package."""
+
+
+class PrivacyConfigError(ValueError):
+    """A privacy setting that cannot work; the message names the key, the value and the allowed range."""
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """The next release would take the spent epsilon past the target budget."""

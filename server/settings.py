@@ -1,0 +1,216 @@
+"""The run's typed settings: the one schema Hydra's composed YAML is checked against.
+
+``settings_from_config`` builds these dataclasses from the composed config, rejecting unknown keys and wrong
+types with the full key named (each dataclass then checks its own ranges), and checks the rules that span groups. Everything downstream receives these objects, never a raw DictConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from model.networks import ModelConfig
+from model.training import LocalTrainConfig
+from privacy.accounting import ACCOUNTANTS
+from privacy.errors import PrivacyConfigError
+
+PRIVACY_MODES = ("none", "record", "user", "both")
+STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg")
+MEAN_STRATEGIES = ("fedavg", "fedadam")
+"""Strategies whose aggregate is a mean of updates: the only ones the user-level Gaussian mechanism bounds."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; raised before any training, naming the key and the allowed range."""
+
+
+@dataclass(frozen=True)
+class PopulationSettings:
+    seed: int = 0
+    num_users: int = 1000
+    eval_users: int = 200
+    days: int = 28
+    window: int = 32
+    client_eval_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.num_users < 1:
+            raise ConfigError(f"population.num_users must be >= 1; found {self.num_users}.")
+        if self.eval_users < 0:
+            raise ConfigError(f"population.eval_users must be >= 0; found {self.eval_users}.")
+        if self.days < 1:
+            raise ConfigError(f"population.days must be >= 1; found {self.days}.")
+        if self.window < 1:
+            raise ConfigError(f"population.window must be >= 1 event; found {self.window}.")
+        if not 0.0 <= self.client_eval_fraction < 1.0:
+            raise ConfigError(f"population.client_eval_fraction must be in [0, 1); found {self.client_eval_fraction}.")
+
+
+@dataclass(frozen=True)
+class RecordPrivacySettings:
+    """Record-level DP-SGD on each client; ``target_epsilon`` is each client's own budget over all its rounds."""
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_epsilon: float = 10.0
+    delta: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0.0:
+            raise PrivacyConfigError(f"privacy.record.noise_multiplier must be > 0; found {self.noise_multiplier}.")
+        if not self.max_grad_norm > 0.0:
+            raise PrivacyConfigError(f"privacy.record.max_grad_norm must be > 0; found {self.max_grad_norm}.")
+        if not self.target_epsilon > 0.0:
+            raise PrivacyConfigError(f"privacy.record.target_epsilon must be > 0; found {self.target_epsilon}.")
+        if not 0.0 < self.delta < 1.0:
+            raise PrivacyConfigError(f"privacy.record.delta must be in (0, 1); found {self.delta}.")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    mode: str = "user"
+    target_epsilon: Optional[float] = 8.0
+    delta: float = 1e-5
+    clipping_norm: Optional[float] = 0.5
+    accountant: str = "rdp"
+    record: Optional[RecordPrivacySettings] = None
+
+    @property
+    def user_level(self) -> bool:
+        return self.mode in ("user", "both")
+
+    @property
+    def record_level(self) -> bool:
+        return self.mode in ("record", "both")
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRIVACY_MODES:
+            raise PrivacyConfigError(f"privacy.mode must be one of {list(PRIVACY_MODES)}; found {self.mode!r}.")
+        if self.accountant not in ACCOUNTANTS:
+            raise PrivacyConfigError(f"privacy.accountant must be one of {list(ACCOUNTANTS)}; found {self.accountant!r}.")
+        if self.user_level:
+            if self.target_epsilon is None or not self.target_epsilon > 0.0:
+                raise PrivacyConfigError(f"privacy.target_epsilon must be > 0 for mode '{self.mode}'; found {self.target_epsilon}.")
+            if self.clipping_norm is None or not self.clipping_norm > 0.0:
+                raise PrivacyConfigError(f"privacy.clipping_norm must be > 0 for mode '{self.mode}'; found {self.clipping_norm}.")
+            if not 0.0 < self.delta < 1.0:
+                raise PrivacyConfigError(f"privacy.delta must be in (0, 1); found {self.delta}.")
+        if self.record_level and self.record is None:
+            raise PrivacyConfigError(f"privacy.record must be set for mode '{self.mode}' (noise_multiplier, max_grad_norm, target_epsilon, delta).")
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    name: str = "fedavg"
+    server_lr: float = 1.0
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    beta: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise ConfigError(f"strategy.name must be one of {list(STRATEGIES)}; found {self.name!r}.")
+        if not self.server_lr > 0.0:
+            raise ConfigError(f"strategy.server_lr must be > 0; found {self.server_lr}.")
+        if not 0.0 <= self.beta < 0.5:
+            raise ConfigError(f"strategy.beta (trimmed fraction per side) must be in [0, 0.5); found {self.beta}.")
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    rounds: int = 30
+    sample_rate: float = 0.1
+    num_cpus_per_client: float = 1.0
+    round_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"simulation.rounds must be >= 1; found {self.rounds}.")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"simulation.sample_rate must be in (0, 1]; found {self.sample_rate}.")
+        if not self.num_cpus_per_client > 0.0:
+            raise ConfigError(f"simulation.num_cpus_per_client must be > 0; found {self.num_cpus_per_client}.")
+        if not self.round_timeout_s > 0.0:
+            raise ConfigError(f"simulation.round_timeout_s must be > 0; found {self.round_timeout_s}.")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seed: int = 0
+    train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
+    population: PopulationSettings = field(default_factory=PopulationSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    resume: bool = False
+    checkpoint: Optional[str] = None
+
+    @property
+    def expected_clients_per_round(self) -> float:
+        return self.simulation.sample_rate * self.population.num_users
+
+
+def _check_across_groups(s: RunSettings) -> None:
+    if s.privacy.user_level:
+        if not s.privacy.delta < 1.0 / s.population.num_users:
+            raise PrivacyConfigError(
+                f"privacy.delta must be < 1/population.num_users = {1.0 / s.population.num_users:g} "
+                f"(a larger delta can leak one user's data outright); found {s.privacy.delta}."
+            )
+        if s.strategy.name not in MEAN_STRATEGIES:
+            raise ConfigError(
+                f"strategy.name={s.strategy.name!r} cannot be combined with user-level DP (privacy.mode="
+                f"{s.privacy.mode!r}): the Gaussian mechanism bounds a sum of clipped updates, not a median or "
+                f"trimmed mean. Use one of {list(MEAN_STRATEGIES)}, or privacy=none/record."
+            )
+    if s.resume and not s.checkpoint:
+        raise ConfigError("resume=true needs checkpoint=PATH (the checkpoint.pt of the run to continue).")
+
+
+def _build(cls: type, values: object, prefix: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types (ints widen to float)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys; found {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"Unknown key {prefix}{unknown[0]}; allowed keys here: {sorted(names)}.")
+    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: object, value: object, key: str) -> object:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        if value is None:
+            return None
+        hint = options[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):  # type: ignore[arg-type]
+        raise ConfigError(f"{key} must be of type {hint.__name__}; found {value!r}.")  # type: ignore[union-attr]
+    return value
+
+
+def settings_from_config(cfg: DictConfig | dict) -> RunSettings:
+    """Validate a composed config against the schema; raise ``ConfigError`` naming the offending key."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container.pop("hydra", None)
+    try:
+        settings = _build(RunSettings, container, "")
+    except (ValueError, TypeError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(str(error)) from None
+    _check_across_groups(settings)
+    return settings
