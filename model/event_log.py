@@ -1,0 +1,204 @@
+"""Reading and writing behaviour logs in JSON Lines, one event per line (see README "Behaviour log format").
+
+Reading is line by line with a byte limit per line, so one corrupted or hostile line can neither exhaust memory nor
+hide the good events around it: with ``on_error="skip"`` every bad line becomes an ``EventError`` in the report and
+loading continues. Validation of a single event lives in ``model.event_parsing``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from model.event_parsing import EventError, event_to_json_line, parse_event
+from model.events import Event
+
+MAX_LINE_BYTES = 8192
+"""Longest accepted line in UTF-8 bytes, without its newline. Room for a 2000-character prompt even of 4-byte
+characters (emoji); ``write_events`` refuses to write a longer line (a prompt full of JSON-escaped control
+characters)."""
+
+OnError = Literal["raise", "skip"]
+_DISCARD_CHUNK = 65536
+_JSON_WHITESPACE = b" \t\r\n"
+_BLANK = object()  # what _decode_line returns for a blank line (``None`` is the valid JSON value null)
+
+
+@dataclass
+class LoadReport:
+    """What a load produced: the good events in file order, one error per skipped line, and the lines seen.
+
+    Attributes:
+        events: the accepted events, oldest first.
+        errors: one ``EventError`` per rejected line, with ``line`` and ``source`` set.
+        lines_read: physical lines seen, including blank ones.
+    """
+
+    events: list[Event]
+    errors: list[EventError]
+    lines_read: int
+
+    @property
+    def skipped(self) -> int:
+        """Number of rejected lines (blank lines are not counted)."""
+        return len(self.errors)
+
+    def summary(self) -> str:
+        """One line for logs, e.g. "412 events loaded, 1 line skipped (first: log.jsonl:17: ...)"."""
+        text = f"{_plural(len(self.events), 'event')} loaded, {_plural(self.skipped, 'line')} skipped"
+        return text + (f" (first: {self.errors[0]})" if self.errors else "")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _check_options(on_error: str, max_line_bytes: int) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip'. Found {on_error!r}.")
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be a positive integer. Found {max_line_bytes!r}.")
+
+
+def _decode_line(raw: bytes | str, max_line_bytes: int) -> object:
+    """One line -> the decoded JSON value, or ``_BLANK`` for a blank line. Raises EventError without location."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    data = data[:-1] if data.endswith(b"\n") else data
+    if len(data) > max_line_bytes:
+        raise EventError(f"line is {max_line_bytes + 1}+ bytes; the limit is {max_line_bytes}.", value=data[:100])
+    if not data.strip(_JSON_WHITESPACE):
+        return _BLANK
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(f"line must be valid UTF-8 ({exc.reason} at byte {exc.start}).", value=data) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventError(f"line must be valid JSON ({exc.msg} at column {exc.colno}).", value=text) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits, or [[[[... nested too deep
+        raise EventError(f"line must be valid JSON within Python's limits ({exc}).", value=text) from None
+
+
+def _order_error(event: Event, previous: Event | None, time_text: object) -> EventError | None:
+    """An error (showing ``time_text``) if ``event`` is earlier than the previously accepted one; equal is fine."""
+    if previous is None or event.ts >= previous.ts:
+        return None
+    return EventError(f"time must not go backwards; the previous event is at {previous.local_time.isoformat()}.",
+                      field="time", value=time_text)
+
+
+def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_error: OnError = "raise",
+                max_line_bytes: int = MAX_LINE_BYTES) -> LoadReport:
+    """Validate JSON Lines from any iterable (a file, a list, rows of a database), one event per line.
+
+    Blank or whitespace-only lines are skipped silently (they are not errors), since editors and ``cat`` often leave
+    them. A line may end with one ``\\n``; its length is counted in UTF-8 bytes without that newline.
+
+    Args:
+        lines: one item per physical line; line numbers count every item from 1.
+        source: name shown in errors, e.g. the file name.
+        on_error: "raise" stops at the first bad line; "skip" records it in ``errors`` and continues.
+        max_line_bytes: longer lines are rejected without being decoded.
+
+    Returns:
+        The report of accepted events and skipped lines.
+
+    Raises:
+        EventError: in "raise" mode, for the first bad line, with ``line`` and ``source`` set.
+        ValueError: if ``on_error`` or ``max_line_bytes`` is invalid.
+    """
+    _check_options(on_error, max_line_bytes)
+    report = LoadReport(events=[], errors=[], lines_read=0)
+    previous: Event | None = None
+    for number, raw in enumerate(lines, start=1):
+        report.lines_read = number
+        try:
+            obj = _decode_line(raw, max_line_bytes)
+            if obj is _BLANK:
+                continue
+            event = parse_event(obj)
+            error = _order_error(event, previous, obj["time"])
+            if error is not None:
+                raise error
+        except EventError as exc:
+            located = exc.with_location(line=number, source=source)
+            if on_error == "raise":
+                raise located from None
+            report.errors.append(located)
+            continue
+        report.events.append(event)
+        previous = event
+    return report
+
+
+def _bounded_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[bytes]:
+    """Yield each line, at most ``max_line_bytes + 1`` bytes of it; the rest of a longer line is read and dropped."""
+    while line := stream.readline(max_line_bytes + 1):
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            while (rest := stream.readline(_DISCARD_CHUNK)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
+def load_events(path: str | os.PathLike[str], *, on_error: OnError = "raise",
+                max_line_bytes: int = MAX_LINE_BYTES) -> LoadReport:
+    """Load a behaviour log written in JSON Lines; see ``parse_lines`` for the rules and the two error modes.
+
+    Raises:
+        EventError: in "raise" mode, for the first bad line, with the line number and file name.
+        OSError: if the file cannot be read.
+    """
+    _check_options(on_error, max_line_bytes)
+    with open(path, "rb") as stream:
+        return parse_lines(_bounded_lines(stream, max_line_bytes), source=str(path), on_error=on_error,
+                           max_line_bytes=max_line_bytes)
+
+
+def _checked_line(event: Event, previous: Event | None) -> str:
+    """The JSON line for ``event`` if it would load back after ``previous``; raises EventError without location."""
+    line = event_to_json_line(event)
+    error = _order_error(event, previous, event.local_time.isoformat())
+    if error is not None:
+        raise error
+    size = len(line.encode("utf-8"))
+    if size > MAX_LINE_BYTES:  # possible only for prompts full of characters JSON escapes, such as "\x00"
+        raise EventError(f"the event's line would be {size} bytes; the limit is {MAX_LINE_BYTES}.", value=line)
+    return line
+
+
+def write_events(path: str | os.PathLike[str], events: Iterable[Event]) -> int:
+    """Write ``events`` as JSON Lines, replacing ``path`` atomically; return how many were written.
+
+    The lines go to a temporary file in the same directory, which is flushed to disk and then renamed over ``path``
+    (``os.replace``), so readers see the old log or the new one, never half of one. Each event is checked by the
+    loader's rules (``parse_event``, time order, ``MAX_LINE_BYTES``), so every file written here loads back; on any
+    error ``path`` is left untouched. The file ends up readable by its owner only (0600, from ``mkstemp``), as a
+    log holds the user's private prompts.
+
+    Raises:
+        EventError: for the first event that breaks a rule, with its would-be line number and ``path``.
+    """
+    target = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    count, previous = 0, None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            for count, event in enumerate(events, start=1):
+                try:
+                    out.write(_checked_line(event, previous) + "\n")
+                except EventError as exc:
+                    raise exc.with_location(line=count, source=str(path)) from None
+                previous = event
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return count
