@@ -124,7 +124,7 @@ def _train_plain(model, examples, config, optimizer, generator) -> LocalTrainRes
             loss = _batch_loss(model, examples, index, config, generator, "mean")
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
             steps += 1
     return LocalTrainResult(loss=total / (n * config.epochs), steps=steps, num_examples=n)
 
@@ -158,7 +158,7 @@ def _train_dp_sgd(model, examples, config, dp, optimizer, generator) -> LocalTra
                 # expected batch size after clipping and noising ("mean" reduction).
                 loss = _batch_loss(model, examples, index, config, generator, "sum")
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
                 seen += len(index)
             dp_optimizer.step()
     finally:

@@ -6,14 +6,12 @@ types with the full key named (each dataclass then checks its own ranges), and c
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from client.instructions import dataclass_from_dict
 from model.networks import ModelConfig
 from model.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
@@ -174,43 +172,15 @@ def _check_across_groups(s: RunSettings) -> None:
         raise ConfigError("resume=true needs checkpoint=PATH (the checkpoint.pt of the run to continue).")
 
 
-def _build(cls: type, values: object, prefix: str):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types (ints widen to float)."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys; found {values!r}.")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"Unknown key {prefix}{unknown[0]}; allowed keys here: {sorted(names)}.")
-    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in values.items()}
-    return cls(**kwargs)
-
-
-def _convert(hint: object, value: object, key: str) -> object:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = [h for h in typing.get_args(hint) if h is not type(None)]
-        if value is None:
-            return None
-        hint = options[0]
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{key}.")
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):  # type: ignore[arg-type]
-        raise ConfigError(f"{key} must be of type {hint.__name__}; found {value!r}.")  # type: ignore[union-attr]
-    return value
-
-
 def settings_from_config(cfg: DictConfig | dict) -> RunSettings:
     """Validate a composed config against the schema; raise ``ConfigError`` naming the offending key."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container.pop("hydra", None)
     try:
-        settings = _build(RunSettings, container, "")
-    except (ValueError, TypeError) as error:
-        if isinstance(error, ConfigError):
-            raise
+        settings = dataclass_from_dict(RunSettings, container)
+    except ConfigError:
+        raise
+    except ValueError as error:  # schema errors and each dataclass's own range checks
         raise ConfigError(str(error)) from None
     _check_across_groups(settings)
     return settings

@@ -1,0 +1,128 @@
+"""One client's round: load the global prior, train on the private log, return only weights and scalar metrics.
+
+Framework-free (numpy in, numpy out) so the Message-API ClientApp and the secure-aggregation client share it.
+Nothing derived from single events leaves: the reply is the model and the declared scalar metrics below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from client.device_ledger import DeviceLedger
+from client.instructions import TrainInstructions
+from model.encoding import Examples
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import RecordLevelDP, evaluate, train_local
+from privacy.mechanisms import clip_update, global_norm
+
+TRAIN_METRICS = ("num-examples", "train-loss", "update-norm", "clipped", "declined", "record-epsilon")
+"""Every train reply carries exactly these scalars."""
+EVAL_METRICS = ("num-examples", "eval-top1", "eval-nll")
+
+DECLINED_NO = 0
+DECLINED_RECORD_BUDGET = 1
+DECLINED_NO_DATA = 2
+DECLINE_REASONS = {
+    DECLINED_RECORD_BUDGET: "record-level privacy budget of this device would be exceeded",
+    DECLINED_NO_DATA: "no training examples on this device yet",
+}
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, int | float]
+
+    @property
+    def declined(self) -> int:
+        return int(self.metrics["declined"])
+
+
+@lru_cache(maxsize=2)
+def _worker_model(config: ModelConfig) -> PreferenceLSTM:
+    """One model per worker and architecture, reused across clients (weights are loaded by name each time)."""
+    return PreferenceLSTM(config)
+
+
+def load_model(arrays: dict[str, np.ndarray], config: ModelConfig) -> PreferenceLSTM:
+    """The worker's model with ``arrays`` loaded; a mismatch names the offending parameters."""
+    model = _worker_model(config)
+    expected = model.state_dict()
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        raise ValueError(f"global arrays do not fit the model: missing {missing}, unexpected {extra}.")
+    for name, value in arrays.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise ValueError(f"global array {name!r} has shape {tuple(value.shape)}; the model needs {tuple(expected[name].shape)}.")
+    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()})
+    return model
+
+
+def client_seed(seed: int, round_: int, user_id: int) -> int:
+    return int(np.random.SeedSequence([seed, round_, user_id]).generate_state(1)[0])
+
+
+def local_update(
+    global_arrays: dict[str, np.ndarray],
+    instructions: TrainInstructions,
+    examples: Examples,
+    ledger: DeviceLedger,
+    user_id: int,
+) -> LocalUpdate:
+    """Train on ``examples`` from ``global_arrays`` as instructed; returns the new weights and scalar metrics.
+
+    Under user-level DP the update (new - global) is clipped here to ``instructions.clipping_norm``, so the
+    reply can be summed by secure aggregation; the server clips again, which changes nothing for an honest client.
+    """
+    record = instructions.record
+    n = len(examples)
+    declined = DECLINED_NO_DATA if n == 0 else DECLINED_NO
+    dp = None
+    if record is not None and n > 0:
+        sample_rate = min(1.0, instructions.train.batch_size / n)
+        steps = instructions.train.epochs * math.ceil(1.0 / sample_rate)
+        after = ledger.rdp_epsilon_after(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
+        if after > record.target_epsilon:
+            declined = DECLINED_RECORD_BUDGET
+        dp = RecordLevelDP(record.noise_multiplier, record.max_grad_norm)
+    record_eps = ledger.rdp_epsilon(delta=record.delta) if record is not None else 0.0
+    if declined:
+        return LocalUpdate(
+            arrays={k: np.asarray(v) for k, v in global_arrays.items()},
+            metrics={"num-examples": 0, "train-loss": 0.0, "update-norm": 0.0, "clipped": 0, "declined": declined,
+                     "record-epsilon": record_eps},
+        )
+
+    seed = client_seed(instructions.seed, instructions.round, user_id)
+    torch.manual_seed(seed)  # dropout draws from torch's global generator
+    model = load_model(global_arrays, instructions.model)
+    result = train_local(model, examples, instructions.train, dp=dp, generator=torch.Generator().manual_seed(seed))
+    if record is not None and result.sample_rate is not None:
+        ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
+        ledger.save()
+        record_eps = ledger.rdp_epsilon(delta=record.delta)
+
+    new = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    delta = {k: new[k] - np.asarray(global_arrays[k], dtype=np.float32) for k in new}
+    clipped, norm, was_clipped = delta, global_norm(delta), False
+    if instructions.clipping_norm is not None:
+        clipped, norm, was_clipped = clip_update(delta, instructions.clipping_norm)
+    arrays = {k: (np.asarray(global_arrays[k], dtype=np.float32) + clipped[k]).astype(np.float32) for k in new}
+    return LocalUpdate(
+        arrays=arrays,
+        metrics={"num-examples": n, "train-loss": float(result.loss), "update-norm": norm, "clipped": int(was_clipped),
+                 "declined": DECLINED_NO, "record-epsilon": record_eps},
+    )
+
+
+def local_evaluation(global_arrays: dict[str, np.ndarray], model_config: ModelConfig, examples: Examples) -> dict[str, int | float]:
+    """Score the global prior on this device's own held-out recent events."""
+    if len(examples) == 0:
+        return {"num-examples": 0, "eval-top1": 0.0, "eval-nll": 0.0}
+    result = evaluate(load_model(global_arrays, model_config), examples)
+    return {"num-examples": result.num_examples, "eval-top1": result.top1, "eval-nll": result.nll}
