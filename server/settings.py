@@ -126,6 +126,9 @@ class SimulationSettings:
     sample_rate: float = 0.1
     num_cpus_per_client: float = 1.0
     round_timeout_s: float = 300.0
+    node_wait_s: float = 300.0
+    final_eval_clients: int = 100
+    central_baseline_epochs: int = 1
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -136,6 +139,11 @@ class SimulationSettings:
             raise ConfigError(f"simulation.num_cpus_per_client must be > 0; found {self.num_cpus_per_client}.")
         if not self.round_timeout_s > 0.0:
             raise ConfigError(f"simulation.round_timeout_s must be > 0; found {self.round_timeout_s}.")
+        if self.final_eval_clients < 0 or self.central_baseline_epochs < 0:
+            raise ConfigError(
+                "simulation.final_eval_clients and simulation.central_baseline_epochs must be >= 0; "
+                f"found {self.final_eval_clients}, {self.central_baseline_epochs}."
+            )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,368 @@
+"""The device's behaviour log: an append-only SQLite file of validated events, kept in the device's private storage.
+
+Each row keeps the event's canonical JSON line (``model.event_parsing.event_to_json_line``), so the event contract
+has one definition; ``ts``, ``utc_offset_min`` and ``kind`` are copies for querying. Reading re-parses every line
+with ``parse_event``, and a row that no longer parses is reported, never silently dropped.
+
+Durability: WAL journal with ``synchronous=FULL``, one transaction per append. Every commit fsyncs the WAL, so an
+append that has returned survives a killed process and a power cut; a crash mid-append loses that event only.
+(NORMAL would be corruption-safe in WAL mode too, but a power cut could roll back the last commits; appends are
+human-paced, so the ~ms fsync per event is cheap.) Several processes may open the same file: WAL lets readers run
+beside the one writer, writers wait up to ``BUSY_TIMEOUT_S`` for each other, and each write transaction is
+``BEGIN IMMEDIATE`` so the time-order check and the insert see the same last event.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Literal
+
+from model.event_log import MAX_LINE_BYTES, LoadReport, _bounded_lines, parse_lines
+from model.event_parsing import EventError, event_to_json_line, parse_event
+from model.events import Event
+from model.vocab import EVENT_KINDS, GENRES
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; a file with another version is refused, not guessed at."""
+APPLICATION_ID = 0x66656470  # "fedp": PRAGMA application_id marks an SQLite file as a log store of this project.
+BUSY_TIMEOUT_S = 10.0
+"""How long a writer waits for another process's write transaction before ``sqlite3.OperationalError``."""
+
+_SCHEMA = (
+    "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, utc_offset_min INTEGER NOT NULL,"
+    " kind TEXT NOT NULL, json_line TEXT NOT NULL)",  # AUTOINCREMENT: ids keep insertion order even after deletes
+    "CREATE INDEX events_by_ts ON events (ts)",
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+_INSERT = "INSERT INTO events (ts, utc_offset_min, kind, json_line) VALUES (?, ?, ?, ?)"
+
+
+class LogStoreError(Exception):
+    """The file cannot be used as a log store: not SQLite, another program's database, a newer schema, a folder."""
+
+
+@dataclass
+class ImportReport:
+    """What ``LogStore.import_jsonl`` did.
+
+    Attributes:
+        events: valid events found; all of them were stored unless ``stored`` is False.
+        errors: one ``EventError`` per rejected line, in line order, with ``line`` and ``source`` set.
+        lines_read: physical lines in the file, blank ones included.
+        stored: False for a dry run.
+    """
+
+    events: int
+    errors: list[EventError]
+    lines_read: int
+    stored: bool
+
+    @property
+    def skipped(self) -> int:
+        """Number of rejected lines (blank lines are not counted)."""
+        return len(self.errors)
+
+    def summary(self) -> str:
+        """E.g. "imported 41 events, skipped 1 line" (or "would import ..." for a dry run)."""
+        verb = "imported" if self.stored else "would import"
+        return f"{verb} {_plural(self.events, 'event')}, skipped {_plural(self.skipped, 'line')}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _local_iso(ts: float, utc_offset_min: int) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone(timedelta(minutes=utc_offset_min))).isoformat()
+
+
+def _canonical(event: Event) -> tuple[Event, str]:
+    """(the event as it will read back, its JSON line), checked by the loader's rules. Raises EventError."""
+    if not isinstance(event, Event):
+        raise TypeError(f"a log store holds model.events.Event objects. Found {type(event).__name__}.")
+    line = event_to_json_line(event)
+    size = len(line.encode("utf-8"))
+    if size > MAX_LINE_BYTES:
+        raise EventError(f"the event's line would be {size} bytes; the limit is {MAX_LINE_BYTES}.", value=line)
+    return parse_event(json.loads(line)), line  # a sub-microsecond ts reads back rounded: store that value
+
+
+def _backwards(event: Event, previous: tuple[float, int] | None, where: str) -> EventError | None:
+    """An error if ``event`` is earlier than ``previous`` (ts, utc_offset_min); an equal time is fine."""
+    if previous is None or event.ts >= previous[0]:
+        return None
+    return EventError(f"time must not go backwards; {where} is at {_local_iso(*previous)}.", field="time",
+                      value=event.local_time.isoformat())
+
+
+class LogStore:
+    """Append-only store of one device's behaviour events. Open with ``LogStore.open(path)``; use as ``with``."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        """Wrap an already checked connection; call ``LogStore.open`` instead."""
+        self._conn, self.path = connection, path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> LogStore:
+        """Open the store at ``path``, creating it (parent folders too, file mode 0600) when missing and ``create``.
+
+        Raises:
+            LogStoreError: if ``path`` is a folder, is missing and not ``create``, cannot be created, or is not a
+                log store of schema ``SCHEMA_VERSION``.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise LogStoreError(f"{path} is a directory; a log store is one SQLite file, e.g. {path / 'events.db'}.")
+        if not path.exists():
+            if not create:
+                raise LogStoreError(f"{path}: no log store there (no such file).")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # private: SQLite gives -wal the same mode
+            except OSError as exc:
+                raise LogStoreError(f"{path}: cannot create a log store ({exc.strerror}).") from None
+        try:  # mode=rw: never let SQLite create a file we did not create with mode 0600
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S,
+                                   isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LogStoreError(f"{path}: cannot open the log store ({exc}).") from None
+        try:
+            _prepare(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        """Close the connection; the data is already on disk after every append."""
+        self._conn.close()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on success and rolled back on any exception."""
+        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def _last(self) -> tuple[float, int] | None:
+        return self._conn.execute("SELECT ts, utc_offset_min FROM events ORDER BY id DESC LIMIT 1").fetchone()
+
+    def append(self, event: Event) -> Event:
+        """Store one event durably and return it as it reads back (its time rounded to microseconds).
+
+        Raises:
+            EventError: if the event breaks a rule of the log format or is earlier than the last stored event.
+            TypeError: if ``event`` is not an ``Event``.
+        """
+        stored, line = _canonical(event)
+        with self._transaction() as conn:
+            error = _backwards(stored, self._last(), "the store's last event")
+            if error is not None:
+                raise error
+            conn.execute(_INSERT, (stored.ts, stored.utc_offset_min, stored.kind, line))
+        return stored
+
+    def append_many(self, events: Iterable[Event]) -> list[Event]:
+        """Store several events in one transaction: all of them, or none if any is rejected.
+
+        Raises:
+            EventError: for the first event (named "event i of the batch", from 1) that ``append`` would reject.
+        """
+        rows: list[tuple[Event, str]] = []
+        for i, event in enumerate(events, start=1):
+            try:
+                rows.append(_canonical(event))
+            except EventError as exc:
+                raise exc.with_location(source=f"event {i} of the batch") from None
+        with self._transaction() as conn:
+            previous, where = self._last(), "the store's last event"
+            for i, (stored, _) in enumerate(rows, start=1):
+                error = _backwards(stored, previous, where)
+                if error is not None:
+                    raise error.with_location(source=f"event {i} of the batch")
+                previous, where = (stored.ts, stored.utc_offset_min), f"event {i} of the batch"
+            conn.executemany(_INSERT, [(e.ts, e.utc_offset_min, e.kind, line) for e, line in rows])
+        return [stored for stored, _ in rows]
+
+    def read(self, since_ts: float | None = None) -> LoadReport:
+        """Every readable event (``ts >= since_ts`` when given) in insertion order, and one error per bad row.
+
+        ``errors`` name the row, e.g. "events.db, row 17: field 'bpm' = 500: ..."; ``lines_read`` counts rows.
+        """
+        if since_ts is None:
+            rows = self._conn.execute("SELECT id, ts, kind, json_line FROM events ORDER BY id").fetchall()
+        else:
+            if isinstance(since_ts, bool) or not isinstance(since_ts, (int, float)) or not math.isfinite(since_ts):
+                raise ValueError(f"since_ts must be a finite number of UTC seconds or None. Found {since_ts!r}.")
+            rows = self._conn.execute("SELECT id, ts, kind, json_line FROM events WHERE ts >= ? ORDER BY id",
+                                      (since_ts,)).fetchall()
+        report = LoadReport(events=[], errors=[], lines_read=len(rows))
+        for row_id, ts, kind, line in rows:
+            try:
+                report.events.append(_row_event(ts, kind, line))
+            except EventError as exc:
+                report.errors.append(EventError(exc.rule, field=exc.field, value=exc.value,
+                                                source=f"{self.path}, row {row_id}"))
+        return report
+
+    def events(self, since_ts: float | None = None) -> list[Event]:
+        """The stored events (``ts >= since_ts`` when given), oldest first.
+
+        Raises:
+            EventError: for the first row that no longer parses; ``read`` returns the good rows and every error.
+        """
+        report = self.read(since_ts)
+        if report.errors:
+            raise report.errors[0]
+        return report.events
+
+    def count(self) -> int:
+        """Number of stored rows."""
+        return self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def stats(self) -> dict:
+        """A JSON-ready summary: see ``log_stats``; ``unreadable_rows`` counts rows that no longer parse."""
+        report = self.read()
+        return log_stats(report.events) | {"unreadable_rows": report.skipped}
+
+    def import_jsonl(self, path: str | os.PathLike[str], *, on_error: Literal["skip", "raise"] = "skip",
+                     dry_run: bool = False) -> ImportReport:
+        """Validate a JSON Lines log and append its good events in one transaction.
+
+        A line is rejected if ``model.event_log.parse_lines`` rejects it, or if its event is earlier than the
+        previous accepted event (the store's last event, for the first line accepted). Lines are read with
+        ``MAX_LINE_BYTES`` as limit and parsed before the write lock is taken, so a long file does not block the app.
+
+        Args:
+            path: the JSON Lines file.
+            on_error: "skip" stores the good lines and reports the bad ones; "raise" stores nothing if any is bad.
+            dry_run: check everything, including against the store's last event, but store nothing.
+
+        Raises:
+            EventError: in "raise" mode, for the first bad line (lowest line number), with ``line`` and ``source``.
+            OSError: if the file cannot be read.
+        """
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise'. Found {on_error!r}.")
+        parsed, errors, lines_read = _parse_file(path)
+        if errors and on_error == "raise":
+            raise errors[0]
+        accepted: list[tuple[Event, str]] = []
+        with self._transaction(write=not dry_run) as conn:
+            previous, where = self._last(), "the store's last event"
+            for number, stored, line in parsed:
+                error = _backwards(stored, previous, where)
+                if error is not None:
+                    errors.append(error.with_location(line=number, source=str(path)))
+                    continue
+                accepted.append((stored, line))
+                previous, where = (stored.ts, stored.utc_offset_min), f"the event on line {number}"
+            errors.sort(key=lambda e: e.line)
+            if errors and on_error == "raise":
+                raise errors[0]
+            if not dry_run:
+                conn.executemany(_INSERT, [(e.ts, e.utc_offset_min, e.kind, line) for e, line in accepted])
+        return ImportReport(events=len(accepted), errors=errors, lines_read=lines_read, stored=not dry_run)
+
+
+def _row_event(ts: float, kind: str, line: object) -> Event:
+    """Re-parse one stored row; raises EventError if the line breaks a rule or disagrees with its columns."""
+    try:
+        obj = json.loads(line)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EventError(f"the stored line must be valid JSON ({exc}).", value=line) from None
+    event = parse_event(obj)
+    if (event.ts, event.kind) != (ts, kind):
+        raise EventError("the row's ts and kind columns must match its JSON line (was the file edited by hand?).",
+                         value=(ts, kind))
+    return event
+
+
+def _parse_file(path: str | os.PathLike[str]) -> tuple[list[tuple[int, Event, str]], list[EventError], int]:
+    """Each line checked alone by ``parse_lines``: ([(line number, event, canonical line)], errors, lines read)."""
+    parsed: list[tuple[int, Event, str]] = []
+    errors: list[EventError] = []
+    number = 0
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(_bounded_lines(stream, MAX_LINE_BYTES), start=1):
+            report = parse_lines([raw], source=str(path), on_error="skip")  # one line: order is checked later
+            errors.extend(exc.with_location(line=number) for exc in report.errors)
+            for event in report.events:
+                try:
+                    parsed.append((number, *_canonical(event)))
+                except EventError as exc:  # canonical line over the limit, e.g. ".1Z" written as ".100000+00:00"
+                    errors.append(exc.with_location(line=number, source=str(path)))
+    return parsed, errors, number
+
+
+def log_stats(events: list[Event]) -> dict:
+    """Counts per kind (every kind, zeros too), first and last local time, and kept-genre counts (every genre)."""
+    per_kind = dict.fromkeys(EVENT_KINDS, 0)
+    kept = dict.fromkeys(GENRES, 0)
+    for event in events:
+        per_kind[event.kind] += 1
+        if event.kind == "segment_kept":
+            kept[event.genre] += 1
+    return {
+        "events": len(events),
+        "per_kind": per_kind,
+        "first_time": events[0].local_time.isoformat() if events else None,
+        "last_time": events[-1].local_time.isoformat() if events else None,
+        "kept_genres": kept,
+    }
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in an empty file, refuse anything but a log store of ``SCHEMA_VERSION``, turn on WAL."""
+    try:
+        if _header(conn) == (0, 0, 0):
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            if _header(conn) == (0, 0, 0):  # another process may have created it while we waited for the lock
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        version, app_id, tables = _header(conn)
+    except sqlite3.OperationalError as exc:  # e.g. locked by another process for longer than BUSY_TIMEOUT_S
+        raise LogStoreError(f"{path}: cannot open the log store ({exc}).") from None
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        raise LogStoreError(f"{path} is not a readable SQLite database ({exc}).") from None
+    if app_id != APPLICATION_ID:
+        raise LogStoreError(f"{path} is not a log store: its application_id is {app_id:#x}, a log store's is "
+                            f"{APPLICATION_ID:#x} ({tables} table(s) of another program); it was left unchanged.")
+    if version != SCHEMA_VERSION:
+        newer = "a newer version of this software" if version > SCHEMA_VERSION else "an unsupported older version"
+        raise LogStoreError(f"{path} has log store schema version {version}, written by {newer}; this version reads "
+                            f"schema {SCHEMA_VERSION} only. It was left unchanged.")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise LogStoreError(f"{path}: the log store needs journal_mode WAL for durable appends; SQLite gave {mode!r}.")
+    conn.execute("PRAGMA synchronous = FULL")
+
+
+def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(user_version, application_id, number of tables); (0, 0, 0) is a new, empty file."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    return version, app_id, tables

@@ -1,0 +1,111 @@
+"""Turning one round's client updates into the next global prior.
+
+Flower's strategies do the server-side step (FedAvg's weighted mean, FedAdam's adaptive step, FedMedian,
+FedTrimmedAvg). Under user-level DP they receive, instead of the client models, one pseudo-reply carrying
+``global + noisy mean update`` from DP-FedAvg (McMahan et al. 2018, Alg. 1): every update clipped to norm C, the
+clipped updates summed, Gaussian noise of std z*C added to the sum, the result divided by the *expected* number of
+clients qN. Dividing by the expected rather than the actual count keeps the sensitivity at C/(qN), which is what
+the accountant's (q, z) describe; the strategy's step is post-processing and costs no privacy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg
+
+from client.records import from_array_record, to_array_record
+from privacy.mechanisms import add_gaussian_noise, clip_update, global_norm
+from server.replies import ClientUpdate
+from server.settings import StrategySettings
+
+Arrays = dict[str, np.ndarray]
+
+
+def make_strategy(settings: StrategySettings) -> FedAvg:
+    """The Flower strategy named in config; only its ``aggregate_train`` is used (we sample and send ourselves)."""
+    never_wait = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=0, min_evaluate_nodes=0, min_available_nodes=0)
+    if settings.name == "fedavg":
+        return FedAvg(**never_wait)
+    if settings.name == "fedadam":
+        return FedAdam(**never_wait, eta=settings.server_lr, beta_1=settings.beta_1, beta_2=settings.beta_2, tau=settings.tau)
+    if settings.name == "fedmedian":
+        return FedMedian(**never_wait)
+    return FedTrimmedAvg(**never_wait, beta=settings.beta)
+
+
+def strategy_state(strategy: FedAvg) -> dict:
+    """What a strategy carries between rounds (FedAdam's moments), for checkpoints."""
+    return {name: getattr(strategy, name) for name in ("m_t", "v_t") if getattr(strategy, name, None) is not None}
+
+
+def load_strategy_state(strategy: FedAvg, state: dict) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, value)
+
+
+def _pseudo_reply(arrays: Arrays, weight: float) -> Message:
+    content = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord({"num-examples": weight})})
+    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+
+
+@dataclass(frozen=True)
+class UserLevelDP:
+    """The user-level Gaussian mechanism's parameters for one run."""
+
+    clipping_norm: float
+    noise_multiplier: float
+    expected_clients: float  # q * N
+
+
+@dataclass(frozen=True)
+class AggregationStats:
+    clipped_fraction: float
+    mean_update_norm: float
+
+
+def aggregate(
+    strategy: FedAvg,
+    server_round: int,
+    current: Arrays,
+    updates: list[ClientUpdate],
+    *,
+    dp: UserLevelDP | None,
+    rng: np.random.Generator,
+) -> tuple[Arrays, AggregationStats]:
+    """The next global arrays. With ``dp`` the noisy mean is released even for zero updates (the accountant
+    counts every round); without it, a round with no updates leaves the model unchanged."""
+    deltas = [{k: u.arrays[k] - current[k] for k in current} for u in updates]
+    norms, clipped_flags = [], []
+    if dp is not None:
+        clipped_deltas = []
+        for delta in deltas:
+            clipped, norm, was_clipped = clip_update(delta, dp.clipping_norm)
+            clipped_deltas.append(clipped)
+            norms.append(norm)
+            clipped_flags.append(was_clipped)
+        total = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
+        for delta in clipped_deltas:
+            for k in total:
+                total[k] += delta[k]
+        noisy = add_gaussian_noise(total, dp.noise_multiplier * dp.clipping_norm, rng)
+        mean = {k: current[k] + noisy[k] / dp.expected_clients for k in current}
+        replies = [_pseudo_reply(mean, 1.0)]
+    else:
+        norms = [global_norm(d) for d in deltas]
+        clipped_flags = [False] * len(deltas)
+        replies = [_pseudo_reply(u.arrays, float(u.metrics["num-examples"])) for u in updates]
+    stats = AggregationStats(
+        clipped_fraction=float(np.mean(clipped_flags)) if clipped_flags else 0.0,
+        mean_update_norm=float(np.mean(norms)) if norms else 0.0,
+    )
+    if not replies:
+        return current, stats
+    if isinstance(strategy, FedAdam):
+        strategy.current_arrays = current  # what FedOpt.configure_train would have recorded
+    new, _ = strategy.aggregate_train(server_round, replies)
+    if new is None:
+        return current, stats
+    return {k: v.astype(np.float32) for k, v in from_array_record(new).items()}, stats

@@ -1,0 +1,77 @@
+"""Scoring the global prior on held-out synthetic users, next to the baselines it must beat.
+
+Held-out users (ids ``num_users .. num_users + eval_users - 1``) never train. The baselines:
+- ``global_most_popular``: always predict the genre most often kept by the federation's users;
+- ``user_recent_most_frequent``: the genre the user kept most often within the window the model reads (ties go to
+  the most recent; no kept segment in the window falls back to the global mode);
+- ``central_nonprivate``: the same model trained centrally, without privacy, on the federation users' pooled logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from client.instructions import DataInstructions
+from client.simulated_device import device_examples
+from model.encoding import GENRE, KIND, Examples
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import LocalTrainConfig, evaluate, train_local
+from model.vocab import GENRES, KIND_INDEX
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Evaluation data: every prediction point of the held-out users, with their full recent history."""
+
+    examples: Examples
+
+
+def held_out_examples(data: DataInstructions, user_ids: range) -> Examples:
+    """All prediction points of ``user_ids`` (training and recent parts together: these users never train)."""
+    parts = []
+    for uid in user_ids:
+        train, recent = device_examples(data, uid)
+        parts += [train, recent]
+    return Examples.concat(parts, data.window)
+
+
+def federation_examples(data: DataInstructions, user_ids: range) -> Examples:
+    """The training parts of the federation users' logs, pooled: what a central server would have seen."""
+    return Examples.concat([device_examples(data, uid)[0] for uid in user_ids], data.window)
+
+
+def global_mode_top1(train_targets: torch.Tensor, examples: Examples) -> tuple[int, float]:
+    mode = int(torch.bincount(train_targets, minlength=len(GENRES)).argmax())
+    return mode, float((examples.targets == mode).float().mean())
+
+
+def recent_mode_predictions(examples: Examples, fallback: int) -> torch.Tensor:
+    """Most frequent kept genre in each window (ties: the most recently kept of them)."""
+    kept = examples.x[..., KIND.start + KIND_INDEX["segment_kept"]] > 0.5  # [N, T]
+    genres = examples.x[..., GENRE.start : GENRE.start + len(GENRES)] * kept.unsqueeze(-1)  # [N, T, 8]
+    counts = genres.sum(dim=1)
+    steps = torch.arange(examples.x.shape[1], dtype=torch.float32)
+    last_seen = (genres * (steps + 1).view(1, -1, 1)).amax(dim=1)  # position of each genre's latest keep
+    score = counts * (examples.x.shape[1] + 1) + last_seen
+    predictions = score.argmax(dim=-1)
+    predictions[counts.sum(dim=-1) == 0] = fallback
+    return predictions
+
+
+def recent_mode_top1(examples: Examples, fallback: int) -> float:
+    return float((recent_mode_predictions(examples, fallback) == examples.targets).float().mean())
+
+
+def train_central(train: Examples, model_config: ModelConfig, config: LocalTrainConfig, seed: int) -> PreferenceLSTM:
+    """The non-private, centrally trained reference model."""
+    torch.manual_seed(seed)
+    model = PreferenceLSTM(model_config)
+    train_local(model, train, config, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def score(model: PreferenceLSTM, examples: Examples) -> dict[str, float]:
+    result = evaluate(model, examples)
+    return {"top1": result.top1, "nll": result.nll}

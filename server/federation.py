@@ -1,0 +1,352 @@
+"""The federated training run: rounds of Poisson-sampled clients, aggregation, privacy accounting, checkpoints.
+
+Each round: check that the next release fits the user-level budget (stop before it if not); sample every node
+independently with probability q; send the global prior and the round's instructions; collect replies within the
+timeout (errors, time-outs and malformed replies are counted, never aggregated); aggregate; record the release in
+the ledger; score on held-out users; checkpoint atomically. Outputs go to one directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from client.records import to_array_record
+from model.encoding import Examples
+from model.networks import PreferenceLSTM
+from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
+from server import evaluation
+from server.aggregation import UserLevelDP, aggregate, load_strategy_state, make_strategy, strategy_state
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.grid_io import RoundChannel, wait_for_nodes, warm_up
+from server.replies import sort_replies
+from server.report import plot_rounds, write_json
+from server.settings import ConfigError, RunSettings
+
+WARM_UP_NODES = 4
+
+
+@dataclass
+class RunState:
+    """What changes from round to round, and is checkpointed."""
+
+    round: int
+    arrays: dict[str, np.ndarray]
+    ledger: PrivacyLedger
+    noise_multiplier: float | None
+    rounds: list[dict] = field(default_factory=list)
+    record_epsilon: dict[int, float] = field(default_factory=dict)  # node id -> latest reported record-level ε
+
+
+class Progress:
+    """Round progress on the terminal: a live line while clients reply (on a TTY), one line per round."""
+
+    def __init__(self, stream=sys.stdout) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+
+    def clients(self, server_round: int, done: int, total: int) -> None:
+        if self.live:
+            self.stream.write(f"\r  round {server_round}: {done}/{total} clients replied ")
+            self.stream.flush()
+
+    def line(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+        print(text, file=self.stream, flush=True)
+
+
+def data_instructions(settings: RunSettings) -> DataInstructions:
+    p = settings.population
+    return DataInstructions(
+        population_seed=p.seed, population_size=p.num_users + p.eval_users, population_days=p.days,
+        window=p.window, eval_fraction=p.client_eval_fraction,
+    )
+
+
+class FederatedRun:
+    """One run of federated training over the nodes of a Flower grid."""
+
+    def __init__(self, settings: RunSettings, output_dir: Path, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.output_dir = Path(output_dir).resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.output_dir / "checkpoint.pt"
+        self.progress = progress or Progress()
+        self.data = data_instructions(settings)
+        self.strategy = make_strategy(settings.strategy)
+        self.sampling_rng = np.random.default_rng([settings.seed, 0])
+        self.noise_rng = np.random.default_rng([settings.seed, 1])
+        self.model = PreferenceLSTM(settings.model)
+        self.device_dir = str(self.output_dir / "devices")
+        self.stop_reason: str | None = None
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _fresh_state(self) -> RunState:
+        torch.manual_seed(self.settings.seed)
+        arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(self.settings.model).state_dict().items()}
+        z = None
+        privacy, sim = self.settings.privacy, self.settings.simulation
+        if privacy.user_level:
+            started = time.perf_counter()
+            z = calibrate_noise_multiplier(
+                target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=sim.sample_rate,  # type: ignore[arg-type]
+                steps=sim.rounds, accountant=privacy.accountant,
+            )
+            self.progress.line(
+                f"user-level DP: noise multiplier z={z:.4f} calibrated for ε={privacy.target_epsilon} δ={privacy.delta:g} "
+                f"over {sim.rounds} rounds at q={sim.sample_rate} ({privacy.accountant}, {time.perf_counter() - started:.1f} s)"
+            )
+        return RunState(round=0, arrays=arrays, ledger=PrivacyLedger(), noise_multiplier=z)
+
+    def _resumed_state(self) -> RunState:
+        checkpoint = load_checkpoint(self.settings.checkpoint)  # type: ignore[arg-type]
+        before, now = checkpoint.settings.get("privacy", {}), dataclasses.asdict(self.settings.privacy)
+        for key in ("mode", "delta", "clipping_norm", "accountant"):
+            if before.get(key) != now.get(key):
+                raise ConfigError(
+                    f"resume: privacy.{key} was {before.get(key)!r} in the checkpoint but is {now.get(key)!r} now; "
+                    "a run continues only under the privacy settings it was accounted with."
+                )
+        ledger = PrivacyLedger()
+        ledger.load_state_dict(checkpoint.ledger)
+        load_strategy_state(self.strategy, checkpoint.strategy_state)
+        self.sampling_rng.bit_generator.state = checkpoint.rng["sampling"]
+        self.noise_rng.bit_generator.state = checkpoint.rng["noise"]
+        self.device_dir = checkpoint.rng.get("device_dir", self.device_dir)
+        self.progress.line(
+            f"resumed from {self.settings.checkpoint}: round {checkpoint.round} done, "
+            f"user-level ε so far {self._epsilon(ledger):.3f}"
+        )
+        return RunState(
+            round=checkpoint.round, arrays=checkpoint.arrays, ledger=ledger,
+            noise_multiplier=checkpoint.noise_multiplier, rounds=list(checkpoint.rounds),
+            record_epsilon={int(k): v for k, v in checkpoint.rng.get("record_epsilon", {}).items()},
+        )
+
+    def _epsilon(self, ledger: PrivacyLedger) -> float:
+        p = self.settings.privacy
+        return ledger.epsilon(delta=p.delta, accountant=p.accountant) if p.user_level else float("inf")
+
+    def _instructions(self, server_round: int) -> TrainInstructions:
+        p = self.settings.privacy
+        record = None
+        if p.record_level and p.record is not None:
+            record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon, p.record.delta)
+        return TrainInstructions(
+            round=server_round, seed=self.settings.seed, model=self.settings.model, train=self.settings.train,
+            data=self.data, clipping_norm=p.clipping_norm if p.user_level else None, record=record,
+            device_dir=self.device_dir,
+        )
+
+    # ------------------------------------------------------------------------------------------------ rounds
+    def run(self, grid: Grid) -> dict:
+        """Train for the configured rounds (or until the budget stops it); returns the metrics written."""
+        sim = self.settings.simulation
+        state = self._resumed_state() if self.settings.resume else self._fresh_state()
+        held_out = evaluation.held_out_examples(self.data, range(self.settings.population.num_users, self.data.population_size))
+        node_ids = wait_for_nodes(grid, self.settings.population.num_users, timeout_s=sim.node_wait_s)
+        warm_up(grid, node_ids, WARM_UP_NODES)
+        channel = RoundChannel(grid, ttl_s=3 * sim.round_timeout_s)
+        self.progress.line(f"{len(node_ids)} nodes connected; outputs in {self.output_dir}")
+        started = time.perf_counter()
+        while state.round < sim.rounds:
+            if not self._budget_allows_next_round(state):
+                break
+            self._run_round(state, state.round + 1, node_ids, channel, held_out)
+        metrics = self._finish(grid, state, node_ids, channel, held_out, time.perf_counter() - started)
+        return metrics
+
+    def _budget_allows_next_round(self, state: RunState) -> bool:
+        p, sim = self.settings.privacy, self.settings.simulation
+        if not p.user_level:
+            return True
+        after = state.ledger.epsilon_after(
+            noise_multiplier=state.noise_multiplier, sample_rate=sim.sample_rate, delta=p.delta, accountant=p.accountant  # type: ignore[arg-type]
+        )
+        if after > p.target_epsilon:  # type: ignore[operator]
+            self.stop_reason = (
+                f"stopped before round {state.round + 1}: it would bring user-level ε to {after:.3f}, "
+                f"past the budget privacy.target_epsilon={p.target_epsilon}"
+            )
+            self.progress.line(self.stop_reason)
+            return False
+        return True
+
+    def _run_round(self, state: RunState, server_round: int, node_ids: list[int], channel: RoundChannel, held_out: Examples) -> None:
+        sim, p = self.settings.simulation, self.settings.privacy
+        started = time.perf_counter()
+        chosen = [n for n, u in zip(node_ids, self.sampling_rng.random(len(node_ids))) if u < sim.sample_rate]
+        busy = channel.busy_nodes()
+        sampled = [n for n in chosen if n not in busy]
+        content = RecordDict({
+            "arrays": to_array_record(state.arrays),
+            "config": ConfigRecord(to_config_items(self._instructions(server_round))),
+        })
+        messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(server_round),
+                            ttl=3 * sim.round_timeout_s) for n in sampled]
+        replies = channel.send_and_collect(
+            messages, timeout_s=sim.round_timeout_s, on_reply=lambda d, t: self.progress.clients(server_round, d, t)
+        )
+        sorted_replies = sort_replies(replies, state.arrays)
+        dp = None
+        if p.user_level:
+            dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * len(node_ids))  # type: ignore[arg-type]
+        state.arrays, stats = aggregate(self.strategy, server_round, state.arrays, sorted_replies.updates, dp=dp, rng=self.noise_rng)
+        if p.user_level:
+            state.ledger.record(noise_multiplier=state.noise_multiplier, sample_rate=sim.sample_rate)  # type: ignore[arg-type]
+        for update in sorted_replies.updates:
+            state.record_epsilon[update.node_id] = float(update.metrics["record-epsilon"])
+        scores = self._score(state.arrays, held_out)
+        updates = sorted_replies.updates
+        examples = sum(u.metrics["num-examples"] for u in updates)
+        train_loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else None
+        record_eps = list(state.record_epsilon.values())
+        row = {
+            "round": server_round,
+            "train_loss": train_loss,
+            "eval_top1": scores["top1"],
+            "eval_nll": scores["nll"],
+            "epsilon": self._epsilon(state.ledger) if p.user_level else None,
+            "clients": len(updates),
+            "sampled": len(chosen),
+            "skipped_busy": len(chosen) - len(sampled),
+            "failed": len(sorted_replies.failed) + (len(sampled) - len(replies)),
+            "rejected": len(sorted_replies.rejected),
+            "declined": len(sorted_replies.declined),
+            "clipped_fraction": stats.clipped_fraction,
+            "mean_update_norm": stats.mean_update_norm,
+            "record_epsilon_max": max(record_eps) if p.record_level and record_eps else None,
+            "record_epsilon_median": statistics.median(record_eps) if p.record_level and record_eps else None,
+            "seconds": time.perf_counter() - started,
+        }
+        state.rounds.append(row)
+        state.round = server_round
+        for node, reason in (sorted_replies.failed + sorted_replies.rejected)[:3]:
+            self.progress.line(f"  node {node}: {reason.strip().splitlines()[-1] if reason.strip() else reason}")
+        self._checkpoint(state)
+        eps_text = f" · ε {row['epsilon']:.2f}/{p.target_epsilon:g}" if p.user_level else ""
+        rec_text = f" · record ε max {row['record_epsilon_max']:.2f}" if row["record_epsilon_max"] is not None else ""
+        loss_text = f"{train_loss:.3f}" if train_loss is not None else "-"
+        self.progress.line(
+            f"round {server_round}/{sim.rounds} · {len(updates)}/{len(chosen)} clients"
+            f" ({row['failed']} failed, {row['rejected']} rejected, {row['declined']} declined)"
+            f" · loss {loss_text} · held-out top-1 {scores['top1']:.3f}{eps_text}{rec_text} · {row['seconds']:.1f} s"
+        )
+
+    def _score(self, arrays: dict[str, np.ndarray], held_out: Examples) -> dict[str, float]:
+        self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+        return evaluation.score(self.model, held_out)
+
+    def _checkpoint(self, state: RunState) -> None:
+        save_checkpoint(self.checkpoint_path, Checkpoint(
+            round=state.round, arrays=state.arrays, ledger=state.ledger.state_dict(),
+            noise_multiplier=state.noise_multiplier, strategy_state=strategy_state(self.strategy),
+            rng={"sampling": self.sampling_rng.bit_generator.state, "noise": self.noise_rng.bit_generator.state,
+                 "device_dir": self.device_dir, "record_epsilon": state.record_epsilon},
+            rounds=state.rounds, settings=dataclasses.asdict(self.settings),
+        ))
+
+    # ------------------------------------------------------------------------------------------------ report
+    def _federated_evaluation(self, grid: Grid, state: RunState, node_ids: list[int], channel: RoundChannel) -> dict:
+        count = min(self.settings.simulation.final_eval_clients, len(node_ids))
+        if count == 0:
+            return {}
+        # Node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy.
+        chosen = [node_ids[i] for i in self.sampling_rng.choice(len(node_ids), size=count, replace=False)]
+        busy = channel.busy_nodes()
+        content = RecordDict({
+            "arrays": to_array_record(state.arrays),
+            "config": ConfigRecord(to_config_items(self._instructions(state.round))),
+        })
+        messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in chosen if n not in busy]
+        replies = [r for r in channel.send_and_collect(messages, timeout_s=self.settings.simulation.round_timeout_s) if not r.has_error()]
+        metrics = [dict(next(iter(r.content.metric_records.values()))) for r in replies if r.content.metric_records]
+        n = sum(m["num-examples"] for m in metrics)
+        if n == 0:
+            return {"clients": len(metrics)}
+        return {
+            "clients": len(metrics),
+            "eval_top1": sum(m["eval-top1"] * m["num-examples"] for m in metrics) / n,
+            "eval_nll": sum(m["eval-nll"] * m["num-examples"] for m in metrics) / n,
+        }
+
+    def _baselines(self, held_out: Examples) -> dict[str, float | None]:
+        users = range(self.settings.population.num_users)
+        pooled = evaluation.federation_examples(self.data, users)
+        mode, global_top1 = evaluation.global_mode_top1(pooled.targets, held_out)
+        baselines: dict[str, float | None] = {
+            "global_most_popular": global_top1,
+            "user_recent_most_frequent": evaluation.recent_mode_top1(held_out, mode),
+            "central_nonprivate": None,
+        }
+        epochs = self.settings.simulation.central_baseline_epochs
+        if epochs > 0:
+            started = time.perf_counter()
+            config = dataclasses.replace(self.settings.train, epochs=epochs, batch_size=64, lr=3e-3)
+            central = evaluation.train_central(pooled, self.settings.model, config, self.settings.seed)
+            baselines["central_nonprivate"] = evaluation.score(central, held_out)["top1"]
+            self.progress.line(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
+        return baselines
+
+    def _privacy_report(self, state: RunState) -> dict:
+        p, sim = self.settings.privacy, self.settings.simulation
+        record_eps = list(state.record_epsilon.values())
+        report: dict = {"mode": p.mode, "user_level": None, "record_level": None, "notes": []}
+        if p.user_level:
+            report["user_level"] = {
+                "epsilon": self._epsilon(state.ledger), "delta": p.delta, "noise_multiplier": state.noise_multiplier,
+                "sample_rate": sim.sample_rate, "clipping_norm": p.clipping_norm, "rounds": state.ledger.steps,
+                "accountant": p.accountant, "target_epsilon": p.target_epsilon,
+            }
+            report["notes"].append(
+                "User-level (ε, δ) covers the released global models: Poisson sampling with rate q per round, each update "
+                "clipped to the clipping norm, Gaussian noise z·C on the sum, divided by the expected count qN. Per-round "
+                "diagnostics (train_loss, clipped_fraction, mean_update_norm, client counts) come from raw client replies "
+                "and are not covered by ε. Noise is drawn from a seeded PRNG (reproducible simulation), not a CSPRNG."
+            )
+            if any(r["skipped_busy"] for r in state.rounds):
+                report["notes"].append("Some sampled nodes were still busy with an earlier round and were skipped: a "
+                                       "dropout, which does not weaken the accounted guarantee.")
+        if p.record_level and p.record is not None:
+            report["record_level"] = {
+                "epsilon_max": max(record_eps) if record_eps else 0.0,
+                "epsilon_median": statistics.median(record_eps) if record_eps else 0.0,
+                "delta": p.record.delta, "noise_multiplier": p.record.noise_multiplier,
+                "max_grad_norm": p.record.max_grad_norm, "target_epsilon": p.record.target_epsilon,
+                "accountant": "rdp", "clients_reporting": len(record_eps),
+            }
+            report["notes"].append(
+                "Record-level ε protects single events of one user (DP-SGD on the device), not the user; each device "
+                "tracks it over every round it trained and declines past its budget."
+            )
+        return report
+
+    def _finish(self, grid: Grid, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples, seconds: float) -> dict:
+        final_scores = self._score(state.arrays, held_out)
+        federated = self._federated_evaluation(grid, state, node_ids, channel)
+        baselines = self._baselines(held_out)
+        metrics = {
+            "rounds": state.rounds,
+            "final": {"eval_top1": final_scores["top1"], "eval_nll": final_scores["nll"], "federated_eval": federated,
+                      "baselines": baselines, "held_out_users": self.settings.population.eval_users,
+                      "held_out_examples": len(held_out)},
+            "privacy": self._privacy_report(state),
+            "stopped_early": self.stop_reason,
+            "wall_time_s": seconds,
+            "config": dataclasses.asdict(self.settings),
+        }
+        write_json(self.output_dir / "metrics.json", metrics)
+        plot_rounds(state.rounds, self.output_dir, baselines={k: v for k, v in baselines.items() if v is not None},
+                    target_epsilon=self.settings.privacy.target_epsilon if self.settings.privacy.user_level else None)
+        return metrics
