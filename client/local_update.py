@@ -80,7 +80,7 @@ def local_update(
     reply can be summed by secure aggregation; the server clips again, which changes nothing for an honest client.
     """
     record = instructions.record
-    n = len(examples)
+    n = min(len(examples), instructions.train.max_examples or len(examples))
     declined = DECLINED_NO_DATA if n == 0 else DECLINED_NO
     dp = None
     if record is not None and n > 0:

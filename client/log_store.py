@@ -5,9 +5,9 @@ has one definition; ``ts``, ``utc_offset_min`` and ``kind`` are copies for query
 with ``parse_event``, and a row that no longer parses is reported, never silently dropped.
 
 Durability: WAL journal with ``synchronous=FULL``, one transaction per append. Every commit fsyncs the WAL, so an
-append that has returned survives a killed process and a power cut; a crash mid-append loses that event only.
-(NORMAL would be corruption-safe in WAL mode too, but a power cut could roll back the last commits; appends are
-human-paced, so the ~ms fsync per event is cheap.) Several processes may open the same file: WAL lets readers run
+append that has returned survives a killed process, and an OS crash or power cut as far as the disk honours fsync;
+a crash mid-append loses that event only. (NORMAL would be corruption-safe in WAL mode too, but a power cut could
+roll back the last commits; appends are human-paced, so the ~ms fsync per event is cheap.) Several processes may open the same file: WAL lets readers run
 beside the one writer, writers wait up to ``BUSY_TIMEOUT_S`` for each other, and each write transaction is
 ``BEGIN IMMEDIATE`` so the time-order check and the insert see the same last event.
 """
@@ -18,14 +18,15 @@ import json
 import math
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from model.event_log import MAX_LINE_BYTES, LoadReport, _bounded_lines, parse_lines
+from model.event_log import MAX_LINE_BYTES, LoadReport, bounded_lines, parse_lines
 from model.event_parsing import EventError, event_to_json_line, parse_event
 from model.events import Event
 from model.vocab import EVENT_KINDS, GENRES
@@ -37,8 +38,9 @@ BUSY_TIMEOUT_S = 10.0
 """How long a writer waits for another process's write transaction before ``sqlite3.OperationalError``."""
 
 _SCHEMA = (
-    "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, utc_offset_min INTEGER NOT NULL,"
-    " kind TEXT NOT NULL, json_line TEXT NOT NULL)",  # AUTOINCREMENT: ids keep insertion order even after deletes
+    # AUTOINCREMENT: ids keep the order of insertion even if rows are ever deleted.
+    ("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, utc_offset_min INTEGER NOT NULL,"
+     " kind TEXT NOT NULL, json_line TEXT NOT NULL)"),
     "CREATE INDEX events_by_ts ON events (ts)",
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
@@ -146,7 +148,7 @@ class LogStore:
         """Close the connection; the data is already on disk after every append."""
         self._conn.close()
 
-    def __enter__(self) -> LogStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -249,9 +251,10 @@ class LogStore:
                      dry_run: bool = False) -> ImportReport:
         """Validate a JSON Lines log and append its good events in one transaction.
 
-        A line is rejected if ``model.event_log.parse_lines`` rejects it, or if its event is earlier than the
-        previous accepted event (the store's last event, for the first line accepted). Lines are read with
-        ``MAX_LINE_BYTES`` as limit and parsed before the write lock is taken, so a long file does not block the app.
+        A line is rejected if ``model.event_log.parse_lines`` rejects it, if its event is earlier than the previous
+        accepted event (the store's last event, for the first line accepted), or if it repeats an event stored at
+        the store's last time (a file imported twice). Lines are read with ``MAX_LINE_BYTES`` as limit and parsed
+        before the write lock is taken, so importing a long file does not block the app's appends.
 
         Args:
             path: the JSON Lines file.
@@ -267,22 +270,40 @@ class LogStore:
         parsed, errors, lines_read = _parse_file(path)
         if errors and on_error == "raise":
             raise errors[0]
-        accepted: list[tuple[Event, str]] = []
         with self._transaction(write=not dry_run) as conn:
-            previous, where = self._last(), "the store's last event"
-            for number, stored, line in parsed:
-                error = _backwards(stored, previous, where)
-                if error is not None:
-                    errors.append(error.with_location(line=number, source=str(path)))
-                    continue
-                accepted.append((stored, line))
-                previous, where = (stored.ts, stored.utc_offset_min), f"the event on line {number}"
-            errors.sort(key=lambda e: e.line)
+            last = self._last()
+            at_last = [] if last is None else conn.execute("SELECT json_line FROM events WHERE ts = ?", last[:1])
+            accepted, late = _in_time_order(parsed, last, Counter(line for line, in at_last), str(path))
+            errors = sorted(errors + late, key=lambda exc: exc.line)
             if errors and on_error == "raise":
                 raise errors[0]
             if not dry_run:
                 conn.executemany(_INSERT, [(e.ts, e.utc_offset_min, e.kind, line) for e, line in accepted])
         return ImportReport(events=len(accepted), errors=errors, lines_read=lines_read, stored=not dry_run)
+
+
+def _in_time_order(parsed: list[tuple[int, Event, str]], last: tuple[float, int] | None, stored_at_last: Counter[str],
+                   source: str) -> tuple[list[tuple[Event, str]], list[EventError]]:
+    """Split parsed lines into those that keep time order after the store's ``last`` event, and errors.
+
+    A line equal to one already stored at ``last``'s time (``stored_at_last`` counts them) is a duplicate, so
+    importing the same file twice stores its last events once.
+    """
+    accepted: list[tuple[Event, str]] = []
+    errors: list[EventError] = []
+    previous, where = last, "the store's last event"
+    for number, event, line in parsed:
+        error = _backwards(event, previous, where)
+        if error is None and stored_at_last[line]:
+            stored_at_last[line] -= 1
+            error = EventError("this event (same time and content) is already in the store; was the file "
+                               "imported before?")
+        if error is not None:
+            errors.append(error.with_location(line=number, source=source))
+            continue
+        accepted.append((event, line))
+        previous, where = (event.ts, event.utc_offset_min), f"the event on line {number}"
+    return accepted, errors
 
 
 def _row_event(ts: float, kind: str, line: object) -> Event:
@@ -304,7 +325,7 @@ def _parse_file(path: str | os.PathLike[str]) -> tuple[list[tuple[int, Event, st
     errors: list[EventError] = []
     number = 0
     with open(path, "rb") as stream:
-        for number, raw in enumerate(_bounded_lines(stream, MAX_LINE_BYTES), start=1):
+        for number, raw in enumerate(bounded_lines(stream, MAX_LINE_BYTES), start=1):
             report = parse_lines([raw], source=str(path), on_error="skip")  # one line: order is checked later
             errors.extend(exc.with_location(line=number) for exc in report.errors)
             for event in report.events:

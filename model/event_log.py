@@ -137,7 +137,7 @@ def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_err
     return report
 
 
-def _bounded_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[bytes]:
+def bounded_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[bytes]:
     """Yield each line, at most ``max_line_bytes + 1`` bytes of it; the rest of a longer line is read and dropped."""
     while line := stream.readline(max_line_bytes + 1):
         if len(line) > max_line_bytes and not line.endswith(b"\n"):
@@ -156,7 +156,7 @@ def load_events(path: str | os.PathLike[str], *, on_error: OnError = "raise",
     """
     _check_options(on_error, max_line_bytes)
     with open(path, "rb") as stream:
-        return parse_lines(_bounded_lines(stream, max_line_bytes), source=str(path), on_error=on_error,
+        return parse_lines(bounded_lines(stream, max_line_bytes), source=str(path), on_error=on_error,
                            max_line_bytes=max_line_bytes)
 
 

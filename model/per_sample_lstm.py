@@ -161,7 +161,7 @@ class _LSTMLayerWithGradSample(torch.autograd.Function):
     """One LSTM layer, all directions at once; returns (output ``[B, T, D*H]``, h_n ``[D, B, H]``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, steps: _Steps, n_dir: int, params: list[nn.Parameter], *weights: Tensor):
+    def forward(ctx, x: Tensor, steps: _Steps, n_dir: int, per_sample: bool, params: list[nn.Parameter], *weights: Tensor):
         per_dir = len(weights) // n_dir  # 4 with biases, 2 without
         w_ih = torch.stack(weights[0::per_dir])  # [D, 4H, I]
         w_hh = torch.stack(weights[1::per_dir])  # [D, 4H, H]
@@ -193,6 +193,7 @@ class _LSTMLayerWithGradSample(torch.autograd.Function):
         ctx.save_for_backward(*weights)
         ctx.saved = (xs, gates, cells, tanh_c, hs, w_ih, w_hh)
         ctx.steps, ctx.params, ctx.per_dir, ctx.full_steps = steps, params, per_dir, full_steps
+        ctx.per_sample = per_sample
         ctx.set_materialize_grads(False)
         return out.view(batch, full_steps, n_dir * hidden), h_n
 
@@ -216,20 +217,7 @@ class _LSTMLayerWithGradSample(torch.autograd.Function):
             dh[:, steps.batch_index, steps.lengths - 1] += grad_h_n
         dz = _backward_recurrence(dh, gates, cells, tanh_c, w_hh)
 
-        # (7): per-sample weight gradients, one batched matmul each over (direction, sample).
-        dz_t = dz.view(n_dir * batch, n_steps, 4 * hidden).transpose(1, 2)
-        per_ih = torch.bmm(dz_t, xs.view(n_dir * batch, n_steps, inputs)).view(n_dir, batch, 4 * hidden, inputs)
-        per_hh = torch.bmm(dz_t, hs[:, :, :n_steps].reshape(n_dir * batch, n_steps, hidden))
-        per_hh = per_hh.view(n_dir, batch, 4 * hidden, hidden)
-        per_b = dz.sum(2)
-        samples = []
-        for d in range(n_dir):  # bias_ih and bias_hh get equal values in separate tensors (DPOptimizer needs that)
-            samples += [per_ih[d], per_hh[d]] + ([per_b[d], per_b[d].clone()] if ctx.per_dir == 4 else [])
-        grads: list[Tensor | None] = []
-        for p, sample, needed in zip(ctx.params, samples, ctx.needs_input_grad[4:]):
-            if needed:
-                accumulate_grad_sample(p, sample)
-            grads.append(sample.sum(0) if needed else None)
+        grads = _per_sample_weight_grads(ctx, dz, xs, hs) if ctx.per_sample else _summed_weight_grads(ctx, dz, xs, hs)
 
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -239,7 +227,41 @@ class _LSTMLayerWithGradSample(torch.autograd.Function):
                 grad_x = grad_x + steps.reversed_rows(dxs[1], n_steps).view(batch, n_steps, inputs)
             if full_steps > n_steps:
                 grad_x = F.pad(grad_x, (0, 0, 0, full_steps - n_steps))
-        return (grad_x, None, None, None, *grads)
+        return (grad_x, None, None, None, None, *grads)
+
+
+def _per_sample_weight_grads(ctx, dz: Tensor, xs: Tensor, hs: Tensor) -> list[Tensor | None]:
+    """(7): per-sample weight gradients, one batched matmul each over (direction, sample); stored in grad_sample."""
+    n_dir, batch, n_steps, inputs = xs.shape
+    hidden = hs.shape[3]
+    dz_t = dz.view(n_dir * batch, n_steps, 4 * hidden).transpose(1, 2)
+    per_ih = torch.bmm(dz_t, xs.view(n_dir * batch, n_steps, inputs)).view(n_dir, batch, 4 * hidden, inputs)
+    per_hh = torch.bmm(dz_t, hs[:, :, :n_steps].reshape(n_dir * batch, n_steps, hidden))
+    per_hh = per_hh.view(n_dir, batch, 4 * hidden, hidden)
+    per_b = dz.sum(2)
+    samples = []
+    for d in range(n_dir):  # bias_ih and bias_hh get equal values in separate tensors (DPOptimizer needs that)
+        samples += [per_ih[d], per_hh[d]] + ([per_b[d], per_b[d].clone()] if ctx.per_dir == 4 else [])
+    grads: list[Tensor | None] = []
+    for p, sample, needed in zip(ctx.params, samples, ctx.needs_input_grad[5:]):
+        if needed:
+            accumulate_grad_sample(p, sample)
+        grads.append(sample.sum(0) if needed else None)
+    return grads
+
+
+def _summed_weight_grads(ctx, dz: Tensor, xs: Tensor, hs: Tensor) -> list[Tensor | None]:
+    """The ordinary (batch-summed) weight gradients: one matmul over all samples and steps per direction."""
+    n_dir, batch, n_steps, inputs = xs.shape
+    hidden = hs.shape[3]
+    dz_t = dz.view(n_dir, batch * n_steps, 4 * hidden).transpose(1, 2)
+    g_ih = torch.bmm(dz_t, xs.view(n_dir, batch * n_steps, inputs))
+    g_hh = torch.bmm(dz_t, hs[:, :, :n_steps].reshape(n_dir, batch * n_steps, hidden))
+    g_b = dz.sum((1, 2))
+    grads: list[Tensor | None] = []
+    for d in range(n_dir):
+        grads += [g_ih[d], g_hh[d]] + ([g_b[d], g_b[d].clone()] if ctx.per_dir == 4 else [])
+    return [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[5:])]
 
 
 def _dropout(x: Tensor, p: float) -> Tensor:
@@ -251,7 +273,7 @@ def _dropout(x: Tensor, p: float) -> Tensor:
     return x * keep
 
 
-def lstm_with_grad_sample(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_with_grad_sample(lstm: nn.LSTM, x: Tensor, lengths: Tensor, *, per_sample: bool = True) -> tuple[Tensor, Tensor]:
     """Run ``lstm`` on right-padded ``x`` with packed-sequence semantics; backward also fills ``p.grad_sample``.
 
     Args:
@@ -267,7 +289,9 @@ def lstm_with_grad_sample(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> tuple[Te
         every layer but the last, as ``nn.LSTM`` does. On backward every parameter gets ``p.grad`` as usual and
         ``p.grad_sample [B, *p.shape]``: each example's gradient of the loss that was backpropagated (added to a
         ``grad_sample`` of the same batch already present). Backpropagate the *sum* of per-example losses.
-        ``B = 0`` is allowed: every ``grad_sample`` is then ``[0, *p.shape]``.
+        ``B = 0`` is allowed: every ``grad_sample`` is then ``[0, *p.shape]``. With ``per_sample=False`` only
+        ``p.grad`` is computed: the same recurrence is the fastest way to *train* this LSTM on CPU without privacy
+        (``nn.LSTM``'s packed-sequence backward is slower here; see benchmarks/dp_step.py).
     """
     if lstm.proj_size:
         raise ValueError(f"lstm_with_grad_sample does not support proj_size; found proj_size={lstm.proj_size}.")
@@ -286,6 +310,6 @@ def lstm_with_grad_sample(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> tuple[Te
         if layer and lstm.dropout and lstm.training:
             layer_input = _dropout(layer_input, lstm.dropout)
         params = _layer_parameters(lstm, layer)
-        layer_input, h_n = _LSTMLayerWithGradSample.apply(layer_input, steps, n_dir, params, *params)
+        layer_input, h_n = _LSTMLayerWithGradSample.apply(layer_input, steps, n_dir, per_sample, params, *params)
         finals.append(h_n)
     return layer_input, torch.cat(finals, 0)

@@ -31,6 +31,8 @@ class LocalTrainConfig:
     lr: learning rate.
     optimizer: "adam" or "sgd".
     weight_decay: L2 penalty of the optimizer.
+    max_examples: train on at most this many of the most recent examples (0: all). Bounds a client's work per
+        round, and tastes drift, so the recent past is the most informative.
     augment: sequence-level augmentation of training windows.
     """
 
@@ -39,6 +41,7 @@ class LocalTrainConfig:
     lr: float = 1e-2
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    max_examples: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class LocalTrainConfig:
             raise ValueError(f"train.epochs and train.batch_size must be >= 1; found {self.epochs}, {self.batch_size}.")
         if not self.lr > 0.0:
             raise ValueError(f"train.lr must be > 0; found {self.lr}.")
+        if self.max_examples < 0:
+            raise ValueError(f"train.max_examples must be >= 0 (0 means all); found {self.max_examples}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer must be one of {list(OPTIMIZERS)}; found {self.optimizer!r}.")
 
@@ -97,6 +102,8 @@ def train_local(
     generator: torch.Generator,
 ) -> LocalTrainResult:
     """Train ``model`` in place on ``examples``; returns the mean training loss and the mechanism that ran."""
+    if config.max_examples and len(examples) > config.max_examples:
+        examples = examples.subset(slice(len(examples) - config.max_examples, len(examples)))
     n = len(examples)
     if n == 0:
         return LocalTrainResult(loss=float("nan"), steps=0, num_examples=0)

@@ -28,18 +28,27 @@ class HeldOut:
     examples: Examples
 
 
-def held_out_examples(data: DataInstructions, user_ids: range) -> Examples:
-    """All prediction points of ``user_ids`` (training and recent parts together: these users never train)."""
+def held_out_examples(data: DataInstructions, user_ids: range, points_per_user: int) -> Examples:
+    """The ``points_per_user`` most recent prediction points of each held-out user (with their full history
+    window: these users never train). Recent points score the model where tastes have drifted furthest."""
     parts = []
     for uid in user_ids:
         train, recent = device_examples(data, uid)
-        parts += [train, recent]
+        both = Examples.concat([train, recent], data.window)
+        parts.append(both.subset(slice(max(0, len(both) - points_per_user), len(both))))
     return Examples.concat(parts, data.window)
 
 
-def federation_examples(data: DataInstructions, user_ids: range) -> Examples:
-    """The training parts of the federation users' logs, pooled: what a central server would have seen."""
-    return Examples.concat([device_examples(data, uid)[0] for uid in user_ids], data.window)
+def federation_examples(data: DataInstructions, user_ids: range, max_per_user: int = 0) -> Examples:
+    """The training parts of the federation users' logs (each capped to its ``max_per_user`` most recent points,
+    as the clients train), pooled: what a central server would have seen."""
+    parts = []
+    for uid in user_ids:
+        train = device_examples(data, uid)[0]
+        if max_per_user:
+            train = train.subset(slice(max(0, len(train) - max_per_user), len(train)))
+        parts.append(train)
+    return Examples.concat(parts, data.window)
 
 
 def global_mode_top1(train_targets: torch.Tensor, examples: Examples) -> tuple[int, float]:

@@ -154,11 +154,16 @@ class FederatedRun:
         """Train for the configured rounds (or until the budget stops it); returns the metrics written."""
         sim = self.settings.simulation
         state = self._resumed_state() if self.settings.resume else self._fresh_state()
-        held_out = evaluation.held_out_examples(self.data, range(self.settings.population.num_users, self.data.population_size))
+        population = self.settings.population
+        held_out = evaluation.held_out_examples(
+            self.data, range(population.num_users, self.data.population_size), population.eval_points_per_user
+        )
         node_ids = wait_for_nodes(grid, self.settings.population.num_users, timeout_s=sim.node_wait_s)
         warm_up(grid, node_ids, WARM_UP_NODES)
         channel = RoundChannel(grid, ttl_s=3 * sim.round_timeout_s)
         self.progress.line(f"{len(node_ids)} nodes connected; outputs in {self.output_dir}")
+        self.initial_scores = self._score(state.arrays, held_out)
+        self.progress.line(f"round {state.round}: held-out top-1 {self.initial_scores['top1']:.3f}, NLL {self.initial_scores['nll']:.3f}")
         started = time.perf_counter()
         while state.round < sim.rounds:
             if not self._budget_allows_next_round(state):
@@ -283,7 +288,7 @@ class FederatedRun:
 
     def _baselines(self, held_out: Examples) -> dict[str, float | None]:
         users = range(self.settings.population.num_users)
-        pooled = evaluation.federation_examples(self.data, users)
+        pooled = evaluation.federation_examples(self.data, users, self.settings.train.max_examples)
         mode, global_top1 = evaluation.global_mode_top1(pooled.targets, held_out)
         baselines: dict[str, float | None] = {
             "global_most_popular": global_top1,
@@ -293,7 +298,7 @@ class FederatedRun:
         epochs = self.settings.simulation.central_baseline_epochs
         if epochs > 0:
             started = time.perf_counter()
-            config = dataclasses.replace(self.settings.train, epochs=epochs, batch_size=64, lr=3e-3)
+            config = dataclasses.replace(self.settings.train, epochs=epochs, batch_size=64, lr=3e-3, max_examples=0)
             central = evaluation.train_central(pooled, self.settings.model, config, self.settings.seed)
             baselines["central_nonprivate"] = evaluation.score(central, held_out)["top1"]
             self.progress.line(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
@@ -338,6 +343,8 @@ class FederatedRun:
         baselines = self._baselines(held_out)
         metrics = {
             "rounds": state.rounds,
+            "initial": {"round": state.rounds[0]["round"] - 1 if state.rounds else state.round,
+                        "eval_top1": self.initial_scores["top1"], "eval_nll": self.initial_scores["nll"]},
             "final": {"eval_top1": final_scores["top1"], "eval_nll": final_scores["nll"], "federated_eval": federated,
                       "baselines": baselines, "held_out_users": self.settings.population.eval_users,
                       "held_out_examples": len(held_out)},

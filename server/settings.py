@@ -35,6 +35,7 @@ class PopulationSettings:
     days: int = 28
     window: int = 32
     client_eval_fraction: float = 0.2
+    eval_points_per_user: int = 10
 
     def __post_init__(self) -> None:
         if self.num_users < 1:
@@ -45,6 +46,8 @@ class PopulationSettings:
             raise ConfigError(f"population.days must be >= 1; found {self.days}.")
         if self.window < 1:
             raise ConfigError(f"population.window must be >= 1 event; found {self.window}.")
+        if self.eval_points_per_user < 1:
+            raise ConfigError(f"population.eval_points_per_user must be >= 1; found {self.eval_points_per_user}.")
         if not 0.0 <= self.client_eval_fraction < 1.0:
             raise ConfigError(f"population.client_eval_fraction must be in [0, 1); found {self.client_eval_fraction}.")
 

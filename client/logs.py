@@ -1,0 +1,158 @@
+"""Command line for the device's log store: import a JSON Lines log, validate one, show what the store holds.
+
+Run as ``python -m client.logs --help``. Exit codes: 0 all good, 1 some line or row was invalid (each is printed as
+"file:line: field ... rule"), 2 the command could not run at all (missing file, a folder given as a file, a database
+that is not a log store); the reason is then one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from client.log_store import ImportReport, LogStore, LogStoreError
+from model.event_log import load_events
+from model.event_parsing import EventError
+
+_PROG = "python -m client.logs"
+_FORMAT = argparse.RawDescriptionHelpFormatter
+
+
+class _CannotRun(Exception):
+    """The command cannot run at all (exit code 2); the message is the whole explanation."""
+
+
+def _input_file(text: str) -> Path:
+    """``text`` as a path to a readable regular file, or ``_CannotRun`` saying what it is instead."""
+    path = Path(text)
+    if path.is_dir():
+        raise _CannotRun(f"{path} is a directory; give a JSON Lines file (one event per line).")
+    if not path.exists():
+        raise _CannotRun(f"{path}: no such file.")
+    return path
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import FILE into the store at --db; print the bad lines and a summary."""
+    path = _input_file(args.file)
+    with LogStore.open(args.db) as store:
+        report: ImportReport = store.import_jsonl(path, dry_run=args.strict)
+        if args.strict and not report.errors:
+            try:  # raise mode: a line another process made "too old" since the dry run still stores nothing
+                report = store.import_jsonl(path, on_error="raise")
+            except EventError as exc:
+                print(exc)
+                print(f"imported 0 events (--strict: {path} has a bad line, so nothing was stored)")
+                return 1
+    for error in report.errors:
+        print(error)
+    if args.strict and report.errors:
+        print(f"imported 0 events (--strict: {_plural(report.skipped, 'bad line')}, so none of the "
+              f"{_plural(report.events, 'valid event')} was stored)")
+    else:
+        print(report.summary())
+    return 1 if report.errors else 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Check FILE against the log format without storing anything."""
+    path = _input_file(args.file)
+    report = load_events(path, on_error="skip")
+    for error in report.errors:
+        print(error)
+    print(f"{path}: {_plural(len(report.events), 'valid event')}, {_plural(report.skipped, 'invalid line')}")
+    return 1 if report.errors else 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Print what the store at --db holds, as text or (--json) as one JSON object."""
+    with LogStore.open(args.db, create=False) as store:
+        stats = store.stats()
+        errors = store.read().errors if stats["unreadable_rows"] else []
+    print(json.dumps(stats, indent=2) if args.json else _stats_text(args.db, stats))
+    for error in errors:  # on stderr with --json, so stdout stays one JSON object
+        print(error, file=sys.stderr if args.json else sys.stdout)
+    return 1 if errors else 0
+
+
+def _stats_text(db: str, stats: dict) -> str:
+    lines = [f"log store: {db}", f"events: {stats['events']}"]
+    if stats["events"]:
+        lines[-1] += f", from {stats['first_time']} to {stats['last_time']}"
+    if stats["unreadable_rows"]:
+        lines.append(f"unreadable rows: {stats['unreadable_rows']} (listed below)")
+    lines.append("per kind:")
+    lines += [f"  {kind:<22}{count:>8}" for kind, count in stats["per_kind"].items()]
+    kept = sorted(((n, g) for g, n in stats["kept_genres"].items() if n), reverse=True)
+    total = sum(n for n, _ in kept)
+    lines.append("kept genres (segment_kept):" + ("" if kept else " none yet"))
+    lines += [f"  {genre:<22}{n:>8}  {100 * n / total:5.1f}%" for n, genre in kept]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with a description and an example for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG, formatter_class=_FORMAT,
+        description="Manage this device's private behaviour log: an SQLite file of validated events that the "
+                    "federated client trains on. Nothing here leaves the device.",
+        epilog=f"examples:\n  {_PROG} validate my_log.jsonl\n  {_PROG} import my_log.jsonl --db ~/.fedpref/events.db"
+               f"\n  {_PROG} stats --db ~/.fedpref/events.db --json\n\n"
+               "exit codes: 0 all valid, 1 some line was invalid, 2 the command could not run.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser(
+        "import", formatter_class=_FORMAT, help="validate a JSON Lines log and append its good events to the store",
+        description="Validate FILE line by line and append the good events to the store in one transaction. Bad "
+                    "lines, and lines older than the store's last event, are printed as file:line: message and "
+                    "not stored. The store is created if missing.",
+        epilog=f"example:\n  {_PROG} import my_log.jsonl --db ~/.fedpref/events.db --strict")
+    sub.add_argument("file", metavar="FILE", help="JSON Lines log, one event per line")
+    sub.add_argument("--db", required=True, metavar="PATH", help="the log store (SQLite file) to append to")
+    sub.add_argument("--strict", action="store_true", help="import nothing if any line is bad")
+    sub.set_defaults(run=run_import)
+
+    sub = commands.add_parser(
+        "validate", formatter_class=_FORMAT, help="check a JSON Lines log without storing anything",
+        description="Check every line of FILE against the log format (and time order) and print each error with "
+                    "its line number, then a summary. Touches no database.",
+        epilog=f"example:\n  {_PROG} validate my_log.jsonl")
+    sub.add_argument("file", metavar="FILE", help="JSON Lines log, one event per line")
+    sub.set_defaults(run=run_validate)
+
+    sub = commands.add_parser(
+        "stats", formatter_class=_FORMAT, help="show counts per kind, time range and kept genres of a store",
+        description="Summarise the store: events per kind, first and last event time (local), and how often each "
+                    "genre was kept. Rows that no longer parse are counted and listed.",
+        epilog=f"example:\n  {_PROG} stats --db ~/.fedpref/events.db --json")
+    sub.add_argument("--db", required=True, metavar="PATH", help="the log store (SQLite file) to read")
+    sub.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    sub.set_defaults(run=run_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code (argparse itself exits 2 on bad usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (_CannotRun, LogStoreError) as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = f"{exc.filename}: {exc.strerror}." if exc.filename and exc.strerror else str(exc)
+    except sqlite3.Error as exc:
+        message = f"{getattr(args, 'db', '?')}: the log store failed ({exc})."
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""What leaves the device: the ClientApp's replies carry model arrays and declared scalar metrics only."""
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client.client_app import app
+from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from client.local_update import DECLINED_RECORD_BUDGET, EVAL_METRICS, TRAIN_METRICS
+from client.records import to_array_record
+from client.simulated_device import population
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import LocalTrainConfig
+
+DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+
+
+def _instructions(**changes) -> TrainInstructions:
+    base = dict(round=1, seed=0, model=ModelConfig(), train=LocalTrainConfig(batch_size=8), data=DATA, clipping_norm=0.5)
+    return TrainInstructions(**(base | changes))
+
+
+def _message(kind: str, instructions: TrainInstructions) -> Message:
+    arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM().state_dict().items()}
+    content = RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord(to_config_items(instructions))})
+    return Message(content, dst_node_id=0, message_type=kind)
+
+
+def _context(user_id: int) -> Context:
+    return Context(run_id=1, node_id=0, node_config={"partition-id": user_id}, state=RecordDict(), run_config={})
+
+
+def _strings_in(content: RecordDict) -> list[str]:
+    out = list(content.keys())
+    for record in content.values():
+        out += [str(k) for k in record.keys()] + [v for v in record.values() if isinstance(v, str)]
+    return out
+
+
+def test_train_reply_holds_only_model_arrays_and_declared_scalars(flower_task_identity):
+    torch.manual_seed(0)
+    reply = app(_message("train", _instructions()), _context(3))
+    content = reply.content
+    assert set(content.array_records) == {"arrays"} and set(content.metric_records) == {"metrics"}
+    assert not content.config_records
+    assert set(content["arrays"].keys()) == set(PreferenceLSTM().state_dict())
+    assert set(content["metrics"].keys()) == set(TRAIN_METRICS)
+    assert all(isinstance(v, (int, float)) for v in content["metrics"].values())
+    prompts = {e.prompt for e in population(0, 20, 7).user(3).events() if e.prompt}
+    assert prompts and not prompts & set(_strings_in(content))
+
+
+def test_user_level_update_leaves_the_device_clipped(flower_task_identity):
+    message = _message("train", _instructions(clipping_norm=0.05))
+    reply = app(message, _context(4))
+    sent = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    back = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    norm = np.sqrt(sum(float(np.sum((back[k].astype(np.float64) - sent[k]) ** 2)) for k in sent))
+    assert norm <= 0.05 * (1 + 1e-5) and reply.content["metrics"]["clipped"] == 1
+
+
+def test_device_over_its_record_budget_declines_and_says_why(flower_task_identity, tmp_path):
+    record = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
+    reply = app(_message("train", _instructions(record=record, device_dir=str(tmp_path))), _context(5))
+    assert reply.content["metrics"]["declined"] == DECLINED_RECORD_BUDGET
+    assert "record-level privacy budget" in reply.content["status"]["declined"]
+    assert not reply.content.array_records
+
+
+def test_record_level_ledger_persists_on_the_device_across_rounds(flower_task_identity, tmp_path):
+    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+    first = app(_message("train", _instructions(record=record, device_dir=str(tmp_path))), _context(6))
+    second = app(_message("train", _instructions(round=2, record=record, device_dir=str(tmp_path))), _context(6))
+    eps1, eps2 = first.content["metrics"]["record-epsilon"], second.content["metrics"]["record-epsilon"]
+    assert 0 < eps1 < eps2 and (tmp_path / "user-6.ledger.json").is_file()
+
+
+def test_evaluate_reply_holds_only_declared_scalars(flower_task_identity):
+    reply = app(_message("evaluate", _instructions()), _context(7))
+    assert not reply.content.array_records and set(reply.content["metrics"].keys()) == set(EVAL_METRICS)
+    assert 0.0 <= reply.content["metrics"]["eval-top1"] <= 1.0

@@ -1,0 +1,89 @@
+"""A tiny real federated run in Flower's simulation engine (Ray), end to end, with resume and the budget stop."""
+
+import json
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from server.checkpoint import load_checkpoint
+from server.settings import settings_from_config
+from simulations.run import run_federated_simulation
+
+TINY = ["population=small", "population.num_users=16", "population.eval_users=8", "population.days=10",
+        "simulation.sample_rate=0.5", "simulation.final_eval_clients=4", "simulation.central_baseline_epochs=0",
+        "train.epochs=2"]
+
+
+def _run(compose_config, output_dir, *overrides):
+    overrides = TINY + list(overrides)
+    settings = settings_from_config(compose_config(*overrides))
+    return run_federated_simulation(overrides, settings, output_dir)
+
+
+@pytest.fixture(scope="module")
+def user_level_runs(tmp_path_factory):
+    """Two rounds under user-level DP; a resume to four rounds with a larger budget; a resume past that budget."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import ROOT
+
+    def compose_config(*overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    dirs = [tmp_path_factory.mktemp(name) for name in ("first", "resumed", "exhausted")]
+    first = _run(compose_config, dirs[0], "simulation.rounds=2", "privacy.target_epsilon=20")
+    resumed = _run(compose_config, dirs[1], "simulation.rounds=4", "privacy.target_epsilon=40", "resume=true",
+                   f"checkpoint={dirs[0] / 'checkpoint.pt'}")
+    exhausted = _run(compose_config, dirs[2], "simulation.rounds=50", "privacy.target_epsilon=40", "resume=true",
+                     f"checkpoint={dirs[1] / 'checkpoint.pt'}")
+    return first, resumed, exhausted, dirs
+
+
+def test_federated_training_improves_the_global_model(compose_config, tmp_path):
+    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=4")
+    assert len(metrics["rounds"]) == 4
+    assert metrics["final"]["eval_nll"] < metrics["initial"]["eval_nll"] - 0.02
+    assert all(r["clients"] >= 1 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
+    assert {"eval_top1", "eval_nll", "baselines"} <= set(metrics["final"])
+    assert metrics["final"]["federated_eval"]["clients"] >= 1
+    assert (tmp_path / "accuracy.png").is_file() and (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_reported_user_level_epsilon_is_opacus_rdp_for_the_mechanism_that_ran(user_level_runs):
+    first, _, _, dirs = user_level_runs
+    user = first["privacy"]["user_level"]
+    accountant = RDPAccountant()
+    for _ in range(user["rounds"]):
+        accountant.step(noise_multiplier=user["noise_multiplier"], sample_rate=user["sample_rate"])
+    assert user["rounds"] == 2 and user["sample_rate"] == 0.5 and user["clipping_norm"] == 0.5
+    assert user["epsilon"] == pytest.approx(accountant.get_epsilon(user["delta"]), rel=1e-9)
+    assert 19.0 < user["epsilon"] <= 20.0  # calibrated to spend the budget over the planned rounds
+    assert first["rounds"][0]["epsilon"] < first["rounds"][1]["epsilon"] == pytest.approx(user["epsilon"])
+    saved = json.loads((dirs[0] / "metrics.json").read_text())
+    assert saved["privacy"]["user_level"]["epsilon"] == pytest.approx(user["epsilon"])
+
+
+def test_resume_continues_round_numbers_and_the_privacy_ledger(user_level_runs):
+    first, resumed, _, dirs = user_level_runs
+    z = first["privacy"]["user_level"]["noise_multiplier"]
+    assert resumed["privacy"]["user_level"]["noise_multiplier"] == z  # never recalibrated on resume
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    assert resumed["rounds"][:2] == first["rounds"]
+    accountant = RDPAccountant()
+    for _ in range(4):
+        accountant.step(noise_multiplier=z, sample_rate=0.5)
+    assert resumed["privacy"]["user_level"]["rounds"] == 4
+    assert resumed["privacy"]["user_level"]["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert load_checkpoint(dirs[1] / "checkpoint.pt").round == 4
+
+
+def test_training_stops_before_the_round_that_would_pass_the_budget(user_level_runs):
+    _, _, exhausted, _ = user_level_runs
+    user = exhausted["privacy"]["user_level"]
+    assert exhausted["stopped_early"].startswith(f"stopped before round {user['rounds'] + 1}")
+    assert 4 < user["rounds"] < 50 and user["epsilon"] <= 40.0
+    accountant = RDPAccountant()
+    for _ in range(user["rounds"] + 1):
+        accountant.step(noise_multiplier=user["noise_multiplier"], sample_rate=0.5)
+    assert accountant.get_epsilon(1e-5) > 40.0
