@@ -1,0 +1,109 @@
+"""Privacy-utility table across runs: ``python -m simulations.summarize DIR``.
+
+DIR is a Hydra multirun directory (e.g. from ``python -m simulations.run -m privacy.target_epsilon=1,2,4,8``) or any
+directory tree holding ``metrics.json`` files. Prints one row per run (sorted by target epsilon) and writes
+``summary.json`` and ``privacy_utility.png`` (held-out top-1 against spent epsilon, baselines as lines) into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMNS = ("run", "mode", "target_eps", "epsilon", "z", "rounds", "top1", "nll", "recent_mode", "central")
+
+
+def collect(root: Path) -> list[dict]:
+    """One row per ``metrics.json`` under ``root``."""
+    rows = []
+    for path in sorted(root.rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        user = metrics["privacy"].get("user_level") or {}
+        baselines = metrics["final"]["baselines"]
+        rows.append({
+            "run": str(path.parent.relative_to(root)) or ".",
+            "mode": metrics["privacy"]["mode"],
+            "target_eps": user.get("target_epsilon"),
+            "epsilon": user.get("epsilon"),
+            "z": user.get("noise_multiplier"),
+            "rounds": len(metrics["rounds"]),
+            "top1": metrics["final"]["eval_top1"],
+            "nll": metrics["final"]["eval_nll"],
+            "recent_mode": baselines.get("user_recent_most_frequent"),
+            "central": baselines.get("central_nonprivate"),
+            "global_mode": baselines.get("global_most_popular"),
+        })
+    return sorted(rows, key=lambda r: (r["target_eps"] is None, r["target_eps"] or 0.0))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def table(rows: list[dict]) -> str:
+    cells = [[_cell(r[c]) for c in COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    private = [r for r in rows if r["epsilon"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if private:
+        ax.plot([r["epsilon"] for r in private], [r["top1"] for r in private], marker="o", label="user-level DP global model")
+        ax.set_xscale("log")
+    for key, label, style in (("central", "central non-private", "--"), ("recent_mode", "user's most frequent recent genre", ":"),
+                              ("global_mode", "global most popular", "-.")):
+        values = [r[key] for r in rows if r[key] is not None]
+        if values:
+            ax.axhline(sum(values) / len(values), ls=style, lw=1, color="gray", label=label)
+    for r in rows:
+        if r["epsilon"] is None:
+            ax.axhline(r["top1"], ls="-", lw=1, color="green", label=f"no user-level DP ({r['mode']})")
+    ax.set_xlabel("user-level ε spent (log scale)")
+    ax.set_ylabel("held-out top-1 (next kept genre)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.summarize",
+        description="Tabulate held-out accuracy against privacy budget for every metrics.json under DIR.",
+        epilog="example: python -m simulations.run -m privacy.target_epsilon=1,2,4,8 && "
+               "python -m simulations.summarize multirun/2026-11-24/13-00-00",
+    )
+    parser.add_argument("dir", type=Path, help="a Hydra multirun directory, or any folder of runs")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"error: {args.dir} is not a directory; pass the folder a multirun wrote (see its first lines).", file=sys.stderr)
+        return 2
+    rows = collect(args.dir)
+    if not rows:
+        print(f"error: no metrics.json under {args.dir}; did the runs finish?", file=sys.stderr)
+        return 2
+    print(table(rows))
+    (args.dir / "summary.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, args.dir / "privacy_utility.png")
+    print(f"wrote {args.dir / 'summary.json'} and {args.dir / 'privacy_utility.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
