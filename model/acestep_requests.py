@@ -53,7 +53,7 @@ class AceStepV1Request:
 
     def __post_init__(self) -> None:
         if not isinstance(self.lyrics, str):
-            raise ValueError(f"lyrics must be a string (\"\" for none). Found {type(self.lyrics).__name__}.")
+            raise TypeError(f"lyrics must be a string (\"\" for none). Found {type(self.lyrics).__name__}.")
         if self.scheduler_type not in SCHEDULERS:
             raise ValueError(f"scheduler_type must be one of {list(SCHEDULERS)}. Found {self.scheduler_type!r}.")
         if self.cfg_type not in CFG_TYPES:

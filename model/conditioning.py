@@ -57,6 +57,8 @@ GENRE_ENERGY = {"pop": 0.55, "rock": 0.8, "classical": 0.2, "electronic": 0.8, "
 ENERGY_MOODS = ((0.35, ("calm", "atmospheric", "soft")), (0.5, ("mellow", "warm")), (0.65, ("steady", "groovy")),
                 (1.01, ("energetic", "upbeat")))
 """Derived moods by request energy: the first band whose upper bound exceeds the energy."""
+NO_RECENT_CHOICES = RecentChoices()
+"""A user with no recent tempo or instrument choices (a new user, or a request unlike their habit)."""
 QUIET_INSTRUMENTS = frozenset({"acoustic_guitar", "ambient_pad", "strings", "cello", "flute", "piano"})
 
 
@@ -192,7 +194,7 @@ def request_energy(genres: tuple[str, ...], weights: tuple[float, ...], bpm: flo
     return max(0.0, 0.5 * genre_energy + 0.5 * tempo_energy - 0.1 * quiet_share)
 
 
-def build_request(preference: np.ndarray, prompt: str, recent: RecentChoices = RecentChoices(), *,
+def build_request(preference: np.ndarray, prompt: str, recent: RecentChoices = NO_RECENT_CHOICES, *,
                   config: ConditioningConfig = ConditioningConfig(), seed: int | None = None) -> MusicRequest:
     """The request for one generation (rules in the module docstring).
 
@@ -208,9 +210,9 @@ def build_request(preference: np.ndarray, prompt: str, recent: RecentChoices = R
     probs = _check_preference(preference)
     genres, weights, genre_source = _choose_genres(probs, intent, config)
     if genre_source == "prompt" and probs[GENRE_INDEX[genres[0]]] < config.genre_threshold:
-        recent = RecentChoices()  # the user asks for something other than their habit
+        recent = NO_RECENT_CHOICES  # the user asks for something other than their habit
     bpm, bpm_source = _choose_bpm(intent, recent, genres, weights)
-    bpm = int(round(min(max(bpm, ACE_BPM_MIN), ACE_BPM_MAX)))
+    bpm = round(min(max(bpm, ACE_BPM_MIN), ACE_BPM_MAX))
     instruments = _choose_instruments(intent, recent, genres[0], config)
     energy = request_energy(genres, weights, bpm, instruments)
     return MusicRequest(

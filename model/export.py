@@ -15,9 +15,9 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

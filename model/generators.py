@@ -132,7 +132,8 @@ class AceStepGenerator:
         if self._pipeline is None:
             self.check_available()
             os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: the pipeline must not reach a model hub
-            from acestep.pipeline_ace_step import ACEStepPipeline  # lazy: heavy, and absent on most machines
+            # Imported lazily: heavy, and absent on most machines.
+            from acestep.pipeline_ace_step import ACEStepPipeline
 
             self._pipeline = ACEStepPipeline(checkpoint_dir=str(self.checkpoint_dir), device_id=self.device_id,
                                              dtype=self.dtype, cpu_offload=self.cpu_offload)

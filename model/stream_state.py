@@ -5,9 +5,10 @@ cell tensors, the logits after the last event, how many events went in, the time
 time-gap feature is measured from it) and the fingerprint of the weights that produced it. A state made by other
 weights is meaningless, so the fingerprint decides whether a cached state may be continued.
 
-The file is a fixed binary layout (a header, then float32 tensors; no pickle, so loading runs no code), about 1 kB
-for a device model, written to a temporary file and renamed over the old one, so a crash leaves the previous state,
-never half of one. Writing it costs tens of microseconds: cheap enough to persist after every event.
+The file is a fixed binary layout (a header, then float32 tensors; no pickle, so loading runs no code), 392 bytes
+for the default device model, written to a temporary file and renamed over the old one, so a crash leaves the previous state,
+never half of one. It is small enough to rewrite after every event (one write and one rename; see
+``benchmarks/device_inference.py`` for what that costs).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+        if value.dtype == torch.bfloat16:
+            value = value.view(torch.int16)  # NumPy has no bfloat16: hash the raw bits
+        digest.update(value.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -6,6 +6,9 @@ their log (``model.stream_state``), so a user coming back after a restart contin
 state carries the fingerprint of the weights that made it: after a model update the state is stale, and it is
 rebuilt once by replaying the user's log with the new weights.
 
+Each step runs through ``model.step_kernel.StepKernel`` (the same arithmetic as ``model.step`` without
+``nn.LSTM``'s per-call overhead), and the state file is rewritten after every event, so a crash loses nothing.
+
 Every step equals the full-sequence model ``model(x[:, :t+1], lengths)`` on the same history, because the
 per-event features are exactly those of ``encode_events``, including the time gap to the previous event, which
 the stream remembers as ``last_ts``.
@@ -23,6 +26,7 @@ import torch
 from model.encoding import encode_events
 from model.events import Event
 from model.networks import PreferenceLSTM
+from model.step_kernel import StepKernel
 from model.stream_state import (
     StaleStateError,
     UserStreamState,
@@ -87,6 +91,7 @@ class StreamingPredictor:
                              "found a bidirectional one.")
         self.model = model.eval()
         self.fingerprint = model_fingerprint(model)
+        self._step = StepKernel(model)
         self._memory.clear()
 
     def observe(self, user_id: str | int, event: Event) -> np.ndarray:
@@ -159,13 +164,12 @@ class StreamingPredictor:
             "with the user's log, or pass history= to rebuild automatically."
         )
 
-    @torch.inference_mode()
     def _advance(self, state: UserStreamState, events: Sequence[Event]) -> UserStreamState:
         """``state`` after reading ``events`` one step each."""
         h, c, logits, last_ts = state.h, state.c, state.logits, state.last_ts
         for event in events:
             features = torch.from_numpy(encode_next_event(event, last_ts)).unsqueeze(0)
-            step_logits, (h, c) = self.model.step(features, (h, c))
+            step_logits, (h, c) = self._step(features, (h, c))
             logits, last_ts = step_logits[0], event.ts
         return UserStreamState(h, c, logits, self.fingerprint, state.events_consumed + len(events), last_ts)
 

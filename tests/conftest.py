@@ -28,3 +28,14 @@ def flower_task_identity():
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     yield
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One thread per test process: on this 2-core shared machine a second thread mostly adds contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,161 @@
+"""The streaming predictor equals the full-sequence causal model, survives restarts and notices model updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.encoding import encode_events
+from model.networks import ModelConfig, PreferenceLSTM
+from model.step_kernel import StepKernel
+from model.stream_state import StaleStateError, check_user_id, load_state, state_path
+from model.streaming import StreamingPredictor, encode_next_event
+from simulations.population import Population, PopulationConfig
+
+CAUSAL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a small shared machine, thread hand-offs cost more than these tiny models' work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(seed: int) -> PreferenceLSTM:
+    torch.manual_seed(seed)
+    return PreferenceLSTM(CAUSAL).eval()
+
+
+@pytest.fixture(scope="module")
+def events():
+    log = Population(PopulationConfig(num_users=1, days=10, seed=3)).user(0).events()
+    assert len(log) >= 20
+    return log[:40]
+
+
+def _full_sequence_probs(model: PreferenceLSTM, events) -> np.ndarray:
+    """Reference: the causal model over each whole prefix, ``probs[t]`` after event ``t``."""
+    x = torch.from_numpy(encode_events(events)).unsqueeze(0)
+    with torch.no_grad():
+        return np.stack([
+            torch.softmax(model(x[:, : t + 1], torch.tensor([t + 1])), -1)[0].numpy() for t in range(len(events))
+        ])
+
+
+def test_next_event_encoding_matches_encode_events(events):
+    full = encode_events(events)
+    for t, event in enumerate(events):
+        previous = events[t - 1].ts if t else None
+        np.testing.assert_array_equal(encode_next_event(event, previous), full[t])
+
+
+def test_step_kernel_equals_model_step(events):
+    model = _model(7)
+    kernel = StepKernel(model)
+    features = torch.from_numpy(encode_events(events))
+    state_model = state_kernel = model.initial_state(1)
+    with torch.no_grad():
+        for row in features:
+            logits_model, state_model = model.step(row[None], state_model)
+            logits_kernel, state_kernel = kernel(row[None], state_kernel)
+            torch.testing.assert_close(logits_kernel, logits_model, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(state_kernel, state_model, atol=1e-6, rtol=1e-5)
+
+
+def test_streaming_matches_full_sequence_after_every_event(tmp_path, events):
+    model = _model(0)
+    reference = _full_sequence_probs(model, events)
+    predictor = StreamingPredictor(model, tmp_path)
+    for t, event in enumerate(events):
+        np.testing.assert_allclose(predictor.observe("u1", event), reference[t], atol=1e-5)
+    np.testing.assert_allclose(predictor.predict("u1"), reference[-1], atol=1e-5)
+    assert predictor.events_consumed("u1") == len(events)
+
+
+def test_cache_survives_restart_and_continues_exactly(tmp_path, events):
+    model = _model(1)
+    reference = _full_sequence_probs(model, events)
+    half = len(events) // 2
+    first = StreamingPredictor(model, tmp_path)
+    for event in events[:half]:
+        first.observe(7, event)
+    del first
+
+    def no_replay(user_id):
+        raise AssertionError("a returning user must not be replayed")
+
+    second = StreamingPredictor(_model(1), tmp_path, history=no_replay)  # same weights, new object
+    np.testing.assert_allclose(second.predict(7), reference[half - 1], atol=1e-5)
+    for t in range(half, len(events)):
+        np.testing.assert_allclose(second.observe(7, events[t]), reference[t], atol=1e-5)
+    saved = load_state(state_path(tmp_path, 7))
+    assert saved.events_consumed == len(events) and saved.last_ts == events[-1].ts
+
+
+def test_changed_model_invalidates_cache(tmp_path, events):
+    old = StreamingPredictor(_model(2), tmp_path)
+    for event in events[:10]:
+        old.observe("u", event)
+    updated = _model(3)
+    stale = StreamingPredictor(updated, tmp_path)
+    assert stale.events_consumed("u") == 0
+    with pytest.raises(StaleStateError, match="other model weights"):
+        stale.observe("u", events[10])
+
+
+def test_stale_cache_is_rebuilt_once_from_the_log(tmp_path, events):
+    old = StreamingPredictor(_model(2), tmp_path)
+    for event in events[:10]:
+        old.observe("u", event)
+    updated = _model(3)
+    calls = []
+
+    def history(user_id):
+        calls.append(user_id)
+        return events[:10]
+
+    predictor = StreamingPredictor(updated, tmp_path, history=history)
+    reference = _full_sequence_probs(updated, events[:12])
+    np.testing.assert_allclose(predictor.observe("u", events[10]), reference[10], atol=1e-5)
+    np.testing.assert_allclose(predictor.observe("u", events[11]), reference[11], atol=1e-5)
+    assert calls == ["u"]
+
+
+def test_rebuild_replays_the_log(tmp_path, events):
+    model = _model(4)
+    predictor = StreamingPredictor(model, tmp_path)
+    np.testing.assert_allclose(predictor.rebuild("u", events), _full_sequence_probs(model, events)[-1], atol=1e-5)
+    assert predictor.rebuild("empty", []) is None
+    with pytest.raises(LookupError, match="no events observed"):
+        predictor.predict("empty")
+
+
+def test_out_of_order_event_is_refused(tmp_path, events):
+    predictor = StreamingPredictor(_model(5), tmp_path)
+    predictor.observe("u", events[5])
+    with pytest.raises(ValueError, match="time order"):
+        predictor.observe("u", events[0])
+
+
+def test_bidirectional_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="causal model"):
+        StreamingPredictor(PreferenceLSTM(ModelConfig()), tmp_path)
+
+
+def test_broken_state_file_is_reported(tmp_path, events):
+    predictor = StreamingPredictor(_model(6), tmp_path)
+    predictor.observe("u", events[0])
+    path = state_path(tmp_path, "u")
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="must be .* bytes"):
+        StreamingPredictor(_model(6), tmp_path).predict("u")
+
+
+@pytest.mark.parametrize("bad", ["../etc", "", ".hidden", "a/b", True])
+def test_user_ids_cannot_escape_the_cache_dir(bad):
+    with pytest.raises(ValueError, match="user_id must be"):
+        check_user_id(bad)
