@@ -3,10 +3,11 @@
 A step is forward + backward + optimizer step on one batch of right-padded windows (a quarter of them shorter than
 the window, like the first windows of a user's log). Three ways, same weights, one thread:
 
-1. non-private: ``PreferenceLSTM`` with ``nn.LSTM`` on packed input, mean cross-entropy, Adam. The floor. For
-   reference only, also ``nn.LSTM`` on the *unpacked* padded batch (not the same model: its reverse direction reads
-   the padding), because on CPU the backward of packed ``nn.LSTM`` is slow (profiled: mostly ``slice_backward``
-   zero-filling).
+1. non-private: ``PreferenceLSTM`` as it trains without privacy (mean cross-entropy, Adam): the fused recurrence of
+   ``model/per_sample_lstm.py`` with ``per_sample=False``, which replaced ``nn.LSTM`` on packed input for training
+   because on CPU the packed backward is slow (profiled: mostly ``slice_backward`` zero-filling). The floor. For
+   reference, also ``nn.LSTM``'s fused kernel on the *unpacked* padded batch (not the same model: its reverse
+   direction reads the padding).
 2. DP (ours): the same model with ``per_sample_grads=True`` (``model.per_sample``), summed cross-entropy, Opacus'
    ``DPOptimizer`` (clip every sample's gradient, add Gaussian noise, average over the expected batch size, Adam).
 3. stock Opacus: ``nn.LSTM`` replaced by ``opacus.layers.DPLSTM`` (weights copied by name), ``GradSampleModule`` in

@@ -92,8 +92,9 @@ class PreferenceLSTM(nn.Module):
         inputs = self._embed(x)
         if self.per_sample_grads:
             _, h_n = lstm_with_grad_sample(self.lstm, inputs, lengths)
-        elif self.training and torch.is_grad_enabled():
+        elif self.training and torch.is_grad_enabled() and type(self.lstm) is nn.LSTM:
             # Same recurrence without per-sample gradients: faster to train on CPU than the packed nn.LSTM.
+            # (Only for nn.LSTM itself: a swapped-in module such as Opacus' DPLSTM runs its own forward.)
             _, h_n = lstm_with_grad_sample(self.lstm, inputs, lengths, per_sample=False)
         else:
             packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)

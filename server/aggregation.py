@@ -26,7 +26,7 @@ Arrays = dict[str, np.ndarray]
 
 def make_strategy(settings: StrategySettings) -> FedAvg:
     """The Flower strategy named in config; only its ``aggregate_train`` is used (we sample and send ourselves)."""
-    never_wait = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=0, min_evaluate_nodes=0, min_available_nodes=0)
+    never_wait = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=0, min_evaluate_nodes=0, min_available_nodes=0)
     if settings.name == "fedavg":
         return FedAvg(**never_wait)
     if settings.name == "fedadam":

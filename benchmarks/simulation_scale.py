@@ -1,0 +1,163 @@
+"""How close a federated round through Flower's simulation engine comes to the compute floor.
+
+For each point (users in the population, clients expected per round) this measures, in one run:
+
+(a) the floor: the clients of round 1 (the same Poisson sample the server draws) trained back to back in this
+    process with no Flower (data generation included, one thread), divided by the number of workers;
+(b) the real rounds: the ServerApp and ClientApp in Flower's simulation engine (Ray, one CPU per worker), round
+    time as the server measures it (sampling to checkpoint), averaged over the measured rounds;
+
+and prints wall time per round, client updates per second, peak memory (RSS of this process and all its
+descendants: Ray's processes included) and the ratio (b)/(a). The last line is one JSON object for the largest
+point run. ``--quick`` runs 1,000 users / 100 per round only. The full run adds 10,000 / 1,000 and
+100,000 / 1,000 (memory must not grow with the population at the same clients per round).
+
+    python benchmarks/simulation_scale.py [--quick] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+WORKERS = 2  # one Ray worker per core with simulation.num_cpus_per_client=1 on this 2-core machine
+
+
+def _descendants_rss_mb(root_pid: int) -> float:
+    """RSS of ``root_pid`` and every process below it, from /proc (no third-party packages)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry)
+        parents[pid] = int(fields.get("PPid", "0").strip())
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(rss.get(p, 0) for p in tree) / 1024.0
+
+
+class PeakMemory:
+    """Samples the process tree's RSS every 0.5 s in a background thread."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _descendants_rss_mb(os.getpid()))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _overrides(users: int, per_round: int, rounds: int, nodes: int) -> list[str]:
+    return [
+        f"population.num_users={users}", "population.eval_users=20", f"simulation.sample_rate={per_round / users}",
+        f"simulation.rounds={rounds}", f"simulation.nodes={nodes}", "simulation.final_eval_clients=0",
+        "simulation.central_baseline_epochs=0", "simulation.round_timeout_s=1200", "privacy.delta=1e-6",
+    ]
+
+
+def measure_floor(settings, sampled_users: list[int]) -> float:
+    """Seconds the sampled clients' local work takes back to back, divided by the worker count."""
+    from client.device_ledger import DeviceLedger
+    from client.local_update import local_update
+    from client.simulated_device import device_examples
+    from model.networks import PreferenceLSTM
+    from server.federation import FederatedRun
+
+    torch.set_num_threads(1)
+    run = FederatedRun(settings, Path(tempfile.mkdtemp(prefix="floor-")))
+    instructions = run._instructions(1)
+    torch.manual_seed(settings.seed)
+    arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
+    started = time.perf_counter()
+    for user in sampled_users:
+        examples, _ = device_examples(instructions.data, user)
+        local_update(arrays, instructions, examples, DeviceLedger(None), user)
+    return (time.perf_counter() - started) / WORKERS
+
+
+def round_one_sample(settings) -> list[int]:
+    """The users the server samples in round 1 (same generator, same seed)."""
+    rng = np.random.default_rng([settings.seed, 0])
+    users = settings.population.num_users
+    return [int(u) for u in np.nonzero(rng.random(users) < settings.simulation.sample_rate)[0]]
+
+
+def measure_point(users: int, per_round: int, rounds: int) -> dict:
+    from server.server_app import compose_settings
+    from simulations.run import run_federated_simulation
+
+    nodes = min(users, 2 * per_round)
+    overrides = _overrides(users, per_round, rounds, nodes)
+    settings = compose_settings("config", overrides)
+    sampled = round_one_sample(settings)
+    floor_s = measure_floor(settings, sampled)
+    output = Path(tempfile.mkdtemp(prefix="scale-"))
+    with PeakMemory() as memory:
+        metrics = run_federated_simulation(overrides, settings, output)
+    measured = metrics["rounds"]
+    round_s = sum(r["seconds"] for r in measured) / len(measured)
+    updates = sum(r["clients"] for r in measured) / len(measured)
+    first = measured[0]
+    return {
+        "users": users, "clients_per_round": per_round, "nodes": nodes, "round_s": round_s, "floor_s": floor_s,
+        "ratio": round_s / floor_s if floor_s else float("inf"), "updates_per_s": updates / round_s,
+        "peak_rss_mb": memory.peak_mb, "round1_clients": first["clients"], "round1_sampled": len(sampled),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only 1,000 users / 100 per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds measured per point (default 2)")
+    args = parser.parse_args()
+    points = [(1_000, 100)] if args.quick else [(1_000, 100), (10_000, 1_000), (100_000, 1_000)]
+    results = []
+    for users, per_round in points:
+        print(f"measuring {users:,} users / {per_round:,} per round ...", flush=True)
+        results.append(measure_point(users, per_round, args.rounds))
+    print(f"\n{'users':>8} {'per round':>9} {'nodes':>6} {'round s':>8} {'floor s':>8} {'ratio':>6} {'updates/s':>9} {'peak RSS MB':>11}")
+    for r in results:
+        print(f"{r['users']:>8,} {r['clients_per_round']:>9,} {r['nodes']:>6,} {r['round_s']:>8.1f} {r['floor_s']:>8.1f} "
+              f"{r['ratio']:>6.2f} {r['updates_per_s']:>9.1f} {r['peak_rss_mb']:>11.0f}")
+    last = results[1] if len(results) > 1 else results[0]
+    keys = ("users", "clients_per_round", "round_s", "floor_s", "ratio", "updates_per_s", "peak_rss_mb")
+    print(json.dumps({k: round(last[k], 3) if isinstance(last[k], float) else last[k] for k in keys}))
+
+
+if __name__ == "__main__":
+    main()
