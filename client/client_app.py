@@ -1,25 +1,27 @@
 """The Flower ClientApp: one device training the preference LSTM on its private log.
 
 It receives the global prior and this round's instructions in the message, trains locally (DP-SGD when
-record-level privacy is on) and replies with model arrays and the declared scalar metrics only. In simulation its
-log is synthetic user ``partition-id``; on a device the node config names its log (see README).
+record-level privacy is on) and replies with model arrays and the declared scalar metrics only. Where its data
+comes from is ``client.device_data``: the log store named by node config ``log-db`` on a device, synthetic user
+``partition-id`` in simulation. Rounds run with secure aggregation arrive as SecAgg+ messages and go to
+``client.secagg_client`` (same training, masked reply).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from client.device_data import device_data
 from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions, from_config_items
 from client.local_update import DECLINE_REASONS, local_evaluation, local_update
 from client.records import from_array_record, to_array_record
-from client.simulated_device import device_examples
-from model.encoding import Examples
+from client.secagg_client import secagg_app
 
 logging.getLogger("flwr").propagate = False  # opacus calls logging.basicConfig(): without this flwr logs twice
 
@@ -34,30 +36,22 @@ def _arrays(msg: Message) -> dict[str, np.ndarray]:
     return from_array_record(msg.content["arrays"])
 
 
-def _user_id(context: Context) -> int:
-    if "partition-id" not in context.node_config:
-        raise ValueError("node config has no 'partition-id': start simulated nodes with --node-config \"partition-id=N\".")
-    return int(context.node_config["partition-id"])
-
-
-def _device_data(instructions: TrainInstructions, context: Context) -> tuple[Examples, Examples, int]:
-    user_id = _user_id(context)
-    train, held_out = device_examples(instructions.data, user_id)
-    return train, held_out, user_id
-
-
-def _ledger_path(instructions: TrainInstructions, user_id: int) -> Path | None:
-    if instructions.device_dir is None:
-        return None
-    return Path(instructions.device_dir) / f"user-{user_id}.ledger.json"
+def _node_config(msg: Message, context: Context) -> dict:
+    """The node's config; a simulation slot plays the user the server names in the message's "user" record."""
+    config = dict(context.node_config)
+    if "user" in msg.content.config_records:
+        config["partition-id"] = int(msg.content["user"]["user-id"])
+    return config
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
+        return secagg_app(msg, context)
     instructions = _instructions(msg)
-    examples, _, user_id = _device_data(instructions, context)
-    ledger = DeviceLedger(_ledger_path(instructions, user_id))
-    update = local_update(_arrays(msg), instructions, examples, ledger, user_id)
+    data = device_data(instructions.data, _node_config(msg, context), instructions.device_dir)
+    ledger = DeviceLedger(data.ledger_path)
+    update = local_update(_arrays(msg), instructions, data.train, ledger, data.device_id)
     content = RecordDict({"metrics": MetricRecord(update.metrics)})
     if update.declined:
         content["status"] = ConfigRecord({"declined": DECLINE_REASONS[update.declined]})
@@ -69,8 +63,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     instructions = _instructions(msg)
-    _, held_out, _ = _device_data(instructions, context)
-    metrics = local_evaluation(_arrays(msg), instructions.model, held_out)
+    data = device_data(instructions.data, _node_config(msg, context), instructions.device_dir)
+    metrics = local_evaluation(_arrays(msg), instructions.model, data.held_out)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -25,15 +25,30 @@ from client.records import to_array_record
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
+from privacy.errors import PrivacyConfigError
 from server import evaluation
-from server.aggregation import UserLevelDP, aggregate, load_strategy_state, make_strategy, strategy_state
+from server.aggregation import AggregationStats, UserLevelDP, aggregate, load_strategy_state, make_strategy, strategy_state
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.replies import sort_replies
 from server.report import plot_rounds, write_json
+from server.secagg import SecureAggregator, add_noise_and_step
 from server.settings import ConfigError, RunSettings
 
-WARM_UP_NODES = 4
+
+@dataclass
+class RoundOutcome:
+    """What one round's aggregation produced, whichever path (plain or secure) ran it."""
+
+    arrays: dict[str, np.ndarray]
+    stats: AggregationStats
+    clients: int
+    failed: int
+    rejected: int = 0
+    declined: int = 0
+    train_loss: float | None = None
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    halted: str | None = None  # secure aggregation only: why no sum was revealed
 
 
 @dataclass
@@ -90,6 +105,10 @@ class FederatedRun:
         self.model = PreferenceLSTM(settings.model)
         self.device_dir = str(self.output_dir / "devices")
         self.stop_reason: str | None = None
+        self.secure: SecureAggregator | None = None
+        if settings.secagg.enabled:
+            self.secure = SecureAggregator(settings.secagg, clipping_norm=settings.privacy.clipping_norm,  # type: ignore[arg-type]
+                                           timeout_s=settings.simulation.round_timeout_s)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _fresh_state(self) -> RunState:
@@ -154,16 +173,22 @@ class FederatedRun:
         """Train for the configured rounds (or until the budget stops it); returns the metrics written."""
         sim = self.settings.simulation
         state = self._resumed_state() if self.settings.resume else self._fresh_state()
-        population = self.settings.population
-        held_out = evaluation.held_out_examples(
-            self.data, range(population.num_users, self.data.population_size), population.eval_points_per_user
-        )
-        node_ids = wait_for_nodes(grid, self.settings.population.num_users, timeout_s=sim.node_wait_s)
-        warm_up(grid, node_ids, WARM_UP_NODES)
+        population, deployment = self.settings.population, self.settings.deployment
+        held_out = None
+        if deployment.server_eval:
+            held_out = evaluation.held_out_examples(
+                self.data, range(population.num_users, self.data.population_size), population.eval_points_per_user
+            )
+        node_ids = wait_for_nodes(grid, deployment.min_nodes or sim.nodes or population.num_users, timeout_s=sim.node_wait_s)
+        self._check_delta(self._population_size(node_ids))
+        if deployment.warm_up_nodes:
+            warm_up(grid, node_ids, deployment.warm_up_nodes)
         channel = RoundChannel(grid, ttl_s=3 * sim.round_timeout_s)
-        self.progress.line(f"{len(node_ids)} nodes connected; outputs in {self.output_dir}")
+        mode = "secure aggregation (SecAgg+)" if self.secure is not None else "plain aggregation"
+        self.progress.line(f"{len(node_ids)} nodes connected; {mode}; outputs in {self.output_dir}")
         self.initial_scores = self._score(state.arrays, held_out)
-        self.progress.line(f"round {state.round}: held-out top-1 {self.initial_scores['top1']:.3f}, NLL {self.initial_scores['nll']:.3f}")
+        if held_out is not None:
+            self.progress.line(f"round {state.round}: held-out top-1 {self.initial_scores['top1']:.3f}, NLL {self.initial_scores['nll']:.3f}")
         started = time.perf_counter()
         while state.round < sim.rounds:
             if not self._budget_allows_next_round(state):
@@ -171,6 +196,15 @@ class FederatedRun:
             self._run_round(state, state.round + 1, node_ids, channel, held_out)
         metrics = self._finish(grid, state, node_ids, channel, held_out, time.perf_counter() - started)
         return metrics
+
+    def _check_delta(self, population: int) -> None:
+        """δ must stay below 1/N for the population actually sampled from (on a real server: the connected nodes)."""
+        p = self.settings.privacy
+        if p.user_level and not p.delta < 1.0 / population:
+            raise PrivacyConfigError(
+                f"privacy.delta must be < 1/N = {1.0 / population:g} for the N = {population} users sampled from "
+                f"(a larger delta can leak one user's data outright); found {p.delta}."
+            )
 
     def _budget_allows_next_round(self, state: RunState) -> bool:
         p, sim = self.settings.privacy, self.settings.simulation
@@ -188,68 +222,124 @@ class FederatedRun:
             return False
         return True
 
-    def _run_round(self, state: RunState, server_round: int, node_ids: list[int], channel: RoundChannel, held_out: Examples) -> None:
+    def _run_round(self, state: RunState, server_round: int, node_ids: list[int], channel: RoundChannel, held_out: Examples | None) -> None:
         sim, p = self.settings.simulation, self.settings.privacy
         started = time.perf_counter()
-        chosen = [n for n, u in zip(node_ids, self.sampling_rng.random(len(node_ids))) if u < sim.sample_rate]
         busy = channel.busy_nodes()
-        sampled = [n for n in chosen if n not in busy]
-        content = RecordDict({
-            "arrays": to_array_record(state.arrays),
-            "config": ConfigRecord(to_config_items(self._instructions(server_round))),
-        })
-        messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(server_round),
-                            ttl=3 * sim.round_timeout_s) for n in sampled]
-        replies = channel.send_and_collect(
-            messages, timeout_s=sim.round_timeout_s, on_reply=lambda d, t: self.progress.clients(server_round, d, t)
-        )
-        sorted_replies = sort_replies(replies, state.arrays)
+        if sim.nodes:
+            # Simulation slots: sample *users* (Poisson over the whole population) and hand each to a free node,
+            # its user id in the message. Memory then follows the clients of a round, not the population.
+            draws = self.sampling_rng.random(self.settings.population.num_users)
+            chosen = [int(u) for u in np.nonzero(draws < sim.sample_rate)[0]]
+            sampled = list(zip([n for n in node_ids if n not in busy], chosen))
+        else:
+            chosen = [n for n, u in zip(node_ids, self.sampling_rng.random(len(node_ids))) if u < sim.sample_rate]
+            sampled = [(n, None) for n in chosen if n not in busy]
         dp = None
         if p.user_level:
-            dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * len(node_ids))  # type: ignore[arg-type]
-        state.arrays, stats = aggregate(self.strategy, server_round, state.arrays, sorted_replies.updates, dp=dp, rng=self.noise_rng)
+            dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * self._population_size(node_ids))  # type: ignore[arg-type]
+        if self.secure is not None:
+            outcome = self._secure_round(state, server_round, [n for n, _ in sampled], channel, dp)  # type: ignore[arg-type]
+        else:
+            outcome = self._plain_round(state, server_round, sampled, channel, dp)
+        state.arrays = outcome.arrays
         if p.user_level:
             state.ledger.record(noise_multiplier=state.noise_multiplier, sample_rate=sim.sample_rate)  # type: ignore[arg-type]
-        for update in sorted_replies.updates:
-            state.record_epsilon[update.node_id] = float(update.metrics["record-epsilon"])
         scores = self._score(state.arrays, held_out)
-        updates = sorted_replies.updates
-        examples = sum(u.metrics["num-examples"] for u in updates)
-        train_loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else None
         record_eps = list(state.record_epsilon.values())
         row = {
             "round": server_round,
-            "train_loss": train_loss,
+            "train_loss": outcome.train_loss,
             "eval_top1": scores["top1"],
             "eval_nll": scores["nll"],
             "epsilon": self._epsilon(state.ledger) if p.user_level else None,
-            "clients": len(updates),
+            "clients": outcome.clients,
             "sampled": len(chosen),
             "skipped_busy": len(chosen) - len(sampled),
-            "failed": len(sorted_replies.failed) + (len(sampled) - len(replies)),
-            "rejected": len(sorted_replies.rejected),
-            "declined": len(sorted_replies.declined),
-            "clipped_fraction": stats.clipped_fraction,
-            "mean_update_norm": stats.mean_update_norm,
+            "failed": outcome.failed,
+            "rejected": outcome.rejected,
+            "declined": outcome.declined,
+            "clipped_fraction": outcome.stats.clipped_fraction,
+            "mean_update_norm": outcome.stats.mean_update_norm,
             "record_epsilon_max": max(record_eps) if p.record_level and record_eps else None,
             "record_epsilon_median": statistics.median(record_eps) if p.record_level and record_eps else None,
             "seconds": time.perf_counter() - started,
         }
+        if self.secure is not None:
+            row["secagg_halted"] = outcome.halted
         state.rounds.append(row)
         state.round = server_round
-        for node, reason in (sorted_replies.failed + sorted_replies.rejected)[:3]:
+        for node, reason in outcome.problems[:3]:
             self.progress.line(f"  node {node}: {reason.strip().splitlines()[-1] if reason.strip() else reason}")
+        if outcome.halted:
+            self.progress.line(f"  secure aggregation: {outcome.halted}; this round releases noise only")
         self._checkpoint(state)
         eps_text = f" · ε {row['epsilon']:.2f}/{p.target_epsilon:g}" if p.user_level else ""
         rec_text = f" · record ε max {row['record_epsilon_max']:.2f}" if row["record_epsilon_max"] is not None else ""
-        loss_text = f"{train_loss:.3f}" if train_loss is not None else "-"
+        loss_text = f"{outcome.train_loss:.3f}" if outcome.train_loss is not None else "-"
+        eval_text = f" · held-out top-1 {scores['top1']:.3f}" if held_out is not None else ""
         self.progress.line(
-            f"round {server_round}/{sim.rounds} · {len(updates)}/{len(chosen)} clients"
+            f"round {server_round}/{sim.rounds} · {outcome.clients}/{len(chosen)} clients"
             f" ({row['failed']} failed, {row['rejected']} rejected, {row['declined']} declined)"
-            f" · loss {loss_text} · held-out top-1 {scores['top1']:.3f}{eps_text}{rec_text} · {row['seconds']:.1f} s"
+            f" · loss {loss_text}{eval_text}{eps_text}{rec_text} · {row['seconds']:.1f} s"
         )
 
-    def _score(self, arrays: dict[str, np.ndarray], held_out: Examples) -> dict[str, float]:
+    def _population_size(self, node_ids: list[int]) -> int:
+        """N of the sampling rate: the simulated users in slot mode, otherwise the connected nodes."""
+        return self.settings.population.num_users if self.settings.simulation.nodes else len(node_ids)
+
+    @staticmethod
+    def _content(shared: RecordDict, user: int | None) -> RecordDict:
+        """The round's shared records, plus the user a simulation slot should play (slot mode only)."""
+        if user is None:
+            return shared
+        return RecordDict({**dict(shared.items()), "user": ConfigRecord({"user-id": user})})
+
+    def _plain_round(self, state: RunState, server_round: int, sampled: list[tuple[int, int | None]], channel: RoundChannel,
+                     dp: UserLevelDP | None) -> RoundOutcome:
+        """Send, collect within the timeout, check each reply, then clip, sum and noise on the server."""
+        sim = self.settings.simulation
+        content = RecordDict({
+            "arrays": to_array_record(state.arrays),
+            "config": ConfigRecord(to_config_items(self._instructions(server_round))),
+        })
+        messages = [Message(self._content(content, user), dst_node_id=n, message_type=MessageType.TRAIN,
+                            group_id=str(server_round), ttl=3 * sim.round_timeout_s) for n, user in sampled]
+        owner = {n: (n if user is None else user) for n, user in sampled}
+        replies = channel.send_and_collect(
+            messages, timeout_s=sim.round_timeout_s, on_reply=lambda d, t: self.progress.clients(server_round, d, t)
+        )
+        sorted_replies = sort_replies(replies, state.arrays)
+        arrays, stats = aggregate(self.strategy, server_round, state.arrays, sorted_replies.updates, dp=dp, rng=self.noise_rng)
+        updates = sorted_replies.updates
+        for update in updates:
+            state.record_epsilon[owner.get(update.node_id, update.node_id)] = float(update.metrics["record-epsilon"])
+        examples = sum(u.metrics["num-examples"] for u in updates)
+        train_loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else None
+        return RoundOutcome(
+            arrays=arrays, stats=stats, clients=len(updates), failed=len(sorted_replies.failed) + (len(sampled) - len(replies)),
+            rejected=len(sorted_replies.rejected), declined=len(sorted_replies.declined), train_loss=train_loss,
+            problems=sorted_replies.failed + sorted_replies.rejected,
+        )
+
+    def _secure_round(self, state: RunState, server_round: int, sampled: list[int], channel: RoundChannel,
+                      dp: UserLevelDP) -> RoundOutcome:
+        """SecAgg+ sums the clients' updates (clipped on the device); the server sees only the sum, adds noise."""
+        config = to_config_items(self._instructions(server_round))
+        secure = self.secure.sum_updates(channel.grid, sampled, state.arrays, config)  # type: ignore[union-attr]
+        sensitivity = self.secure.sensitivity(self._num_coordinates(state))  # type: ignore[union-attr]
+        arrays, stats = add_noise_and_step(self.strategy, server_round, state.arrays, secure, dp=dp,
+                                           sensitivity=sensitivity, rng=self.noise_rng)
+        return RoundOutcome(arrays=arrays, stats=stats, clients=secure.contributors, failed=secure.dropped,
+                            halted=secure.halted)
+
+    @staticmethod
+    def _num_coordinates(state: RunState) -> int:
+        return sum(int(np.asarray(a).size) for a in state.arrays.values())
+
+    def _score(self, arrays: dict[str, np.ndarray], held_out: Examples | None) -> dict[str, float]:
+        if held_out is None:  # deployment.server_eval=false: a real server holds no users' data to score on
+            return {"top1": float("nan"), "nll": float("nan")}
         self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
         return evaluation.score(self.model, held_out)
 
@@ -269,12 +359,16 @@ class FederatedRun:
             return {}
         # Node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy.
         chosen = [node_ids[i] for i in self.sampling_rng.choice(len(node_ids), size=count, replace=False)]
+        users: list[int | None] = [None] * len(chosen)
+        if self.settings.simulation.nodes:
+            users = [int(u) for u in self.sampling_rng.choice(self.settings.population.num_users, size=count, replace=False)]
         busy = channel.busy_nodes()
         content = RecordDict({
             "arrays": to_array_record(state.arrays),
             "config": ConfigRecord(to_config_items(self._instructions(state.round))),
         })
-        messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in chosen if n not in busy]
+        messages = [Message(self._content(content, user), dst_node_id=n, message_type=MessageType.EVALUATE)
+                    for n, user in zip(chosen, users) if n not in busy]
         replies = [r for r in channel.send_and_collect(messages, timeout_s=self.settings.simulation.round_timeout_s) if not r.has_error()]
         metrics = [dict(next(iter(r.content.metric_records.values()))) for r in replies if r.content.metric_records]
         n = sum(m["num-examples"] for m in metrics)
@@ -335,19 +429,37 @@ class FederatedRun:
                 "Record-level ε protects single events of one user (DP-SGD on the device), not the user; each device "
                 "tracks it over every round it trained and declines past its budget."
             )
+        if self.secure is not None:
+            sa = self.settings.secagg
+            report["secure_aggregation"] = {
+                "protocol": "SecAgg+ (Flower legacy workflow)", "num_shares": sa.num_shares,
+                "reconstruction_threshold": sa.reconstruction_threshold, "clipping_range": self.secure.clipping_range,
+                "quantization_range": sa.quantization_range, "mean_error_bound": self.secure.error_bound,
+                "sensitivity": self.secure.sensitivity(self._num_coordinates(state)),
+            }
+            report["notes"].append(
+                "Secure aggregation: the server saw only the sum of the clients' updates, each clipped to the clipping "
+                "norm on its device (the guarantee assumes devices run this ClientApp unmodified). Per-client "
+                "diagnostics (train_loss, clipped_fraction, mean_update_norm, record ε) are not reported. Each "
+                "coordinate is quantised over ±clipping_range, so the mean differs from the exact mean by at most "
+                "mean_error_bound per coordinate. Rounding can lengthen one contribution past the clipping norm (to at "
+                "most `sensitivity`), so the noise std is noise_multiplier·sensitivity instead of noise_multiplier·C: "
+                "ε is exactly as accounted."
+            )
         return report
 
-    def _finish(self, grid: Grid, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples, seconds: float) -> dict:
+    def _finish(self, grid: Grid, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples | None, seconds: float) -> dict:
         final_scores = self._score(state.arrays, held_out)
         federated = self._federated_evaluation(grid, state, node_ids, channel)
-        baselines = self._baselines(held_out)
+        baselines = self._baselines(held_out) if held_out is not None else {}
         metrics = {
             "rounds": state.rounds,
             "initial": {"round": state.rounds[0]["round"] - 1 if state.rounds else state.round,
                         "eval_top1": self.initial_scores["top1"], "eval_nll": self.initial_scores["nll"]},
             "final": {"eval_top1": final_scores["top1"], "eval_nll": final_scores["nll"], "federated_eval": federated,
-                      "baselines": baselines, "held_out_users": self.settings.population.eval_users,
-                      "held_out_examples": len(held_out)},
+                      "baselines": baselines,
+                      "held_out_users": self.settings.population.eval_users if held_out is not None else 0,
+                      "held_out_examples": len(held_out) if held_out is not None else 0},
             "privacy": self._privacy_report(state),
             "stopped_early": self.stop_reason,
             "wall_time_s": seconds,

@@ -132,8 +132,11 @@ class SimulationSettings:
     node_wait_s: float = 300.0
     final_eval_clients: int = 100
     central_baseline_epochs: int = 1
+    nodes: int = 0
 
     def __post_init__(self) -> None:
+        if self.nodes < 0:
+            raise ConfigError(f"simulation.nodes must be >= 0 (0: one node per user); found {self.nodes}.")
         if self.rounds < 1:
             raise ConfigError(f"simulation.rounds must be >= 1; found {self.rounds}.")
         if not 0.0 < self.sample_rate <= 1.0:
@@ -150,6 +153,48 @@ class SimulationSettings:
 
 
 @dataclass(frozen=True)
+class DeploymentSettings:
+    """How the server meets its nodes: Flower's simulation (one node per synthetic user) or real SuperNodes."""
+
+    min_nodes: Optional[int] = None  # nodes that must be connected before round 1; None = population.num_users
+    server_eval: bool = True  # score on held-out synthetic users each round, baselines at the end (simulation only)
+    warm_up_nodes: int = 4  # untimed round trip before round 1 (simulation workers start slowly); 0 skips it
+
+    def __post_init__(self) -> None:
+        if self.min_nodes is not None and self.min_nodes < 1:
+            raise ConfigError(f"deployment.min_nodes must be >= 1 (or null for population.num_users); found {self.min_nodes}.")
+        if self.warm_up_nodes < 0:
+            raise ConfigError(f"deployment.warm_up_nodes must be >= 0; found {self.warm_up_nodes}.")
+
+
+SECAGG_MODULUS_RANGE = 2**32
+"""Flower's SecAgg+ default (and maximum) modulus: sums of quantised values must stay below it."""
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """Flower's SecAgg+ (Bell et al. 2020) for the sum of clipped updates; see ``server/secagg.py``."""
+
+    enabled: bool = False
+    num_shares: int = 3  # each client's secrets are split among itself and num_shares - 1 neighbours; odd
+    reconstruction_threshold: int = 2  # shares needed to unmask a client; tolerates num_shares - threshold dropouts
+    quantization_range: int = 2**22  # integer levels over [-C, C]; error per coordinate <= 2C / quantization_range
+
+    def __post_init__(self) -> None:
+        if self.num_shares < 3 or self.num_shares % 2 == 0:
+            raise ConfigError(
+                f"secagg.num_shares must be an odd number >= 3 (even counts crash Flower's SecAgg+ clients); found {self.num_shares}."
+            )
+        if not 2 <= self.reconstruction_threshold < self.num_shares:
+            raise ConfigError(
+                f"secagg.reconstruction_threshold must be in [2, secagg.num_shares - 1 = {self.num_shares - 1}]; "
+                f"found {self.reconstruction_threshold}."
+            )
+        if not 2 <= self.quantization_range < SECAGG_MODULUS_RANGE:
+            raise ConfigError(f"secagg.quantization_range must be in [2, 2**32); found {self.quantization_range}.")
+
+
+@dataclass(frozen=True)
 class RunSettings:
     seed: int = 0
     train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
@@ -158,6 +203,8 @@ class RunSettings:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     strategy: StrategySettings = field(default_factory=StrategySettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    deployment: DeploymentSettings = field(default_factory=DeploymentSettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
     resume: bool = False
     checkpoint: Optional[str] = None
 
@@ -167,6 +214,13 @@ class RunSettings:
 
 
 def _check_across_groups(s: RunSettings) -> None:
+    if s.simulation.nodes and s.secagg.enabled:
+        raise ConfigError("simulation.nodes > 0 (node slots playing sampled users) cannot run with secagg.enabled=true: "
+                          "SecAgg+ pairs keys with fixed nodes. Use simulation.nodes=0.")
+    if s.simulation.nodes > s.population.num_users:
+        raise ConfigError(
+            f"simulation.nodes must be <= population.num_users = {s.population.num_users}; found {s.simulation.nodes}."
+        )
     if s.privacy.user_level:
         if not s.privacy.delta < 1.0 / s.population.num_users:
             raise PrivacyConfigError(
@@ -178,6 +232,24 @@ def _check_across_groups(s: RunSettings) -> None:
                 f"strategy.name={s.strategy.name!r} cannot be combined with user-level DP (privacy.mode="
                 f"{s.privacy.mode!r}): the Gaussian mechanism bounds a sum of clipped updates, not a median or "
                 f"trimmed mean. Use one of {list(MEAN_STRATEGIES)}, or privacy=none/record."
+            )
+    if s.secagg.enabled:
+        if not s.privacy.user_level:
+            raise ConfigError(
+                f"secagg.enabled=true needs user-level DP (privacy=user or both; found privacy.mode={s.privacy.mode!r}): "
+                "the clipping norm bounds every coordinate of an update, which sets SecAgg's quantisation range."
+            )
+        if s.simulation.nodes:
+            raise ConfigError(
+                f"secagg.enabled=true cannot run with simulation.nodes={s.simulation.nodes}: a node slot learns which "
+                "user to play from a record of the plain train message, which SecAgg+'s legacy messages do not carry. "
+                "Use simulation.nodes=0 (one node per user)."
+            )
+        if s.population.num_users * s.secagg.quantization_range >= SECAGG_MODULUS_RANGE:
+            raise ConfigError(
+                f"population.num_users * secagg.quantization_range must be < 2**32 (a secure sum of that many "
+                f"quantised updates would overflow SecAgg's modulus); found {s.population.num_users} * "
+                f"{s.secagg.quantization_range}. Lower secagg.quantization_range."
             )
     if s.resume and not s.checkpoint:
         raise ConfigError("resume=true needs checkpoint=PATH (the checkpoint.pt of the run to continue).")

@@ -87,3 +87,11 @@ def test_training_stops_before_the_round_that_would_pass_the_budget(user_level_r
     for _ in range(user["rounds"] + 1):
         accountant.step(noise_multiplier=user["noise_multiplier"], sample_rate=0.5)
     assert accountant.get_epsilon(1e-5) > 40.0
+
+
+def test_node_slots_play_the_users_the_server_samples(compose_config, tmp_path):
+    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=2", "simulation.nodes=4",
+                   "simulation.sample_rate=1.0")
+    for row in metrics["rounds"]:
+        assert row["sampled"] == 16  # every user of the population, not every node
+        assert row["clients"] == 4 and row["skipped_busy"] == 12  # four slots; the rest are dropouts, counted
