@@ -1,0 +1,144 @@
+"""DP-FedAvg rounds in one process: the federated training code path without Flower's messaging.
+
+Each round samples every user independently with probability q (Poisson sampling), runs the client's own
+``client.local_update.local_update`` on that user's examples (user-level clipping on the device, record-level DP-SGD
+when configured, each device keeping its own record-level ledger), and aggregates with the server's
+``server.aggregation.aggregate`` (clip, sum, Gaussian noise z*C, divide by the expected count qN, then the Flower
+strategy's step). The noise multiplier is calibrated once for the planned rounds and every release is recorded in a
+``privacy.accounting.PrivacyLedger``, exactly as ``server.federation.FederatedRun`` does over a Flower grid.
+
+Used for the closed-loop experiment's periodic retraining on the logs the loop produced (Flower's simulated clients
+read the synthetic population's own logs, not the loop's) and, for small runs and tests, for pre-training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.device_ledger import DeviceLedger
+from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions
+from client.local_update import local_update
+from model.encoding import Examples
+from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
+from server.aggregation import UserLevelDP, aggregate, make_strategy
+from server.replies import ClientUpdate
+from server.settings import RunSettings
+
+Arrays = dict[str, np.ndarray]
+ExamplesOf = Callable[[int], Examples]
+"""Returns the training examples of user ``i`` of the federation (0-based)."""
+
+
+@contextmanager
+def server_task_identity() -> Iterator[None]:
+    """Let the server's aggregation build Flower messages outside a running ServerApp.
+
+    ``server.aggregation`` hands the strategy ``Message`` objects, which Flower only builds when the process has a
+    task identity (a running app sets it). Outside one, set the identity a ServerApp would have, then restore it.
+    """
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    if saved[0] is None:
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 0, 0, 0
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+class InProcessFederation:
+    """A global model trained by DP-FedAvg rounds over ``num_users`` users.
+
+    Args:
+        run: the federated settings (model, local training, privacy, strategy, seed).
+        arrays: the starting global weights.
+        num_users: size of the federation (users ``0..num_users-1``).
+        sample_rate: Poisson sampling rate q of each round.
+        planned_rounds: rounds the user-level noise is calibrated for; the budget ``privacy.target_epsilon`` is
+            spent over them.
+        stream: distinguishes this federation's random streams from others of the same run seed.
+    """
+
+    def __init__(self, run: RunSettings, arrays: Arrays, *, num_users: int, sample_rate: float, planned_rounds: int,
+                 stream: int) -> None:
+        if num_users < 1 or planned_rounds < 1:
+            raise ValueError(f"num_users and planned_rounds must be >= 1. Found {num_users}, {planned_rounds}.")
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1]. Found {sample_rate}.")
+        self.run, self.num_users, self.sample_rate, self.planned_rounds = run, num_users, sample_rate, planned_rounds
+        self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+        self.strategy = make_strategy(run.strategy)
+        self.ledger = PrivacyLedger()
+        self.rounds_done = 0
+        self.stream = stream
+        self._sampling = np.random.default_rng([run.seed, stream, 0])
+        self._noise = np.random.default_rng([run.seed, stream, 1])
+        self._device_ledgers: dict[int, DeviceLedger] = {}
+        privacy = run.privacy
+        self.noise_multiplier: float | None = None
+        if privacy.user_level:
+            self.noise_multiplier = calibrate_noise_multiplier(
+                target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=sample_rate,  # type: ignore[arg-type]
+                steps=planned_rounds, accountant=privacy.accountant,
+            )
+
+    def _instructions(self) -> TrainInstructions:
+        p = self.run.privacy
+        record = None
+        if p.record_level and p.record is not None:
+            record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon,
+                                             p.record.delta)
+        return TrainInstructions(
+            round=self.rounds_done + 1, seed=self.run.seed * 1000 + self.stream, model=self.run.model,
+            train=self.run.train, data=DataInstructions(window=self.run.population.window),
+            clipping_norm=p.clipping_norm if p.user_level else None, record=record,
+        )
+
+    def round(self, examples_of: ExamplesOf) -> dict:
+        """One round; returns its row (clients, mean loss, clipped fraction, epsilon so far)."""
+        if self.rounds_done >= self.planned_rounds:
+            raise RuntimeError(f"all {self.planned_rounds} planned rounds have run: the privacy budget is spent.")
+        chosen = np.flatnonzero(self._sampling.random(self.num_users) < self.sample_rate)
+        instructions = self._instructions()
+        updates: list[ClientUpdate] = []
+        for user in chosen.tolist():
+            ledger = self._device_ledgers.setdefault(user, DeviceLedger(None))
+            update = local_update(self.arrays, instructions, examples_of(user), ledger, user)
+            if not update.declined:
+                updates.append(ClientUpdate(user, update.arrays, update.metrics))
+        dp = None
+        if self.noise_multiplier is not None:
+            dp = UserLevelDP(self.run.privacy.clipping_norm, self.noise_multiplier,  # type: ignore[arg-type]
+                             self.sample_rate * self.num_users)
+        with server_task_identity():
+            self.arrays, stats = aggregate(self.strategy, self.rounds_done + 1, self.arrays, updates, dp=dp,
+                                           rng=self._noise)
+        if self.noise_multiplier is not None:
+            self.ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self.rounds_done += 1
+        examples = sum(u.metrics["num-examples"] for u in updates)
+        loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else math.nan
+        return {"round": self.rounds_done, "sampled": int(len(chosen)), "clients": len(updates), "train_loss": loss,
+                "clipped_fraction": stats.clipped_fraction, "epsilon": self.epsilon()}
+
+    def epsilon(self) -> float | None:
+        """User-level epsilon spent so far (None without user-level DP)."""
+        p = self.run.privacy
+        if self.noise_multiplier is None:
+            return None
+        return self.ledger.epsilon(delta=p.delta, accountant=p.accountant)
+
+    def privacy_report(self) -> dict:
+        """What ran, as data, and the epsilon it adds up to."""
+        p = self.run.privacy
+        return {
+            "mode": p.mode, "epsilon": self.epsilon(), "delta": p.delta if self.noise_multiplier is not None else None,
+            "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
+            "clipping_norm": p.clipping_norm if p.user_level else None, "rounds": self.rounds_done,
+            "planned_rounds": self.planned_rounds, "users": self.num_users, "accountant": p.accountant,
+        }
