@@ -239,12 +239,6 @@ def _check_across_groups(s: RunSettings) -> None:
                 f"secagg.enabled=true needs user-level DP (privacy=user or both; found privacy.mode={s.privacy.mode!r}): "
                 "the clipping norm bounds every coordinate of an update, which sets SecAgg's quantisation range."
             )
-        if s.simulation.nodes:
-            raise ConfigError(
-                f"secagg.enabled=true cannot run with simulation.nodes={s.simulation.nodes}: a node slot learns which "
-                "user to play from a record of the plain train message, which SecAgg+'s legacy messages do not carry. "
-                "Use simulation.nodes=0 (one node per user)."
-            )
         if s.population.num_users * s.secagg.quantization_range >= SECAGG_MODULUS_RANGE:
             raise ConfigError(
                 f"population.num_users * secagg.quantization_range must be < 2**32 (a secure sum of that many "

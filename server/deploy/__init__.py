@@ -1,0 +1,5 @@
+"""Running the federation for real: Flower's SuperLink and SuperNodes over TLS with node authentication.
+
+``certs`` (key material), ``commands`` (Flower's command lines), ``connection`` (the flwr CLI's connection file),
+``processes`` (ports and process trees), ``seed_logs`` (synthetic device logs) and ``cli`` (``python -m server.deploy``).
+"""

@@ -1,0 +1,58 @@
+"""Device logs for a test federation: each node's SQLite log store filled with one synthetic user's events.
+
+A real device fills its log as its user listens (``client.log_store``); for trying a deployment on one machine,
+``seed_device_logs`` writes ``DIR/node-1/events.db``, ``DIR/node-2/events.db``, ... from ``simulations.population``
+(user ``first_user + i`` for node ``i + 1``), in one transaction per log.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.log_store import LogStore
+from simulations.population import Population, PopulationConfig
+
+LOG_FILE = "events.db"
+
+
+class SeedError(ValueError):
+    """Logs that cannot be seeded as asked; names the file or value."""
+
+
+@dataclass(frozen=True)
+class SeededLog:
+    name: str
+    path: Path
+    user_id: int
+    events: int
+
+
+def device_log_path(folder: str | os.PathLike[str], name: str) -> Path:
+    """Where node ``name``'s log lives under ``folder``."""
+    return Path(folder) / name / LOG_FILE
+
+
+def seed_device_logs(folder: str | os.PathLike[str], *, devices: int, seed: int = 0, days: int = 21,
+                     first_user: int = 0) -> list[SeededLog]:
+    """Write ``devices`` log stores of synthetic users ``first_user ..``; nodes are named ``node-1`` ...
+
+    Raises:
+        SeedError: if ``devices`` < 1, or a log already holds events (seeding twice would mix two users).
+    """
+    if devices < 1:
+        raise SeedError(f"devices must be >= 1; found {devices}.")
+    if first_user < 0:
+        raise SeedError(f"first_user must be >= 0; found {first_user}.")
+    population = Population(PopulationConfig(seed=seed, num_users=first_user + devices, days=days))
+    seeded = []
+    for i in range(devices):
+        name, user_id = f"node-{i + 1}", first_user + i
+        path = device_log_path(folder, name)
+        with LogStore.open(path) as store:
+            if store.count():
+                raise SeedError(f"{path} already holds {store.count()} events; remove it to seed again.")
+            stored = store.append_many(population.user(user_id).events())
+        seeded.append(SeededLog(name, path, user_id, len(stored)))
+    return seeded

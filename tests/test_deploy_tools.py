@@ -1,0 +1,173 @@
+"""The deployment helpers on their own (no Flower process): key material, command lines, connection file, ports, CLI errors."""
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from server.deploy import cli
+from server.deploy.certs import (
+    CertificateError, certificate_hosts, generate_node_key, generate_server_certificates, server_certificates,
+)
+from server.deploy.commands import (
+    CommandError, flower_environment, node_config_text, superlink_command, supernode_command, write_run_config,
+)
+from server.deploy.connection import write_connection
+from server.deploy.processes import PortInUseError, descendants, ensure_port_free, free_port, is_alive, start
+
+
+# ------------------------------------------------------------------------------------------------ certificates
+def test_server_certificate_is_signed_by_the_ca_and_names_every_host(tmp_path):
+    paths = generate_server_certificates(tmp_path, ["127.0.0.1", "fedpref.example.org"])
+    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert certificate_hosts(paths.server_cert) == ["127.0.0.1", "fedpref.example.org"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert stat.S_IMODE(paths.server_key.stat().st_mode) == 0o600
+    assert not list(tmp_path.glob("ca.key*"))  # the CA key is never written: nothing else can be signed
+
+
+def test_node_keys_are_p384_in_the_openssh_format_flower_reads(tmp_path):
+    key = generate_node_key(tmp_path, "node-1")
+    private = serialization.load_ssh_private_key(key.private_key.read_bytes(), None)
+    public = serialization.load_ssh_public_key(key.public_key.read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+    assert public.public_numbers() == private.public_key().public_numbers()
+    assert stat.S_IMODE(key.private_key.stat().st_mode) == 0o600
+
+
+def test_key_material_is_never_overwritten(tmp_path):
+    generate_server_certificates(tmp_path, ["127.0.0.1"])
+    with pytest.raises(CertificateError, match="already exists"):
+        generate_server_certificates(tmp_path, ["127.0.0.1"])
+    generate_node_key(tmp_path, "a")
+    with pytest.raises(CertificateError, match="refusing to overwrite a private key"):
+        generate_node_key(tmp_path, "a")
+
+
+@pytest.mark.parametrize("hosts,message", [([], "at least one host"), (["bad host"], "neither an IP address nor a DNS name")])
+def test_certificates_need_real_hosts(tmp_path, hosts, message):
+    with pytest.raises(CertificateError, match=message):
+        generate_server_certificates(tmp_path, hosts)
+
+
+def test_node_names_cannot_escape_the_key_folder(tmp_path):
+    with pytest.raises(CertificateError, match="must be letters"):
+        generate_node_key(tmp_path, "../evil")
+
+
+def test_missing_tls_files_are_named_with_how_to_create_them(tmp_path):
+    with pytest.raises(CertificateError, match=r"ca\.pem.*server\.pem.*server\.key.*server\.deploy certs"):
+        server_certificates(tmp_path).check()
+
+
+# ----------------------------------------------------------------------------------------------- command lines
+def test_superlink_runs_with_tls_and_node_authentication_unless_insecure(tmp_path):
+    secure = superlink_command(host="127.0.0.1", port=9092, database=tmp_path / "s.db", certificates=server_certificates(tmp_path))
+    assert "--enable-supernode-auth" in secure and "--ssl-certfile" in secure and "--insecure" not in secure
+    assert "--disable-runtime-dependency-installation" in secure
+    insecure = superlink_command(host="127.0.0.1", port=9092, database=tmp_path / "s.db", certificates=None)
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+
+
+def test_supernode_command_names_its_log_and_key(tmp_path):
+    argv = supernode_command(superlink="127.0.0.1:9092", runtime_port=9101, node_config={"log-db": "/d/my log.db"},
+                             root_certificates="ca.pem", private_key="n.key")
+    assert argv[argv.index("--node-config") + 1] == 'log-db="/d/my log.db"'
+    assert argv[argv.index("--root-certificates") + 1] == "ca.pem" and "--auth-supernode-private-key" in argv
+
+
+def test_node_config_text_parses_back_with_flowers_parser():
+    from flwr.common.config import parse_config_args
+
+    values = {"log-db": "/data/it's here/events.db", "partition-id": 3, "flag": True}
+    assert parse_config_args([node_config_text(values)]) == values
+    with pytest.raises(CommandError, match="cannot hold both"):
+        node_config_text({"log-db": "a'b\"c"})
+
+
+def test_flower_processes_get_the_venv_first_and_no_runtime_env(tmp_path):
+    env = flower_environment(tmp_path, base={"PATH": "/usr/bin"})
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1" and env["FLWR_HOME"] == str(tmp_path.resolve())
+
+
+def test_run_config_file_holds_the_overrides_and_refuses_a_relative_output_dir(tmp_path):
+    path = write_run_config(tmp_path / "r.toml", config_name="deploy", overrides=["a='x y'"], output_dir=tmp_path / "out")
+    assert tomllib.loads(path.read_text()) == {"config-name": "deploy", "overrides": '["a=\'x y\'"]', "output-dir": str(tmp_path / "out")}
+    with pytest.raises(CommandError, match="absolute path"):
+        write_run_config(tmp_path / "r.toml", config_name="deploy", overrides=[], output_dir="relative")
+
+
+def test_connection_entry_keeps_the_other_entries_of_the_file(tmp_path):
+    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "other"\n[superlink.other]\naddress = "x:1"\n')
+    (tmp_path / "ca.pem").write_text("x")
+    write_connection(tmp_path, "fedpref", address="127.0.0.1:9092", root_certificates=tmp_path / "ca.pem")
+    config = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert config["superlink"]["other"] == {"address": "x:1"} and config["superlink"]["default"] == "other"
+    assert config["superlink"]["fedpref"] == {"address": "127.0.0.1:9092", "root-certificates": str(tmp_path / "ca.pem")}
+
+
+# ------------------------------------------------------------------------------------------------------- ports
+def test_a_port_in_use_is_reported_with_the_process_holding_it():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUseError, match=rf"port {port} on 127\.0\.0\.1 is already in use \(held by pid {os.getpid()}"):
+            ensure_port_free("127.0.0.1", port, "SuperLink")
+    ensure_port_free("127.0.0.1", port, "SuperLink")  # released
+
+
+def test_stopping_a_process_stops_what_it_spawned_in_another_session(tmp_path):
+    # A parent that starts a child in its own session (as flower-superlink starts flower-superexec), then sleeps.
+    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+              "start_new_session=True); time.sleep(60)")
+    process = start("parent", [sys.executable, "-c", script], log_path=tmp_path / "p.log", env=os.environ)
+    deadline = time.monotonic() + 20
+    while not descendants(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tree = [process.pid, *descendants(process.pid)]
+    assert len(tree) == 2
+    assert process.stop(timeout_s=5) == []
+    assert not any(is_alive(p) for p in tree)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.deploy", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_refuses_to_start_a_superlink_without_certificates(tmp_path):
+    result = _cli("superlink", "--certs", str(tmp_path), "--port", str(free_port()))
+    assert result.returncode == 2 and "TLS files not found" in result.stderr
+
+
+def test_cli_insecure_mode_needs_the_flag_and_warns(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["superlink", "--insecure", "--port", str(free_port()), "--state", str(tmp_path / "s.db")])
+    argv = cli.superlink_argv(args)
+    assert "--insecure" in argv and "WARNING: --insecure" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_supernode_without_a_log_store_or_key(tmp_path):
+    generate_server_certificates(tmp_path / "certs", ["127.0.0.1"])
+    missing_log = _cli("supernode", "--superlink", "127.0.0.1:9", "--ca", str(tmp_path / "certs" / "ca.pem"), "--key",
+                       str(tmp_path / "none.key"), "--log-db", str(tmp_path / "none.db"), "--port", str(free_port()))
+    assert missing_log.returncode == 2 and "no log store there" in missing_log.stderr and "client.logs import" in missing_log.stderr
+    from client.log_store import LogStore
+
+    LogStore.open(tmp_path / "events.db").close()
+    missing_key = _cli("supernode", "--superlink", "127.0.0.1:9", "--ca", str(tmp_path / "certs" / "ca.pem"), "--key",
+                       str(tmp_path / "none.key"), "--log-db", str(tmp_path / "events.db"), "--port", str(free_port()))
+    assert missing_key.returncode == 2 and "--key" in missing_key.stderr and "does not exist" in missing_key.stderr
+    bad_address = _cli("supernode", "--superlink", "localhost", "--insecure", "--log-db", str(tmp_path / "events.db"))
+    assert bad_address.returncode == 2 and "must be HOST:PORT" in bad_address.stderr

@@ -1,0 +1,142 @@
+"""Where a node's data comes from: its own SQLite log on a device, a synthetic user in simulation."""
+
+import json
+import sqlite3
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client.client_app import app
+from client.device_data import DeviceDataError, device_data
+from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from client.log_store import LogStore
+from client.records import to_array_record
+from client.simulated_device import device_examples
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import LocalTrainConfig
+from server.deploy.seed_logs import SeedError, seed_device_logs
+
+DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+
+
+def _log_of_user(tmp_path, user_id: int):
+    [seeded] = seed_device_logs(tmp_path / f"u{user_id}", devices=1, seed=DATA.population_seed,
+                                days=DATA.population_days, first_user=user_id)
+    return seeded.path
+
+
+def _same_examples(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("x", "lengths", "targets", "times"))
+
+
+def test_a_log_db_node_trains_on_exactly_the_examples_of_its_log(tmp_path):
+    path = _log_of_user(tmp_path, 3)
+    data = device_data(DATA, {"log-db": str(path)})
+    synthetic_train, synthetic_held_out = device_examples(DATA, 3)  # the same user's events, generated in memory
+    assert len(data.train) > 0 and len(data.held_out) > 0
+    assert _same_examples(data.train, synthetic_train) and _same_examples(data.held_out, synthetic_held_out)
+    assert data.source == f"log {path.resolve()}"
+
+
+def test_the_ledger_lives_next_to_the_log_unless_the_node_config_names_it(tmp_path):
+    path = _log_of_user(tmp_path, 1)
+    assert device_data(DATA, {"log-db": str(path)}).ledger_path == path.resolve().with_name("events.ledger.json")
+    explicit = tmp_path / "private" / "ledger.json"
+    assert device_data(DATA, {"log-db": str(path), "ledger-path": str(explicit)}).ledger_path == explicit
+
+
+def test_a_synthetic_node_keeps_the_simulation_behaviour(tmp_path):
+    data = device_data(DATA, {"partition-id": 4}, device_dir=str(tmp_path))
+    assert data.device_id == 4 and data.ledger_path == tmp_path / "user-4.ledger.json"
+    assert device_data(DATA, {"partition-id": "4"}).ledger_path is None  # no device_dir, no ledger file
+
+
+def test_the_device_seed_is_stable_for_a_log_and_differs_between_logs(tmp_path):
+    a, b = _log_of_user(tmp_path, 1), _log_of_user(tmp_path, 2)
+    assert device_data(DATA, {"log-db": str(a)}).device_id == device_data(DATA, {"log-db": str(a)}).device_id
+    assert device_data(DATA, {"log-db": str(a)}).device_id != device_data(DATA, {"log-db": str(b)}).device_id
+
+
+@pytest.mark.parametrize("node_config,message", [
+    ({}, "node config names no data"),
+    ({"log-db": "/x/events.db", "partition-id": 1}, "sets both 'log-db' and 'partition-id'"),
+    ({"partition-id": "three"}, "'partition-id' must be a whole number"),
+    ({"partition-id": True}, "'partition-id' must be a whole number"),
+])
+def test_a_node_config_without_one_clear_source_is_refused(node_config, message):
+    with pytest.raises(DeviceDataError, match=message):
+        device_data(DATA, node_config)
+
+
+def test_a_missing_log_is_reported_with_the_node_config_key_and_path(tmp_path):
+    missing = tmp_path / "nowhere" / "events.db"
+    with pytest.raises(DeviceDataError, match=r"node config 'log-db' = .*nowhere.*no log store there"):
+        device_data(DATA, {"log-db": str(missing)})
+    assert not missing.exists()  # reading never creates a log
+
+
+def test_a_file_that_is_not_a_log_store_is_refused(tmp_path):
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(DeviceDataError, match="'log-db'"):
+        device_data(DATA, {"log-db": str(other)})
+
+
+def test_unreadable_rows_are_skipped_and_the_rest_still_trains(tmp_path):
+    path = _log_of_user(tmp_path, 2)
+    before = device_data(DATA, {"log-db": str(path)})
+    with sqlite3.connect(path) as conn:  # a row written by some other program, breaking the event contract
+        conn.execute("INSERT INTO events (ts, utc_offset_min, kind, json_line) VALUES (4102444800, 0, 'bpm_set', '{}')")
+    after = device_data(DATA, {"log-db": str(path)})
+    assert _same_examples(after.train, before.train)
+
+
+def test_an_empty_log_gives_no_examples(tmp_path):
+    path = tmp_path / "new" / "events.db"
+    LogStore.open(path).close()
+    data = device_data(DATA, {"log-db": str(path)})
+    assert len(data.train) == 0 and len(data.held_out) == 0
+
+
+# ------------------------------------------------------------------------------------------- through the app
+def _message(kind: str, **changes) -> Message:
+    base = dict(round=1, seed=0, model=ModelConfig(), train=LocalTrainConfig(batch_size=8, max_examples=16), data=DATA,
+                clipping_norm=0.5)
+    instructions = TrainInstructions(**(base | changes))
+    arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM().state_dict().items()}
+    content = RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord(to_config_items(instructions))})
+    return Message(content, dst_node_id=0, message_type=kind)
+
+
+def _node(config: dict) -> Context:
+    return Context(run_id=1, node_id=0, node_config=config, state=RecordDict(), run_config={})
+
+
+def test_the_client_app_trains_and_evaluates_from_a_log_db_and_keeps_the_ledger_beside_it(tmp_path, flower_task_identity):
+    path = _log_of_user(tmp_path, 5)
+    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+    reply = app(_message("train", record=record), _node({"log-db": str(path)}))
+    metrics = reply.content["metrics"]
+    assert metrics["declined"] == 0 and metrics["num-examples"] == min(16, len(device_data(DATA, {"log-db": str(path)}).train))
+    ledger = path.with_name("events.ledger.json")
+    assert ledger.is_file() and json.loads(ledger.read_text())["history"]
+    evaluation = app(_message("evaluate"), _node({"log-db": str(path)}))
+    assert evaluation.content["metrics"]["num-examples"] > 0
+
+
+def test_a_device_with_an_empty_log_declines_with_the_reason(tmp_path, flower_task_identity):
+    path = tmp_path / "fresh" / "events.db"
+    LogStore.open(path).close()
+    reply = app(_message("train"), _node({"log-db": str(path)}))
+    assert reply.content["metrics"]["declined"] == 2 and not reply.content.array_records
+    assert "no training examples" in reply.content["status"]["declined"]
+
+
+def test_seeding_refuses_to_mix_two_users_in_one_log(tmp_path):
+    seed_device_logs(tmp_path, devices=2, days=3)
+    with pytest.raises(SeedError, match="already holds"):
+        seed_device_logs(tmp_path, devices=1, days=3)
+    with pytest.raises(SeedError, match="devices must be >= 1"):
+        seed_device_logs(tmp_path / "x", devices=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-1", "node-2"]

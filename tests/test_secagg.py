@@ -1,0 +1,362 @@
+"""Secure aggregation (Flower's SecAgg+) combined with user-level DP: same mechanism, same model code, only the sum seen."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
+
+from client.instructions import DataInstructions, TrainInstructions, to_config_items
+from client.secagg_client import ARRAY_NAMES_KEY, SecAggClient, SecureUpdateError
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import LocalTrainConfig
+from privacy.mechanisms import clip_update, global_norm
+from server.aggregation import UserLevelDP, aggregate, make_strategy
+from server.checkpoint import load_checkpoint
+from server.replies import ClientUpdate
+from server.secagg import SecureAggregator, SecureSum, add_noise_and_step, quantisation_clipping_range, quantisation_error_bound
+from server.settings import ConfigError, SecAggSettings, StrategySettings, settings_from_config
+
+DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+
+
+def _global_arrays() -> dict[str, np.ndarray]:
+    torch.manual_seed(0)
+    return {k: v.numpy().copy() for k, v in PreferenceLSTM().state_dict().items()}
+
+
+def _random_updates(rng, reference, count, norm):
+    updates = []
+    for _ in range(count):
+        delta = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()}
+        updates.append(clip_update(delta, norm)[0])
+    return updates
+
+
+# ---------------------------------------------------------------------------------------- quantisation range
+def test_quantisation_range_clips_no_coordinate_of_an_update_within_the_clipping_norm():
+    c = 0.5
+    r = quantisation_clipping_range(c)
+    spike = np.zeros(1000)
+    spike[7] = -c  # all of the norm in one coordinate: the largest coordinate an update clipped to C can have
+    spread = clip_update({"w": np.random.default_rng(0).normal(size=1000)}, c)[0]["w"].astype(np.float64)  # as sent
+    for update in (spike, spread):
+        assert np.max(np.abs(update)) <= r  # |x_j| <= ||x||_2 <= C < r
+        back = dequantize(quantize([update], r, 2**22), r, 2**22)[0]
+        assert np.max(np.abs(back - update)) <= quantisation_error_bound(r, 2**22)
+
+
+def test_a_quantisation_range_below_the_clipping_norm_would_clip_a_second_time():
+    c = 0.5
+    spike = np.zeros(10)
+    spike[0] = c
+    back = dequantize(quantize([spike], c / 2, 2**22), c / 2, 2**22)[0]
+    assert back[0] == pytest.approx(c / 2, abs=1e-6)  # what setting the range from C avoids
+
+
+def test_error_bound_is_the_quantisation_step():
+    assert quantisation_error_bound(0.5, 2**22) == pytest.approx(1.0 / 2**22)
+    assert SecureAggregator(SecAggSettings(quantization_range=4096), clipping_norm=0.5, timeout_s=1).error_bound == pytest.approx(
+        2 * 0.5 * (1 + 1e-6) / 4096)
+
+
+# ------------------------------------------------------------------------------------- one mechanism, two paths
+def test_noise_on_the_secure_sum_equals_the_plain_dp_aggregate(flower_task_identity):
+    current = _global_arrays()
+    deltas = _random_updates(np.random.default_rng(1), current, 5, 0.5)
+    dp = UserLevelDP(clipping_norm=0.5, noise_multiplier=0.8, expected_clients=4.0)
+    replies = [ClientUpdate(i, {k: current[k] + d[k] for k in current}, {"num-examples": 10}) for i, d in enumerate(deltas)]
+    plain, _ = aggregate(make_strategy(StrategySettings()), 1, current, replies, dp=dp, rng=np.random.default_rng(7))
+    total = {k: sum(d[k].astype(np.float64) for d in deltas) for k in current}
+    secure, stats = add_noise_and_step(make_strategy(StrategySettings()), 1, current, SecureSum(total, 5, 5), dp=dp,
+                                       sensitivity=dp.clipping_norm, rng=np.random.default_rng(7))
+    for k in current:
+        np.testing.assert_allclose(secure[k], plain[k], atol=1e-6)
+    assert np.isnan(stats.clipped_fraction) and np.isnan(stats.mean_update_norm)  # not visible under SecAgg
+
+
+def test_noise_covers_the_quantised_contribution_not_just_the_clipping_norm(flower_task_identity):
+    current = _global_arrays()
+    d = sum(v.size for v in current.values())
+    aggregator = SecureAggregator(SecAggSettings(), clipping_norm=0.5, timeout_s=1)
+    assert aggregator.sensitivity(d) == pytest.approx(0.5 * (1 + 1e-6) + np.sqrt(d) * aggregator.error_bound)
+    assert 0.5 < aggregator.sensitivity(d) < 0.5 * 1.001  # 2**22 levels: rounding adds ~0.02 % to the sensitivity
+    dp = UserLevelDP(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=1.0)
+    zero = SecureSum({k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}, 2, 2)
+    with pytest.raises(ValueError, match="sensitivity must be >= the clipping norm"):
+        add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, dp=dp, sensitivity=0.4, rng=np.random.default_rng(0))
+    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, dp=dp, sensitivity=0.8,
+                                rng=np.random.default_rng(0))
+    noise = np.concatenate([(new[k] - current[k]).ravel() for k in current])
+    assert np.std(noise) == pytest.approx(0.8, rel=0.02)
+
+
+def test_a_round_without_a_secure_sum_still_releases_calibrated_noise(flower_task_identity):
+    current = _global_arrays()
+    dp = UserLevelDP(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=2.0)
+    halted = SecureAggregator(SecAggSettings(), clipping_norm=0.5, timeout_s=1).sum_updates(None, [42], current, {})
+    assert halted.total is None and halted.contributors == 0 and "at least 2" in halted.halted
+    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, halted, dp=dp, sensitivity=0.5,
+                                rng=np.random.default_rng(0))
+    noise = np.concatenate([(new[k] - current[k]).ravel() for k in current]) * dp.expected_clients
+    assert np.std(noise) == pytest.approx(dp.noise_multiplier * dp.clipping_norm, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------------------- the client
+def _fit_config(**changes) -> dict:
+    instructions = TrainInstructions(round=1, seed=0, model=ModelConfig(), train=LocalTrainConfig(batch_size=8), data=DATA,
+                                     clipping_norm=0.05)
+    instructions = TrainInstructions(**(instructions.__dict__ | changes))
+    return {**to_config_items(instructions), ARRAY_NAMES_KEY: ",".join(_global_arrays())}
+
+
+def _context(user_id: int) -> Context:
+    return Context(run_id=1, node_id=0, node_config={"partition-id": user_id}, state=RecordDict(), run_config={})
+
+
+def test_secagg_client_sends_its_update_clipped_on_the_device_with_weight_one_and_no_metrics():
+    current = _global_arrays()
+    update, weight, metrics = SecAggClient(_context(3)).fit(list(current.values()), _fit_config())
+    assert weight == 1 and metrics == {}
+    assert [u.shape for u in update] == [v.shape for v in current.values()]
+    assert all(u.dtype == np.float64 for u in update)  # quantised in float64 (float32 cannot hold 2**22 levels)
+    norm = global_norm(dict(enumerate(update)))
+    assert 0.0 < norm <= 0.05 * (1 + 1e-6)
+    assert max(float(np.max(np.abs(u))) for u in update) <= quantisation_clipping_range(0.05)
+
+
+def test_secagg_client_refuses_a_round_without_user_level_clipping():
+    current = _global_arrays()
+    with pytest.raises(SecureUpdateError, match="needs user-level DP"):
+        SecAggClient(_context(3)).fit(list(current.values()), _fit_config(clipping_norm=None))
+
+
+def test_secagg_client_refuses_arrays_it_cannot_name():
+    current = _global_arrays()
+    with pytest.raises(SecureUpdateError, match="must match"):
+        SecAggClient(_context(3)).fit(list(current.values())[:-1], _fit_config())
+
+
+# ----------------------------------------------------------------------------- the protocol, in one process
+NO_DROPOUT = ModelConfig(dropout=0.0, head_dropout=0.0)  # training identical whether or not a model is cached
+
+
+class InProcessGrid:
+    """A Grid stand-in: each message goes to ``client.client_app.app`` with that node's own context; ``silent``
+    nodes never answer (offline); a ClientApp that raises answers with an error, as Flower's SuperNode does."""
+
+    def __init__(self, node_ids, silent=(), node_configs=None) -> None:
+        from types import SimpleNamespace
+
+        self.run = SimpleNamespace(run_id=1)
+        configs = node_configs or {}
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config=configs.get(n, {"partition-id": i}),
+                                    state=RecordDict(), run_config={}) for i, n in enumerate(node_ids)}
+        self.silent = set(silent)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Error, Message
+
+        from client.client_app import app
+
+        replies = []
+        for sent in messages:
+            node = sent.metadata.dst_node_id
+            if node in self.silent:
+                continue
+            # A real message is serialised: each node gets its own copy (the workflow shares one content object).
+            message = Message(copy.deepcopy(sent.content), dst_node_id=node, message_type=sent.metadata.message_type,
+                              group_id=sent.metadata.group_id)
+            try:
+                replies.append(app(message, self.contexts[node]))
+            except Exception as error:  # noqa: BLE001 - the SuperNode turns any ClientApp failure into an error reply
+                replies.append(Message(Error(code=2, reason=str(error)), reply_to=message))
+        return replies
+
+
+def _secure_round(grid, nodes, clipping_norm=0.5, quantization=2**22):
+    torch.manual_seed(0)
+    current = {k: v.numpy().copy() for k, v in PreferenceLSTM(NO_DROPOUT).state_dict().items()}
+    instructions = TrainInstructions(round=1, seed=0, model=NO_DROPOUT, train=LocalTrainConfig(batch_size=8, max_examples=16),
+                                     data=DATA, clipping_norm=clipping_norm)
+    aggregator = SecureAggregator(SecAggSettings(quantization_range=quantization), clipping_norm=clipping_norm, timeout_s=5)
+    secure = aggregator.sum_updates(grid, nodes, current, to_config_items(instructions))
+    config = {**to_config_items(instructions), ARRAY_NAMES_KEY: ",".join(current)}
+
+    def update_of(user_id):
+        update, _, _ = SecAggClient(_context(user_id)).fit(list(current.values()), config)
+        return dict(zip(current, update))
+
+    return secure, update_of, aggregator.error_bound
+
+
+def test_secure_sum_is_the_sum_of_the_clipped_updates_within_the_quantisation_error(flower_task_identity):
+    nodes = [101, 102, 103, 104, 105]
+    secure, update_of, step = _secure_round(InProcessGrid(nodes), nodes)
+    updates = [update_of(i) for i in range(5)]
+    assert secure.contributors == 5 and secure.halted is None
+    for k in secure.total:
+        exact = sum(u[k] for u in updates)
+        assert np.max(np.abs(secure.total[k] - exact)) <= 5 * step  # each client's rounding error < one step
+
+
+def test_a_node_offline_at_setup_leaves_the_round_to_the_others(flower_task_identity):
+    nodes = [101, 102, 103, 104, 105]
+    secure, update_of, step = _secure_round(InProcessGrid(nodes, silent={103}), nodes)
+    assert secure.contributors == 4 and secure.dropped == 1 and secure.halted is None
+    others = [update_of(i) for i in (0, 1, 3, 4)]
+    for k in secure.total:
+        assert np.max(np.abs(secure.total[k] - sum(u[k] for u in others))) <= 4 * step
+
+
+def test_flowers_own_workflow_halts_when_a_node_is_offline_at_setup(flower_task_identity, monkeypatch):
+    """Why ``server.secagg`` subclasses SecAggPlusWorkflow; if Flower fixes this, the subclass can go."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    import server.secagg
+
+    monkeypatch.setattr(server.secagg, "_SecAggPlus", SecAggPlusWorkflow)
+    nodes = [101, 102, 103, 104, 105]
+    secure, _, _ = _secure_round(InProcessGrid(nodes, silent={103}), nodes)
+    assert secure.total is None and secure.halted
+
+
+def test_a_node_failing_mid_protocol_is_unmasked_and_left_out(flower_task_identity):
+    nodes = [101, 102, 103, 104, 105]
+    broken = {103: {}}  # no data source: its fit raises in the masking stage, after it shared its keys
+    secure, update_of, step = _secure_round(InProcessGrid(nodes, node_configs=broken), nodes)
+    assert secure.contributors == 4
+    others = [update_of(i) for i in (0, 1, 3, 4)]
+    for k in secure.total:
+        assert np.max(np.abs(secure.total[k] - sum(u[k] for u in others))) <= 4 * step
+
+
+# ---------------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("overrides,message", [
+    (["+secagg.enabled=true", "+secagg.num_shares=4"], "secagg.num_shares must be an odd number >= 3"),
+    (["+secagg.enabled=true", "+secagg.reconstruction_threshold=3"], "secagg.reconstruction_threshold must be in [2, "),
+    (["+secagg.enabled=true", "privacy=none"], "secagg.enabled=true needs user-level DP"),
+    (["+secagg.enabled=true", "+secagg.quantization_range=8388608"], "population.num_users * secagg.quantization_range must be < 2**32"),
+    (["+secagg.enabled=true", "simulation.nodes=4"], "cannot run with secagg.enabled=true"),
+])
+def test_impossible_secagg_configs_fail_naming_the_key(compose_config, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("*", r"\*")):
+        settings_from_config(compose_config(*overrides))
+
+
+def test_deploy_config_composes_with_secagg_off_and_real_deployment_settings():
+    from server.server_app import compose_settings
+
+    settings = compose_settings("deploy", ["secagg.enabled=true"])
+    assert settings.secagg.enabled and settings.secagg.num_shares % 2 == 1
+    assert settings.deployment.server_eval is False and settings.deployment.min_nodes == 3
+    assert compose_settings("deploy", []).secagg.enabled is False
+
+
+# ------------------------------------------------------------------------------------- end to end, simulation
+TINY = ["population=small", "population.num_users=4", "population.eval_users=2", "population.days=10",
+        "simulation.sample_rate=1.0", "simulation.rounds=1", "simulation.final_eval_clients=0",
+        "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.max_examples=16",
+        "+deployment.warm_up_nodes=2",
+        # No dropout: a worker's first client builds its model after seeding torch and so draws different dropout
+        # masks than later clients (client.local_update seeds before load_model). Without dropout, training is the
+        # same whichever worker runs it, so the two runs below train identical updates.
+        "model.dropout=0.0", "model.head_dropout=0.0"]
+QUANTISATION = 4096  # coarse on purpose: the quantisation error must dominate float rounding to be seen
+
+
+@pytest.fixture(scope="module")
+def plain_and_secure_runs(tmp_path_factory):
+    """One Flower simulation whose ServerApp runs round 1 twice from the same state: plain, then with SecAgg+.
+
+    The ServerApp runs in this process, so the sums each path aggregated are recorded on the way (the plain path's
+    client updates, the secure path's revealed sum); only the model and metrics would be visible otherwise.
+    """
+    from flwr.app import Context as FlwrContext
+    from flwr.serverapp import ServerApp
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+    from hydra import compose, initialize_config_dir
+
+    import server.federation
+    from client.client_app import app as client_app
+    from server.federation import FederatedRun
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        plain = settings_from_config(compose(config_name="config", overrides=TINY))
+        secure = settings_from_config(compose(config_name="config", overrides=TINY + [
+            "+secagg.enabled=true", f"+secagg.quantization_range={QUANTISATION}"]))
+    out = tmp_path_factory.mktemp("secagg")
+    results: dict = {}
+    seen: dict = {}
+    original_aggregate, original_release = server.federation.aggregate, server.federation.add_noise_and_step
+
+    def recording_aggregate(strategy, server_round, current, updates, **kwargs):
+        seen["plain"] = (current, [u.arrays for u in updates])
+        return original_aggregate(strategy, server_round, current, updates, **kwargs)
+
+    def recording_release(strategy, server_round, current, secure_sum, **kwargs):
+        seen["secure"] = (current, secure_sum, kwargs["sensitivity"], kwargs["dp"])
+        return original_release(strategy, server_round, current, secure_sum, **kwargs)
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid, context):
+        for name, settings in (("plain", plain), ("secure", secure)):
+            results[name] = FederatedRun(settings, out / name).run(grid)
+
+    server.federation.aggregate, server.federation.add_noise_and_step = recording_aggregate, recording_release
+    try:
+        _run_simulation(
+            server_app=server_app, client_app=client_app, num_supernodes=4, backend_name="ray",
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}},
+            server_app_context=FlwrContext(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        )
+    finally:
+        server.federation.aggregate, server.federation.add_noise_and_step = original_aggregate, original_release
+    return results, out, seen
+
+
+@pytest.mark.slow
+def test_secure_aggregate_matches_the_plain_aggregate_within_the_quantisation_error(plain_and_secure_runs):
+    results, out, seen = plain_and_secure_runs
+    assert results["plain"]["rounds"][0]["clients"] == 4 and results["secure"]["rounds"][0]["clients"] == 4
+    current, updates = seen["plain"]
+    exact = {k: sum(clip_update({n: u[n] - current[n] for n in current}, 0.5)[0][k].astype(np.float64) for u in updates)
+             for k in current}
+    _, secure_sum, sensitivity, dp = seen["secure"]
+    step = quantisation_error_bound(quantisation_clipping_range(0.5), QUANTISATION)
+    diff = max(float(np.max(np.abs(secure_sum.total[k] - exact[k]))) for k in current)
+    assert diff <= 4 * step + 1e-6  # four clients, each rounded by less than one step per coordinate
+    assert diff > step / 10  # the secure path really went through SecAgg's integer arithmetic
+    assert max(float(np.max(np.abs(exact[k]))) for k in current) > 20 * step  # and the sums are not both ~0
+    # The released models: same noise draws, scaled to each path's sensitivity (C, or C plus rounding).
+    plain_model = load_checkpoint(out / "plain" / "checkpoint.pt").arrays
+    secure_model = load_checkpoint(out / "secure" / "checkpoint.pt").arrays
+    qn, z = dp.expected_clients, dp.noise_multiplier
+    for k in current:
+        noise = (qn * (plain_model[k].astype(np.float64) - current[k]) - exact[k]) / (z * 0.5)
+        predicted = current[k] + (secure_sum.total[k] + z * sensitivity * noise) / qn
+        np.testing.assert_allclose(secure_model[k], predicted, atol=2e-5)
+    assert load_checkpoint(out / "secure" / "checkpoint.pt").ledger == load_checkpoint(out / "plain" / "checkpoint.pt").ledger
+
+
+@pytest.mark.slow
+def test_secure_run_reports_the_protocol_and_hides_per_client_diagnostics(plain_and_secure_runs):
+    results, out, _ = plain_and_secure_runs
+    saved = json.loads((out / "secure" / "metrics.json").read_text())
+    row = saved["rounds"][0]
+    assert row["train_loss"] is None and row["clipped_fraction"] is None and row["secagg_halted"] is None
+    report = saved["privacy"]["secure_aggregation"]
+    assert report["quantization_range"] == QUANTISATION and report["num_shares"] == 3 and report["sensitivity"] > 0.5
+    assert saved["privacy"]["user_level"]["rounds"] == 1
+    assert "secure_aggregation" not in results["plain"]["privacy"]
