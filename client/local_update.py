@@ -99,8 +99,8 @@ def local_update(
         )
 
     seed = client_seed(instructions.seed, instructions.round, user_id)
-    torch.manual_seed(seed)  # dropout draws from torch's global generator
     model = load_model(global_arrays, instructions.model)
+    torch.manual_seed(seed)  # dropout draws from torch's global generator; after the worker's model exists
     result = train_local(model, examples, instructions.train, dp=dp, generator=torch.Generator().manual_seed(seed))
     if record is not None and result.sample_rate is not None:
         ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
