@@ -239,11 +239,11 @@ def test_a_node_failing_mid_protocol_is_unmasked_and_left_out(flower_task_identi
 
 # ---------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("overrides,message", [
-    (["+secagg.enabled=true", "+secagg.num_shares=4"], "secagg.num_shares must be an odd number >= 3"),
-    (["+secagg.enabled=true", "+secagg.reconstruction_threshold=3"], "secagg.reconstruction_threshold must be in [2, "),
-    (["+secagg.enabled=true", "privacy=none"], "secagg.enabled=true needs user-level DP"),
-    (["+secagg.enabled=true", "+secagg.quantization_range=8388608"], "population.num_users * secagg.quantization_range must be < 2**32"),
-    (["+secagg.enabled=true", "simulation.nodes=4"], "cannot run with secagg.enabled=true"),
+    (["secagg.enabled=true", "secagg.num_shares=4"], "secagg.num_shares must be an odd number >= 3"),
+    (["secagg.enabled=true", "secagg.reconstruction_threshold=3"], "secagg.reconstruction_threshold must be in [2, "),
+    (["secagg.enabled=true", "privacy=none"], "secagg.enabled=true needs user-level DP"),
+    (["secagg.enabled=true", "secagg.quantization_range=8388608"], "population.num_users * secagg.quantization_range must be < 2**32"),
+    (["secagg.enabled=true", "simulation.nodes=4"], "cannot run with secagg.enabled=true"),
 ])
 def test_impossible_secagg_configs_fail_naming_the_key(compose_config, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("*", r"\*")):
@@ -263,7 +263,7 @@ def test_deploy_config_composes_with_secagg_off_and_real_deployment_settings():
 TINY = ["population=small", "population.num_users=4", "population.eval_users=2", "population.days=10",
         "simulation.sample_rate=1.0", "simulation.rounds=1", "simulation.final_eval_clients=0",
         "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.max_examples=16",
-        "+deployment.warm_up_nodes=2",
+        "deployment.warm_up_nodes=2",
         # No dropout: a worker's first client builds its model after seeding torch and so draws different dropout
         # masks than later clients (client.local_update seeds before load_model). Without dropout, training is the
         # same whichever worker runs it, so the two runs below train identical updates.
@@ -292,7 +292,7 @@ def plain_and_secure_runs(tmp_path_factory):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         plain = settings_from_config(compose(config_name="config", overrides=TINY))
         secure = settings_from_config(compose(config_name="config", overrides=TINY + [
-            "+secagg.enabled=true", f"+secagg.quantization_range={QUANTISATION}"]))
+            "secagg.enabled=true", f"secagg.quantization_range={QUANTISATION}"]))
     out = tmp_path_factory.mktemp("secagg")
     results: dict = {}
     seen: dict = {}
