@@ -41,8 +41,8 @@ def user_level_runs(tmp_path_factory):
 
 
 def test_federated_training_improves_the_global_model(compose_config, tmp_path):
-    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=4")
-    assert len(metrics["rounds"]) == 4
+    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=5", "simulation.sample_rate=1.0", "train.lr=0.003")
+    assert len(metrics["rounds"]) == 5
     assert metrics["final"]["eval_nll"] < metrics["initial"]["eval_nll"] - 0.02
     assert all(r["clients"] >= 1 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
     assert {"eval_top1", "eval_nll", "baselines"} <= set(metrics["final"])
