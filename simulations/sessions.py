@@ -15,27 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.events import Event
-from model.vocab import BPM_MAX, BPM_MIN, GENRES, INSTRUMENTS
+from model.conditioning import GENRE_DEFAULT_BPM, GENRE_DEFAULT_INSTRUMENTS
+from model.vocab import BPM_MAX, BPM_MIN, GENRES, INSTRUMENT_INDEX, INSTRUMENTS
 from simulations.taste import Taste
 
 APP_DEFAULT_GENRE = "pop"
 """What the app generates when the user has not chosen a style (the seed's "default light pop piano")."""
 
-GENRE_BPM: dict[str, float] = {
-    "pop": 112.0, "rock": 128.0, "classical": 76.0, "electronic": 126.0,
-    "jazz": 96.0, "folk": 92.0, "rnb": 90.0, "hiphop": 94.0,
-}
-"""The app's default tempo for each style."""
+GENRE_BPM: dict[str, float] = dict(GENRE_DEFAULT_BPM)
+"""The app's default tempo for each style (one definition, in ``model/conditioning.py``)."""
 
 GENRE_INSTRUMENTS: dict[str, tuple[str, ...]] = {
-    "pop": ("piano", "bass", "drums", "vocals"),
-    "rock": ("electric_guitar", "bass", "drums", "vocals"),
-    "classical": ("piano", "strings", "violin", "cello"),
-    "electronic": ("bass", "drums", "synth", "ambient_pad"),
-    "jazz": ("piano", "bass", "drums", "saxophone"),
-    "folk": ("acoustic_guitar", "violin", "flute", "vocals"),
-    "rnb": ("piano", "bass", "drums", "vocals"),
-    "hiphop": ("bass", "drums", "synth", "vocals"),
+    genre: tuple(sorted(names, key=INSTRUMENT_INDEX.__getitem__)) for genre, names in GENRE_DEFAULT_INSTRUMENTS.items()
 }
 """The app's default instrumentation for each style, in ``INSTRUMENTS`` order."""
 
