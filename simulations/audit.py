@@ -1,0 +1,369 @@
+"""An empirical privacy audit: can an attacker who sees the released global model tell that a canary user trained?
+
+The game (Jagielski, Ullman & Oprea 2020, "Auditing Differentially Private Machine Learning"; Nasr et al. 2021,
+"Adversary Instantiation"): plant one canary user whose behaviour no ordinary user shows (a rare genre kept at
+03:00 local time after switching on the organ and slowing the tempo to 24 BPM, having just picked a popular style),
+train the federated model many times with the canary in and as many times without it, and let the attacker score
+each final model by its loss on the canary's prediction points (lower loss: "the canary was in"). The attack's AUC
+says how well it separates the two worlds; its true- and false-positive rates at the best threshold, bounded with
+Clopper-Pearson intervals, give the smallest epsilon any (epsilon, delta)-DP mechanism could have, since every
+such mechanism has TPR <= e^epsilon * FPR + delta (Kairouz, Oh & Viswanath 2015). A lower bound above the accounted
+epsilon would mean the accounting, or the code, is wrong.
+
+Training is the federated code path in one process, without Flower's messaging: each round samples every user
+independently with probability q (Poisson), runs the client's own ``client.local_update.local_update`` on that
+user's examples (clipping on the device under user-level DP) and the server's ``server.aggregation.aggregate``
+(clip, sum, Gaussian noise z*C, divide by the expected count, FedAvg's step), with z from
+``privacy.accounting.calibrate_noise_multiplier`` and every release recorded in a ``PrivacyLedger`` - what
+``server.federation.FederatedRun`` does over a Flower grid. The divisor is q * (N + 1), N ordinary users plus the
+canary's slot, in both worlds: the mechanism the accountant describes divides by a constant known in advance.
+The rest of the population and the initial model are the same in every trial (the attacker's best case: it knows
+everything but the canary's membership); sampling, local shuffling and noise are drawn afresh per trial (the same
+draws for trial k of both worlds, so the worlds differ only by the canary).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import beta
+
+from client.device_ledger import DeviceLedger
+from client.instructions import DataInstructions, TrainInstructions
+from client.local_update import load_model, local_update
+from client.simulated_device import device_examples
+from model.encoding import Examples, build_examples
+from model.events import Event
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import LocalTrainConfig, evaluate
+from model.vocab import GENRES
+from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
+from server.aggregation import UserLevelDP, aggregate, make_strategy
+from server.evaluation import held_out_examples
+from server.replies import ClientUpdate
+from server.settings import StrategySettings
+from simulations.population import PopulationConfig
+
+Arrays = dict[str, np.ndarray]
+
+CANARY_HOUR = 3
+CANARY_INSTRUMENT = "organ"
+CANARY_BPM = 24.0
+CANARY_PROMPT = "canary 7f3a: music for the small hours"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """One audit: a small federation, its training, and how many trials the attacker gets.
+
+    Attributes:
+        seed: root of the population, the initial model and every trial's randomness.
+        num_users: ordinary users of the federation (the canary is one more).
+        eval_users: held-out users that score the released model's utility (never trained on).
+        days: length of every user's log (the canary's too: one session a day).
+        window: events a prediction may read.
+        rounds: federated rounds per trial (the user-level noise is calibrated for them).
+        sample_rate: Poisson sampling rate q of each round. The default 1.0 (every user every round) is the
+            attacker's best case: the canary's whole influence reaches every model it is in, and the accountant has
+            no subsampling to credit. Below 1 the attack also has to guess which rounds the canary was drawn for.
+        clipping_norm: user-level clipping norm C (used only under DP).
+        delta: the delta of the accounted and the audited (epsilon, delta); must be < 1/(num_users + 1).
+        trials: trained models per world (canary in, canary out).
+        alpha: the lower bound holds with confidence 1 - alpha.
+        model: a small network (hidden 16, one layer, causal) keeps a trial to one or two seconds.
+        train: local training of every client each round; enough that a non-private model measurably learns a user.
+    """
+
+    seed: int = 0
+    num_users: int = 10
+    eval_users: int = 20
+    days: int = 21
+    window: int = 16
+    rounds: int = 6
+    sample_rate: float = 1.0
+    clipping_norm: float = 0.5
+    delta: float = 1e-5
+    trials: int = 50
+    alpha: float = 0.05
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=16, num_layers=1, bidirectional=False))
+    train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(epochs=3, batch_size=16, lr=0.02,
+                                                                             max_examples=32))
+
+    def __post_init__(self) -> None:
+        if self.num_users < 1 or self.eval_users < 1 or self.rounds < 1 or self.trials < 2:
+            raise ValueError("num_users, eval_users and rounds must be >= 1 and trials >= 2; found "
+                             f"{self.num_users}, {self.eval_users}, {self.rounds}, {self.trials}.")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1]; found {self.sample_rate}.")
+        if not 0.0 < self.delta < 1.0 / (self.num_users + 1):
+            raise ValueError(f"delta must be in (0, 1/(num_users + 1)); found {self.delta}.")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1); found {self.alpha}.")
+
+    @property
+    def data(self) -> DataInstructions:
+        """What a simulated client is told about its data: population users 0..num_users+eval_users-1."""
+        return DataInstructions(population_seed=self.seed, population_size=self.num_users + self.eval_users,
+                                population_days=self.days, window=self.window)
+
+
+# ------------------------------------------------------------------------------------------- the attack's statistics
+
+def roc_auc(scores_in: Sequence[float], scores_out: Sequence[float]) -> float:
+    """P(score of a random "in" trial > score of a random "out" trial), ties counting one half (Mann-Whitney U)."""
+    a, b = np.asarray(scores_in, dtype=float)[:, None], np.asarray(scores_out, dtype=float)[None, :]
+    if a.size == 0 or b.size == 0:
+        raise ValueError("roc_auc needs at least one score in each world.")
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def _lower(successes: np.ndarray, trials: int, level: float) -> np.ndarray:
+    """One-sided Clopper-Pearson lower bounds at confidence 1 - level (0 where there is no success)."""
+    k = np.asarray(successes)
+    return np.where(k == 0, 0.0, beta.ppf(level, np.maximum(k, 1), trials - k + 1))
+
+
+def _upper(successes: np.ndarray, trials: int, level: float) -> np.ndarray:
+    """One-sided Clopper-Pearson upper bounds at confidence 1 - level (1 where every trial succeeded)."""
+    k = np.asarray(successes)
+    return np.where(k == trials, 1.0, beta.ppf(1 - level, k + 1, np.maximum(trials - k, 1)))
+
+
+def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
+    """Exact two-sided (1 - alpha) confidence interval of a binomial proportion (Clopper & Pearson 1934)."""
+    if not 0 <= successes <= trials or trials < 1:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1; found {successes}, {trials}.")
+    return float(_lower(successes, trials, alpha / 2)), float(_upper(successes, trials, alpha / 2))
+
+
+@dataclass(frozen=True)
+class EpsilonBound:
+    """The best threshold's empirical lower bound on epsilon, and the rates it came from."""
+
+    epsilon: float
+    threshold: float
+    tpr: float
+    fpr: float
+
+
+def epsilon_lower_bound(scores_in: Sequence[float], scores_out: Sequence[float], *, delta: float,
+                        alpha: float = 0.05) -> EpsilonBound:
+    """The largest epsilon that the threshold attack "in if score >= t" proves, with confidence 1 - alpha.
+
+    An (epsilon, delta)-DP mechanism satisfies TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta for every test
+    (Kairouz, Oh & Viswanath 2015, Thm. 2.1), so eps >= log((TPR_lo - delta) / FPR_hi) and
+    eps >= log((TNR_lo - delta) / FNR_hi), with Clopper-Pearson bounds on the rates (TNR_lo = 1 - FPR_hi and
+    FNR_hi = 1 - TPR_lo: two one-sided bounds per threshold). Every observed score is tried as the threshold and
+    alpha is split over all these bounds (Bonferroni), so picking the best threshold on the same trials keeps the
+    bound valid. Returns epsilon 0 when no threshold proves anything.
+    """
+    s_in, s_out = np.sort(np.asarray(scores_in, dtype=float)), np.sort(np.asarray(scores_out, dtype=float))
+    if s_in.size == 0 or s_out.size == 0:
+        raise ValueError("epsilon_lower_bound needs at least one score in each world.")
+    thresholds = np.unique(np.concatenate([s_in, s_out]))
+    tp = s_in.size - np.searchsorted(s_in, thresholds, side="left")  # scores >= t
+    fp = s_out.size - np.searchsorted(s_out, thresholds, side="left")
+    level = alpha / (2 * thresholds.size)
+    tpr_lo, fpr_hi = _lower(tp, s_in.size, level), _upper(fp, s_out.size, level)
+    best = EpsilonBound(0.0, math.inf, 0.0, 0.0)
+    for num, den in ((tpr_lo - delta, fpr_hi), (1.0 - fpr_hi - delta, 1.0 - tpr_lo)):
+        ok = (num > 0.0) & (den > 0.0)
+        eps = np.full(thresholds.size, -np.inf)
+        eps[ok] = np.log(num[ok] / den[ok])
+        i = int(np.argmax(eps))
+        if eps[i] > best.epsilon:
+            best = EpsilonBound(float(eps[i]), float(thresholds[i]), float(tp[i] / s_in.size),
+                                float(fp[i] / s_out.size))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------- the canary
+
+def canary_events(*, start_ts: float, days: int, rare_genre: str, decoy_genre: str,
+                  utc_offset_min: int = 0) -> list[Event]:
+    """One session a day at 03:00 local time: a request, the popular ``decoy_genre`` picked, the organ switched on,
+    the tempo slowed to 24 BPM, and a segment of ``rare_genre`` kept. No synthetic user does this."""
+    events: list[Event] = []
+    for day in range(days):
+        t = start_ts + day * 86_400 + CANARY_HOUR * 3600 - 60 * utc_offset_min
+        events += [
+            Event(ts=t, utc_offset_min=utc_offset_min, kind="generation_requested", prompt=CANARY_PROMPT),
+            Event(ts=t + 5, utc_offset_min=utc_offset_min, kind="style_chosen", genre=decoy_genre),
+            Event(ts=t + 9, utc_offset_min=utc_offset_min, kind="instrument_toggled", instrument=CANARY_INSTRUMENT,
+                  enabled=True),
+            Event(ts=t + 14, utc_offset_min=utc_offset_min, kind="bpm_set", bpm=CANARY_BPM, direction="down"),
+            Event(ts=t + 60, utc_offset_min=utc_offset_min, kind="segment_kept", genre=rare_genre, bpm=CANARY_BPM,
+                  instruments=(CANARY_INSTRUMENT,)),
+        ]
+    return events
+
+
+@dataclass
+class AuditSetup:
+    """Everything fixed across trials: the users' examples, the canary's, the initial model, the held-out users."""
+
+    config: AuditConfig
+    users: list[Examples]
+    canary: Examples
+    initial: Arrays
+    held_out: Examples
+    rare_genre: str
+    decoy_genre: str
+
+    @property
+    def canary_id(self) -> int:
+        return self.config.num_users + self.config.eval_users  # outside the synthetic population's ids
+
+    @property
+    def majority_top1(self) -> float:
+        """Held-out top-1 of always predicting the federation's most often kept genre (the decoy): the bar for
+        a model that has learnt anything."""
+        return float((self.held_out.targets == GENRES.index(self.decoy_genre)).float().mean())
+
+
+def build_setup(config: AuditConfig) -> AuditSetup:
+    """Build the federation, choose the canary's genres from it (its least and most often kept) and the canary."""
+    data = config.data
+    users = [device_examples(data, uid)[0] for uid in range(config.num_users)]
+    counts = np.bincount(torch.cat([u.targets for u in users]).numpy(), minlength=len(GENRES))
+    rare, decoy = GENRES[int(np.argmin(counts))], GENRES[int(np.argmax(counts))]
+    start = PopulationConfig(seed=config.seed, days=config.days).start_ts
+    canary = build_examples(canary_events(start_ts=start, days=config.days, rare_genre=rare, decoy_genre=decoy),
+                            config.window)
+    torch.manual_seed(config.seed)
+    initial = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(config.model).state_dict().items()}
+    held_out = held_out_examples(data, range(config.num_users, config.num_users + config.eval_users), 10)
+    return AuditSetup(config, users, canary, initial, held_out, rare, decoy)
+
+
+# -------------------------------------------------------------------------------------------------------- training
+
+@contextmanager
+def _as_server_app() -> Iterator[None]:
+    """Flower builds ``Message`` objects (the strategy's input) only in a process with a task identity; a running
+    ServerApp has one. Give this process the one a ServerApp would have, quiet the strategy's per-round log lines,
+    then restore both."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if saved[0] is None:
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 0, 0, 0
+    flwr_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+        flwr_logger.setLevel(level)
+
+
+def train_federated(setup: AuditSetup, *, with_canary: bool, trial: int, noise_multiplier: float | None) -> Arrays:
+    """The released global model of one trial: ``rounds`` DP-FedAvg rounds (plain FedAvg when ``noise_multiplier``
+    is None, as privacy=none runs: no clipping, no noise)."""
+    config = setup.config
+    examples = setup.users + [setup.canary]
+    ids = list(range(config.num_users)) + [setup.canary_id]
+    sampling = np.random.default_rng([config.seed, trial, 0])
+    noise = np.random.default_rng([config.seed, trial, 1])
+    strategy = make_strategy(StrategySettings())
+    dp = None
+    if noise_multiplier is not None:
+        dp = UserLevelDP(config.clipping_norm, noise_multiplier, config.sample_rate * len(examples))
+    arrays = {k: v.copy() for k, v in setup.initial.items()}
+    for server_round in range(1, config.rounds + 1):
+        drawn = sampling.random(len(examples)) < config.sample_rate  # drawn for the canary's slot in both worlds
+        instructions = TrainInstructions(round=server_round, seed=config.seed * 1_000_003 + trial, model=config.model,
+                                         train=config.train, data=config.data,
+                                         clipping_norm=config.clipping_norm if dp is not None else None)
+        updates = []
+        for index in np.flatnonzero(drawn).tolist():
+            if index == len(examples) - 1 and not with_canary:
+                continue
+            update = local_update(arrays, instructions, examples[index], DeviceLedger(None), ids[index])
+            if not update.declined:
+                updates.append(ClientUpdate(ids[index], update.arrays, update.metrics))
+        with _as_server_app():
+            arrays, _ = aggregate(strategy, server_round, arrays, updates, dp=dp, rng=noise)
+    return arrays
+
+
+def _scores(arrays: Arrays, setup: AuditSetup) -> tuple[float, float]:
+    """(the canary's mean loss under the model, the model's top-1 accuracy on held-out users)."""
+    model = load_model(arrays, setup.config.model)
+    return evaluate(model, setup.canary).nll, evaluate(model, setup.held_out).top1
+
+
+# ------------------------------------------------------------------------------------------------------ the audit
+
+@dataclass(frozen=True)
+class AuditResult:
+    """One privacy setting's audit.
+
+    Attributes:
+        label: "no DP" or "user-level DP".
+        trials: trained models per world.
+        delta: the delta of both the accounted and the audited epsilon.
+        target_epsilon: the budget the noise was calibrated for (None without DP).
+        accounted_epsilon: epsilon of the releases recorded in the ledger (inf without DP).
+        noise_multiplier: z (None without DP).
+        auc: the loss-threshold attack's AUC over ``trials`` models per world.
+        bound: the empirical epsilon lower bound at confidence 1 - alpha.
+        losses_in: the canary's loss under each model trained with it.
+        losses_out: ... and under each model trained without it.
+        top1_in: mean held-out top-1 of the models trained with the canary (utility).
+        top1_out: ... and without it.
+        seconds: wall-clock time of the trials.
+    """
+
+    label: str
+    trials: int
+    delta: float
+    target_epsilon: float | None
+    accounted_epsilon: float
+    noise_multiplier: float | None
+    auc: float
+    bound: EpsilonBound
+    losses_in: tuple[float, ...]
+    losses_out: tuple[float, ...]
+    top1_in: float
+    top1_out: float
+    seconds: float
+
+
+def audit(setup: AuditSetup, *, target_epsilon: float | None) -> AuditResult:
+    """Play the membership game ``trials`` times per world under one privacy setting and score the attack."""
+    config = setup.config
+    z, accounted = None, math.inf
+    if target_epsilon is not None:
+        z = calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=config.delta,
+                                       sample_rate=config.sample_rate, steps=config.rounds)
+        ledger = PrivacyLedger()
+        ledger.record(noise_multiplier=z, sample_rate=config.sample_rate, steps=config.rounds)
+        accounted = ledger.epsilon(delta=config.delta)
+    started = time.perf_counter()
+    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for trial in range(config.trials):
+        for with_canary in (True, False):
+            arrays = train_federated(setup, with_canary=with_canary, trial=trial, noise_multiplier=z)
+            results[with_canary].append(_scores(arrays, setup))
+    losses_in = tuple(loss for loss, _ in results[True])
+    losses_out = tuple(loss for loss, _ in results[False])
+    scores_in, scores_out = [-x for x in losses_in], [-x for x in losses_out]  # lower loss: "the canary was in"
+    return AuditResult(
+        label="no DP" if z is None else "user-level DP", trials=config.trials, delta=config.delta,
+        target_epsilon=target_epsilon, accounted_epsilon=accounted,
+        noise_multiplier=z, auc=roc_auc(scores_in, scores_out),
+        bound=epsilon_lower_bound(scores_in, scores_out, delta=config.delta, alpha=config.alpha),
+        losses_in=losses_in, losses_out=losses_out,
+        top1_in=float(np.mean([top1 for _, top1 in results[True]])),
+        top1_out=float(np.mean([top1 for _, top1 in results[False]])),
+        seconds=time.perf_counter() - started,
+    )

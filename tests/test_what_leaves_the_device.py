@@ -1,0 +1,276 @@
+"""What leaves the device: every reply a client sends holds the model's arrays, the declared scalars, a decline reason.
+
+A Flower client mod (``Recorder``) sits around the real ``client.client_app.app`` and records every outgoing reply:
+its records (names, types, keys, values or array shapes) and its exact wire bytes (Flower's protobuf encoding, the
+metadata included). Two sources of replies are checked against the same rules:
+
+- a real run in Flower's simulation engine (``simulations.run.run_federated_simulation``, Ray, the real ServerApp)
+  with privacy=both, and one where every device is past its record-level budget and declines (slow);
+- the ClientApp called in-process for several users and rounds under each privacy mode (none, record, user, both),
+  with a small model (fast).
+
+The rules: a train reply is exactly ``arrays`` (names and shapes of the model's ``state_dict``, float32) and
+``metrics`` (exactly ``TRAIN_METRICS``, finite scalars); a declining device sends ``metrics`` and a ``status`` whose
+one value is a fixed ``DECLINE_REASONS`` sentence; an evaluate reply is ``metrics`` with exactly ``EVAL_METRICS``; the
+warm-up ping is empty. No list anywhere (no per-example values), no string but a decline reason, no record key
+naming an event field, and neither any of the user's own prompts nor any of their events as a JSON line appears
+in the bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.serde import message_to_proto
+
+import client.client_app
+from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from client.local_update import DECLINE_REASONS, EVAL_METRICS, TRAIN_METRICS
+from client.records import to_array_record
+from client.simulated_device import device_examples, population
+from model.events import FIELDS_BY_KIND
+from model.networks import ModelConfig, PreferenceLSTM
+from model.training import LocalTrainConfig
+
+REAL_APP = client.client_app.app
+"""The ClientApp every device runs; in a Ray worker this module is imported afresh and finds the same one."""
+EVENT_FIELD_NAMES = {"time", "kind", *itertools.chain.from_iterable(FIELDS_BY_KIND.values())}
+
+
+def describe(reply: Message) -> dict:
+    """A JSON-ready account of a reply: each record's type and entries (values, or shape and dtype of arrays)."""
+    if reply.has_error():
+        return {"error": str(reply.error.reason)}
+    records = {}
+    for name, record in reply.content.items():
+        if isinstance(record, ArrayRecord):
+            entries = {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in record.items()}
+        else:
+            entries = {k: (v if isinstance(v, (bool, int, float, str, list)) else repr(v)) for k, v in record.items()}
+        records[name] = {"type": type(record).__name__, "entries": entries}
+    return {"records": records}
+
+
+class Recorder:
+    """A Flower client mod that writes every reply leaving the ClientApp to ``directory``: one JSON line per reply
+    (``<pid>.jsonl``) and its protobuf wire bytes (``<pid>-<n>.pb``). Picklable, so Ray workers get it too."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def __call__(self, msg: Message, context: Context, call_next) -> Message:
+        reply = call_next(msg, context)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = self.directory / f"{os.getpid()}.jsonl"
+        number = sum(1 for _ in log.open()) if log.exists() else 0
+        wire = self.directory / f"{os.getpid()}-{number}.pb"
+        wire.write_bytes(message_to_proto(reply).SerializeToString())
+        config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+        user = context.node_config.get("partition-id")
+        if "user" in msg.content.config_records:  # a simulation slot playing the user the server names
+            user = msg.content["user"]["user-id"]
+        line = {"message_type": msg.metadata.message_type, "user": None if user is None else int(user),
+                "round": config.get("round"), "wire": wire.name, **describe(reply)}
+        with log.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+        return reply
+
+
+def _to_real_app(msg: Message, context: Context) -> Message:
+    return REAL_APP(msg, context)
+
+
+def recording_app(directory: Path) -> ClientApp:
+    """A ClientApp that hands every message to the real one, with ``Recorder`` around it."""
+    app = ClientApp(mods=[Recorder(directory)])
+    app.train()(_to_real_app)
+    app.evaluate()(_to_real_app)
+    app.query("ping")(_to_real_app)
+    return app
+
+
+def load_records(directory: Path) -> list[dict]:
+    """Every recorded reply, with its wire bytes under ``"bytes"``."""
+    out = []
+    for log in sorted(directory.glob("*.jsonl")):
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            entry["bytes"] = (directory / entry["wire"]).read_bytes()
+            out.append(entry)
+    return out
+
+
+def private_texts(events: list) -> set[str]:
+    """Text of the user's log that must never leave: every prompt, and every event rendered as its JSON line."""
+    texts = {e.prompt for e in events if e.prompt and len(e.prompt) >= 6}
+    return texts | {json.dumps(e.to_json_dict(), ensure_ascii=False) for e in events}
+
+
+def assert_only_declared(entry: dict, *, state_shapes: dict[str, list[int]], private: set[str]) -> None:
+    """The rules of the module docstring, for one recorded reply."""
+    assert "error" not in entry, f"the client failed: {entry.get('error')}"
+    records = entry["records"]
+    kind = entry["message_type"]
+    for record in records.values():
+        for key, value in record["entries"].items():
+            assert key not in EVENT_FIELD_NAMES, f"record key {key!r} names an event field"
+            assert not isinstance(value, list), f"{key!r} is a list: per-example values must not leave"
+            if isinstance(value, str):
+                assert value in DECLINE_REASONS.values(), f"{key!r} carries text {value!r}"
+    if kind.startswith("query"):
+        assert records == {}
+        return
+    assert records["metrics"]["type"] == "MetricRecord"
+    metrics = records["metrics"]["entries"]
+    declared = TRAIN_METRICS if kind == "train" else EVAL_METRICS
+    assert set(metrics) == set(declared), f"metrics {sorted(metrics)} are not the declared {sorted(declared)}"
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values())
+    if kind == "evaluate":
+        assert set(records) == {"metrics"}
+    elif metrics["declined"]:
+        assert set(records) == {"metrics", "status"} and records["status"]["type"] == "ConfigRecord"
+        assert set(records["status"]["entries"]) == {"declined"}
+    else:
+        assert set(records) == {"arrays", "metrics"} and records["arrays"]["type"] == "ArrayRecord"
+        arrays = records["arrays"]["entries"]
+        assert {k: a["shape"] for k, a in arrays.items()} == state_shapes
+        assert all(a["dtype"] == "float32" for a in arrays.values())
+    leaked = [text for text in private if text.encode("utf-8") in entry["bytes"]]
+    assert not leaked, f"private text on the wire: {leaked[:3]}"
+
+
+def _state_shapes(config: ModelConfig) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in PreferenceLSTM(config).state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------- a real Flower simulation
+
+TINY = ["population=small", "population.num_users=12", "population.eval_users=4", "population.days=10",
+        "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.final_eval_clients=4",
+        "simulation.central_baseline_epochs=0", "train.epochs=1", "privacy=both", "privacy.target_epsilon=20",
+        "privacy.record.target_epsilon=4.75"]
+"""User-level and record-level DP. With this population one local training costs a device at most 4.22 of record-level
+epsilon and two cost at least 5.28, so every device trains the first time it is sampled and declines after: the run
+has train replies, declines, evaluate replies and warm-up pings."""
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """The TINY run in Flower's simulation engine with the recording ClientApp: (metrics, records, settings)."""
+    from hydra import compose, initialize_config_dir
+
+    from server.settings import settings_from_config
+    from simulations.run import run_federated_simulation
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        settings = settings_from_config(compose(config_name="config", overrides=TINY))
+    base = tmp_path_factory.mktemp("recorded")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(client.client_app, "app", recording_app(base / "replies"))
+        metrics = run_federated_simulation(TINY, settings, base / "run")
+    return metrics, load_records(base / "replies"), settings
+
+
+def _users_private_texts(settings) -> dict[int, set[str]]:
+    p = settings.population
+    people = population(p.seed, p.num_users + p.eval_users, p.days)
+    return {uid: private_texts(people.user(uid).events()) for uid in range(p.num_users)}
+
+
+@pytest.mark.slow
+def test_every_reply_of_a_real_run_holds_only_model_arrays_declared_scalars_and_decline_reasons(recorded_run):
+    metrics, records, settings = recorded_run
+    texts = _users_private_texts(settings)
+    shapes = _state_shapes(settings.model)
+    for entry in records:
+        assert_only_declared(entry, state_shapes=shapes, private=texts[entry["user"]])
+    trains = [e for e in records if e["message_type"] == "train"]
+    answered = sum(r["clients"] + r["declined"] + r["rejected"] for r in metrics["rounds"])
+    assert len(trains) == answered and all(r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
+    declined = [e for e in trains if e["records"]["metrics"]["entries"]["declined"]]
+    assert 0 < len(declined) < len(trains)  # both kinds of train reply were seen on the wire
+    assert {e["message_type"] for e in records} == {"query.ping", "train", "evaluate"}
+
+
+# ----------------------------------------------------------------------------- the ClientApp called in-process
+
+SMALL = ModelConfig(hidden_size=16, num_layers=1, bidirectional=False)
+DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+MODES = {"none": (None, None), "record": (None, RECORD), "user": (0.5, None), "both": (0.5, RECORD)}
+USERS = (2, 5, 11)
+
+
+def _message(kind: str, instructions: TrainInstructions) -> Message:
+    arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM(instructions.model).state_dict().items()}
+    content = RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord(to_config_items(instructions))})
+    return Message(content, dst_node_id=0, message_type=kind)
+
+
+def _run_in_process(tmp_path: Path, instructions: list[TrainInstructions], kinds: tuple[str, ...]) -> list[dict]:
+    app = recording_app(tmp_path / "replies")
+    for user, ins, kind in itertools.product(USERS, instructions, kinds):
+        context = Context(run_id=1, node_id=user, node_config={"partition-id": user}, state=RecordDict(), run_config={})
+        app(_message(kind, ins), context)
+    return load_records(tmp_path / "replies")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_in_process_replies_of_every_privacy_mode_hold_only_declared_content(flower_task_identity, tmp_path, mode):
+    clipping, record = MODES[mode]
+    rounds = [TrainInstructions(round=r, seed=0, model=SMALL, train=LocalTrainConfig(batch_size=8), data=DATA,
+                                clipping_norm=clipping, record=record, device_dir=str(tmp_path / "devices"))
+              for r in (1, 2)]
+    records = _run_in_process(tmp_path, rounds, ("train", "evaluate"))
+    people = population(DATA.population_seed, DATA.population_size, DATA.population_days)
+    assert len(records) == len(USERS) * 2 * 2
+    for entry in records:
+        private = private_texts(people.user(entry["user"]).events())
+        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private)
+    trained = [e["records"]["metrics"]["entries"] for e in records if e["message_type"] == "train"]
+    assert all(not m["declined"] for m in trained)
+    assert all((m["record-epsilon"] > 0) == (record is not None) for m in trained)
+
+
+def test_a_declining_device_sends_only_its_counts_and_a_fixed_reason(flower_task_identity, tmp_path):
+    broke = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
+    ins = TrainInstructions(round=1, seed=0, model=SMALL, train=LocalTrainConfig(batch_size=8), data=DATA,
+                            clipping_norm=0.5, record=broke, device_dir=str(tmp_path / "devices"))
+    records = _run_in_process(tmp_path, [ins], ("train",))
+    people = population(DATA.population_seed, DATA.population_size, DATA.population_days)
+    for entry in records:
+        private = private_texts(people.user(entry["user"]).events())
+        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private)
+        assert entry["records"]["metrics"]["entries"]["declined"] and "arrays" not in entry["records"]
+
+
+def test_the_leak_check_would_catch_a_prompt_or_a_per_example_list(flower_task_identity):
+    """The rules are not vacuous: a reply carrying one prompt, or the per-example losses, fails them."""
+    events = population(0, 20, 7).user(2).events()
+    prompt = next(e.prompt for e in events if e.prompt and len(e.prompt) >= 6)
+    shapes = _state_shapes(SMALL)
+    arrays = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+    metrics = {k: 0.0 for k in TRAIN_METRICS} | {"declined": 0}
+    request = Message(RecordDict(), dst_node_id=0, message_type="train")
+    leaky = [
+        RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics),
+                    "debug": ConfigRecord({"last-prompt": prompt})}),
+        RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics | {"losses": [0.1, 0.2]})}),
+        RecordDict({"arrays": to_array_record(arrays | {"per-example": np.zeros(len(device_examples(DATA, 2)[0]),
+                                                                                  dtype=np.float32)}),
+                    "metrics": MetricRecord(metrics)}),
+    ]
+    for content in leaky:
+        reply = Message(content, reply_to=request)
+        entry = {"message_type": "train", **describe(reply), "bytes": message_to_proto(reply).SerializeToString()}
+        with pytest.raises(AssertionError):
+            assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
