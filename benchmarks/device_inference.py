@@ -8,7 +8,7 @@ weights: latency does not depend on their values):
 * ``observe``: ``StreamingPredictor.observe`` for each event of synthetic users' logs: encode the event, one LSTM
   step, write the user's state file (as the device does after every event). Median and p99 over all events.
 * ``step only``: the LSTM step alone on pre-encoded features, through ``StepKernel`` (what ``observe`` uses) and
-  through ``PreferenceLSTM.step`` (``nn.LSTM``'s module path), for comparison.
+  through ``PreferenceLSTM.step`` (which runs the same kernel in inference mode; the difference is its dispatch).
 * ``save state``: rewriting one user's state file (temporary file + rename), the part that depends on the disk.
 * ``returning user``: ``observe`` with the in-memory cache off, so every event also reads the state file.
 * ``full recompute``: the full-sequence forward over the last 256 events: what each event would cost without
@@ -139,7 +139,7 @@ def main() -> None:
         ("observe (encode + step + save state)", observe),
         ("  step only (StepKernel)", kernel_step),
         ("  save state file only", saves),
-        ("step via PreferenceLSTM.step (nn.LSTM)", module_step),
+        ("step via PreferenceLSTM.step (kernel + dispatch)", module_step),
         ("returning user (load + observe)", returning),
         (f"full recompute, {RECOMPUTE_WINDOW} events", recompute),
     ]

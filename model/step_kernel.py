@@ -1,19 +1,26 @@
 """The causal model's single step as a few plain tensor operations, for per-event streaming.
 
-``PreferenceLSTM.step`` goes through ``nn.LSTM``'s module path (argument checks, flat-weight handling, a sequence
-loop of length one): about 0.3 ms per call for the 32-unit device model on one CPU thread, most of the per-event
-budget. The same arithmetic as one ``torch.lstm_cell`` per layer between the style embedding and the head costs
-about 0.04 ms. ``StepKernel`` is that arithmetic, in evaluation mode (no dropout), reading the model's own
-parameters, and equal to ``model.step`` up to float rounding (checked in ``tests/test_streaming.py``).
+``nn.LSTM``'s module path (argument checks, flat-weight handling, a sequence loop of length one) costs about
+0.2-0.3 ms per call for the 32-unit device model on one CPU thread, most of the per-event budget. The same
+arithmetic as one ``torch.lstm_cell`` per layer between the style embedding and the head costs about 0.05 ms.
+``StepKernel`` is that arithmetic, in evaluation mode (no dropout), reading the model's own parameters, and equal
+to the module path up to float rounding (checked in ``tests/test_streaming.py`` and ``tests/test_networks.py``).
+``PreferenceLSTM.step`` runs it whenever nothing needs the module path (evaluation mode, no autograd).
 """
 
 from __future__ import annotations
+
+import operator
+import weakref
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
 from model.encoding import GENRE_SLOTS
-from model.networks import LSTMState, PreferenceLSTM
+
+if TYPE_CHECKING:  # model.networks imports this module
+    from model.networks import LSTMState, PreferenceLSTM
 
 
 class StepKernel:
@@ -28,17 +35,32 @@ class StepKernel:
         if not model.is_causal:
             raise ValueError("StepKernel needs a causal model (bidirectional=false); found a bidirectional one.")
         lstm = model.lstm
-        self._style = model.style_embedding.weight.detach()
-        self._layers = [
-            tuple(
-                None if tensor is None else tensor.detach()
-                for tensor in (getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}"),
-                               getattr(lstm, f"bias_ih_l{k}", None), getattr(lstm, f"bias_hh_l{k}", None))
-            )
+        layers = [
+            (getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}"),
+             getattr(lstm, f"bias_ih_l{k}", None), getattr(lstm, f"bias_hh_l{k}", None))
             for k in range(lstm.num_layers)
         ]
+        self._style = model.style_embedding.weight.detach()
+        self._layers = [tuple(None if tensor is None else tensor.detach() for tensor in layer) for layer in layers]
         self._head_weight = model.head.weight.detach()
         self._head_bias = model.head.bias.detach()
+        self._sources = (model.style_embedding.weight, *(p for layer in layers for p in layer if p is not None),
+                         model.head.weight, model.head.bias)  # the parameters read, in nn.LSTM's _flat_weights order
+        self._addresses = tuple(p.data_ptr() for p in self._sources)
+
+    def reads(self, model: PreferenceLSTM) -> bool:
+        """Whether this kernel still reads ``model``'s current parameters: the same tensors, at the same memory.
+
+        Loading weights in place (``load_state_dict``) keeps a kernel valid; replacing a parameter or its data
+        (``model.to(...)``, ``load_state_dict(assign=True)``, a new submodule) does not. Checks only an ``nn.LSTM``
+        (whose ``_flat_weights`` lists its parameters in this kernel's order); for any other LSTM module, False.
+        """
+        flat = getattr(model.lstm, "_flat_weights", None)
+        if flat is None:
+            return False
+        now = (model.style_embedding.weight, *flat, model.head.weight, model.head.bias)
+        return (len(now) == len(self._sources) and all(map(operator.is_, now, self._sources))
+                and tuple(map(torch.Tensor.data_ptr, now)) == self._addresses)
 
     def __call__(self, features: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         h, c = state
@@ -52,3 +74,14 @@ class StepKernel:
                 layer_input = h_k
             logits = F.linear(layer_input, self._head_weight, self._head_bias)
         return logits, (torch.stack(new_h), torch.stack(new_c))
+
+
+_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def kernel_for(model: PreferenceLSTM) -> StepKernel:
+    """``model``'s step kernel, kept per model and rebuilt when it no longer reads the model's parameters."""
+    kernel = _KERNELS.get(model)
+    if kernel is None or not kernel.reads(model):
+        kernel = _KERNELS[model] = StepKernel(model)
+    return kernel

@@ -32,38 +32,38 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _plot_against_round(path: Path, xs: list, ys: list, *, label: str, ylabel: str,
+                        lines: list[tuple[float, str, str | None]]) -> Path:
+    """Write one line plot of ``ys`` against round to ``path``, with dashed horizontal reference ``lines``
+    (value, label, colour; None takes the next colour of the cycle)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, ys, marker="o", ms=3, label=label)
+    for value, name, color in lines:
+        ax.axhline(value, ls="--", lw=1, label=name, color=color)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_rounds(rounds: list[dict], output_dir: Path, *, baselines: dict[str, float] | None = None,
                 target_epsilon: float | None = None) -> list[Path]:
     """accuracy.png (held-out top-1 per round, baselines as lines) and epsilon.png (user-level epsilon spent)."""
     if not rounds:
         return []
     xs = [r["round"] for r in rounds]
-    paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, [r["eval_top1"] for r in rounds], marker="o", ms=3, label="global model")
-    for name, value in (baselines or {}).items():
-        if value is not None:
-            ax.axhline(value, ls="--", lw=1, label=name.replace("_", " "), color=None)
-    ax.set_xlabel("round")
-    ax.set_ylabel("held-out top-1 accuracy (next kept genre)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths.append(output_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    baseline_lines = [(value, name.replace("_", " "), None) for name, value in (baselines or {}).items()
+                      if value is not None]
+    paths = [_plot_against_round(output_dir / "accuracy.png", xs, [r["eval_top1"] for r in rounds],
+                                 label="global model", ylabel="held-out top-1 accuracy (next kept genre)",
+                                 lines=baseline_lines)]
     eps = [r.get("epsilon") for r in rounds]
     if any(e is not None and math.isfinite(e) for e in eps):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, eps, marker="o", ms=3, label="user-level ε spent")
-        if target_epsilon is not None:
-            ax.axhline(target_epsilon, ls="--", color="red", lw=1, label="target ε")
-        ax.set_xlabel("round")
-        ax.set_ylabel("ε")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(output_dir / "epsilon.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        target_line = [] if target_epsilon is None else [(target_epsilon, "target ε", "red")]
+        paths.append(_plot_against_round(output_dir / "epsilon.png", xs, eps, label="user-level ε spent",
+                                         ylabel="ε", lines=target_line))
     return paths

@@ -10,16 +10,19 @@ Clopper-Pearson intervals, give the smallest epsilon any (epsilon, delta)-DP mec
 such mechanism has TPR <= e^epsilon * FPR + delta (Kairouz, Oh & Viswanath 2015). A lower bound above the accounted
 epsilon would mean the accounting, or the code, is wrong.
 
-Training is the federated code path in one process, without Flower's messaging: each round samples every user
-independently with probability q (Poisson), runs the client's own ``client.local_update.local_update`` on that
+Training is the federated code path in one process, without Flower's messaging
+(``simulations.inprocess_federation.InProcessFederation``): each round samples every user independently with
+probability q (Poisson), runs the client's own ``client.local_update.local_update`` on that
 user's examples (clipping on the device under user-level DP) and the server's ``server.aggregation.aggregate``
 (clip, sum, Gaussian noise z*C, divide by the expected count, FedAvg's step), with z from
 ``privacy.accounting.calibrate_noise_multiplier`` and every release recorded in a ``PrivacyLedger`` - what
 ``server.federation.FederatedRun`` does over a Flower grid. The divisor is q * (N + 1), N ordinary users plus the
-canary's slot, in both worlds: the mechanism the accountant describes divides by a constant known in advance.
+canary's slot, in both worlds (the canary's slot is drawn in both; without the canary it holds no examples and
+adds nothing): the mechanism the accountant describes divides by a constant known in advance.
 The rest of the population and the initial model are the same in every trial (the attacker's best case: it knows
 everything but the canary's membership); sampling, local shuffling and noise are drawn afresh per trial (the same
-draws for trial k of both worlds, so the worlds differ only by the canary).
+draws for trial k of both worlds, so the worlds differ only by the canary). The statistics are
+``privacy.audit_bounds``.
 """
 
 from __future__ import annotations
@@ -27,28 +30,31 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import beta
 
-from client.device_ledger import DeviceLedger
-from client.instructions import DataInstructions, TrainInstructions
-from client.local_update import load_model, local_update
+from client.instructions import DataInstructions
+from client.local_update import load_model
 from client.simulated_device import device_examples
-from model.encoding import Examples, build_examples
+from model.encoding import Examples, build_examples, empty_examples
 from model.events import Event
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, evaluate
 from model.vocab import GENRES
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
-from server.aggregation import UserLevelDP, aggregate, make_strategy
+from privacy.audit_bounds import EpsilonBound, epsilon_lower_bound, roc_auc
 from server.evaluation import held_out_examples
-from server.replies import ClientUpdate
-from server.settings import StrategySettings
+from server.settings import (
+    PopulationSettings,
+    PrivacySettings,
+    RunSettings,
+    StrategySettings,
+)
+from simulations.inprocess_federation import InProcessFederation
 from simulations.population import PopulationConfig
 
 Arrays = dict[str, np.ndarray]
@@ -114,76 +120,6 @@ class AuditConfig:
                                 population_days=self.days, window=self.window)
 
 
-# ------------------------------------------------------------------------------------------- the attack's statistics
-
-def roc_auc(scores_in: Sequence[float], scores_out: Sequence[float]) -> float:
-    """P(score of a random "in" trial > score of a random "out" trial), ties counting one half (Mann-Whitney U)."""
-    a, b = np.asarray(scores_in, dtype=float)[:, None], np.asarray(scores_out, dtype=float)[None, :]
-    if a.size == 0 or b.size == 0:
-        raise ValueError("roc_auc needs at least one score in each world.")
-    return float(np.mean((a > b) + 0.5 * (a == b)))
-
-
-def _lower(successes: np.ndarray, trials: int, level: float) -> np.ndarray:
-    """One-sided Clopper-Pearson lower bounds at confidence 1 - level (0 where there is no success)."""
-    k = np.asarray(successes)
-    return np.where(k == 0, 0.0, beta.ppf(level, np.maximum(k, 1), trials - k + 1))
-
-
-def _upper(successes: np.ndarray, trials: int, level: float) -> np.ndarray:
-    """One-sided Clopper-Pearson upper bounds at confidence 1 - level (1 where every trial succeeded)."""
-    k = np.asarray(successes)
-    return np.where(k == trials, 1.0, beta.ppf(1 - level, k + 1, np.maximum(trials - k, 1)))
-
-
-def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
-    """Exact two-sided (1 - alpha) confidence interval of a binomial proportion (Clopper & Pearson 1934)."""
-    if not 0 <= successes <= trials or trials < 1:
-        raise ValueError(f"need 0 <= successes <= trials and trials >= 1; found {successes}, {trials}.")
-    return float(_lower(successes, trials, alpha / 2)), float(_upper(successes, trials, alpha / 2))
-
-
-@dataclass(frozen=True)
-class EpsilonBound:
-    """The best threshold's empirical lower bound on epsilon, and the rates it came from."""
-
-    epsilon: float
-    threshold: float
-    tpr: float
-    fpr: float
-
-
-def epsilon_lower_bound(scores_in: Sequence[float], scores_out: Sequence[float], *, delta: float,
-                        alpha: float = 0.05) -> EpsilonBound:
-    """The largest epsilon that the threshold attack "in if score >= t" proves, with confidence 1 - alpha.
-
-    An (epsilon, delta)-DP mechanism satisfies TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta for every test
-    (Kairouz, Oh & Viswanath 2015, Thm. 2.1), so eps >= log((TPR_lo - delta) / FPR_hi) and
-    eps >= log((TNR_lo - delta) / FNR_hi), with Clopper-Pearson bounds on the rates (TNR_lo = 1 - FPR_hi and
-    FNR_hi = 1 - TPR_lo: two one-sided bounds per threshold). Every observed score is tried as the threshold and
-    alpha is split over all these bounds (Bonferroni), so picking the best threshold on the same trials keeps the
-    bound valid. Returns epsilon 0 when no threshold proves anything.
-    """
-    s_in, s_out = np.sort(np.asarray(scores_in, dtype=float)), np.sort(np.asarray(scores_out, dtype=float))
-    if s_in.size == 0 or s_out.size == 0:
-        raise ValueError("epsilon_lower_bound needs at least one score in each world.")
-    thresholds = np.unique(np.concatenate([s_in, s_out]))
-    tp = s_in.size - np.searchsorted(s_in, thresholds, side="left")  # scores >= t
-    fp = s_out.size - np.searchsorted(s_out, thresholds, side="left")
-    level = alpha / (2 * thresholds.size)
-    tpr_lo, fpr_hi = _lower(tp, s_in.size, level), _upper(fp, s_out.size, level)
-    best = EpsilonBound(0.0, math.inf, 0.0, 0.0)
-    for num, den in ((tpr_lo - delta, fpr_hi), (1.0 - fpr_hi - delta, 1.0 - tpr_lo)):
-        ok = (num > 0.0) & (den > 0.0)
-        eps = np.full(thresholds.size, -np.inf)
-        eps[ok] = np.log(num[ok] / den[ok])
-        i = int(np.argmax(eps))
-        if eps[i] > best.epsilon:
-            best = EpsilonBound(float(eps[i]), float(thresholds[i]), float(tp[i] / s_in.size),
-                                float(fp[i] / s_out.size))
-    return best
-
-
 # ---------------------------------------------------------------------------------------------------- the canary
 
 def canary_events(*, start_ts: float, days: int, rare_genre: str, decoy_genre: str,
@@ -246,53 +182,52 @@ def build_setup(config: AuditConfig) -> AuditSetup:
 # -------------------------------------------------------------------------------------------------------- training
 
 @contextmanager
-def _as_server_app() -> Iterator[None]:
-    """Flower builds ``Message`` objects (the strategy's input) only in a process with a task identity; a running
-    ServerApp has one. Give this process the one a ServerApp would have, quiet the strategy's per-round log lines,
-    then restore both."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+def _quiet_flower_logs() -> Iterator[None]:
+    """Quiet the strategy's per-round log lines (thousands of trained models), then restore Flower's log level."""
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    if saved[0] is None:
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 0, 0, 0
     flwr_logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
         flwr_logger.setLevel(level)
+
+
+def _run_settings(config: AuditConfig, *, user_level: bool) -> RunSettings:
+    """The audit's federation as run settings (privacy.target_epsilon is not read: the audit passes z itself)."""
+    privacy = PrivacySettings(mode="user" if user_level else "none", delta=config.delta,
+                              clipping_norm=config.clipping_norm)
+    population = PopulationSettings(seed=config.seed, num_users=config.num_users, eval_users=config.eval_users,
+                                    days=config.days, window=config.window)
+    return RunSettings(seed=config.seed, train=config.train, population=population, model=config.model,
+                       privacy=privacy, strategy=StrategySettings())
 
 
 def train_federated(setup: AuditSetup, *, with_canary: bool, trial: int, noise_multiplier: float | None) -> Arrays:
     """The released global model of one trial: ``rounds`` DP-FedAvg rounds (plain FedAvg when ``noise_multiplier``
-    is None, as privacy=none runs: no clipping, no noise)."""
+    is None, as privacy=none runs: no clipping, no noise).
+
+    Both worlds are one ``InProcessFederation`` of ``num_users + 1`` slots (so the divisor is q * (N + 1) in both),
+    with the trial's random streams; in the world without the canary its slot holds no examples, so when drawn it
+    declines and adds nothing.
+    """
     config = setup.config
-    examples = setup.users + [setup.canary]
-    ids = list(range(config.num_users)) + [setup.canary_id]
-    sampling = np.random.default_rng([config.seed, trial, 0])
-    noise = np.random.default_rng([config.seed, trial, 1])
-    strategy = make_strategy(StrategySettings())
-    dp = None
-    if noise_multiplier is not None:
-        dp = UserLevelDP(config.clipping_norm, noise_multiplier, config.sample_rate * len(examples))
-    arrays = {k: v.copy() for k, v in setup.initial.items()}
-    for server_round in range(1, config.rounds + 1):
-        drawn = sampling.random(len(examples)) < config.sample_rate  # drawn for the canary's slot in both worlds
-        instructions = TrainInstructions(round=server_round, seed=config.seed * 1_000_003 + trial, model=config.model,
-                                         train=config.train, data=config.data,
-                                         clipping_norm=config.clipping_norm if dp is not None else None)
-        updates = []
-        for index in np.flatnonzero(drawn).tolist():
-            if index == len(examples) - 1 and not with_canary:
-                continue
-            update = local_update(arrays, instructions, examples[index], DeviceLedger(None), ids[index])
-            if not update.declined:
-                updates.append(ClientUpdate(ids[index], update.arrays, update.metrics))
-        with _as_server_app():
-            arrays, _ = aggregate(strategy, server_round, arrays, updates, dp=dp, rng=noise)
-    return arrays
+    federation = InProcessFederation(
+        _run_settings(config, user_level=noise_multiplier is not None),
+        {k: v.copy() for k, v in setup.initial.items()}, num_users=config.num_users + 1,
+        sample_rate=config.sample_rate, planned_rounds=config.rounds, stream=trial,
+        noise_multiplier=noise_multiplier, user_ids=[*range(config.num_users), setup.canary_id],
+        client_seed=config.seed * 1_000_003 + trial,
+    )
+    canary = setup.canary if with_canary else empty_examples(config.window)
+
+    def examples_of(slot: int) -> Examples:
+        return setup.users[slot] if slot < config.num_users else canary
+
+    with _quiet_flower_logs():
+        for _ in range(config.rounds):
+            federation.round(examples_of)
+    return federation.arrays
 
 
 def _scores(arrays: Arrays, setup: AuditSetup) -> tuple[float, float]:

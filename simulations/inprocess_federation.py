@@ -14,7 +14,7 @@ read the synthetic population's own logs, not the loop's) and, for small runs an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -61,27 +61,44 @@ class InProcessFederation:
         sample_rate: Poisson sampling rate q of each round.
         planned_rounds: rounds the user-level noise is calibrated for; the budget ``privacy.target_epsilon`` is
             spent over them.
-        stream: distinguishes this federation's random streams from others of the same run seed.
+        stream: distinguishes this federation's random streams (Poisson sampling ``[run.seed, stream, 0]``,
+            server noise ``[run.seed, stream, 1]``) from others of the same run seed.
+        noise_multiplier: the user-level noise multiplier z, when the caller has already calibrated it (it must be
+            the one ``privacy.accounting.calibrate_noise_multiplier`` gives for these settings, or the ledger's
+            epsilon is not the budget's); None calibrates it here. Only under user-level DP.
+        user_ids: the id under which user ``i``'s device trains (seeds its local randomness); None: ``i``.
+        client_seed: the seed sent to the clients (``TrainInstructions.seed``); None: ``run.seed * 1000 + stream``.
+
+    The expected count that divides the noisy sum is ``sample_rate * num_users``, fixed in advance as the
+    accountant's mechanism needs. A user whose ``examples_of`` is empty declines when drawn and adds nothing.
     """
 
     def __init__(self, run: RunSettings, arrays: Arrays, *, num_users: int, sample_rate: float, planned_rounds: int,
-                 stream: int) -> None:
+                 stream: int, noise_multiplier: float | None = None, user_ids: Sequence[int] | None = None,
+                 client_seed: int | None = None) -> None:
         if num_users < 1 or planned_rounds < 1:
             raise ValueError(f"num_users and planned_rounds must be >= 1. Found {num_users}, {planned_rounds}.")
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1]. Found {sample_rate}.")
+        if noise_multiplier is not None and not (run.privacy.user_level and noise_multiplier > 0.0):
+            raise ValueError("noise_multiplier must be > 0 and is only used under user-level DP (privacy.mode user "
+                             f"or both). Found {noise_multiplier} with privacy.mode {run.privacy.mode!r}.")
+        if user_ids is not None and len(user_ids) != num_users:
+            raise ValueError(f"user_ids must name each of the {num_users} users once. Found {len(user_ids)} ids.")
         self.run, self.num_users, self.sample_rate, self.planned_rounds = run, num_users, sample_rate, planned_rounds
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
         self.strategy = make_strategy(run.strategy)
         self.ledger = PrivacyLedger()
         self.rounds_done = 0
         self.stream = stream
+        self.user_ids = list(range(num_users)) if user_ids is None else [int(i) for i in user_ids]
+        self.client_seed = run.seed * 1000 + stream if client_seed is None else client_seed
         self._sampling = np.random.default_rng([run.seed, stream, 0])
         self._noise = np.random.default_rng([run.seed, stream, 1])
         self._device_ledgers: dict[int, DeviceLedger] = {}
         privacy = run.privacy
-        self.noise_multiplier: float | None = None
-        if privacy.user_level:
+        self.noise_multiplier: float | None = noise_multiplier
+        if privacy.user_level and noise_multiplier is None:
             self.noise_multiplier = calibrate_noise_multiplier(
                 target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=sample_rate,  # type: ignore[arg-type]
                 steps=planned_rounds, accountant=privacy.accountant,
@@ -94,7 +111,7 @@ class InProcessFederation:
             record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon,
                                              p.record.delta)
         return TrainInstructions(
-            round=self.rounds_done + 1, seed=self.run.seed * 1000 + self.stream, model=self.run.model,
+            round=self.rounds_done + 1, seed=self.client_seed, model=self.run.model,
             train=self.run.train, data=DataInstructions(window=self.run.population.window),
             clipping_norm=p.clipping_norm if p.user_level else None, record=record,
         )
@@ -108,9 +125,9 @@ class InProcessFederation:
         updates: list[ClientUpdate] = []
         for user in chosen.tolist():
             ledger = self._device_ledgers.setdefault(user, DeviceLedger(None))
-            update = local_update(self.arrays, instructions, examples_of(user), ledger, user)
+            update = local_update(self.arrays, instructions, examples_of(user), ledger, self.user_ids[user])
             if not update.declined:
-                updates.append(ClientUpdate(user, update.arrays, update.metrics))
+                updates.append(ClientUpdate(self.user_ids[user], update.arrays, update.metrics))
         dp = None
         if self.noise_multiplier is not None:
             dp = UserLevelDP(self.run.privacy.clipping_norm, self.noise_multiplier,  # type: ignore[arg-type]

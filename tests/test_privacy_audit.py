@@ -1,4 +1,5 @@
-"""The empirical privacy audit: its statistics against independent references, its canary, and (slow) the audit.
+"""The empirical privacy audit: its canary, its two worlds, and (slow) the audit. Its statistics are tested in
+``tests/test_audit_bounds.py``.
 
 The slow test plays the membership game of ``simulations.audit`` with a few trials per world: without DP the
 loss-threshold attack must tell the canary's worlds apart, with user-level DP at epsilon 1 it must be near chance,
@@ -7,12 +8,8 @@ and the epsilon it proves must never exceed the accounted one.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-from scipy.optimize import brentq
-from scipy.stats import binomtest, mannwhitneyu, norm
 
 from client.simulated_device import population
 from model.event_log import load_events, write_events
@@ -24,76 +21,8 @@ from simulations.audit import (
     audit,
     build_setup,
     canary_events,
-    clopper_pearson,
-    epsilon_lower_bound,
-    roc_auc,
     train_federated,
 )
-
-# --------------------------------------------------------------------------------------------- the statistics
-
-
-def test_auc_counts_pairs_an_in_score_wins_with_ties_as_half():
-    assert roc_auc([3, 4], [1, 2]) == 1.0 and roc_auc([1, 2], [3, 4]) == 0.0
-    assert roc_auc([1], [1]) == 0.5 and roc_auc([1, 3], [2]) == 0.5 and roc_auc([2, 2], [1, 2]) == 0.75
-
-
-def test_auc_matches_scipy_mann_whitney_u():
-    rng = np.random.default_rng(0)
-    a, b = rng.integers(0, 5, 40).astype(float), rng.integers(0, 6, 30).astype(float)  # many ties
-    assert roc_auc(a, b) == pytest.approx(mannwhitneyu(a, b).statistic / (len(a) * len(b)), rel=1e-12)
-
-
-@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (0, 1), (17, 50), (50, 50)])
-@pytest.mark.parametrize("alpha", [0.05, 0.001])
-def test_clopper_pearson_matches_scipys_exact_interval(k, n, alpha):
-    ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="exact")
-    assert clopper_pearson(k, n, alpha) == pytest.approx((ci.low, ci.high), abs=1e-12)
-
-
-def test_clopper_pearson_at_the_ends_has_its_closed_form():
-    assert clopper_pearson(0, 20, 0.1) == pytest.approx((0.0, 1 - 0.05 ** (1 / 20)))
-    assert clopper_pearson(20, 20, 0.1) == pytest.approx((0.05 ** (1 / 20), 1.0))
-
-
-def test_perfectly_separated_worlds_prove_the_clopper_pearson_limit():
-    """50 v 50, every "in" score above every "out": 100 thresholds share alpha, so each one-sided bound is at
-    alpha/200, and the best threshold has TPR_lo = (alpha/200)^(1/50) = 1 - FPR_hi."""
-    delta, alpha = 1e-5, 0.05
-    bound = epsilon_lower_bound(np.arange(50) + 100.0, np.arange(50.0), delta=delta, alpha=alpha)
-    p = (alpha / 200) ** (1 / 50)
-    assert bound.epsilon == pytest.approx(math.log((p - delta) / (1 - p)), rel=1e-9)
-    assert (bound.tpr, bound.fpr, bound.threshold) == (1.0, 0.0, 100.0)
-
-
-def test_known_rates_give_the_bound_computed_from_scipys_intervals():
-    scores_in = [1.0] * 40 + [0.0] * 10  # TPR 0.8 at threshold 1
-    scores_out = [1.0] * 10 + [0.0] * 40  # FPR 0.2
-    delta, alpha = 1e-5, 0.05
-    level = alpha / (2 * 2)  # two thresholds, two one-sided bounds each
-    tpr_lo = binomtest(40, 50).proportion_ci(confidence_level=1 - 2 * level, method="exact").low
-    fpr_hi = binomtest(10, 50).proportion_ci(confidence_level=1 - 2 * level, method="exact").high
-    expected = max(math.log((tpr_lo - delta) / fpr_hi), math.log((1 - fpr_hi - delta) / (1 - tpr_lo)))
-    assert epsilon_lower_bound(scores_in, scores_out, delta=delta, alpha=alpha).epsilon == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("scores_in,scores_out", [
-    (np.zeros(30), np.zeros(30)),  # the worlds look the same
-    (np.arange(30.0), np.arange(30.0) + 100),  # the attack ranks them backwards: it proves nothing
-])
-def test_an_attack_that_does_not_separate_the_worlds_proves_nothing(scores_in, scores_out):
-    assert epsilon_lower_bound(scores_in, scores_out, delta=1e-5).epsilon == 0.0
-
-
-def test_the_bound_stays_below_the_true_epsilon_of_a_gaussian_mechanism():
-    """Scores N(mu, 1) in, N(0, 1) out are the outputs of a mu-GDP mechanism, whose exact (eps, delta) curve is
-    delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2) (Dong, Roth & Su 2022, Cor. 2.13)."""
-    mu, delta = 1.5, 1e-5
-    true_eps = brentq(lambda e: norm.cdf(-e / mu + mu / 2) - math.exp(e) * norm.cdf(-e / mu - mu / 2) - delta, 0, 50)
-    rng = np.random.default_rng(1)
-    bound = epsilon_lower_bound(rng.normal(mu, 1, 2000), rng.normal(0, 1, 2000), delta=delta)
-    assert 0.5 < bound.epsilon < true_eps
-
 
 # ------------------------------------------------------------------------------------------------- the canary
 
