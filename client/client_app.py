@@ -4,7 +4,8 @@ It receives the global prior and this round's instructions in the message, train
 record-level privacy is on) and replies with model arrays and the declared scalar metrics only. Where its data
 comes from is ``client.device_data``: the log store named by node config ``log-db`` on a device, synthetic user
 ``partition-id`` in simulation. Rounds run with secure aggregation arrive as SecAgg+ messages and go to
-``client.secagg_client`` (same training, masked reply).
+``client.secagg_client`` (same training, masked reply). In a simulation with ``simulation.attack``, a synthetic user
+chosen as malicious replies with its attack (``client.attacks``); a device training on its own log never does.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from client.attacks import update_as_instructed
 from client.device_data import device_data
 from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions, from_config_items
-from client.local_update import DECLINE_REASONS, local_evaluation, local_update
+from client.local_update import DECLINE_REASONS, local_evaluation
+from client.node_config import PARTITION_ID
 from client.records import from_array_record, to_array_record
 from client.secagg_client import secagg_app
 
@@ -49,9 +52,11 @@ def train(msg: Message, context: Context) -> Message:
     if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
         return secagg_app(msg, context)
     instructions = _instructions(msg)
-    data = device_data(instructions.data, _node_config(msg, context), instructions.device_dir)
+    node_config = _node_config(msg, context)
+    data = device_data(instructions.data, node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
-    update = local_update(_arrays(msg), instructions, data.train, ledger, data.device_id)
+    update = update_as_instructed(_arrays(msg), instructions, data.train, ledger, data.device_id,
+                                  simulated=PARTITION_ID in node_config)  # a synthetic user may play an attack
     content = RecordDict({"metrics": MetricRecord(update.metrics)})
     if update.declined:
         content["status"] = ConfigRecord({"declined": DECLINE_REASONS[update.declined]})

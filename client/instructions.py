@@ -8,6 +8,7 @@ read only the message and their node config, never Hydra.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,15 @@ class DataInstructions:
 
 
 @dataclass(frozen=True)
+class AttackInstructions:
+    """Simulation only: a ``fraction`` of the synthetic users play attack ``kind`` (``client.attacks``)."""
+
+    kind: str
+    fraction: float
+    scale: float
+
+
+@dataclass(frozen=True)
 class TrainInstructions:
     """One round's instructions to a client.
 
@@ -55,6 +65,8 @@ class TrainInstructions:
         clipping_norm: user-level clipping of the whole update to this L2 norm; None when not user-level DP.
         record: record-level DP-SGD settings; None when off.
         device_dir: where a simulated device keeps its private state (its record-level ledger).
+        attack: simulation only: hostile synthetic users and their attack; None (never sent) otherwise. A device
+            training on its own log ignores it.
     """
 
     round: int
@@ -65,25 +77,35 @@ class TrainInstructions:
     clipping_norm: Optional[float] = None
     record: Optional[RecordLevelInstructions] = None
     device_dir: Optional[str] = None
+    attack: Optional[AttackInstructions] = None
 
 
 def dataclass_from_dict(cls: type, values: object, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping: unknown keys and wrong types are errors naming the key.
 
-    Ints widen to float fields; nothing else is converted. Nested dataclasses and ``Optional`` are supported.
+    Ints widen to float fields (one too large for a float is an error); nothing else is converted. A float field
+    refuses NaN and Infinity, here once for every settings dataclass. The dataclass's own range check (a plain
+    ``ValueError`` from ``__post_init__``) becomes an ``InstructionError``; a typed subclass such as the server's
+    ``ConfigError`` passes unchanged. Nested dataclasses and ``Optional`` are supported.
     """
     if not isinstance(values, Mapping):
-        raise InstructionError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys; found {values!r}.")
+        raise InstructionError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys; found {_short(values)}.")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise InstructionError(f"Unknown key {prefix}{unknown[0]}; allowed keys here: {sorted(names)}.")
     kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in values.items()}
+    group = prefix.rstrip(".") or cls.__name__
     try:
         return cls(**kwargs)
     except TypeError as error:  # a required field is missing
-        raise InstructionError(f"{prefix.rstrip('.') or cls.__name__}: {error}") from None
+        raise InstructionError(f"{group}: {error}") from None
+    except ValueError as error:  # the dataclass's own range check; a typed subclass (ConfigError ...) passes as is
+        if type(error) is not ValueError:
+            raise
+        text = str(error)  # names the key, the value and the rule, e.g. "train.epochs ... must be >= 1; found 0."
+        raise InstructionError(text if text.startswith(prefix or cls.__name__) else f"{group}: {text}") from None
 
 
 def _convert(hint: Any, value: object, key: str) -> object:
@@ -94,10 +116,25 @@ def _convert(hint: Any, value: object, key: str) -> object:
     if dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise InstructionError(f"{key} must be a finite float; found {_short(value)}, past the largest float "
+                                   "(about 1.8e308).") from None
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise InstructionError(f"{key} must be of type {hint.__name__}; found {value!r}.")
+        raise InstructionError(f"{key} must be of type {hint.__name__}; found {_short(value)}.")
+    if hint is float and not math.isfinite(value):
+        raise InstructionError(f"{key} must be a finite number; found {value!r}. NaN and Infinity are refused "
+                               "everywhere: they would turn the model's weights or the privacy accounting into NaN.")
     return value
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 80 characters (a hostile value may be huge)."""
+    if isinstance(value, int) and value.bit_length() > 200:  # repr of an int of 4300+ digits raises ValueError
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | str | bool]:
@@ -120,10 +157,20 @@ def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | 
 def from_config_items(items: Mapping[str, object]) -> TrainInstructions:
     """Inverse of ``to_config_items``; raises ``InstructionError`` naming any key that does not fit."""
     nested: dict[str, Any] = {}
+    groups: set[tuple[str, ...]] = set()  # paths that hold keys, told apart from a value that is a dict
     for key, value in items.items():
-        *parents, leaf = key.split(".")
+        path = tuple(part.replace("-", "_") for part in str(key).split("."))
         node = nested
-        for part in parents:
-            node = node.setdefault(part.replace("-", "_"), {})
-        node[leaf.replace("-", "_")] = value
+        for depth in range(1, len(path)):
+            name, group = path[depth - 1], path[:depth]
+            if name in node and group not in groups:
+                raise InstructionError(f"{'.'.join(group)} is a value ({_short(node[name])}) and also a group of keys "
+                                       f"({key}); send one or the other.")
+            groups.add(group)
+            node = node.setdefault(name, {})
+        if path in groups:
+            raise InstructionError(f"{key} is a group of keys and also a value ({_short(value)}); send one or the other.")
+        if path[-1] in node:
+            raise InstructionError(f"{key} is given twice (as kebab-case and snake_case); send it once.")
+        node[path[-1]] = value
     return dataclass_from_dict(TrainInstructions, nested)

@@ -2,7 +2,9 @@
 
 Each row keeps the event's canonical JSON line (``model.event_parsing.event_to_json_line``), so the event contract
 has one definition; ``ts``, ``utc_offset_min`` and ``kind`` are copies for querying. Reading re-parses every line
-with ``parse_event``, and a row that no longer parses is reported, never silently dropped.
+with ``parse_event``, and a row that no longer parses (invalid UTF-8 included) is reported, never silently dropped.
+Opening the file, its schema checks and SQLite's failures (a damaged file is ``LogStoreError``) are in
+``client.log_store_file``.
 
 Durability: WAL journal with ``synchronous=FULL``, one transaction per append. Every commit fsyncs the WAL, so an
 append that has returned survives a killed process, and an OS crash or power cut as far as the disk honours fsync;
@@ -26,30 +28,24 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal, Self
 
+from client.log_store_file import (
+    APPLICATION_ID,
+    BUSY_TIMEOUT_S,
+    SCHEMA_VERSION,
+    LogStoreError,
+    connect,
+    sqlite_errors,
+    undecodable,
+)
 from model.event_log import MAX_LINE_BYTES, LoadReport, bounded_lines, parse_lines
 from model.event_parsing import EventError, event_to_json_line, parse_event
 from model.events import Event
 from model.vocab import EVENT_KINDS, GENRES
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; a file with another version is refused, not guessed at."""
-APPLICATION_ID = 0x66656470  # "fedp": PRAGMA application_id marks an SQLite file as a log store of this project.
-BUSY_TIMEOUT_S = 10.0
-"""How long a writer waits for another process's write transaction before ``sqlite3.OperationalError``."""
+__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "ImportReport", "LogStore", "LogStoreError",
+           "log_stats"]
 
-_SCHEMA = (
-    # AUTOINCREMENT: ids keep the order of insertion even if rows are ever deleted.
-    ("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, utc_offset_min INTEGER NOT NULL,"
-     " kind TEXT NOT NULL, json_line TEXT NOT NULL)"),
-    "CREATE INDEX events_by_ts ON events (ts)",
-    f"PRAGMA application_id = {APPLICATION_ID}",
-    f"PRAGMA user_version = {SCHEMA_VERSION}",
-)
 _INSERT = "INSERT INTO events (ts, utc_offset_min, kind, json_line) VALUES (?, ?, ?, ?)"
-
-
-class LogStoreError(Exception):
-    """The file cannot be used as a log store: not SQLite, another program's database, a newer schema, a folder."""
 
 
 @dataclass
@@ -118,31 +114,11 @@ class LogStore:
         """Open the store at ``path``, creating it (parent folders too, file mode 0600) when missing and ``create``.
 
         Raises:
-            LogStoreError: if ``path`` is a folder, is missing and not ``create``, cannot be created, or is not a
-                log store of schema ``SCHEMA_VERSION``.
+            LogStoreError: if ``path`` is a folder, is missing or empty and not ``create``, cannot be created, or is
+                not a log store of schema ``SCHEMA_VERSION``; the file is then left unchanged.
         """
         path = Path(path)
-        if path.is_dir():
-            raise LogStoreError(f"{path} is a directory; a log store is one SQLite file, e.g. {path / 'events.db'}.")
-        if not path.exists():
-            if not create:
-                raise LogStoreError(f"{path}: no log store there (no such file).")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # private: SQLite gives -wal the same mode
-            except OSError as exc:
-                raise LogStoreError(f"{path}: cannot create a log store ({exc.strerror}).") from None
-        try:  # mode=rw: never let SQLite create a file we did not create with mode 0600
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S,
-                                   isolation_level=None)
-        except sqlite3.Error as exc:
-            raise LogStoreError(f"{path}: cannot open the log store ({exc}).") from None
-        try:
-            _prepare(conn, path)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
+        return cls(connect(path, create=create), path)
 
     def close(self) -> None:
         """Close the connection; the data is already on disk after every append."""
@@ -156,15 +132,16 @@ class LogStore:
 
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction, committed on success and rolled back on any exception."""
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+        """One transaction, committed on success and rolled back on any exception; a damaged file is LogStoreError."""
+        with sqlite_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def _last(self) -> tuple[float, int] | None:
         return self._conn.execute("SELECT ts, utc_offset_min FROM events ORDER BY id DESC LIMIT 1").fetchone()
@@ -209,15 +186,20 @@ class LogStore:
     def read(self, since_ts: float | None = None) -> LoadReport:
         """Every readable event (``ts >= since_ts`` when given) in insertion order, and one error per bad row.
 
-        ``errors`` name the row, e.g. "events.db, row 17: field 'bpm' = 500: ..."; ``lines_read`` counts rows.
+        ``errors`` name the row, e.g. "events.db, row 17: field 'bpm' = 500: ..."; ``lines_read`` counts rows. A row
+        of invalid UTF-8 or of values of the wrong type (damage, an edit by hand) is one such error.
+
+        Raises:
+            LogStoreError: if the file is damaged past reading its rows.
         """
         if since_ts is None:
-            rows = self._conn.execute("SELECT id, ts, kind, json_line FROM events ORDER BY id").fetchall()
+            query, parameters = "SELECT id, ts, kind, json_line FROM events ORDER BY id", ()
         else:
             if isinstance(since_ts, bool) or not isinstance(since_ts, (int, float)) or not math.isfinite(since_ts):
                 raise ValueError(f"since_ts must be a finite number of UTC seconds or None. Found {since_ts!r}.")
-            rows = self._conn.execute("SELECT id, ts, kind, json_line FROM events WHERE ts >= ? ORDER BY id",
-                                      (since_ts,)).fetchall()
+            query, parameters = "SELECT id, ts, kind, json_line FROM events WHERE ts >= ? ORDER BY id", (since_ts,)
+        with sqlite_errors(self.path):
+            rows = self._conn.execute(query, parameters).fetchall()
         report = LoadReport(events=[], errors=[], lines_read=len(rows))
         for row_id, ts, kind, line in rows:
             try:
@@ -240,7 +222,8 @@ class LogStore:
 
     def count(self) -> int:
         """Number of stored rows."""
-        return self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        with sqlite_errors(self.path):
+            return self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def stats(self) -> dict:
         """A JSON-ready summary: see ``log_stats``; ``unreadable_rows`` counts rows that no longer parse."""
@@ -306,8 +289,14 @@ def _in_time_order(parsed: list[tuple[int, Event, str]], last: tuple[float, int]
     return accepted, errors
 
 
-def _row_event(ts: float, kind: str, line: object) -> Event:
+def _row_event(ts: object, kind: object, line: object) -> Event:
     """Re-parse one stored row; raises EventError if the line breaks a rule or disagrees with its columns."""
+    for name, value in (("json_line", line), ("kind", kind)):
+        at = undecodable(value) if isinstance(value, str) else None
+        if at is not None:
+            raise EventError(f"the row's {name} column must be valid UTF-8, but its character {at} is the byte "
+                             f"{ord(value[at]) - 0xDC00:#04x}, which is not (the file was damaged or edited by hand).",
+                             field=name, value=value)
     try:
         obj = json.loads(line)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -351,39 +340,3 @@ def log_stats(events: list[Event]) -> dict:
         "last_time": events[-1].local_time.isoformat() if events else None,
         "kept_genres": kept,
     }
-
-
-def _prepare(conn: sqlite3.Connection, path: Path) -> None:
-    """Create the schema in an empty file, refuse anything but a log store of ``SCHEMA_VERSION``, turn on WAL."""
-    try:
-        if _header(conn) == (0, 0, 0):
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            if _header(conn) == (0, 0, 0):  # another process may have created it while we waited for the lock
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            conn.execute("COMMIT")
-        version, app_id, tables = _header(conn)
-    except sqlite3.OperationalError as exc:  # e.g. locked by another process for longer than BUSY_TIMEOUT_S
-        raise LogStoreError(f"{path}: cannot open the log store ({exc}).") from None
-    except sqlite3.DatabaseError as exc:  # "file is not a database"
-        raise LogStoreError(f"{path} is not a readable SQLite database ({exc}).") from None
-    if app_id != APPLICATION_ID:
-        raise LogStoreError(f"{path} is not a log store: its application_id is {app_id:#x}, a log store's is "
-                            f"{APPLICATION_ID:#x} ({tables} table(s) of another program); it was left unchanged.")
-    if version != SCHEMA_VERSION:
-        newer = "a newer version of this software" if version > SCHEMA_VERSION else "an unsupported older version"
-        raise LogStoreError(f"{path} has log store schema version {version}, written by {newer}; this version reads "
-                            f"schema {SCHEMA_VERSION} only. It was left unchanged.")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode != "wal":
-        raise LogStoreError(f"{path}: the log store needs journal_mode WAL for durable appends; SQLite gave {mode!r}.")
-    conn.execute("PRAGMA synchronous = FULL")
-
-
-def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    """(user_version, application_id, number of tables); (0, 0, 0) is a new, empty file."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-    return version, app_id, tables

@@ -33,11 +33,22 @@ def _input_file(text: str) -> Path:
         raise _CannotRun(f"{path} is a directory; give a JSON Lines file (one event per line).")
     if not path.exists():
         raise _CannotRun(f"{path}: no such file.")
+    if not path.is_file():  # e.g. /dev/zero: one endless line, which reading past the line limit would never end
+        raise _CannotRun(f"{path} is not a regular file (a device, pipe or socket); give a JSON Lines file "
+                         "(one event per line), e.g. save the stream to a file first.")
     return path
 
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _report(errors: Sequence[EventError], summary: str) -> int:
+    """Print each bad line as file:line: message, then the one-line summary; return the exit code (1 if any)."""
+    for error in errors:
+        print(error)
+    print(summary)
+    return 1 if errors else 0
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -49,27 +60,19 @@ def run_import(args: argparse.Namespace) -> int:
             try:  # raise mode: a line another process made "too old" since the dry run still stores nothing
                 report = store.import_jsonl(path, on_error="raise")
             except EventError as exc:
-                print(exc)
-                print(f"imported 0 events (--strict: {path} has a bad line, so nothing was stored)")
-                return 1
-    for error in report.errors:
-        print(error)
+                return _report([exc], f"imported 0 events (--strict: {path} has a bad line, so nothing was stored)")
     if args.strict and report.errors:
-        print(f"imported 0 events (--strict: {_plural(report.skipped, 'bad line')}, so none of the "
-              f"{_plural(report.events, 'valid event')} was stored)")
-    else:
-        print(report.summary())
-    return 1 if report.errors else 0
+        return _report(report.errors, f"imported 0 events (--strict: {_plural(report.skipped, 'bad line')}, so "
+                                      f"none of the {_plural(report.events, 'valid event')} was stored)")
+    return _report(report.errors, report.summary())
 
 
 def run_validate(args: argparse.Namespace) -> int:
     """Check FILE against the log format without storing anything."""
     path = _input_file(args.file)
     report = load_events(path, on_error="skip")
-    for error in report.errors:
-        print(error)
-    print(f"{path}: {_plural(len(report.events), 'valid event')}, {_plural(report.skipped, 'invalid line')}")
-    return 1 if report.errors else 0
+    return _report(report.errors,
+                   f"{path}: {_plural(len(report.events), 'valid event')}, {_plural(report.skipped, 'invalid line')}")
 
 
 def run_stats(args: argparse.Namespace) -> int:

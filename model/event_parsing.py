@@ -215,13 +215,19 @@ def event_to_json_line(event: Event) -> str:
     Whole-number BPMs are written as integers (``96``, not ``96.0``) to match hand-written logs.
 
     Raises:
-        EventError: if the event breaks a rule, e.g. a BPM out of range or a payload field its kind does not use.
+        EventError: if the event breaks a rule, e.g. a BPM out of range, a payload field its kind does not use, or a
+            ``utc_offset_min`` that is not an ``int``.
     """
     _one_of("kind", event.kind, EVENT_KINDS)
     for name in _PAYLOAD_FIELDS:
         if name not in FIELDS_BY_KIND[event.kind] and getattr(event, name) is not None:
             raise EventError(f"field {name!r} must be None for kind {event.kind!r}.", field=name,
                              value=getattr(event, name))
+    if isinstance(event.utc_offset_min, bool) or not isinstance(event.utc_offset_min, int):
+        # timedelta would round a float to the microsecond (60.0000000001 -> 60) and the event would read back altered
+        raise EventError("utc_offset_min must be an int number of minutes, e.g. 60 for +01:00; a float (even 60.0) "
+                         "or a bool is refused, so an offset is never rounded.", field="utc_offset_min",
+                         value=event.utc_offset_min)
     try:
         obj = event.to_json_dict()
     except (ValueError, OverflowError, OSError, TypeError) as exc:

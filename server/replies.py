@@ -1,19 +1,22 @@
 """Sorting a round's replies: usable updates, declines, errors, and malformed replies rejected and counted.
 
-Aggregation never sees a reply that does not carry exactly the global model's arrays (same names, shapes) with
-finite values, and the declared scalar metrics.
+Aggregation never sees a reply that does not carry exactly the global model's arrays (same names, shapes, a
+floating-point dtype, bytes that decode to them) with finite values, and the declared scalar metrics, its
+``num-examples`` a whole number from 1 to the cap the server set (FedAvg weights by it: a client claiming more
+examples than it was allowed to train on, or zero or fewer, would steer or break the weighted mean). A hostile
+client controls every byte of its reply; nothing in it may raise here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 
-from client.local_update import TRAIN_METRICS
-from client.records import from_array_record
+from client.local_update import EVAL_METRICS, TRAIN_METRICS
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class SortedReplies:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _problem(message: Message, reference: dict[str, np.ndarray]) -> str | None:
+def _problem(message: Message, reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
     content = message.content
     if len(content.metric_records) != 1:
         return f"expected one MetricRecord, found {len(content.metric_records)}"
@@ -42,6 +45,10 @@ def _problem(message: Message, reference: dict[str, np.ndarray]) -> str | None:
         return "a metric is not a finite number"
     if metrics["declined"]:
         return None
+    examples = metrics["num-examples"]
+    if examples != int(examples) or examples < 1 or (max_examples is not None and examples > max_examples):
+        cap = f"at most train.max_examples = {max_examples}" if max_examples is not None else "no cap set"
+        return f"num-examples must be a whole number >= 1 ({cap}); found {examples}"
     if len(content.array_records) != 1:
         return f"expected one ArrayRecord, found {len(content.array_records)}"
     arrays = next(iter(content.array_records.values()))
@@ -53,15 +60,40 @@ def _problem(message: Message, reference: dict[str, np.ndarray]) -> str | None:
     return None
 
 
-def sort_replies(replies: list[Message], reference: dict[str, np.ndarray]) -> SortedReplies:
-    """Classify replies against the global arrays ``reference`` they were trained from."""
+def _decoded(record: ArrayRecord, reference: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The reply's arrays, or None and why they cannot be aggregated (the declared metadata may lie)."""
+    arrays = {}
+    for name, array in record.items():
+        try:
+            value = array.numpy()
+        except Exception as error:  # noqa: BLE001 - any failure to decode hostile bytes is a rejection
+            return None, f"array {name!r} does not decode ({type(error).__name__})"
+        if not np.issubdtype(value.dtype, np.floating):
+            return None, f"array {name!r} has dtype {value.dtype}, expected floating point"
+        if value.shape != reference[name].shape:
+            return None, f"array {name!r} decodes to shape {value.shape}, expected {reference[name].shape}"
+        if not np.all(np.isfinite(value)):
+            return None, "arrays contain NaN or Inf"
+        arrays[name] = value
+    return arrays, ""
+
+
+def sort_replies(replies: list[Message], reference: dict[str, np.ndarray], *,
+                 max_examples: int | None = None, sent_to: Mapping[str, int] | None = None) -> SortedReplies:
+    """Classify replies against the global arrays ``reference`` they were trained from.
+
+    ``max_examples`` caps the ``num-examples`` a reply may claim (the server's ``train.max_examples``; None: no cap).
+    ``sent_to`` maps each sent message's id to its destination node: every outcome is attributed to that node. An
+    error reply the SuperLink makes for a node ("node unavailable", a TTL expired) comes from the SuperLink, so its
+    ``src_node_id`` is not the node; only a reply to a message not in ``sent_to`` falls back to ``src_node_id``.
+    """
     out = SortedReplies()
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = (sent_to or {}).get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         if reply.has_error():
             out.failed.append((node, str(reply.error.reason)[-300:]))
             continue
-        problem = _problem(reply, reference)
+        problem = _problem(reply, reference, max_examples)
         if problem is not None:
             out.rejected.append((node, problem))
             continue
@@ -70,9 +102,26 @@ def sort_replies(replies: list[Message], reference: dict[str, np.ndarray]) -> So
             reason = reply.content.config_records.get("status", {}).get("declined", "no reason given")
             out.declined.append((node, str(reason)))
             continue
-        arrays = from_array_record(next(iter(reply.content.array_records.values())))
-        if not all(np.all(np.isfinite(a)) for a in arrays.values()):
-            out.rejected.append((node, "arrays contain NaN or Inf"))
+        arrays, why = _decoded(next(iter(reply.content.array_records.values())), reference)
+        if arrays is None:
+            out.rejected.append((node, why))
             continue
         out.updates.append(ClientUpdate(node, {k: a.astype(np.float32, copy=False) for k, a in arrays.items()}, metrics))
     return out
+
+
+def evaluation_metrics(reply: Message) -> dict[str, float] | None:
+    """An evaluate reply's metrics, or None when it failed or does not hold exactly the declared ones (finite
+    numbers, ``num-examples`` a whole number >= 0, top-1 in [0, 1], NLL >= 0)."""
+    if reply.has_error() or len(reply.content.metric_records) != 1:
+        return None
+    metrics = dict(next(iter(reply.content.metric_records.values())))
+    if set(metrics) != set(EVAL_METRICS):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()):
+        return None
+    examples = metrics["num-examples"]
+    if examples != int(examples) or examples < 0 or not 0.0 <= metrics["eval-top1"] <= 1.0 or metrics["eval-nll"] < 0.0:
+        return None
+    return metrics
+

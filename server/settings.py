@@ -11,20 +11,52 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from client.instructions import dataclass_from_dict
+from client.attacks import ATTACK_KINDS
+from client.instructions import AttackInstructions, dataclass_from_dict
 from model.networks import ModelConfig
 from model.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
 from privacy.errors import PrivacyConfigError
 
 PRIVACY_MODES = ("none", "record", "user", "both")
-STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg")
+STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 MEAN_STRATEGIES = ("fedavg", "fedadam")
 """Strategies whose aggregate is a mean of updates: the only ones the user-level Gaussian mechanism bounds."""
 
 
+SEED_MAX = 2**63 - 1
+"""Largest seed: what ``simulations.population.PopulationConfig`` (in every client) and NumPy's streams accept."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot work; raised before any training, naming the key and the allowed range."""
+
+
+def check_range(key: str, value: object, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False, note: str = "", fix: str = "",
+                error: type[ValueError] = ConfigError) -> None:
+    """Raise ``error`` naming ``key``, the rule and ``value`` unless ``value`` is a number between ``low`` and ``high``.
+
+    Bounds are inclusive unless ``low_open`` / ``high_open``; ``None`` is no bound. NaN, ``None`` and non-numbers are
+    never in range. ``note`` follows the rule (e.g. " (0: one node per user)"), ``fix`` follows the value found.
+    E.g. ``check_range("simulation.sample_rate", 0, 0, 1, low_open=True)`` raises "simulation.sample_rate must be
+    in (0, 1]; found 0."
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (number and (low is None or (low < value if low_open else low <= value))
+            and (high is None or (value < high if high_open else value <= high))):
+        return
+    if low is not None and high is not None:
+        rule = f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
+    elif low is not None:
+        rule = f"{'>' if low_open else '>='} {_bound(low)}"
+    else:
+        rule = f"{'<' if high_open else '<='} {_bound(high)}"
+    raise error(f"{key} must be {rule}{note}; found {value!r}." + (f" {fix}" if fix else ""))
+
+
+def _bound(bound: float | None) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
 @dataclass(frozen=True)
@@ -38,18 +70,13 @@ class PopulationSettings:
     eval_points_per_user: int = 10
 
     def __post_init__(self) -> None:
-        if self.num_users < 1:
-            raise ConfigError(f"population.num_users must be >= 1; found {self.num_users}.")
-        if self.eval_users < 0:
-            raise ConfigError(f"population.eval_users must be >= 0; found {self.eval_users}.")
-        if self.days < 1:
-            raise ConfigError(f"population.days must be >= 1; found {self.days}.")
-        if self.window < 1:
-            raise ConfigError(f"population.window must be >= 1 event; found {self.window}.")
-        if self.eval_points_per_user < 1:
-            raise ConfigError(f"population.eval_points_per_user must be >= 1; found {self.eval_points_per_user}.")
-        if not 0.0 <= self.client_eval_fraction < 1.0:
-            raise ConfigError(f"population.client_eval_fraction must be in [0, 1); found {self.client_eval_fraction}.")
+        check_range("population.seed", self.seed, 0, SEED_MAX)
+        check_range("population.num_users", self.num_users, 1)
+        check_range("population.eval_users", self.eval_users, 0)
+        check_range("population.days", self.days, 1)
+        check_range("population.window", self.window, 1, note=" event")
+        check_range("population.eval_points_per_user", self.eval_points_per_user, 1)
+        check_range("population.client_eval_fraction", self.client_eval_fraction, 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -62,14 +89,9 @@ class RecordPrivacySettings:
     delta: float = 1e-3
 
     def __post_init__(self) -> None:
-        if not self.noise_multiplier > 0.0:
-            raise PrivacyConfigError(f"privacy.record.noise_multiplier must be > 0; found {self.noise_multiplier}.")
-        if not self.max_grad_norm > 0.0:
-            raise PrivacyConfigError(f"privacy.record.max_grad_norm must be > 0; found {self.max_grad_norm}.")
-        if not self.target_epsilon > 0.0:
-            raise PrivacyConfigError(f"privacy.record.target_epsilon must be > 0; found {self.target_epsilon}.")
-        if not 0.0 < self.delta < 1.0:
-            raise PrivacyConfigError(f"privacy.record.delta must be in (0, 1); found {self.delta}.")
+        for name in ("noise_multiplier", "max_grad_norm", "target_epsilon"):
+            check_range(f"privacy.record.{name}", getattr(self, name), 0, low_open=True, error=PrivacyConfigError)
+        check_range("privacy.record.delta", self.delta, 0, 1, low_open=True, high_open=True, error=PrivacyConfigError)
 
 
 @dataclass(frozen=True)
@@ -95,12 +117,10 @@ class PrivacySettings:
         if self.accountant not in ACCOUNTANTS:
             raise PrivacyConfigError(f"privacy.accountant must be one of {list(ACCOUNTANTS)}; found {self.accountant!r}.")
         if self.user_level:
-            if self.target_epsilon is None or not self.target_epsilon > 0.0:
-                raise PrivacyConfigError(f"privacy.target_epsilon must be > 0 for mode '{self.mode}'; found {self.target_epsilon}.")
-            if self.clipping_norm is None or not self.clipping_norm > 0.0:
-                raise PrivacyConfigError(f"privacy.clipping_norm must be > 0 for mode '{self.mode}'; found {self.clipping_norm}.")
-            if not 0.0 < self.delta < 1.0:
-                raise PrivacyConfigError(f"privacy.delta must be in (0, 1); found {self.delta}.")
+            for name in ("target_epsilon", "clipping_norm"):
+                check_range(f"privacy.{name}", getattr(self, name), 0, low_open=True, note=f" for mode '{self.mode}'",
+                            fix="Without user-level DP use privacy=none or record.", error=PrivacyConfigError)
+            check_range("privacy.delta", self.delta, 0, 1, low_open=True, high_open=True, error=PrivacyConfigError)
         if self.record_level and self.record is None:
             raise PrivacyConfigError(f"privacy.record must be set for mode '{self.mode}' (noise_multiplier, max_grad_norm, target_epsilon, delta).")
 
@@ -113,14 +133,38 @@ class StrategySettings:
     beta_2: float = 0.99
     tau: float = 1e-3
     beta: float = 0.2
+    num_malicious_nodes: int = 0  # Krum's f: it scores each update by its n - f - 2 nearest neighbours
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
             raise ConfigError(f"strategy.name must be one of {list(STRATEGIES)}; found {self.name!r}.")
-        if not self.server_lr > 0.0:
-            raise ConfigError(f"strategy.server_lr must be > 0; found {self.server_lr}.")
-        if not 0.0 <= self.beta < 0.5:
-            raise ConfigError(f"strategy.beta (trimmed fraction per side) must be in [0, 0.5); found {self.beta}.")
+        check_range("strategy.num_malicious_nodes", self.num_malicious_nodes, 0, note=" (Krum's f)")
+        check_range("strategy.server_lr", self.server_lr, 0, low_open=True)
+        check_range("strategy.beta", self.beta, 0, 0.5, high_open=True, note=" (trimmed fraction per side)")
+        for name in ("beta_1", "beta_2"):  # FedAdam's moment decays
+            check_range(f"strategy.{name}", getattr(self, name), 0, 1, high_open=True)
+        check_range("strategy.tau", self.tau, 0, low_open=True, note=" (FedAdam's adaptivity, added to the root of v)")
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Simulation only: ``fraction`` of the synthetic users are malicious and play ``kind`` (see ``client/attacks.py``)."""
+
+    kind: str = "none"
+    fraction: float = 0.0
+    scale: float = 10.0  # the factor of kind=scale
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTACK_KINDS:
+            raise ConfigError(f"simulation.attack.kind must be one of {list(ATTACK_KINDS)}; found {self.kind!r}.")
+        check_range("simulation.attack.fraction", self.fraction, 0, 1, note=" (the share of users that are malicious)")
+        check_range("simulation.attack.scale", self.scale, -1e6, 1e6, note=" (a finite factor)")
+
+    def instructions(self) -> AttackInstructions | None:
+        """What the clients are sent each round; None (nothing sent) when nobody attacks."""
+        if self.kind == "none" or self.fraction == 0.0:
+            return None
+        return AttackInstructions(kind=self.kind, fraction=self.fraction, scale=self.scale)
 
 
 @dataclass(frozen=True)
@@ -132,39 +176,36 @@ class SimulationSettings:
     node_wait_s: float = 300.0
     final_eval_clients: int = 100
     central_baseline_epochs: int = 1
+    baseline_users: int = 1000
     nodes: int = 0
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
-        if self.nodes < 0:
-            raise ConfigError(f"simulation.nodes must be >= 0 (0: one node per user); found {self.nodes}.")
-        if self.rounds < 1:
-            raise ConfigError(f"simulation.rounds must be >= 1; found {self.rounds}.")
-        if not 0.0 < self.sample_rate <= 1.0:
-            raise ConfigError(f"simulation.sample_rate must be in (0, 1]; found {self.sample_rate}.")
-        if not self.num_cpus_per_client > 0.0:
-            raise ConfigError(f"simulation.num_cpus_per_client must be > 0; found {self.num_cpus_per_client}.")
-        if not self.round_timeout_s > 0.0:
-            raise ConfigError(f"simulation.round_timeout_s must be > 0; found {self.round_timeout_s}.")
-        if self.final_eval_clients < 0 or self.central_baseline_epochs < 0:
-            raise ConfigError(
-                "simulation.final_eval_clients and simulation.central_baseline_epochs must be >= 0; "
-                f"found {self.final_eval_clients}, {self.central_baseline_epochs}."
-            )
+        check_range("simulation.nodes", self.nodes, 0, note=" (0: one node per user)")
+        check_range("simulation.rounds", self.rounds, 1)
+        check_range("simulation.sample_rate", self.sample_rate, 0, 1, low_open=True)
+        for name in ("num_cpus_per_client", "round_timeout_s", "node_wait_s"):
+            check_range(f"simulation.{name}", getattr(self, name), 0, low_open=True)
+        check_range("simulation.final_eval_clients", self.final_eval_clients, 0)
+        check_range("simulation.central_baseline_epochs", self.central_baseline_epochs, 0)
+        check_range("simulation.baseline_users", self.baseline_users, 0, note=" (0: every federation user)")
 
 
 @dataclass(frozen=True)
 class DeploymentSettings:
-    """How the server meets its nodes: Flower's simulation (one node per synthetic user) or real SuperNodes."""
+    """How the server meets its nodes: Flower's simulation (node slots playing synthetic users) or real SuperNodes."""
 
-    min_nodes: Optional[int] = None  # nodes that must be connected before round 1; None = population.num_users
+    min_nodes: Optional[int] = None  # nodes that must be connected before round 1; None = every simulated node
     server_eval: bool = True  # score on held-out synthetic users each round, baselines at the end (simulation only)
     warm_up_nodes: int = 4  # untimed round trip before round 1 (simulation workers start slowly); 0 skips it
+    engine: str = "simulation"  # "simulation": Flower's simulation engine; "real": SuperNodes on devices
 
     def __post_init__(self) -> None:
-        if self.min_nodes is not None and self.min_nodes < 1:
-            raise ConfigError(f"deployment.min_nodes must be >= 1 (or null for population.num_users); found {self.min_nodes}.")
-        if self.warm_up_nodes < 0:
-            raise ConfigError(f"deployment.warm_up_nodes must be >= 0; found {self.warm_up_nodes}.")
+        if self.engine not in ("simulation", "real"):
+            raise ConfigError(f"deployment.engine must be one of ['simulation', 'real']; found {self.engine!r}.")
+        if self.min_nodes is not None:
+            check_range("deployment.min_nodes", self.min_nodes, 1, note=" (or null for population.num_users)")
+        check_range("deployment.warm_up_nodes", self.warm_up_nodes, 0)
 
 
 SECAGG_MODULUS_RANGE = 2**32
@@ -185,13 +226,10 @@ class SecAggSettings:
             raise ConfigError(
                 f"secagg.num_shares must be an odd number >= 3 (even counts crash Flower's SecAgg+ clients); found {self.num_shares}."
             )
-        if not 2 <= self.reconstruction_threshold < self.num_shares:
-            raise ConfigError(
-                f"secagg.reconstruction_threshold must be in [2, secagg.num_shares - 1 = {self.num_shares - 1}]; "
-                f"found {self.reconstruction_threshold}."
-            )
-        if not 2 <= self.quantization_range < SECAGG_MODULUS_RANGE:
-            raise ConfigError(f"secagg.quantization_range must be in [2, 2**32); found {self.quantization_range}.")
+        check_range("secagg.reconstruction_threshold", self.reconstruction_threshold, 2, self.num_shares - 1,
+                    note=" (secagg.num_shares - 1 at most)")
+        check_range("secagg.quantization_range", self.quantization_range, 2, SECAGG_MODULUS_RANGE, high_open=True,
+                    note=" (2**32 is SecAgg+'s modulus)")
 
 
 @dataclass(frozen=True)
@@ -208,18 +246,24 @@ class RunSettings:
     resume: bool = False
     checkpoint: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        check_range("seed", self.seed, 0, SEED_MAX)
+
     @property
     def expected_clients_per_round(self) -> float:
         return self.simulation.sample_rate * self.population.num_users
 
+    @property
+    def simulated_nodes(self) -> int:
+        """SuperNodes the simulation engine starts: the slots (at most one per user), or one node per user."""
+        return min(self.simulation.nodes, self.population.num_users) if self.simulation.nodes else self.population.num_users
+
 
 def _check_across_groups(s: RunSettings) -> None:
-    if s.simulation.nodes and s.secagg.enabled:
-        raise ConfigError("simulation.nodes > 0 (node slots playing sampled users) cannot run with secagg.enabled=true: "
-                          "SecAgg+ pairs keys with fixed nodes. Use simulation.nodes=0.")
-    if s.simulation.nodes > s.population.num_users:
+    if s.simulation.nodes and s.deployment.engine != "simulation":
         raise ConfigError(
-            f"simulation.nodes must be <= population.num_users = {s.population.num_users}; found {s.simulation.nodes}."
+            f"simulation.nodes={s.simulation.nodes} (node slots playing synthetic users) is simulation-only; with "
+            f"deployment.engine={s.deployment.engine!r} every SuperNode is a device with its own log. Set simulation.nodes=0."
         )
     if s.privacy.user_level:
         if not s.privacy.delta < 1.0 / s.population.num_users:
@@ -230,8 +274,8 @@ def _check_across_groups(s: RunSettings) -> None:
         if s.strategy.name not in MEAN_STRATEGIES:
             raise ConfigError(
                 f"strategy.name={s.strategy.name!r} cannot be combined with user-level DP (privacy.mode="
-                f"{s.privacy.mode!r}): the Gaussian mechanism bounds a sum of clipped updates, not a median or "
-                f"trimmed mean. Use one of {list(MEAN_STRATEGIES)}, or privacy=none/record."
+                f"{s.privacy.mode!r}): the Gaussian mechanism bounds a sum of clipped updates, not a median, "
+                f"a trimmed mean or Krum's choice of one update. Use one of {list(MEAN_STRATEGIES)}, or privacy=none/record."
             )
     if s.secagg.enabled:
         if not s.privacy.user_level:
@@ -245,6 +289,20 @@ def _check_across_groups(s: RunSettings) -> None:
                 f"quantised updates would overflow SecAgg's modulus); found {s.population.num_users} * "
                 f"{s.secagg.quantization_range}. Lower secagg.quantization_range."
             )
+        if s.simulation.nodes:
+            raise ConfigError(f"simulation.nodes={s.simulation.nodes} (node slots playing sampled users) cannot run with "
+                              "secagg.enabled=true: SecAgg+ pairs keys with fixed nodes. Add simulation.nodes=0 "
+                              "(one SuperNode per user).")
+    if s.simulation.attack.kind != "none":
+        if s.deployment.engine != "simulation":
+            raise ConfigError(
+                f"simulation.attack.kind={s.simulation.attack.kind!r} is refused with deployment.engine="
+                f"{s.deployment.engine!r}: hostile clients are a simulation-only test, and a real server must never "
+                "tell devices to attack. Set simulation.attack.kind=none."
+            )
+        if s.secagg.enabled:
+            raise ConfigError("simulation.attack needs plain aggregation (the SecAgg+ client does not play attacks); "
+                              "set secagg.enabled=false or simulation.attack.kind=none.")
     if s.resume and not s.checkpoint:
         raise ConfigError("resume=true needs checkpoint=PATH (the checkpoint.pt of the run to continue).")
 

@@ -19,16 +19,17 @@ from client.instructions import InstructionError, dataclass_from_dict
 from model.cold_start import ExplorationConfig
 from model.conditioning import ConditioningConfig
 from model.simulated_generator import AdherenceNoise
-from server.settings import ConfigError, RunSettings, settings_from_config
+from server.settings import (
+    SEED_MAX,
+    ConfigError,
+    RunSettings,
+    check_range,
+    settings_from_config,
+)
 
 POLICIES = ("baseline", "federated_dp", "central", "oracle")
 PRETRAIN_ENGINES = ("flower", "inprocess", "checkpoint")
 RETENTION_DAY = 7
-
-
-def _unit(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"experiment.{name} must be in [0, 1]. Found {value}.")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ class PretrainSettings:
             raise ConfigError(f"experiment.pretrain.engine must be one of {list(PRETRAIN_ENGINES)}. Found {self.engine!r}.")
         if self.engine == "checkpoint" and not self.checkpoint:
             raise ConfigError("experiment.pretrain.engine=checkpoint needs experiment.pretrain.checkpoint=PATH. Found none.")
-        if self.central_epochs < 1:
-            raise ConfigError(f"experiment.pretrain.central_epochs must be >= 1. Found {self.central_epochs}.")
+        check_range("experiment.pretrain.central_epochs", self.central_epochs, 1)
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,10 @@ class RetrainSettings:
     central_epochs: int = 1
 
     def __post_init__(self) -> None:
-        if self.every_days < 0 or self.rounds < 1 or self.central_epochs < 1:
-            raise ConfigError("experiment.retrain.every_days must be >= 0, rounds and central_epochs >= 1. Found "
-                              f"{self.every_days}, {self.rounds}, {self.central_epochs}.")
-        if not 0.0 < self.sample_rate <= 1.0:
-            raise ConfigError(f"experiment.retrain.sample_rate must be in (0, 1]. Found {self.sample_rate}.")
+        check_range("experiment.retrain.every_days", self.every_days, 0, note=" (0: never)")
+        check_range("experiment.retrain.rounds", self.rounds, 1)
+        check_range("experiment.retrain.central_epochs", self.central_epochs, 1)
+        check_range("experiment.retrain.sample_rate", self.sample_rate, 0, 1, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -99,11 +98,12 @@ class JudgeSettings:
 
     def __post_init__(self) -> None:
         weights = (self.genre_weight, self.tempo_weight, self.instrument_weight)
-        if min(weights) < 0.0 or not sum(weights) > 0.0:
-            raise ConfigError(f"experiment.judge weights must be >= 0 and not all 0. Found {weights}.")
-        _unit("judge.keep_threshold", self.keep_threshold)
-        if not self.mood_tolerance > 0.0:
-            raise ConfigError(f"experiment.judge.mood_tolerance must be > 0. Found {self.mood_tolerance}.")
+        for name in ("genre_weight", "tempo_weight", "instrument_weight"):
+            check_range(f"experiment.judge.{name}", getattr(self, name), 0)
+        if not sum(weights) > 0.0:
+            raise ConfigError(f"experiment.judge weights must not all be 0 (they are normalised to sum 1). Found {weights}.")
+        check_range("experiment.judge.keep_threshold", self.keep_threshold, 0, 1)
+        check_range("experiment.judge.mood_tolerance", self.mood_tolerance, 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -135,12 +135,10 @@ class BehaviourSettings:
 
     def __post_init__(self) -> None:
         for name in ("settle_prob", "edit_cost", "return_base", "return_pivot", "return_min", "return_max"):
-            _unit(f"behaviour.{name}", getattr(self, name))
-        if not 0.0 < self.ema_alpha <= 1.0:
-            raise ConfigError(f"experiment.behaviour.ema_alpha must be in (0, 1]. Found {self.ema_alpha}.")
-        if self.max_attempts < 1 or self.extra_sessions_mean < 0.0:
-            raise ConfigError("experiment.behaviour.max_attempts must be >= 1 and extra_sessions_mean >= 0. Found "
-                              f"{self.max_attempts}, {self.extra_sessions_mean}.")
+            check_range(f"experiment.behaviour.{name}", getattr(self, name), 0, 1)
+        check_range("experiment.behaviour.ema_alpha", self.ema_alpha, 0, 1, low_open=True)
+        check_range("experiment.behaviour.max_attempts", self.max_attempts, 1)
+        check_range("experiment.behaviour.extra_sessions_mean", self.extra_sessions_mean, 0)
         if self.return_min > self.return_max:
             raise ConfigError(f"experiment.behaviour.return_min must be <= return_max. Found {self.return_min} > "
                               f"{self.return_max}.")
@@ -159,11 +157,9 @@ class ReportSettings:
     curve_interactions: int = 20
 
     def __post_init__(self) -> None:
-        if self.bootstrap < 10 or self.curve_interactions < 1:
-            raise ConfigError("experiment.report.bootstrap must be >= 10 and curve_interactions >= 1. Found "
-                              f"{self.bootstrap}, {self.curve_interactions}.")
-        if not 0.0 < self.confidence < 1.0:
-            raise ConfigError(f"experiment.report.confidence must be in (0, 1). Found {self.confidence}.")
+        check_range("experiment.report.bootstrap", self.bootstrap, 10)
+        check_range("experiment.report.curve_interactions", self.curve_interactions, 1)
+        check_range("experiment.report.confidence", self.confidence, 0, 1, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -196,17 +192,16 @@ class LoopSettings:
     report: ReportSettings = field(default_factory=ReportSettings)
 
     def __post_init__(self) -> None:
-        if self.users < 1:
-            raise ConfigError(f"experiment.users must be >= 1. Found {self.users}.")
-        if not RETENTION_DAY < self.days <= 366:
-            raise ConfigError(f"experiment.days must be in [{RETENTION_DAY + 1}, 366] (day-{RETENTION_DAY} retention "
-                              f"needs day {RETENTION_DAY}). Found {self.days}.")
-        if self.first_user_id is not None and self.first_user_id < 0:
-            raise ConfigError(f"experiment.first_user_id must be >= 0 or null. Found {self.first_user_id}.")
+        check_range("experiment.users", self.users, 1)
+        check_range("experiment.days", self.days, RETENTION_DAY + 1, 366,
+                    note=f" (day-{RETENTION_DAY} retention needs day {RETENTION_DAY})")
+        check_range("experiment.seed", self.seed, 0, SEED_MAX)
+        if self.first_user_id is not None:
+            check_range("experiment.first_user_id", self.first_user_id, 0, note=" or null")
         unknown = [p for p in self.policies if p not in POLICIES]
         if not self.policies or unknown or len(set(self.policies)) != len(self.policies):
             raise ConfigError(f"experiment.policies must list distinct names among {list(POLICIES)}. Found {self.policies}.")
-        _unit("questionnaire_weight", self.questionnaire_weight)
+        check_range("experiment.questionnaire_weight", self.questionnaire_weight, 0, 1)
 
 
 @dataclass(frozen=True)

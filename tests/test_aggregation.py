@@ -82,3 +82,17 @@ def test_declines_are_counted_with_their_reason(flower_task_identity):
 def test_a_good_reply_becomes_an_update(flower_task_identity):
     out = sort_replies([Message(_content(dict(CURRENT)), dst_node_id=0, message_type="train")], CURRENT)
     assert len(out.updates) == 1 and set(out.updates[0].arrays) == set(CURRENT)
+
+
+def test_a_superlink_error_reply_is_attributed_to_the_node_the_message_was_sent_to(flower_task_identity):
+    from flwr.app import Error
+    from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+
+    sent = [Message(_content(dict(CURRENT)), dst_node_id=node, message_type="train") for node in (7, 8)]
+    for message, message_id in zip(sent, ("to-7", "to-8")):
+        message.metadata.__dict__["_message_id"] = message_id  # what the grid's push_messages sets
+    failed = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node unavailable"), reply_to=sent[0])
+    failed.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID  # the SuperLink, not node 7, makes this reply
+    good = Message(_content(dict(CURRENT)), reply_to=sent[1])
+    out = sort_replies([failed, good], CURRENT, sent_to={m.metadata.message_id: m.metadata.dst_node_id for m in sent})
+    assert out.failed == [(7, "node unavailable")] and [u.node_id for u in out.updates] == [8]

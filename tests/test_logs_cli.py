@@ -139,6 +139,12 @@ def _not_sqlite(tmp_path: Path) -> Path:
     return path
 
 
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.db"
+    path.touch()
+    return path
+
+
 def _newer_schema(tmp_path: Path) -> Path:
     path = tmp_path / "newer.db"
     LogStore.open(path).close()
@@ -156,6 +162,10 @@ CANNOT_RUN = {
     "file that is not sqlite": (lambda t: ["stats", "--db", _not_sqlite(t)], "is not a readable SQLite database"),
     "newer schema": (lambda t: ["stats", "--db", _newer_schema(t)], "schema version 7, written by a newer version"),
     "missing db for stats": (lambda t: ["stats", "--db", t / "none.db"], "none.db: no log store there"),
+    "endless device to validate": (lambda t: ["validate", "/dev/zero"], "/dev/zero is not a regular file"),
+    "endless device to import": (lambda t: ["import", "/dev/zero", "--db", t / "e.db"], "is not a regular file"),
+    "device as db": (lambda t: ["import", _write_log(t, *GOOD), "--db", "/dev/zero"], "is not a regular file"),
+    "empty file as db for stats": (lambda t: ["stats", "--db", _empty(t)], "empty.db is not a log store"),
 }
 
 

@@ -1,0 +1,115 @@
+"""Hostile simulated clients (client/attacks.py): who is malicious, what each attack sends, and that the server's
+reply checks reject the malformed ones from the real ClientApp."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from client.attacks import (
+    ATTACK_KINDS, EXTRA_ARRAY_NAME, LABEL_PERMUTATION, MALFORMED_KINDS, attack_of, corrupt, flip_labels, is_malicious,
+)
+from client.client_app import app
+from client.instructions import AttackInstructions, from_config_items, to_config_items
+from model.encoding import Examples
+from model.networks import PreferenceLSTM
+from model.vocab import GENRES
+from server.replies import sort_replies
+from tests.test_client_app import _instructions, _message
+
+GLOBAL = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
+HONEST = {"w": np.full((3, 2), 0.5, dtype=np.float32), "b": np.full(2, 1.25, dtype=np.float32)}
+
+
+def test_the_malicious_choice_depends_on_seed_user_and_fraction_alone():
+    first = [is_malicious(7, u, 0.3) for u in range(2000)]
+    assert first == [is_malicious(7, u, 0.3) for u in range(2000)]
+    assert first != [is_malicious(8, u, 0.3) for u in range(2000)]
+    assert sum(first) / len(first) == pytest.approx(0.3, abs=0.04)
+
+
+def test_a_larger_fraction_keeps_every_user_a_smaller_one_chose():
+    for u in range(500):
+        assert not is_malicious(0, u, 0.0) and is_malicious(0, u, 1.0)
+        assert is_malicious(0, u, 0.1) <= is_malicious(0, u, 0.2) <= is_malicious(0, u, 0.5)
+    assert is_malicious(-3, 2**70, 1.0)  # any integers
+
+
+def test_a_fraction_outside_0_to_1_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]; found 1.5"):
+        is_malicious(0, 1, 1.5)
+
+
+def test_scale_and_sign_flip_multiply_the_update_not_the_weights():
+    assert np.allclose(corrupt("scale", GLOBAL, HONEST, scale=10.0)["w"], 5.0)
+    assert np.allclose(corrupt("scale", GLOBAL, HONEST, scale=10.0)["b"], 1.0 + 10 * 0.25)
+    flipped = corrupt("sign_flip", GLOBAL, HONEST, scale=10.0)
+    assert np.allclose(flipped["w"], -0.5) and np.allclose(flipped["b"], 0.75)
+    assert all(a.dtype == np.float32 for a in flipped.values())
+
+
+def test_malformed_attacks_break_exactly_the_reply_contract_they_name():
+    assert all(np.isnan(a).all() for a in corrupt("nan_arrays", GLOBAL, HONEST, scale=1.0).values())
+    assert set(corrupt("missing_array", GLOBAL, HONEST, scale=1.0)) == {"b"}
+    assert set(corrupt("extra_array", GLOBAL, HONEST, scale=1.0)) == {"w", "b", EXTRA_ARRAY_NAME}
+    for kind in ("none", "label_flip"):
+        assert corrupt(kind, GLOBAL, HONEST, scale=10.0) is HONEST
+
+
+def test_an_unknown_attack_kind_is_an_error_naming_the_kinds():
+    with pytest.raises(ValueError, match="attack kind must be one of"):
+        corrupt("backdoor", GLOBAL, HONEST, scale=1.0)
+
+
+def test_label_flip_permutes_every_genre_to_another_and_leaves_inputs_alone():
+    assert sorted(LABEL_PERMUTATION) == list(range(len(GENRES)))
+    assert all(LABEL_PERMUTATION[g] != g for g in range(len(GENRES)))
+    examples = Examples(torch.rand(8, 4, 3), torch.full((8,), 4), torch.arange(8), torch.zeros(8, dtype=torch.float64))
+    flipped = flip_labels(examples)
+    assert flipped.targets.tolist() == [7 - g for g in range(8)] and torch.equal(flipped.x, examples.x)
+
+
+def test_a_real_device_never_plays_an_attack():
+    attack = AttackInstructions(kind="sign_flip", fraction=1.0, scale=1.0)
+    assert attack_of(attack, seed=0, user_id=3, simulated=True) == "sign_flip"
+    assert attack_of(attack, seed=0, user_id=3, simulated=False) == "none"
+    assert attack_of(None, seed=0, user_id=3, simulated=True) == "none"
+
+
+def test_attack_instructions_round_trip_through_the_config_record():
+    instructions = _instructions(attack=AttackInstructions(kind="scale", fraction=0.25, scale=-3.0))
+    assert from_config_items(to_config_items(instructions)) == instructions
+    assert not any(k.startswith("attack") for k in to_config_items(_instructions()))  # honest runs send nothing
+
+
+def _reply(kind: str, user: int, **changes):
+    message = _message("train", _instructions(attack=AttackInstructions(kind=kind, fraction=1.0, scale=10.0), **changes))
+    context = Context(run_id=1, node_id=0, node_config={"partition-id": user}, state=RecordDict(), run_config={})
+    return message, app(message, context)
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+def test_the_client_apps_malformed_replies_are_rejected_by_the_server(flower_task_identity, kind):
+    message, reply = _reply(kind, 3)
+    reference = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    out = sort_replies([reply], reference, max_examples=32)
+    assert not out.updates and len(out.rejected) == 1
+
+
+@pytest.mark.parametrize("kind", sorted(set(ATTACK_KINDS) - set(MALFORMED_KINDS)))
+def test_the_client_apps_well_formed_attacks_pass_the_reply_checks(flower_task_identity, kind):
+    message, reply = _reply(kind, 3)
+    reference = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    out = sort_replies([reply], reference, max_examples=32)
+    assert len(out.updates) == 1 and set(out.updates[0].arrays) == set(PreferenceLSTM().state_dict())
+
+
+def test_a_scaled_reply_is_the_honest_update_times_the_factor(flower_task_identity):
+    torch.manual_seed(0)  # the same global model in both messages
+    message, honest = _reply("none", 4, clipping_norm=None)
+    torch.manual_seed(0)
+    _, scaled = _reply("scale", 4, clipping_norm=None)
+    sent = {k: v.numpy() for k, v in message.content["arrays"].items()}
+    for name, value in sent.items():
+        update = honest.content["arrays"][name].numpy() - value
+        assert np.allclose(scaled.content["arrays"][name].numpy() - value, 10.0 * update, atol=1e-5)

@@ -1,0 +1,89 @@
+"""A hostile client controls every byte of its reply: the server rejects and counts, never raises, and Krum
+picks an honest update."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from client.local_update import TRAIN_METRICS
+from server.aggregation import aggregate, make_strategy
+from server.replies import ClientUpdate, sort_replies
+from server.settings import StrategySettings
+
+CURRENT = {"w": np.zeros((3, 2), dtype=np.float32)}
+
+
+def _reply(array: Array, examples: float = 5) -> Message:
+    metrics = {k: 0 for k in TRAIN_METRICS} | {"num-examples": examples}
+    content = RecordDict({"metrics": MetricRecord(metrics), "arrays": ArrayRecord({"w": array})})
+    return Message(content, dst_node_id=0, message_type="train")
+
+
+HOSTILE_ARRAYS = {
+    "strings": (lambda: Array(np.array([["a", "b"]] * 3)), "dtype <U1, expected floating point"),
+    "integers": (lambda: Array(np.zeros((3, 2), dtype=np.int64)), "expected floating point"),
+    "bytes that are not an array": (lambda: Array(dtype="float32", shape=(3, 2), stype="numpy.ndarray", data=b"junk"),
+                                    "does not decode"),
+    "declared shape that lies": (lambda: Array(dtype="float32", shape=(3, 2), stype="numpy.ndarray",
+                                               data=Array(np.zeros(7, dtype=np.float32)).data), "decodes to shape (7,)"),
+    "unknown serialisation": (lambda: Array(dtype="float32", shape=(3, 2), stype="torch", data=b"x"), "does not decode"),
+    "infinity": (lambda: Array(np.full((3, 2), np.inf, dtype=np.float32)), "NaN or Inf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ARRAYS))
+def test_an_array_that_cannot_be_aggregated_is_rejected_and_counted_never_raised(flower_task_identity, case):
+    make, reason = HOSTILE_ARRAYS[case]
+    out = sort_replies([_reply(make()), _reply(Array(np.ones((3, 2), dtype=np.float32)))], CURRENT)
+    assert len(out.rejected) == 1 and reason in out.rejected[0][1] and len(out.updates) == 1
+
+
+@pytest.mark.parametrize("examples", [0, -31.5, 2.5, 33, 1e12])
+def test_num_examples_outside_one_to_the_cap_or_not_whole_is_rejected(flower_task_identity, examples):
+    out = sort_replies([_reply(Array(np.ones((3, 2), dtype=np.float32)), examples)], CURRENT, max_examples=32)
+    assert not out.updates and "num-examples must be a whole number >= 1" in out.rejected[0][1]
+
+
+def test_num_examples_up_to_the_cap_is_accepted_and_without_a_cap_only_the_floor_applies(flower_task_identity):
+    ok = _reply(Array(np.ones((3, 2), dtype=np.float32)), 32)
+    assert len(sort_replies([ok], CURRENT, max_examples=32).updates) == 1
+    assert len(sort_replies([_reply(Array(np.ones((3, 2), dtype=np.float32)), 10**6)], CURRENT).updates) == 1
+
+
+def test_a_lone_reply_claiming_zero_examples_cannot_reach_fedavg(flower_task_identity):
+    """FedAvg divides by the summed num-examples: zero would raise ZeroDivisionError in the round loop."""
+    out = sort_replies([_reply(Array(np.ones((3, 2), dtype=np.float32)), 0)], CURRENT, max_examples=32)
+    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, out.updates, dp=None, rng=np.random.default_rng(0))
+    assert len(out.rejected) == 1 and np.array_equal(new["w"], CURRENT["w"])
+
+
+def test_krum_picks_an_honest_update_among_boosted_ones(flower_task_identity):
+    honest = [ClientUpdate(i, {"w": np.full((3, 2), 0.1 + 0.01 * i, dtype=np.float32)}, {"num-examples": 10})
+              for i in range(5)]
+    boosted = [ClientUpdate(9 + i, {"w": np.full((3, 2), 50.0, dtype=np.float32)}, {"num-examples": 1000}) for i in range(2)]
+    strategy = make_strategy(StrategySettings(name="krum", num_malicious_nodes=2))
+    new, _ = aggregate(strategy, 1, CURRENT, honest + boosted, dp=None, rng=np.random.default_rng(0))
+    assert 0.1 <= float(new["w"][0, 0]) <= 0.14
+
+
+def _eval_reply(metrics: dict) -> Message:
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), dst_node_id=0, message_type="evaluate")
+
+
+GOOD_EVAL = {"num-examples": 4, "eval-top1": 0.5, "eval-nll": 1.9}
+
+
+@pytest.mark.parametrize("metrics", [
+    {"num-examples": 4, "eval-top1": 0.5},  # a declared metric missing
+    GOOD_EVAL | {"user-genre": 3},  # an undeclared one added
+    GOOD_EVAL | {"eval-top1": float("nan")},
+    GOOD_EVAL | {"eval-top1": 7.0},  # an accuracy outside [0, 1]
+    GOOD_EVAL | {"num-examples": -3},
+    GOOD_EVAL | {"num-examples": 2.5},
+    GOOD_EVAL | {"eval-nll": -1.0},
+])
+def test_a_malformed_evaluation_reply_is_refused_not_raised(flower_task_identity, metrics):
+    from server.replies import evaluation_metrics
+
+    assert evaluation_metrics(_eval_reply(metrics)) is None
+    assert evaluation_metrics(_eval_reply(GOOD_EVAL)) == GOOD_EVAL

@@ -1,0 +1,23 @@
+"""Hostile clients in a real Flower simulation (Ray): the server rejects and counts their malformed replies."""
+
+import math
+
+import numpy as np
+import pytest
+
+from client.attacks import is_malicious
+from server.checkpoint import load_checkpoint
+from tests.test_federated_run import _run
+
+
+@pytest.mark.slow
+def test_the_server_rejects_and_counts_nan_replies_and_keeps_training(compose_config, tmp_path):
+    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=2", "simulation.sample_rate=1.0",
+                   "simulation.attack.kind=nan_arrays", "simulation.attack.fraction=0.4")
+    users = metrics["config"]["population"]["num_users"]
+    malicious = sum(is_malicious(metrics["config"]["seed"], u, 0.4) for u in range(users))
+    assert 0 < malicious < users
+    for row in metrics["rounds"]:  # every user takes part in every round
+        assert row["rejected"] == malicious and row["clients"] == users - malicious and row["failed"] == 0
+        assert math.isfinite(row["eval_nll"])
+    assert all(np.isfinite(a).all() for a in load_checkpoint(tmp_path / "checkpoint.pt").arrays.values())
