@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.nn import functional as F
 
@@ -141,6 +140,8 @@ def _train_dp_sgd(model, examples, config, dp, optimizer, generator) -> LocalTra
     sample_rate = min(1.0, config.batch_size / n)
     expected_batch = sample_rate * n
     steps = config.epochs * math.ceil(1.0 / sample_rate)
+    from opacus.optimizers import DPOptimizer  # here, not at the top: non-DP clients never pay Opacus' import
+
     dp_optimizer = DPOptimizer(
         optimizer,
         noise_multiplier=dp.noise_multiplier,

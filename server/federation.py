@@ -12,7 +12,6 @@ import dataclasses
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,47 +19,33 @@ import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from client.instructions import (
+    DataInstructions,
+    RecordLevelInstructions,
+    TrainInstructions,
+    to_config_items,
+)
 from client.records import to_array_record
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.errors import PrivacyConfigError
 from server import evaluation
-from server.aggregation import AggregationStats, UserLevelDP, aggregate, load_strategy_state, make_strategy, strategy_state
+from server.aggregation import (
+    RoundSum,
+    UserLevelDP,
+    load_strategy_state,
+    make_strategy,
+    strategy_state,
+)
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
-from server.replies import sort_replies
+from server.privacy_report import privacy_report
+from server.replies import SortedReplies, evaluation_metrics, sort_replies
 from server.report import plot_rounds, write_json
+from server.run_state import RoundOutcome, RunState
 from server.secagg import SecureAggregator, add_noise_and_step
 from server.settings import ConfigError, RunSettings
-
-
-@dataclass
-class RoundOutcome:
-    """What one round's aggregation produced, whichever path (plain or secure) ran it."""
-
-    arrays: dict[str, np.ndarray]
-    stats: AggregationStats
-    clients: int
-    failed: int
-    rejected: int = 0
-    declined: int = 0
-    train_loss: float | None = None
-    problems: list[tuple[int, str]] = field(default_factory=list)
-    halted: str | None = None  # secure aggregation only: why no sum was revealed
-
-
-@dataclass
-class RunState:
-    """What changes from round to round, and is checkpointed."""
-
-    round: int
-    arrays: dict[str, np.ndarray]
-    ledger: PrivacyLedger
-    noise_multiplier: float | None
-    rounds: list[dict] = field(default_factory=list)
-    record_epsilon: dict[int, float] = field(default_factory=dict)  # node id -> latest reported record-level ε
 
 
 class Progress:
@@ -165,7 +150,7 @@ class FederatedRun:
         return TrainInstructions(
             round=server_round, seed=self.settings.seed, model=self.settings.model, train=self.settings.train,
             data=self.data, clipping_norm=p.clipping_norm if p.user_level else None, record=record,
-            device_dir=self.device_dir,
+            device_dir=self.device_dir, attack=self.settings.simulation.attack.instructions(),
         )
 
     # ------------------------------------------------------------------------------------------------ rounds
@@ -179,7 +164,7 @@ class FederatedRun:
             held_out = evaluation.held_out_examples(
                 self.data, range(population.num_users, self.data.population_size), population.eval_points_per_user
             )
-        node_ids = wait_for_nodes(grid, deployment.min_nodes or sim.nodes or population.num_users, timeout_s=sim.node_wait_s)
+        node_ids = wait_for_nodes(grid, deployment.min_nodes or self.settings.simulated_nodes, timeout_s=sim.node_wait_s)
         self._check_delta(self._population_size(node_ids))
         if deployment.warm_up_nodes:
             warm_up(grid, node_ids, deployment.warm_up_nodes)
@@ -194,7 +179,7 @@ class FederatedRun:
             if not self._budget_allows_next_round(state):
                 break
             self._run_round(state, state.round + 1, node_ids, channel, held_out)
-        metrics = self._finish(grid, state, node_ids, channel, held_out, time.perf_counter() - started)
+        metrics = self._finish(state, node_ids, channel, held_out, time.perf_counter() - started)
         return metrics
 
     def _check_delta(self, population: int) -> None:
@@ -227,21 +212,23 @@ class FederatedRun:
         started = time.perf_counter()
         busy = channel.busy_nodes()
         if sim.nodes:
-            # Simulation slots: sample *users* (Poisson over the whole population) and hand each to a free node,
-            # its user id in the message. Memory then follows the clients of a round, not the population.
+            # Simulation slots: sample *users* (Poisson over the whole population); the free slots play them in
+            # turn, the user id in the message. Memory then follows the slots, not the population or the round.
             draws = self.sampling_rng.random(self.settings.population.num_users)
             chosen = [int(u) for u in np.nonzero(draws < sim.sample_rate)[0]]
-            sampled = list(zip([n for n in node_ids if n not in busy], chosen))
+            sampled: list[tuple[int | None, int]] = [(None, u) for u in chosen]
+            slots = [n for n in node_ids if n not in busy]
         else:
             chosen = [n for n, u in zip(node_ids, self.sampling_rng.random(len(node_ids))) if u < sim.sample_rate]
-            sampled = [(n, None) for n in chosen if n not in busy]
+            sampled = [(n, n) for n in chosen if n not in busy]
+            slots = []
         dp = None
         if p.user_level:
             dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * self._population_size(node_ids))  # type: ignore[arg-type]
         if self.secure is not None:
             outcome = self._secure_round(state, server_round, [n for n, _ in sampled], channel, dp)  # type: ignore[arg-type]
         else:
-            outcome = self._plain_round(state, server_round, sampled, channel, dp)
+            outcome = self._plain_round(state, server_round, sampled, slots, channel, dp)
         state.arrays = outcome.arrays
         if p.user_level:
             state.ledger.record(noise_multiplier=state.noise_multiplier, sample_rate=sim.sample_rate)  # type: ignore[arg-type]
@@ -269,8 +256,8 @@ class FederatedRun:
             row["secagg_halted"] = outcome.halted
         state.rounds.append(row)
         state.round = server_round
-        for node, reason in outcome.problems[:3]:
-            self.progress.line(f"  node {node}: {reason.strip().splitlines()[-1] if reason.strip() else reason}")
+        for node, reason in outcome.problems[:3]:  # slot mode names the user the slot played
+            self.progress.line(f"  {'user' if sim.nodes else 'node'} {node}: {reason.strip().splitlines()[-1] if reason.strip() else reason}")
         if outcome.halted:
             self.progress.line(f"  secure aggregation: {outcome.halted}; this round releases noise only")
         self._checkpoint(state)
@@ -295,31 +282,46 @@ class FederatedRun:
             return shared
         return RecordDict({**dict(shared.items()), "user": ConfigRecord({"user-id": user})})
 
-    def _plain_round(self, state: RunState, server_round: int, sampled: list[tuple[int, int | None]], channel: RoundChannel,
-                     dp: UserLevelDP | None) -> RoundOutcome:
-        """Send, collect within the timeout, check each reply, then clip, sum and noise on the server."""
+    def _plain_round(self, state: RunState, server_round: int, sampled: list[tuple[int | None, int]], slots: list[int],
+                     channel: RoundChannel, dp: UserLevelDP | None) -> RoundOutcome:
+        """Send, check each reply as it arrives and fold it into the round's sum; then noise and step on the server.
+
+        ``sampled`` holds (node, user) pairs: a node of its own per user, or (slot mode) None and the users the
+        free ``slots`` play in turn. Replies are folded in one at a time, so the server never holds a whole
+        round of replies (see ``server.aggregation.RoundSum``).
+        """
         sim = self.settings.simulation
         content = RecordDict({
             "arrays": to_array_record(state.arrays),
             "config": ConfigRecord(to_config_items(self._instructions(server_round))),
         })
-        messages = [Message(self._content(content, user), dst_node_id=n, message_type=MessageType.TRAIN,
-                            group_id=str(server_round), ttl=3 * sim.round_timeout_s) for n, user in sampled]
-        owner = {n: (n if user is None else user) for n, user in sampled}
-        replies = channel.send_and_collect(
-            messages, timeout_s=sim.round_timeout_s, on_reply=lambda d, t: self.progress.clients(server_round, d, t)
-        )
-        sorted_replies = sort_replies(replies, state.arrays)
-        arrays, stats = aggregate(self.strategy, server_round, state.arrays, sorted_replies.updates, dp=dp, rng=self.noise_rng)
-        updates = sorted_replies.updates
-        for update in updates:
-            state.record_epsilon[owner.get(update.node_id, update.node_id)] = float(update.metrics["record-epsilon"])
-        examples = sum(u.metrics["num-examples"] for u in updates)
-        train_loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else None
+
+        def message(node: int, user: int) -> Message:
+            played = user if sim.nodes else None  # a slot is told which user to play; a user's own node is not
+            return Message(self._content(content, played), dst_node_id=node, message_type=MessageType.TRAIN,
+                           group_id=str(server_round), ttl=3 * sim.round_timeout_s)
+
+        replies = channel.dispatch(sampled, slots, message, timeout_s=sim.round_timeout_s,
+                                   on_reply=lambda d, t: self.progress.clients(server_round, d, t))
+        round_sum, out, answered = RoundSum(state.arrays, dp), SortedReplies(), 0
+        loss_sum = examples = 0.0
+        for owner, reply in replies:  # owner: the user (slot mode) or node the message was sent for
+            answered += 1
+            verdict = sort_replies([reply], state.arrays, max_examples=self.settings.train.max_examples or None,
+                                   sent_to={reply.metadata.reply_to_message_id: owner})
+            out.failed += verdict.failed
+            out.rejected += verdict.rejected
+            out.declined += verdict.declined
+            for update in verdict.updates:
+                round_sum.add(update)
+                state.record_epsilon[owner] = float(update.metrics["record-epsilon"])
+                loss_sum += update.metrics["train-loss"] * update.metrics["num-examples"]
+                examples += update.metrics["num-examples"]
+        arrays, stats = round_sum.release(self.strategy, server_round, self.noise_rng)
         return RoundOutcome(
-            arrays=arrays, stats=stats, clients=len(updates), failed=len(sorted_replies.failed) + (len(sampled) - len(replies)),
-            rejected=len(sorted_replies.rejected), declined=len(sorted_replies.declined), train_loss=train_loss,
-            problems=sorted_replies.failed + sorted_replies.rejected,
+            arrays=arrays, stats=stats, clients=round_sum.count, failed=len(out.failed) + (len(sampled) - answered),
+            rejected=len(out.rejected), declined=len(out.declined), train_loss=loss_sum / examples if examples else None,
+            problems=out.failed + out.rejected,
         )
 
     def _secure_round(self, state: RunState, server_round: int, sampled: list[int], channel: RoundChannel,
@@ -353,35 +355,40 @@ class FederatedRun:
         ))
 
     # ------------------------------------------------------------------------------------------------ report
-    def _federated_evaluation(self, grid: Grid, state: RunState, node_ids: list[int], channel: RoundChannel) -> dict:
-        count = min(self.settings.simulation.final_eval_clients, len(node_ids))
-        if count == 0:
-            return {}
-        # Node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy.
-        chosen = [node_ids[i] for i in self.sampling_rng.choice(len(node_ids), size=count, replace=False)]
-        users: list[int | None] = [None] * len(chosen)
-        if self.settings.simulation.nodes:
-            users = [int(u) for u in self.sampling_rng.choice(self.settings.population.num_users, size=count, replace=False)]
+    def _federated_evaluation(self, state: RunState, node_ids: list[int], channel: RoundChannel) -> dict:
+        """Clients score the final model on their own held-out recent events; malformed replies are counted."""
+        sim, users = self.settings.simulation, self.settings.population.num_users
         busy = channel.busy_nodes()
+        if sim.nodes:  # the slots score sampled users in turn
+            picked = self.sampling_rng.choice(users, size=min(sim.final_eval_clients, users), replace=False)
+            jobs: list[tuple[int | None, int]] = [(None, int(u)) for u in picked]
+            slots = [n for n in node_ids if n not in busy]
+        else:  # node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy
+            picked = self.sampling_rng.choice(len(node_ids), size=min(sim.final_eval_clients, len(node_ids)), replace=False)
+            jobs, slots = [(node_ids[i], node_ids[i]) for i in picked if node_ids[i] not in busy], []
+        if not jobs:
+            return {}
         content = RecordDict({
             "arrays": to_array_record(state.arrays),
             "config": ConfigRecord(to_config_items(self._instructions(state.round))),
         })
-        messages = [Message(self._content(content, user), dst_node_id=n, message_type=MessageType.EVALUATE)
-                    for n, user in zip(chosen, users) if n not in busy]
-        replies = [r for r in channel.send_and_collect(messages, timeout_s=self.settings.simulation.round_timeout_s) if not r.has_error()]
-        metrics = [dict(next(iter(r.content.metric_records.values()))) for r in replies if r.content.metric_records]
+
+        def message(node: int, user: int) -> Message:
+            return Message(self._content(content, user if sim.nodes else None), dst_node_id=node,
+                           message_type=MessageType.EVALUATE)
+
+        replies = [reply for _, reply in channel.dispatch(jobs, slots, message, timeout_s=sim.round_timeout_s)]
+        metrics = [m for m in map(evaluation_metrics, replies) if m is not None]
         n = sum(m["num-examples"] for m in metrics)
-        if n == 0:
-            return {"clients": len(metrics)}
-        return {
-            "clients": len(metrics),
-            "eval_top1": sum(m["eval-top1"] * m["num-examples"] for m in metrics) / n,
-            "eval_nll": sum(m["eval-nll"] * m["num-examples"] for m in metrics) / n,
-        }
+        summary: dict = {"clients": len(metrics), "rejected": sum(1 for r in replies if not r.has_error()) - len(metrics)}
+        if n:
+            summary["eval_top1"] = sum(m["eval-top1"] * m["num-examples"] for m in metrics) / n
+            summary["eval_nll"] = sum(m["eval-nll"] * m["num-examples"] for m in metrics) / n
+        return summary
 
     def _baselines(self, held_out: Examples) -> dict[str, float | None]:
-        users = range(self.settings.population.num_users)
+        cap, total = self.settings.simulation.baseline_users, self.settings.population.num_users
+        users = range(min(cap, total) if cap else total)  # users are drawn independently: the first N are a sample
         pooled = evaluation.federation_examples(self.data, users, self.settings.train.max_examples)
         mode, global_top1 = evaluation.global_mode_top1(pooled.targets, held_out)
         baselines: dict[str, float | None] = {
@@ -398,59 +405,9 @@ class FederatedRun:
             self.progress.line(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
         return baselines
 
-    def _privacy_report(self, state: RunState) -> dict:
-        p, sim = self.settings.privacy, self.settings.simulation
-        record_eps = list(state.record_epsilon.values())
-        report: dict = {"mode": p.mode, "user_level": None, "record_level": None, "notes": []}
-        if p.user_level:
-            report["user_level"] = {
-                "epsilon": self._epsilon(state.ledger), "delta": p.delta, "noise_multiplier": state.noise_multiplier,
-                "sample_rate": sim.sample_rate, "clipping_norm": p.clipping_norm, "rounds": state.ledger.steps,
-                "accountant": p.accountant, "target_epsilon": p.target_epsilon,
-            }
-            report["notes"].append(
-                "User-level (ε, δ) covers the released global models: Poisson sampling with rate q per round, each update "
-                "clipped to the clipping norm, Gaussian noise z·C on the sum, divided by the expected count qN. Per-round "
-                "diagnostics (train_loss, clipped_fraction, mean_update_norm, client counts) come from raw client replies "
-                "and are not covered by ε. Noise is drawn from a seeded PRNG (reproducible simulation), not a CSPRNG."
-            )
-            if any(r["skipped_busy"] for r in state.rounds):
-                report["notes"].append("Some sampled nodes were still busy with an earlier round and were skipped: a "
-                                       "dropout, which does not weaken the accounted guarantee.")
-        if p.record_level and p.record is not None:
-            report["record_level"] = {
-                "epsilon_max": max(record_eps) if record_eps else 0.0,
-                "epsilon_median": statistics.median(record_eps) if record_eps else 0.0,
-                "delta": p.record.delta, "noise_multiplier": p.record.noise_multiplier,
-                "max_grad_norm": p.record.max_grad_norm, "target_epsilon": p.record.target_epsilon,
-                "accountant": "rdp", "clients_reporting": len(record_eps),
-            }
-            report["notes"].append(
-                "Record-level ε protects single events of one user (DP-SGD on the device), not the user; each device "
-                "tracks it over every round it trained and declines past its budget."
-            )
-        if self.secure is not None:
-            sa = self.settings.secagg
-            report["secure_aggregation"] = {
-                "protocol": "SecAgg+ (Flower legacy workflow)", "num_shares": sa.num_shares,
-                "reconstruction_threshold": sa.reconstruction_threshold, "clipping_range": self.secure.clipping_range,
-                "quantization_range": sa.quantization_range, "mean_error_bound": self.secure.error_bound,
-                "sensitivity": self.secure.sensitivity(self._num_coordinates(state)),
-            }
-            report["notes"].append(
-                "Secure aggregation: the server saw only the sum of the clients' updates, each clipped to the clipping "
-                "norm on its device (the guarantee assumes devices run this ClientApp unmodified). Per-client "
-                "diagnostics (train_loss, clipped_fraction, mean_update_norm, record ε) are not reported. Each "
-                "coordinate is quantised over ±clipping_range, so the mean differs from the exact mean by at most "
-                "mean_error_bound per coordinate. Rounding can lengthen one contribution past the clipping norm (to at "
-                "most `sensitivity`), so the noise std is noise_multiplier·sensitivity instead of noise_multiplier·C: "
-                "ε is exactly as accounted."
-            )
-        return report
-
-    def _finish(self, grid: Grid, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples | None, seconds: float) -> dict:
+    def _finish(self, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples | None, seconds: float) -> dict:
         final_scores = self._score(state.arrays, held_out)
-        federated = self._federated_evaluation(grid, state, node_ids, channel)
+        federated = self._federated_evaluation(state, node_ids, channel)
         baselines = self._baselines(held_out) if held_out is not None else {}
         metrics = {
             "rounds": state.rounds,
@@ -460,7 +417,8 @@ class FederatedRun:
                       "baselines": baselines,
                       "held_out_users": self.settings.population.eval_users if held_out is not None else 0,
                       "held_out_examples": len(held_out) if held_out is not None else 0},
-            "privacy": self._privacy_report(state),
+            "privacy": privacy_report(self.settings, state, self._epsilon(state.ledger), self.secure,
+                                      self._num_coordinates(state)),
             "stopped_early": self.stop_reason,
             "wall_time_s": seconds,
             "config": dataclasses.asdict(self.settings),

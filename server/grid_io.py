@@ -8,12 +8,14 @@ round timeout) and their nodes are skipped, counted as dropouts, until the late 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 POLL_S = 0.05
+T = TypeVar("T")
 
 
 def wait_for_nodes(grid: Grid, expected: int, *, timeout_s: float, settle_s: float = 2.0) -> list[int]:
@@ -59,23 +61,65 @@ class RoundChannel:
         on_reply: Callable[[int, int], None] | None = None,
     ) -> list[Message]:
         """Push ``messages``; return the replies that arrive within ``timeout_s`` (``on_reply(done, total)``)."""
-        if not messages:
-            return []
-        list(self.grid.push_messages(messages))  # sets each message's metadata.message_id
-        waiting = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in messages}
-        replies: list[Message] = []
+        return list(self.stream(messages, timeout_s=timeout_s, on_reply=on_reply))
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float,
+        on_reply: Callable[[int, int], None] | None = None,
+    ) -> Iterator[Message]:
+        """Push ``messages`` and yield each reply as it arrives, until all replied or ``timeout_s`` passed."""
+        jobs = [(msg.metadata.dst_node_id, msg) for msg in messages]
+        for _, reply in self.dispatch(jobs, [], lambda node, msg: msg, timeout_s=timeout_s, on_reply=on_reply):
+            yield reply
+
+    def dispatch(
+        self,
+        jobs: Sequence[tuple[int | None, T]],
+        slots: Sequence[int],
+        build: Callable[[int, T], Message],
+        *,
+        timeout_s: float,
+        on_reply: Callable[[int, int], None] | None = None,
+    ) -> Iterator[tuple[T, Message]]:
+        """Send every job and yield (job, reply) as replies arrive, until all replied or ``timeout_s`` passed.
+
+        A job is (node, payload): its own node, or None for "the next free slot". Slot jobs go out one per slot at
+        a time, the next when a slot's reply arrives, so the SuperLink's queue (and the memory of messages waiting
+        in it) stays at the size of the slot pool rather than the round. ``build(node, payload)`` makes the
+        message. Jobs not yet sent when ``timeout_s`` passes are never sent; un-answered ones stay tracked.
+        """
+        if not jobs:
+            return
+        pending, free = list(reversed(jobs)), list(slots)
+        waiting: dict[str, tuple[int, T]] = {}  # message id -> (node, job)
+        done, total = 0, len(jobs)
         deadline = time.monotonic() + timeout_s
-        while waiting and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(waiting)):
-                waiting.pop(reply.metadata.reply_to_message_id, None)
-                replies.append(reply)
+        while (pending or waiting) and time.monotonic() < deadline:
+            batch = []
+            while pending and (pending[-1][0] is not None or free):
+                node, job = pending.pop()
+                batch.append((build(free.pop() if node is None else node, job), job))
+            if not batch and not waiting:
+                break  # slot jobs left but no slot free (all busy with an earlier round): they cannot run
+            if batch:
+                list(self.grid.push_messages([msg for msg, _ in batch]))  # sets each message's metadata.message_id
+                waiting.update({msg.metadata.message_id: (msg.metadata.dst_node_id, job) for msg, job in batch})
+            replies = list(self.grid.pull_messages(list(waiting)))
+            for reply in replies:
+                node, job = waiting.pop(reply.metadata.reply_to_message_id)
+                if pending and pending[-1][0] is None:
+                    free.append(node)
+                done += 1
+                yield job, reply
             if on_reply is not None:
-                on_reply(len(replies), len(messages))
-            if waiting:
+                on_reply(done, total)
+            if not replies and waiting:
                 time.sleep(POLL_S)
         expiry = time.monotonic() - timeout_s + self.ttl_s
-        self._in_flight.update({mid: (node, expiry) for mid, node in waiting.items()})
-        return replies
+        self._in_flight.update({mid: (node, expiry) for mid, (node, _) in waiting.items()})
 
 
 def warm_up(grid: Grid, node_ids: Sequence[int], count: int) -> None:

@@ -49,7 +49,7 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     # flwr 1.42 has no public in-process API that passes a run config; this is the function `flwr run` ends in.
     _run_simulation(
         server_app=server_app, client_app=client_app,
-        num_supernodes=settings.simulation.nodes or settings.population.num_users,
+        num_supernodes=settings.simulated_nodes,
         backend_name="ray", backend_config=backend, server_app_context=context,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
     )

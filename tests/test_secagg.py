@@ -263,7 +263,7 @@ def test_deploy_config_composes_with_secagg_off_and_real_deployment_settings():
 TINY = ["population=small", "population.num_users=4", "population.eval_users=2", "population.days=10",
         "simulation.sample_rate=1.0", "simulation.rounds=1", "simulation.final_eval_clients=0",
         "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.max_examples=16",
-        "deployment.warm_up_nodes=2",
+        "deployment.warm_up_nodes=2", "simulation.nodes=0",
         # No dropout: a worker's first client builds its model after seeding torch and so draws different dropout
         # masks than later clients (client.local_update seeds before load_model). Without dropout, training is the
         # same whichever worker runs it, so the two runs below train identical updates.
@@ -296,11 +296,12 @@ def plain_and_secure_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("secagg")
     results: dict = {}
     seen: dict = {}
-    original_aggregate, original_release = server.federation.aggregate, server.federation.add_noise_and_step
+    original_sum, original_release = server.federation.RoundSum, server.federation.add_noise_and_step
 
-    def recording_aggregate(strategy, server_round, current, updates, **kwargs):
-        seen["plain"] = (current, [u.arrays for u in updates])
-        return original_aggregate(strategy, server_round, current, updates, **kwargs)
+    class RecordingSum(original_sum):
+        def add(self, update):
+            seen.setdefault("plain", (self.current, []))[1].append(update.arrays)
+            super().add(update)
 
     def recording_release(strategy, server_round, current, secure_sum, **kwargs):
         seen["secure"] = (current, secure_sum, kwargs["sensitivity"], kwargs["dp"])
@@ -313,7 +314,7 @@ def plain_and_secure_runs(tmp_path_factory):
         for name, settings in (("plain", plain), ("secure", secure)):
             results[name] = FederatedRun(settings, out / name).run(grid)
 
-    server.federation.aggregate, server.federation.add_noise_and_step = recording_aggregate, recording_release
+    server.federation.RoundSum, server.federation.add_noise_and_step = RecordingSum, recording_release
     try:
         _run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=4, backend_name="ray",
@@ -322,7 +323,7 @@ def plain_and_secure_runs(tmp_path_factory):
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
         )
     finally:
-        server.federation.aggregate, server.federation.add_noise_and_step = original_aggregate, original_release
+        server.federation.RoundSum, server.federation.add_noise_and_step = original_sum, original_release
     return results, out, seen
 
 

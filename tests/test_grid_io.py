@@ -1,0 +1,87 @@
+"""RoundChannel over a grid stand-in: slots take jobs in turn, one message each in flight; timeouts are tracked.
+
+The messages are real Flower ``Message`` objects; only the transport is a small in-process grid whose nodes answer
+a message a given number of polls after it was pushed (or never), so ordering and timeouts can be checked exactly.
+The real transport is exercised by the Ray runs in ``test_federated_run.py`` and ``test_engine_equivalence.py``.
+"""
+
+import itertools
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from server.grid_io import RoundChannel
+
+
+class PollingGrid:
+    """Nodes that reply ``delay[node]`` polls after a message was pushed (None: never)."""
+
+    def __init__(self, delay: dict[int, int | None]) -> None:
+        self.delay = delay
+        self.pending: dict[str, tuple[Message, int]] = {}  # id -> (message, polls left)
+        self.ids = itertools.count()
+        self.max_in_flight: dict[int, int] = {}
+
+    def push_messages(self, messages):
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
+            self.pending[msg.metadata.message_id] = (msg, self.delay[msg.metadata.dst_node_id])
+            node = msg.metadata.dst_node_id
+            in_flight = sum(1 for m, _ in self.pending.values() if m.metadata.dst_node_id == node)
+            self.max_in_flight[node] = max(self.max_in_flight.get(node, 0), in_flight)
+            yield msg.metadata.message_id
+
+    def pull_messages(self, message_ids):
+        replies = []
+        for mid in list(message_ids):
+            if mid not in self.pending:
+                continue
+            msg, left = self.pending[mid]
+            if left is None:
+                continue
+            if left == 0:
+                del self.pending[mid]
+                replies.append(Message(RecordDict({"echo": ConfigRecord({"job": msg.content["job"]["id"]})}), reply_to=msg))
+            else:
+                self.pending[mid] = (msg, left - 1)
+        return replies
+
+
+def _build(node: int, job: int) -> Message:
+    return Message(RecordDict({"job": ConfigRecord({"id": job})}), dst_node_id=node, message_type="train")
+
+
+def test_slots_take_every_job_in_turn_one_message_each_in_flight(flower_task_identity):
+    grid = PollingGrid({1: 0, 2: 2, 3: 1})
+    channel = RoundChannel(grid, ttl_s=60)
+    results = list(channel.dispatch([(None, j) for j in range(20)], [1, 2, 3], _build, timeout_s=30))
+    assert sorted(job for job, _ in results) == list(range(20))
+    assert all(reply.content["echo"]["job"] == job for job, reply in results)  # each reply paired with its job
+    assert grid.max_in_flight == {1: 1, 2: 1, 3: 1}
+    assert channel.busy_nodes() == set()
+
+
+def test_a_silent_slot_keeps_its_job_in_flight_and_the_others_finish_the_round(flower_task_identity):
+    grid = PollingGrid({1: 0, 2: None})
+    channel = RoundChannel(grid, ttl_s=60)
+    results = list(channel.dispatch([(None, j) for j in range(6)], [1, 2], _build, timeout_s=0.5))
+    assert len(results) == 5 and grid.max_in_flight[2] == 1  # node 2 got one job and never answered
+    assert channel.busy_nodes() == {2}  # tracked: it is not sent another message while that one may still run
+
+
+def test_no_free_slot_returns_at_once_instead_of_waiting_for_the_timeout(flower_task_identity):
+    channel = RoundChannel(PollingGrid({}), ttl_s=60)
+    assert list(channel.dispatch([(None, 1), (None, 2)], [], _build, timeout_s=3600)) == []
+
+
+def test_stream_sends_each_message_to_its_own_node(flower_task_identity):
+    grid = PollingGrid({5: 1, 6: 0})
+    channel = RoundChannel(grid, ttl_s=60)
+    replies = channel.send_and_collect([_build(5, 50), _build(6, 60)], timeout_s=30)
+    assert sorted((r.metadata.src_node_id, r.content["echo"]["job"]) for r in replies) == [(5, 50), (6, 60)]
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_empty_and_single_rounds(flower_task_identity, count):
+    channel = RoundChannel(PollingGrid({1: 0}), ttl_s=60)
+    assert len(list(channel.dispatch([(None, j) for j in range(count)], [1], _build, timeout_s=5))) == count
