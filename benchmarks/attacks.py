@@ -111,7 +111,7 @@ def markdown_table(cells: dict[tuple[str, str], dict], attacks: list[str], defen
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="20 users, 10 rounds (about 4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="20 users, 10 rounds, about 3 minutes: checks the machinery end to end; too small for the model to learn, so it does not rank the defences")
     parser.add_argument("--fraction", type=float, default=0.2, help="share of users that are malicious (default 0.2)")
     parser.add_argument("--scale", type=float, default=10.0, help="factor of the scale attack (default 10)")
     parser.add_argument("--attacks", default=",".join(ATTACK_KINDS), help="comma-separated attack kinds (default all)")
