@@ -12,7 +12,7 @@ defence on the server, then scores the global model on held-out users (top-1 acc
             ceil(fraction x clients per round))
 
 Every cell runs the project's real code in this process: ``server.federation.FederatedRun`` (sampling, Flower
-Messages, ``server.replies.sort_replies``, ``server.aggregation.aggregate`` with Flower's strategies, the privacy
+Messages, ``server.replies.judge_reply``, ``server.aggregation`` (the running sum) with Flower's strategies, the privacy
 ledger, held-out scoring as ``server/evaluation.py`` does) over ``simulations.inprocess_grid.InProcessGrid``,
 whose nodes call the real ClientApp (``client.local_update.local_update`` and ``client.attacks``). Only Ray's
 worker processes are left out. Configuration is composed from conf/ with Hydra overrides and validated as usual.

@@ -12,6 +12,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from server.aggregation import (
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.privacy_report import privacy_report
-from server.replies import SortedReplies, evaluation_metrics, sort_replies
+from server.replies import ClientUpdate, evaluation_metrics, judge_reply
 from server.report import plot_rounds, write_json
 from server.run_state import RoundOutcome, RunState
 from server.secagg import SecureAggregator, add_noise_and_step
@@ -303,25 +304,26 @@ class FederatedRun:
 
         replies = channel.dispatch(sampled, slots, message, timeout_s=sim.round_timeout_s,
                                    on_reply=lambda d, t: self.progress.clients(server_round, d, t))
-        round_sum, out, answered = RoundSum(state.arrays, dp), SortedReplies(), 0
+        round_sum, counts, problems = RoundSum(state.arrays, dp), Counter[str](), []
         loss_sum = examples = 0.0
         for owner, reply in replies:  # owner: the user (slot mode) or node the message was sent for
-            answered += 1
-            verdict = sort_replies([reply], state.arrays, max_examples=self.settings.train.max_examples or None,
-                                   sent_to={reply.metadata.reply_to_message_id: owner})
-            out.failed += verdict.failed
-            out.rejected += verdict.rejected
-            out.declined += verdict.declined
-            for update in verdict.updates:
-                round_sum.add(update)
-                state.record_epsilon[owner] = float(update.metrics["record-epsilon"])
-                loss_sum += update.metrics["train-loss"] * update.metrics["num-examples"]
-                examples += update.metrics["num-examples"]
+            verdict = judge_reply(reply, state.arrays, max_examples=self.settings.train.max_examples or None)
+            counts[verdict.kind] += 1
+            if verdict.kind in ("failed", "rejected"):
+                problems.append((owner, verdict.reason))
+            if verdict.kind != "update":
+                continue
+            metrics = verdict.metrics  # type: ignore[assignment]
+            round_sum.add(ClientUpdate(owner, verdict.arrays, metrics))  # type: ignore[arg-type]
+            state.record_epsilon[owner] = float(metrics["record-epsilon"])
+            loss_sum += metrics["train-loss"] * metrics["num-examples"]
+            examples += metrics["num-examples"]
         arrays, stats = round_sum.release(self.strategy, server_round, self.noise_rng)
+        unanswered = len(sampled) - sum(counts.values())
         return RoundOutcome(
-            arrays=arrays, stats=stats, clients=round_sum.count, failed=len(out.failed) + (len(sampled) - answered),
-            rejected=len(out.rejected), declined=len(out.declined), train_loss=loss_sum / examples if examples else None,
-            problems=out.failed + out.rejected,
+            arrays=arrays, stats=stats, clients=round_sum.count, failed=counts["failed"] + unanswered,
+            rejected=counts["rejected"], declined=counts["declined"], train_loss=loss_sum / examples if examples else None,
+            problems=problems,
         )
 
     def _secure_round(self, state: RunState, server_round: int, sampled: list[int], channel: RoundChannel,

@@ -61,19 +61,8 @@ class RoundChannel:
         on_reply: Callable[[int, int], None] | None = None,
     ) -> list[Message]:
         """Push ``messages``; return the replies that arrive within ``timeout_s`` (``on_reply(done, total)``)."""
-        return list(self.stream(messages, timeout_s=timeout_s, on_reply=on_reply))
-
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        timeout_s: float,
-        on_reply: Callable[[int, int], None] | None = None,
-    ) -> Iterator[Message]:
-        """Push ``messages`` and yield each reply as it arrives, until all replied or ``timeout_s`` passed."""
         jobs = [(msg.metadata.dst_node_id, msg) for msg in messages]
-        for _, reply in self.dispatch(jobs, [], lambda node, msg: msg, timeout_s=timeout_s, on_reply=on_reply):
-            yield reply
+        return [reply for _, reply in self.dispatch(jobs, [], lambda node, msg: msg, timeout_s=timeout_s, on_reply=on_reply)]
 
     def dispatch(
         self,

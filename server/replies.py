@@ -1,4 +1,4 @@
-"""Sorting a round's replies: usable updates, declines, errors, and malformed replies rejected and counted.
+"""Judging each reply of a round: a usable update, a decline, an error, or a malformed reply rejected and counted.
 
 Aggregation never sees a reply that does not carry exactly the global model's arrays (same names, shapes, a
 floating-point dtype, bytes that decode to them) with finite values, and the declared scalar metrics, its
@@ -10,8 +10,7 @@ client controls every byte of its reply; nothing in it may raise here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -24,14 +23,6 @@ class ClientUpdate:
     node_id: int
     arrays: dict[str, np.ndarray]
     metrics: dict[str, float]
-
-
-@dataclass
-class SortedReplies:
-    updates: list[ClientUpdate] = field(default_factory=list)
-    declined: list[tuple[int, str]] = field(default_factory=list)
-    failed: list[tuple[int, str]] = field(default_factory=list)
-    rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _problem(message: Message, reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
@@ -78,36 +69,34 @@ def _decoded(record: ArrayRecord, reference: dict[str, np.ndarray]) -> tuple[dic
     return arrays, ""
 
 
-def sort_replies(replies: list[Message], reference: dict[str, np.ndarray], *,
-                 max_examples: int | None = None, sent_to: Mapping[str, int] | None = None) -> SortedReplies:
-    """Classify replies against the global arrays ``reference`` they were trained from.
+@dataclass(frozen=True)
+class Verdict:
+    """One train reply's outcome: ``kind`` is "update" (with its arrays and metrics), "declined", "failed" (an
+    error reply) or "rejected" (malformed); ``reason`` says why for the last three."""
+
+    kind: str
+    reason: str = ""
+    arrays: dict[str, np.ndarray] | None = None
+    metrics: dict[str, float] | None = None
+
+
+def judge_reply(reply: Message, reference: dict[str, np.ndarray], *, max_examples: int | None = None) -> Verdict:
+    """Check one train reply against the global arrays ``reference`` it was trained from.
 
     ``max_examples`` caps the ``num-examples`` a reply may claim (the server's ``train.max_examples``; None: no cap).
-    ``sent_to`` maps each sent message's id to its destination node: every outcome is attributed to that node. An
-    error reply the SuperLink makes for a node ("node unavailable", a TTL expired) comes from the SuperLink, so its
-    ``src_node_id`` is not the node; only a reply to a message not in ``sent_to`` falls back to ``src_node_id``.
     """
-    out = SortedReplies()
-    for reply in replies:
-        node = (sent_to or {}).get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        if reply.has_error():
-            out.failed.append((node, str(reply.error.reason)[-300:]))
-            continue
-        problem = _problem(reply, reference, max_examples)
-        if problem is not None:
-            out.rejected.append((node, problem))
-            continue
-        metrics = dict(next(iter(reply.content.metric_records.values())))
-        if metrics["declined"]:
-            reason = reply.content.config_records.get("status", {}).get("declined", "no reason given")
-            out.declined.append((node, str(reason)))
-            continue
-        arrays, why = _decoded(next(iter(reply.content.array_records.values())), reference)
-        if arrays is None:
-            out.rejected.append((node, why))
-            continue
-        out.updates.append(ClientUpdate(node, {k: a.astype(np.float32, copy=False) for k, a in arrays.items()}, metrics))
-    return out
+    if reply.has_error():
+        return Verdict("failed", str(reply.error.reason)[-300:])
+    problem = _problem(reply, reference, max_examples)
+    if problem is not None:
+        return Verdict("rejected", problem)
+    metrics = dict(next(iter(reply.content.metric_records.values())))
+    if metrics["declined"]:
+        return Verdict("declined", str(reply.content.config_records.get("status", {}).get("declined", "no reason given")))
+    arrays, why = _decoded(next(iter(reply.content.array_records.values())), reference)
+    if arrays is None:
+        return Verdict("rejected", why)
+    return Verdict("update", arrays={k: a.astype(np.float32, copy=False) for k, a in arrays.items()}, metrics=metrics)
 
 
 def evaluation_metrics(reply: Message) -> dict[str, float] | None:

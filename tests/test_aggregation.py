@@ -5,7 +5,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from client.local_update import TRAIN_METRICS
 from client.records import to_array_record
 from server.aggregation import UserLevelDP, aggregate, make_strategy
-from server.replies import ClientUpdate, sort_replies
+from server.replies import ClientUpdate, judge_reply
 from server.settings import StrategySettings
 
 CURRENT = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
@@ -68,31 +68,16 @@ def _content(arrays=None, metrics=None, status=None):
     (dict(CURRENT), {"num-examples": 5}, "are not the declared"),
 ])
 def test_malformed_replies_are_rejected_and_counted(flower_task_identity, arrays, metrics, reason):
-    replies = [Message(_content(arrays, metrics), dst_node_id=0, message_type="train")]
-    out = sort_replies(replies, CURRENT)
-    assert not out.updates and len(out.rejected) == 1 and reason in out.rejected[0][1]
+    verdict = judge_reply(Message(_content(arrays, metrics), dst_node_id=0, message_type="train"), CURRENT)
+    assert verdict.kind == "rejected" and reason in verdict.reason and verdict.arrays is None
 
 
 def test_declines_are_counted_with_their_reason(flower_task_identity):
     metrics = {k: 0 for k in TRAIN_METRICS} | {"declined": 1}
-    out = sort_replies([Message(_content(None, metrics, {"declined": "budget"}), dst_node_id=0, message_type="train")], CURRENT)
-    assert out.declined == [(out.declined[0][0], "budget")] and not out.updates and not out.rejected
+    verdict = judge_reply(Message(_content(None, metrics, {"declined": "budget"}), dst_node_id=0, message_type="train"), CURRENT)
+    assert (verdict.kind, verdict.reason, verdict.arrays) == ("declined", "budget", None)
 
 
 def test_a_good_reply_becomes_an_update(flower_task_identity):
-    out = sort_replies([Message(_content(dict(CURRENT)), dst_node_id=0, message_type="train")], CURRENT)
-    assert len(out.updates) == 1 and set(out.updates[0].arrays) == set(CURRENT)
-
-
-def test_a_superlink_error_reply_is_attributed_to_the_node_the_message_was_sent_to(flower_task_identity):
-    from flwr.app import Error
-    from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
-
-    sent = [Message(_content(dict(CURRENT)), dst_node_id=node, message_type="train") for node in (7, 8)]
-    for message, message_id in zip(sent, ("to-7", "to-8")):
-        message.metadata.__dict__["_message_id"] = message_id  # what the grid's push_messages sets
-    failed = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node unavailable"), reply_to=sent[0])
-    failed.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID  # the SuperLink, not node 7, makes this reply
-    good = Message(_content(dict(CURRENT)), reply_to=sent[1])
-    out = sort_replies([failed, good], CURRENT, sent_to={m.metadata.message_id: m.metadata.dst_node_id for m in sent})
-    assert out.failed == [(7, "node unavailable")] and [u.node_id for u in out.updates] == [8]
+    verdict = judge_reply(Message(_content(dict(CURRENT)), dst_node_id=0, message_type="train"), CURRENT)
+    assert verdict.kind == "update" and set(verdict.arrays) == set(CURRENT)

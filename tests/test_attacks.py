@@ -14,7 +14,7 @@ from client.instructions import AttackInstructions, from_config_items, to_config
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from model.vocab import GENRES
-from server.replies import sort_replies
+from server.replies import judge_reply
 from tests.test_client_app import _instructions, _message
 
 GLOBAL = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
@@ -92,16 +92,15 @@ def _reply(kind: str, user: int, **changes):
 def test_the_client_apps_malformed_replies_are_rejected_by_the_server(flower_task_identity, kind):
     message, reply = _reply(kind, 3)
     reference = {k: v.numpy() for k, v in message.content["arrays"].items()}
-    out = sort_replies([reply], reference, max_examples=32)
-    assert not out.updates and len(out.rejected) == 1
+    assert judge_reply(reply, reference, max_examples=32).kind == "rejected"
 
 
 @pytest.mark.parametrize("kind", sorted(set(ATTACK_KINDS) - set(MALFORMED_KINDS)))
 def test_the_client_apps_well_formed_attacks_pass_the_reply_checks(flower_task_identity, kind):
     message, reply = _reply(kind, 3)
     reference = {k: v.numpy() for k, v in message.content["arrays"].items()}
-    out = sort_replies([reply], reference, max_examples=32)
-    assert len(out.updates) == 1 and set(out.updates[0].arrays) == set(PreferenceLSTM().state_dict())
+    verdict = judge_reply(reply, reference, max_examples=32)
+    assert verdict.kind == "update" and set(verdict.arrays) == set(PreferenceLSTM().state_dict())
 
 
 def test_a_scaled_reply_is_the_honest_update_times_the_factor(flower_task_identity):

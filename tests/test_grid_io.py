@@ -85,3 +85,29 @@ def test_stream_sends_each_message_to_its_own_node(flower_task_identity):
 def test_empty_and_single_rounds(flower_task_identity, count):
     channel = RoundChannel(PollingGrid({1: 0}), ttl_s=60)
     assert len(list(channel.dispatch([(None, j) for j in range(count)], [1], _build, timeout_s=5))) == count
+
+
+def test_a_superlink_error_reply_is_paired_with_the_job_whose_message_it_answers(flower_task_identity):
+    """The SuperLink answers for an unavailable node with an error from itself (not from the node): the job, and
+    so the user or node the server blames, comes from the message the error replies to."""
+    from flwr.app import Error
+    from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+
+    class NodeSevenUnavailable(PollingGrid):
+        def pull_messages(self, message_ids):
+            replies = super().pull_messages([m for m in message_ids if self.pending[m][0].metadata.dst_node_id != 7])
+            for mid in [m for m in message_ids if m in self.pending and self.pending[m][0].metadata.dst_node_id == 7]:
+                msg, _ = self.pending.pop(mid)
+                reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node unavailable"), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID  # the SuperLink, not node 7, replies
+                replies.append(reply)
+            return replies
+
+    channel = RoundChannel(NodeSevenUnavailable({7: 0, 8: 0}), ttl_s=60)
+    results = dict(channel.dispatch([(7, "user-a"), (8, "user-b")], [], _build_named, timeout_s=30))
+    assert results["user-a"].has_error() and results["user-a"].error.reason == "node unavailable"
+    assert not results["user-b"].has_error() and results["user-b"].content["echo"]["job"] == "user-b"
+
+
+def _build_named(node: int, job: str) -> Message:
+    return Message(RecordDict({"job": ConfigRecord({"id": job})}), dst_node_id=node, message_type="train")

@@ -7,7 +7,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from client.local_update import TRAIN_METRICS
 from server.aggregation import aggregate, make_strategy
-from server.replies import ClientUpdate, sort_replies
+from server.replies import ClientUpdate, judge_reply
 from server.settings import StrategySettings
 
 CURRENT = {"w": np.zeros((3, 2), dtype=np.float32)}
@@ -34,27 +34,29 @@ HOSTILE_ARRAYS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_ARRAYS))
 def test_an_array_that_cannot_be_aggregated_is_rejected_and_counted_never_raised(flower_task_identity, case):
     make, reason = HOSTILE_ARRAYS[case]
-    out = sort_replies([_reply(make()), _reply(Array(np.ones((3, 2), dtype=np.float32)))], CURRENT)
-    assert len(out.rejected) == 1 and reason in out.rejected[0][1] and len(out.updates) == 1
+    verdict = judge_reply(_reply(make()), CURRENT)
+    assert verdict.kind == "rejected" and reason in verdict.reason
+    assert judge_reply(_reply(Array(np.ones((3, 2), dtype=np.float32))), CURRENT).kind == "update"
 
 
 @pytest.mark.parametrize("examples", [0, -31.5, 2.5, 33, 1e12])
 def test_num_examples_outside_one_to_the_cap_or_not_whole_is_rejected(flower_task_identity, examples):
-    out = sort_replies([_reply(Array(np.ones((3, 2), dtype=np.float32)), examples)], CURRENT, max_examples=32)
-    assert not out.updates and "num-examples must be a whole number >= 1" in out.rejected[0][1]
+    verdict = judge_reply(_reply(Array(np.ones((3, 2), dtype=np.float32)), examples), CURRENT, max_examples=32)
+    assert verdict.kind == "rejected" and "num-examples must be a whole number >= 1" in verdict.reason
 
 
 def test_num_examples_up_to_the_cap_is_accepted_and_without_a_cap_only_the_floor_applies(flower_task_identity):
     ok = _reply(Array(np.ones((3, 2), dtype=np.float32)), 32)
-    assert len(sort_replies([ok], CURRENT, max_examples=32).updates) == 1
-    assert len(sort_replies([_reply(Array(np.ones((3, 2), dtype=np.float32)), 10**6)], CURRENT).updates) == 1
+    assert judge_reply(ok, CURRENT, max_examples=32).kind == "update"
+    assert judge_reply(_reply(Array(np.ones((3, 2), dtype=np.float32)), 10**6), CURRENT).kind == "update"
 
 
 def test_a_lone_reply_claiming_zero_examples_cannot_reach_fedavg(flower_task_identity):
     """FedAvg divides by the summed num-examples: zero would raise ZeroDivisionError in the round loop."""
-    out = sort_replies([_reply(Array(np.ones((3, 2), dtype=np.float32)), 0)], CURRENT, max_examples=32)
-    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, out.updates, dp=None, rng=np.random.default_rng(0))
-    assert len(out.rejected) == 1 and np.array_equal(new["w"], CURRENT["w"])
+    verdict = judge_reply(_reply(Array(np.ones((3, 2), dtype=np.float32)), 0), CURRENT, max_examples=32)
+    updates = [ClientUpdate(1, verdict.arrays, verdict.metrics)] if verdict.kind == "update" else []
+    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, updates, dp=None, rng=np.random.default_rng(0))
+    assert verdict.kind == "rejected" and np.array_equal(new["w"], CURRENT["w"])
 
 
 def test_krum_picks_an_honest_update_among_boosted_ones(flower_task_identity):
