@@ -7,7 +7,14 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client.attacks import (
-    ATTACK_KINDS, EXTRA_ARRAY_NAME, LABEL_PERMUTATION, MALFORMED_KINDS, attack_of, corrupt, flip_labels, is_malicious,
+    ATTACK_KINDS,
+    EXTRA_ARRAY_NAME,
+    LABEL_PERMUTATION,
+    MALFORMED_KINDS,
+    attack_of,
+    corrupt,
+    flip_labels,
+    is_malicious,
 )
 from client.client_app import app
 from client.instructions import AttackInstructions, from_config_items, to_config_items
