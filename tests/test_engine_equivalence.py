@@ -28,13 +28,14 @@ OVERRIDES = ["population=small", "population.num_users=24", "population.eval_use
 
 
 def _replay(settings, output_dir):
-    """The rounds of ``settings`` without Flower: sample, train every sampled user, then aggregate the round."""
+    """The rounds of ``settings`` without Flower: sample, train every sampled user, then aggregate the round.
+    Returns the final arrays, the initial ones and the run (for its data and scoring)."""
     run = FederatedRun(settings, output_dir, progress=Progress(open("/dev/null", "w")))
     state = run._fresh_state()
     sim, p, users = settings.simulation, settings.privacy, settings.population.num_users
     sampling, noise = np.random.default_rng([settings.seed, 0]), np.random.default_rng([settings.seed, 1])
     dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * users)
-    arrays = state.arrays
+    arrays = initial = state.arrays
     for server_round in range(1, sim.rounds + 1):
         instructions = run._instructions(server_round)
         chosen = np.nonzero(sampling.random(users) < sim.sample_rate)[0]
@@ -46,7 +47,7 @@ def _replay(settings, output_dir):
                 updates.append(ClientUpdate(user, update.arrays, update.metrics))
         with server_task_identity():
             arrays, _ = aggregate(run.strategy, server_round, arrays, updates, dp=dp, rng=noise)
-    return arrays, run
+    return arrays, initial, run
 
 
 @pytest.mark.slow
@@ -56,10 +57,11 @@ def test_slots_and_streaming_aggregation_release_the_model_plain_dp_fedavg_would
     assert [r["failed"] + r["rejected"] for r in metrics["rounds"]] == [0, 0, 0]
     assert all(r["clients"] + r["declined"] == r["sampled"] > 3 for r in metrics["rounds"])  # more users than slots
 
-    replayed, run = _replay(settings, tmp_path / "replay")
+    replayed, initial, run = _replay(settings, tmp_path / "replay")
     released = load_checkpoint(tmp_path / "flower" / "checkpoint.pt").arrays
     for name in replayed:
         np.testing.assert_allclose(released[name], replayed[name], rtol=0, atol=2e-6, err_msg=name)
     held_out = evaluation.held_out_examples(run.data, range(24, 30), settings.population.eval_points_per_user)
     assert run._score(replayed, held_out)["top1"] == pytest.approx(metrics["final"]["eval_top1"], abs=1e-9)
-    assert metrics["final"]["eval_nll"] < metrics["initial"]["eval_nll"] + 0.5  # and the run trained at all
+    moved = max(float(np.max(np.abs(released[k] - initial[k]))) for k in initial)
+    assert moved > 1000 * 2e-6  # the agreement above is between trained models, not two copies of the initial one
