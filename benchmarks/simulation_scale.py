@@ -14,7 +14,7 @@ descendants: Ray's processes included) and the ratio (b)/(a). ``--quick`` runs 1
 The full run adds 10,000 / 1,000 and 100,000 / 1,000 (memory must not grow with the population at the same clients
 per round). The last line is one JSON object: the 10,000 / 1,000 point (the quick point with ``--quick``).
 
-    python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 16]
+    python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 16] [--users-per-message 8]
 """
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ class PeakMemory:
         self._thread.join()
 
 
-def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float) -> list[str]:
+def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float, users_per_message: int) -> list[str]:
     return [
         f"population.num_users={users}", "population.eval_users=20", f"simulation.sample_rate={per_round / users}",
         f"simulation.rounds={rounds}", f"simulation.nodes={nodes}", "simulation.final_eval_clients=0",
         "simulation.central_baseline_epochs=0", "simulation.round_timeout_s=1200", "privacy.delta=1e-6",
-        f"simulation.num_cpus_per_client={cpus_per_client}",
+        f"simulation.num_cpus_per_client={cpus_per_client}", f"simulation.users_per_message={users_per_message}",
     ]
 
 
@@ -121,11 +121,12 @@ def round_one_sample(settings) -> list[int]:
     return [int(u) for u in np.nonzero(rng.random(users) < settings.simulation.sample_rate)[0]]
 
 
-def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float = 1.0) -> dict:
+def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float = 1.0,
+                  users_per_message: int = 1) -> dict:
     from server.server_app import compose_settings
     from simulations.run import run_federated_simulation
 
-    overrides = _overrides(users, per_round, rounds, nodes, cpus_per_client)
+    overrides = _overrides(users, per_round, rounds, nodes, cpus_per_client, users_per_message)
     settings = compose_settings("config", overrides)
     sampled = round_one_sample(settings)
     before = measure_floor(settings, sampled)
@@ -142,7 +143,7 @@ def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_
     floor_s = min(before, after) * updates / CORES
     first = measured[0]
     return {
-        "users": users, "clients_per_round": per_round, "nodes": nodes, "round_s": round_s, "floor_s": floor_s,
+        "users": users, "clients_per_round": per_round, "nodes": nodes, "users_per_message": users_per_message, "round_s": round_s, "floor_s": floor_s,
         "ratio": round_s / floor_s if floor_s else float("inf"), "updates_per_s": updates / round_s,
         "peak_rss_mb": memory.peak_mb, "round1_clients": first["clients"], "round1_sampled": len(sampled),
         "floor_ms_per_client": [round(1000 * before, 1), round(1000 * after, 1)],
@@ -155,7 +156,8 @@ def measure_in_fresh_process(users: int, per_round: int, args: argparse.Namespac
         result = Path(tmp) / "point.json"
         subprocess.run([sys.executable, __file__, "--point", f"{users}:{per_round}", "--result", str(result),
                         "--rounds", str(args.rounds), "--nodes", str(args.nodes),
-                        "--cpus-per-client", str(args.cpus_per_client)], check=True)
+                        "--cpus-per-client", str(args.cpus_per_client),
+                        "--users-per-message", str(args.users_per_message)], check=True)
         return json.loads(result.read_text())
 
 
@@ -167,12 +169,15 @@ def main() -> None:
                         help="simulation.nodes: node slots playing the sampled users (default 16, as conf/; 0 = one node per user)")
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
                         help="simulation.num_cpus_per_client: Ray starts cores / this many workers (default 1)")
+    parser.add_argument("--users-per-message", type=int, default=8,
+                        help="simulation.users_per_message: at most this many sampled users per message to a slot (default 8, as conf/)")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # USERS:PER_ROUND, run by the parent in a fresh process
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         users, per_round = map(int, args.point.split(":"))
-        Path(args.result).write_text(json.dumps(measure_point(users, per_round, args.rounds, args.nodes, args.cpus_per_client)))
+        Path(args.result).write_text(json.dumps(measure_point(users, per_round, args.rounds, args.nodes, args.cpus_per_client,
+                                                                args.users_per_message)))
         return
     points = [(1_000, 100)] if args.quick else [(1_000, 100), (10_000, 1_000), (100_000, 1_000)]
     results = []

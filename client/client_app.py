@@ -4,7 +4,9 @@ It receives the global prior and this round's instructions in the message, train
 record-level privacy is on) and replies with model arrays and the declared scalar metrics only. Where its data
 comes from is ``client.device_data``: the log store named by node config ``log-db`` on a device, synthetic user
 ``partition-id`` in simulation. Rounds run with secure aggregation arrive as SecAgg+ messages and go to
-``client.secagg_client`` (same training, masked reply). In a simulation with ``simulation.attack``, a synthetic user
+``client.secagg_client`` (same training, masked reply). A simulation slot may be asked to play several users in one
+message; it trains them one after another from the same global prior and joins their replies (``client.records``).
+In a simulation with ``simulation.attack``, a synthetic user
 chosen as malicious replies with its attack (``client.attacks``); a device training on its own log never does.
 """
 
@@ -23,7 +25,7 @@ from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions, from_config_items
 from client.local_update import DECLINE_REASONS, local_evaluation
 from client.node_config import PARTITION_ID
-from client.records import from_array_record, to_array_record
+from client.records import from_array_record, joined_parts, slot_users, to_array_record
 from client.secagg_client import secagg_app
 
 logging.getLogger("flwr").propagate = False  # opacus calls logging.basicConfig(): without this flwr logs twice
@@ -39,38 +41,48 @@ def _arrays(msg: Message) -> dict[str, np.ndarray]:
     return from_array_record(msg.content["arrays"])
 
 
-def _node_config(msg: Message, context: Context) -> dict:
-    """The node's config; a simulation slot plays the user the server names in the message's "user" record."""
-    config = dict(context.node_config)
-    if "user" in msg.content.config_records:
-        config["partition-id"] = int(msg.content["user"]["user-id"])
-    return config
+def _node_configs(msg: Message, context: Context) -> list[dict]:
+    """One node config per user this message is for: the node's own, or each user a simulation slot is told to play."""
+    users = slot_users(msg.content)
+    if users is None:
+        return [dict(context.node_config)]
+    return [{**context.node_config, PARTITION_ID: user} for user in users]
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
-        return secagg_app(msg, context)
-    instructions = _instructions(msg)
-    node_config = _node_config(msg, context)
+def _reply(msg: Message, parts: list[RecordDict]) -> Message:
+    """A device's reply is its one user's records; a slot joins its users' under their positions."""
+    return Message(parts[0] if slot_users(msg.content) is None else joined_parts(parts), reply_to=msg)
+
+
+def _train_one(global_arrays: dict[str, np.ndarray], instructions: TrainInstructions, node_config: dict) -> RecordDict:
     data = device_data(instructions.data, node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
-    update = update_as_instructed(_arrays(msg), instructions, data.train, ledger, data.device_id,
+    update = update_as_instructed(global_arrays, instructions, data.train, ledger, data.device_id,
                                   simulated=PARTITION_ID in node_config)  # a synthetic user may play an attack
     content = RecordDict({"metrics": MetricRecord(update.metrics)})
     if update.declined:
         content["status"] = ConfigRecord({"declined": DECLINE_REASONS[update.declined]})
     else:
         content["arrays"] = to_array_record(update.arrays)
-    return Message(content, reply_to=msg)
+    return content
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
+        return secagg_app(msg, context)
+    instructions, global_arrays = _instructions(msg), _arrays(msg)
+    return _reply(msg, [_train_one(global_arrays, instructions, config) for config in _node_configs(msg, context)])
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    instructions = _instructions(msg)
-    data = device_data(instructions.data, _node_config(msg, context), instructions.device_dir)
-    metrics = local_evaluation(_arrays(msg), instructions.model, data.held_out)
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    instructions, global_arrays = _instructions(msg), _arrays(msg)
+    parts = []
+    for config in _node_configs(msg, context):
+        data = device_data(instructions.data, config, instructions.device_dir)
+        parts.append(RecordDict({"metrics": MetricRecord(local_evaluation(global_arrays, instructions.model, data.held_out))}))
+    return _reply(msg, parts)
 
 
 @app.query("ping")

@@ -26,7 +26,7 @@ from client.instructions import (
     TrainInstructions,
     to_config_items,
 )
-from client.records import to_array_record
+from client.records import USERS_RECORD, to_array_record, users_record
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
@@ -42,7 +42,14 @@ from server.aggregation import (
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.privacy_report import privacy_report
-from server.replies import ClientUpdate, evaluation_metrics, judge_reply
+from server.replies import (
+    ClientUpdate,
+    Verdict,
+    evaluation_metrics,
+    judge_reply,
+    judge_slot_reply,
+    slot_evaluation_metrics,
+)
 from server.report import plot_rounds, write_json
 from server.run_state import RoundOutcome, RunState
 from server.secagg import SecureAggregator, add_noise_and_step
@@ -171,7 +178,10 @@ class FederatedRun:
             warm_up(grid, node_ids, deployment.warm_up_nodes)
         channel = RoundChannel(grid, ttl_s=3 * sim.round_timeout_s)
         mode = "secure aggregation (SecAgg+)" if self.secure is not None else "plain aggregation"
-        self.progress.line(f"{len(node_ids)} nodes connected; {mode}; outputs in {self.output_dir}")
+        nodes = f"{len(node_ids)} nodes connected"
+        if sim.nodes:
+            nodes = f"{len(node_ids)} node slots connected, {sim.users_per_message} sampled user(s) per message"
+        self.progress.line(f"{nodes}; {mode}; outputs in {self.output_dir}")
         self.initial_scores = self._score(state.arrays, held_out)
         if held_out is not None:
             self.progress.line(f"round {state.round}: held-out top-1 {self.initial_scores['top1']:.3f}, NLL {self.initial_scores['nll']:.3f}")
@@ -277,19 +287,28 @@ class FederatedRun:
         return self.settings.population.num_users if self.settings.simulation.nodes else len(node_ids)
 
     @staticmethod
-    def _content(shared: RecordDict, user: int | None) -> RecordDict:
-        """The round's shared records, plus the user a simulation slot should play (slot mode only)."""
-        if user is None:
+    def _content(shared: RecordDict, users: tuple[int, ...] | None) -> RecordDict:
+        """The round's shared records, plus the users a simulation slot should play (slot mode only)."""
+        if users is None:
             return shared
-        return RecordDict({**dict(shared.items()), "user": ConfigRecord({"user-id": user})})
+        return RecordDict({**dict(shared.items()), USERS_RECORD: users_record(users)})
+
+    def _jobs(self, sampled: list[tuple[int | None, int]], slots: int) -> list[tuple[int | None, tuple[int, ...]]]:
+        """Dispatcher jobs: each user's own node, or (slot mode) up to ``simulation.users_per_message`` users per
+        message, fewer when the round is too small to give each of the ``slots`` a message (so every worker works)."""
+        if not self.settings.simulation.nodes:
+            return [(node, (user,)) for node, user in sampled]
+        users = [user for _, user in sampled]
+        k = max(1, min(self.settings.simulation.users_per_message, -(-len(users) // max(slots, 1))))
+        return [(None, tuple(users[i:i + k])) for i in range(0, len(users), k)]
 
     def _plain_round(self, state: RunState, server_round: int, sampled: list[tuple[int | None, int]], slots: list[int],
                      channel: RoundChannel, dp: UserLevelDP | None) -> RoundOutcome:
         """Send, check each reply as it arrives and fold it into the round's sum; then noise and step on the server.
 
         ``sampled`` holds (node, user) pairs: a node of its own per user, or (slot mode) None and the users the
-        free ``slots`` play in turn. Replies are folded in one at a time, so the server never holds a whole
-        round of replies (see ``server.aggregation.RoundSum``).
+        free ``slots`` play in turn, several per message. Each user's update is checked and folded in on its own
+        as replies arrive, so the server never holds a whole round of replies (see ``server.aggregation.RoundSum``).
         """
         sim = self.settings.simulation
         content = RecordDict({
@@ -297,27 +316,33 @@ class FederatedRun:
             "config": ConfigRecord(to_config_items(self._instructions(server_round))),
         })
 
-        def message(node: int, user: int) -> Message:
-            played = user if sim.nodes else None  # a slot is told which user to play; a user's own node is not
+        def message(node: int, users: tuple[int, ...]) -> Message:
+            played = users if sim.nodes else None  # a slot is told which users to play; a user's own node is not
             return Message(self._content(content, played), dst_node_id=node, message_type=MessageType.TRAIN,
                            group_id=str(server_round), ttl=3 * sim.round_timeout_s)
 
-        replies = channel.dispatch(sampled, slots, message, timeout_s=sim.round_timeout_s,
-                                   on_reply=lambda d, t: self.progress.clients(server_round, d, t))
+        max_examples = self.settings.train.max_examples or None
+
+        def verdicts(users: tuple[int, ...], reply: Message) -> list[Verdict]:
+            if sim.nodes:
+                return judge_slot_reply(reply, len(users), state.arrays, max_examples=max_examples)
+            return [judge_reply(reply, state.arrays, max_examples=max_examples)]
+
         round_sum, counts, problems = RoundSum(state.arrays, dp), Counter[str](), []
         loss_sum = examples = 0.0
-        for owner, reply in replies:  # owner: the user (slot mode) or node the message was sent for
-            verdict = judge_reply(reply, state.arrays, max_examples=self.settings.train.max_examples or None)
-            counts[verdict.kind] += 1
-            if verdict.kind in ("failed", "rejected"):
-                problems.append((owner, verdict.reason))
-            if verdict.kind != "update":
-                continue
-            metrics = verdict.metrics  # type: ignore[assignment]
-            round_sum.add(ClientUpdate(owner, verdict.arrays, metrics))  # type: ignore[arg-type]
-            state.record_epsilon[owner] = float(metrics["record-epsilon"])
-            loss_sum += metrics["train-loss"] * metrics["num-examples"]
-            examples += metrics["num-examples"]
+        for users, reply in channel.dispatch(self._jobs(sampled, len(slots)), slots, message, timeout_s=sim.round_timeout_s):
+            for owner, verdict in zip(users, verdicts(users, reply)):  # owner: the user (slot mode) or its node
+                counts[verdict.kind] += 1
+                if verdict.kind in ("failed", "rejected"):
+                    problems.append((owner, verdict.reason))
+                if verdict.kind != "update":
+                    continue
+                metrics = verdict.metrics  # type: ignore[assignment]
+                round_sum.add(ClientUpdate(owner, verdict.arrays, metrics))  # type: ignore[arg-type]
+                state.record_epsilon[owner] = float(metrics["record-epsilon"])
+                loss_sum += metrics["train-loss"] * metrics["num-examples"]
+                examples += metrics["num-examples"]
+            self.progress.clients(server_round, sum(counts.values()), len(sampled))
         arrays, stats = round_sum.release(self.strategy, server_round, self.noise_rng)
         unanswered = len(sampled) - sum(counts.values())
         return RoundOutcome(
@@ -363,11 +388,12 @@ class FederatedRun:
         busy = channel.busy_nodes()
         if sim.nodes:  # the slots score sampled users in turn
             picked = self.sampling_rng.choice(users, size=min(sim.final_eval_clients, users), replace=False)
-            jobs: list[tuple[int | None, int]] = [(None, int(u)) for u in picked]
+            sampled: list[tuple[int | None, int]] = [(None, int(u)) for u in picked]
             slots = [n for n in node_ids if n not in busy]
         else:  # node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy
             picked = self.sampling_rng.choice(len(node_ids), size=min(sim.final_eval_clients, len(node_ids)), replace=False)
-            jobs, slots = [(node_ids[i], node_ids[i]) for i in picked if node_ids[i] not in busy], []
+            sampled, slots = [(node_ids[i], node_ids[i]) for i in picked if node_ids[i] not in busy], []
+        jobs = self._jobs(sampled, len(slots))
         if not jobs:
             return {}
         content = RecordDict({
@@ -375,14 +401,17 @@ class FederatedRun:
             "config": ConfigRecord(to_config_items(self._instructions(state.round))),
         })
 
-        def message(node: int, user: int) -> Message:
-            return Message(self._content(content, user if sim.nodes else None), dst_node_id=node,
+        def message(node: int, users: tuple[int, ...]) -> Message:
+            return Message(self._content(content, users if sim.nodes else None), dst_node_id=node,
                            message_type=MessageType.EVALUATE)
 
-        replies = [reply for _, reply in channel.dispatch(jobs, slots, message, timeout_s=sim.round_timeout_s)]
-        metrics = [m for m in map(evaluation_metrics, replies) if m is not None]
+        answered, checked = 0, []
+        for users, reply in channel.dispatch(jobs, slots, message, timeout_s=sim.round_timeout_s):
+            answered += 0 if reply.has_error() else len(users)
+            checked += slot_evaluation_metrics(reply, len(users)) if sim.nodes else [evaluation_metrics(reply)]
+        metrics = [m for m in checked if m is not None]
         n = sum(m["num-examples"] for m in metrics)
-        summary: dict = {"clients": len(metrics), "rejected": sum(1 for r in replies if not r.has_error()) - len(metrics)}
+        summary: dict = {"clients": len(metrics), "rejected": answered - len(metrics)}
         if n:
             summary["eval_top1"] = sum(m["eval-top1"] * m["num-examples"] for m in metrics) / n
             summary["eval_nll"] = sum(m["eval-nll"] * m["num-examples"] for m in metrics) / n

@@ -5,6 +5,9 @@ floating-point dtype, bytes that decode to them) with finite values, and the dec
 ``num-examples`` a whole number from 1 to the cap the server set (FedAvg weights by it: a client claiming more
 examples than it was allowed to train on, or zero or fewer, would steer or break the weighted mean). A hostile
 client controls every byte of its reply; nothing in it may raise here.
+
+A simulation slot's reply joins several users' records (``client.records``); each user's part is judged on its own,
+exactly as a device's reply would be, so one malformed user costs only its own update.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from client.local_update import EVAL_METRICS, TRAIN_METRICS
+from client.records import user_parts
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,7 @@ class ClientUpdate:
     metrics: dict[str, float]
 
 
-def _problem(message: Message, reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
-    content = message.content
+def _problem(content: RecordDict, reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
     if len(content.metric_records) != 1:
         return f"expected one MetricRecord, found {len(content.metric_records)}"
     metrics = next(iter(content.metric_records.values()))
@@ -80,31 +83,48 @@ class Verdict:
     metrics: dict[str, float] | None = None
 
 
-def judge_reply(reply: Message, reference: dict[str, np.ndarray], *, max_examples: int | None = None) -> Verdict:
-    """Check one train reply against the global arrays ``reference`` it was trained from.
-
-    ``max_examples`` caps the ``num-examples`` a reply may claim (the server's ``train.max_examples``; None: no cap).
-    """
-    if reply.has_error():
-        return Verdict("failed", str(reply.error.reason)[-300:])
-    problem = _problem(reply, reference, max_examples)
+def _judge_content(content: RecordDict, reference: dict[str, np.ndarray], max_examples: int | None) -> Verdict:
+    problem = _problem(content, reference, max_examples)
     if problem is not None:
         return Verdict("rejected", problem)
-    metrics = dict(next(iter(reply.content.metric_records.values())))
+    metrics = dict(next(iter(content.metric_records.values())))
     if metrics["declined"]:
-        return Verdict("declined", str(reply.content.config_records.get("status", {}).get("declined", "no reason given")))
-    arrays, why = _decoded(next(iter(reply.content.array_records.values())), reference)
+        return Verdict("declined", str(content.config_records.get("status", {}).get("declined", "no reason given")))
+    arrays, why = _decoded(next(iter(content.array_records.values())), reference)
     if arrays is None:
         return Verdict("rejected", why)
     return Verdict("update", arrays={k: a.astype(np.float32, copy=False) for k, a in arrays.items()}, metrics=metrics)
 
 
-def evaluation_metrics(reply: Message) -> dict[str, float] | None:
-    """An evaluate reply's metrics, or None when it failed or does not hold exactly the declared ones (finite
-    numbers, ``num-examples`` a whole number >= 0, top-1 in [0, 1], NLL >= 0)."""
-    if reply.has_error() or len(reply.content.metric_records) != 1:
+def _failure(reply: Message) -> str:
+    return str(reply.error.reason)[-300:]
+
+
+def judge_reply(reply: Message, reference: dict[str, np.ndarray], *, max_examples: int | None = None) -> Verdict:
+    """Check one device's train reply against the global arrays ``reference`` it was trained from.
+
+    ``max_examples`` caps the ``num-examples`` a reply may claim (the server's ``train.max_examples``; None: no cap).
+    """
+    if reply.has_error():
+        return Verdict("failed", _failure(reply))
+    return _judge_content(reply.content, reference, max_examples)
+
+
+def judge_slot_reply(reply: Message, users: int, reference: dict[str, np.ndarray], *,
+                     max_examples: int | None = None) -> list[Verdict]:
+    """One verdict per user of a slot's train reply (``users`` were named in the message, in this order).
+
+    An error reply fails every user of the message: the slot's worker raised before it could answer for any.
+    """
+    if reply.has_error():
+        return [Verdict("failed", _failure(reply))] * users
+    return [_judge_content(part, reference, max_examples) for part in user_parts(reply.content, users)]
+
+
+def _evaluation_metrics(content: RecordDict) -> dict[str, float] | None:
+    if len(content.metric_records) != 1:
         return None
-    metrics = dict(next(iter(reply.content.metric_records.values())))
+    metrics = dict(next(iter(content.metric_records.values())))
     if set(metrics) != set(EVAL_METRICS):
         return None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()):
@@ -114,3 +134,15 @@ def evaluation_metrics(reply: Message) -> dict[str, float] | None:
         return None
     return metrics
 
+
+def evaluation_metrics(reply: Message) -> dict[str, float] | None:
+    """A device's evaluate metrics, or None when its reply failed or does not hold exactly the declared ones
+    (finite numbers, ``num-examples`` a whole number >= 0, top-1 in [0, 1], NLL >= 0)."""
+    return None if reply.has_error() else _evaluation_metrics(reply.content)
+
+
+def slot_evaluation_metrics(reply: Message, users: int) -> list[dict[str, float] | None]:
+    """Each of a slot's ``users``' evaluate metrics, checked as ``evaluation_metrics`` checks a device's."""
+    if reply.has_error():
+        return [None] * users
+    return [_evaluation_metrics(part) for part in user_parts(reply.content, users)]

@@ -178,10 +178,12 @@ class SimulationSettings:
     central_baseline_epochs: int = 1
     baseline_users: int = 1000
     nodes: int = 0
+    users_per_message: int = 1
     attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         check_range("simulation.nodes", self.nodes, 0, note=" (0: one node per user)")
+        check_range("simulation.users_per_message", self.users_per_message, 1)
         check_range("simulation.rounds", self.rounds, 1)
         check_range("simulation.sample_rate", self.sample_rate, 0, 1, low_open=True)
         for name in ("num_cpus_per_client", "round_timeout_s", "node_wait_s"):

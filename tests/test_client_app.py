@@ -1,13 +1,14 @@
 """What leaves the device: the ClientApp's replies carry model arrays and declared scalar metrics only."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import app
 from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from client.local_update import DECLINED_RECORD_BUDGET, EVAL_METRICS, TRAIN_METRICS
-from client.records import to_array_record
+from client.records import USERS_RECORD, slot_users, to_array_record, user_parts, users_record
 from client.simulated_device import population
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
@@ -79,3 +80,48 @@ def test_evaluate_reply_holds_only_declared_scalars(flower_task_identity):
     reply = app(_message("evaluate", _instructions()), _context(7))
     assert not reply.content.array_records and set(reply.content["metrics"].keys()) == set(EVAL_METRICS)
     assert 0.0 <= reply.content["metrics"]["eval-top1"] <= 1.0
+
+
+def _slot_message(kind: str, instructions: TrainInstructions, users: list[int]) -> Message:
+    torch.manual_seed(0)  # the same global model as ``_same_model_message``
+    message = _message(kind, instructions)
+    message.content[USERS_RECORD] = users_record(users)
+    return message
+
+
+def _same_model_message(kind: str, instructions: TrainInstructions) -> Message:
+    torch.manual_seed(0)
+    return _message(kind, instructions)
+
+
+def test_a_slot_playing_several_users_replies_for_each_what_their_own_devices_would(flower_task_identity, tmp_path):
+    """Users 3 and 4 in one message: the same updates and metrics as two device messages, in their order. A user
+    over its record budget (5) sends only its metrics and status in its part."""
+    record = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
+    instructions = _instructions(device_dir=str(tmp_path))
+    joined = app(_slot_message("train", instructions, [3, 4]), _context(99)).content
+    parts = user_parts(joined, 2)
+    for user, part in zip((3, 4), parts):
+        alone = app(_same_model_message("train", instructions), _context(user)).content
+        assert set(part.keys()) == set(alone.keys()) == {"arrays", "metrics"}
+        assert dict(part["metrics"]) == dict(alone["metrics"])
+        for name, array in alone["arrays"].items():
+            assert np.array_equal(part["arrays"][name].numpy(), array.numpy()), name
+    assert not np.array_equal(parts[0]["arrays"]["head.weight"].numpy(), parts[1]["arrays"]["head.weight"].numpy())
+    declined = user_parts(app(_slot_message("train", _instructions(record=record, device_dir=str(tmp_path)), [5]),
+                              _context(99)).content, 1)[0]
+    assert set(declined.keys()) == {"metrics", "status"} and declined["metrics"]["declined"] == DECLINED_RECORD_BUDGET
+
+
+def test_a_slot_evaluates_each_user_it_is_told_to_play(flower_task_identity):
+    joined = app(_slot_message("evaluate", _instructions(), [7, 8]), _context(99)).content
+    for user, part in zip((7, 8), user_parts(joined, 2)):
+        alone = app(_same_model_message("evaluate", _instructions()), _context(user)).content
+        assert dict(part["metrics"]) == dict(alone["metrics"]) and set(EVAL_METRICS) == set(part["metrics"].keys())
+
+
+@pytest.mark.parametrize("users", [[], ["3"], [True], 3])
+def test_a_slot_message_naming_users_wrongly_is_refused_with_the_rule(users):
+    content = RecordDict({USERS_RECORD: ConfigRecord({"user-ids": users})})
+    with pytest.raises(ValueError, match="non-empty list of whole numbers"):
+        slot_users(content)

@@ -1,5 +1,6 @@
-"""The optimised round (node slots taking users in turn, replies folded into a running sum as they arrive) computes
-exactly what the plain algorithm computes: every sampled user's local update, collected, then DP-FedAvg.
+"""The optimised round (node slots taking users in turn, several per message, each user's update folded into a running
+sum as its reply arrives) computes exactly what the plain algorithm computes: every sampled user's local update,
+collected, then DP-FedAvg.
 
 A real run in Flower's simulation engine (Ray) is replayed in this process with the same seeds, without Flower:
 the same Poisson samples, each user's ``local_update`` from the same global model, ``aggregate`` over the whole
@@ -23,7 +24,8 @@ from simulations.inprocess_federation import server_task_identity
 from simulations.run import run_federated_simulation
 
 OVERRIDES = ["population=small", "population.num_users=24", "population.eval_users=6", "population.days=10",
-             "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.nodes=3", "simulation.final_eval_clients=0",
+             "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.nodes=3", "simulation.users_per_message=5",
+             "simulation.final_eval_clients=0",
              "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.epochs=2"]
 
 

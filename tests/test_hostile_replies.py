@@ -89,3 +89,37 @@ def test_a_malformed_evaluation_reply_is_refused_not_raised(flower_task_identity
 
     assert evaluation_metrics(_eval_reply(metrics)) is None
     assert evaluation_metrics(_eval_reply(GOOD_EVAL)) == GOOD_EVAL
+
+
+def _slot_reply(parts: list[RecordDict]) -> Message:
+    from client.records import joined_parts
+
+    return Message(joined_parts(parts), dst_node_id=0, message_type="train")
+
+
+def test_each_user_of_a_slot_reply_is_judged_on_its_own(flower_task_identity):
+    """One malformed user in a slot's reply costs only its own update; a missing part is rejected, not skipped."""
+    from server.replies import judge_slot_reply
+
+    good, bad = _reply(Array(np.ones((3, 2), dtype=np.float32))).content, _reply(Array(np.full((3, 2), np.nan, dtype=np.float32))).content
+    verdicts = judge_slot_reply(_slot_reply([good, bad, good]), 4, CURRENT)
+    assert [v.kind for v in verdicts] == ["update", "rejected", "update", "rejected"]
+    assert "NaN" in verdicts[1].reason and "expected one MetricRecord, found 0" in verdicts[3].reason
+    assert np.array_equal(verdicts[2].arrays["w"], np.ones((3, 2)))
+
+
+def test_an_error_reply_from_a_slot_fails_every_user_it_played(flower_task_identity):
+    from flwr.app import Error
+
+    from server.replies import judge_slot_reply, slot_evaluation_metrics
+
+    failed = Message(Error(code=0, reason="worker died"), reply_to=_reply(Array(np.ones((3, 2), dtype=np.float32))))
+    assert [(v.kind, v.reason) for v in judge_slot_reply(failed, 3, CURRENT)] == [("failed", "worker died")] * 3
+    assert slot_evaluation_metrics(failed, 2) == [None, None]
+
+
+def test_slot_evaluation_metrics_are_checked_per_user(flower_task_identity):
+    from server.replies import slot_evaluation_metrics
+
+    parts = [_eval_reply(GOOD_EVAL).content, _eval_reply(GOOD_EVAL | {"eval-top1": 7.0}).content]
+    assert slot_evaluation_metrics(_slot_reply(parts), 2) == [GOOD_EVAL, None]

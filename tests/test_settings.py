@@ -35,6 +35,7 @@ def test_robust_strategies_compose_without_user_level_dp(compose_config, strateg
     (["privacy.mode=partial"], "privacy.mode must be one of"),
     (["privacy.accountant=gdp"], "privacy.accountant must be one of"),
     (["resume=true"], "resume=true needs checkpoint=PATH"),
+    (["simulation.users_per_message=0"], "simulation.users_per_message must be >= 1"),
 ])
 def test_impossible_configs_fail_naming_the_key_and_range(compose_config, overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):

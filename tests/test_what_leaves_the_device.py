@@ -5,7 +5,9 @@ its records (names, types, keys, values or array shapes) and its exact wire byte
 metadata included). Two sources of replies are checked against the same rules:
 
 - a real run in Flower's simulation engine (``simulations.run.run_federated_simulation``, Ray, the real ServerApp)
-  with privacy=both, and one where every device is past its record-level budget and declines (slow);
+  with privacy=both, node slots playing several users per message (each user's part of a slot's reply is held to
+  the rules of a device's reply, and nothing may sit outside the parts), and one where every device is past its
+  record-level budget and declines (slow);
 - the ClientApp called in-process for several users and rounds under each privacy mode (none, record, user, both),
   with a small model (fast).
 
@@ -34,7 +36,15 @@ from flwr.common.serde import message_to_proto
 import client.client_app
 from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from client.local_update import DECLINE_REASONS, EVAL_METRICS, TRAIN_METRICS
-from client.records import to_array_record
+from client.records import (
+    USER_RECORD_NAMES,
+    USERS_RECORD,
+    joined_parts,
+    slot_users,
+    to_array_record,
+    user_parts,
+    users_record,
+)
 from client.simulated_device import device_examples, population
 from model.events import FIELDS_BY_KIND
 from model.networks import ModelConfig, PreferenceLSTM
@@ -45,12 +55,10 @@ REAL_APP = client.client_app.app
 EVENT_FIELD_NAMES = {"time", "kind", *itertools.chain.from_iterable(FIELDS_BY_KIND.values())}
 
 
-def describe(reply: Message) -> dict:
-    """A JSON-ready account of a reply: each record's type and entries (values, or shape and dtype of arrays)."""
-    if reply.has_error():
-        return {"error": str(reply.error.reason)}
+def describe(content: RecordDict) -> dict:
+    """A JSON-ready account of one user's reply: each record's type and entries (values, or shape and dtype of arrays)."""
     records = {}
-    for name, record in reply.content.items():
+    for name, record in content.items():
         if isinstance(record, ArrayRecord):
             entries = {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in record.items()}
         else:
@@ -59,9 +67,24 @@ def describe(reply: Message) -> dict:
     return {"records": records}
 
 
+def per_user(msg: Message, reply: Message, context: Context) -> list[tuple[int | None, dict]]:
+    """(user, account) for each user the reply answers for: a device's one user, or each user a slot played. A slot's
+    reply records not belonging to any user's part are listed under ``"unclaimed"`` (the rules allow none)."""
+    users = slot_users(msg.content)
+    if users is None:
+        user = context.node_config.get("partition-id")
+        return [(None if user is None else int(user), {"error": str(reply.error.reason)} if reply.has_error() else describe(reply.content))]
+    if reply.has_error():
+        return [(user, {"error": str(reply.error.reason)}) for user in users]
+    claimed = {f"{name}.{i}" for i in range(len(users)) for name in USER_RECORD_NAMES}
+    unclaimed = sorted(set(reply.content.keys()) - claimed)
+    return [(user, describe(part) | {"unclaimed": unclaimed}) for user, part in zip(users, user_parts(reply.content, len(users)))]
+
+
 class Recorder:
-    """A Flower client mod that writes every reply leaving the ClientApp to ``directory``: one JSON line per reply
-    (``<pid>.jsonl``) and its protobuf wire bytes (``<pid>-<n>.pb``). Picklable, so Ray workers get it too."""
+    """A Flower client mod that writes every reply leaving the ClientApp to ``directory``: one JSON line per user the
+    reply answers for (``<pid>.jsonl``) and the reply's protobuf wire bytes (``<pid>-<n>.pb``), against which each of
+    those users' private text is checked. Picklable, so Ray workers get it too."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -70,17 +93,15 @@ class Recorder:
         reply = call_next(msg, context)
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / f"{os.getpid()}.jsonl"
-        number = sum(1 for _ in log.open()) if log.exists() else 0
+        number = len(list(self.directory.glob(f"{os.getpid()}-*.pb")))
         wire = self.directory / f"{os.getpid()}-{number}.pb"
         wire.write_bytes(message_to_proto(reply).SerializeToString())
         config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
-        user = context.node_config.get("partition-id")
-        if "user" in msg.content.config_records:  # a simulation slot playing the user the server names
-            user = msg.content["user"]["user-id"]
-        line = {"message_type": msg.metadata.message_type, "user": None if user is None else int(user),
-                "round": config.get("round"), "wire": wire.name, **describe(reply)}
         with log.open("a") as out:
-            out.write(json.dumps(line) + "\n")
+            for user, account in per_user(msg, reply, context):
+                line = {"message_type": msg.metadata.message_type, "user": user, "round": config.get("round"),
+                        "wire": wire.name, **account}
+                out.write(json.dumps(line) + "\n")
         return reply
 
 
@@ -117,6 +138,7 @@ def private_texts(events: list) -> set[str]:
 def assert_only_declared(entry: dict, *, state_shapes: dict[str, list[int]], private: set[str]) -> None:
     """The rules of the module docstring, for one recorded reply."""
     assert "error" not in entry, f"the client failed: {entry.get('error')}"
+    assert not entry.get("unclaimed"), f"a slot's reply holds records of no user: {entry['unclaimed']}"
     records = entry["records"]
     kind = entry["message_type"]
     for record in records.values():
@@ -156,7 +178,7 @@ def _state_shapes(config: ModelConfig) -> dict[str, list[int]]:
 TINY = ["population=small", "population.num_users=12", "population.eval_users=4", "population.days=10",
         "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.final_eval_clients=4",
         "simulation.central_baseline_epochs=0", "train.epochs=1", "privacy=both", "privacy.target_epsilon=20",
-        "privacy.record.target_epsilon=4.75"]
+        "privacy.record.target_epsilon=4.75", "simulation.nodes=2", "simulation.users_per_message=3"]
 """User-level and record-level DP. With this population one local training costs a device at most 4.22 of record-level
 epsilon and two cost at least 5.28, so every device trains the first time it is sampled and declines after: the run
 has train replies, declines, evaluate replies and warm-up pings."""
@@ -271,6 +293,21 @@ def test_the_leak_check_would_catch_a_prompt_or_a_per_example_list(flower_task_i
     ]
     for content in leaky:
         reply = Message(content, reply_to=request)
-        entry = {"message_type": "train", **describe(reply), "bytes": message_to_proto(reply).SerializeToString()}
+        entry = {"message_type": "train", **describe(reply.content), "bytes": message_to_proto(reply).SerializeToString()}
         with pytest.raises(AssertionError):
             assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
+    # A slot's reply: each user's part is well formed, but a record outside every part would slip past them.
+    slot_request = Message(RecordDict({USERS_RECORD: users_record([2, 3])}), dst_node_id=0, message_type="train")
+    honest = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)})
+    for extra in ({}, {"debug": ConfigRecord({"n": 1})}):
+        reply = Message(RecordDict({**dict(joined_parts([honest, honest]).items()), **extra}), reply_to=slot_request)
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        accounts = per_user(slot_request, reply, context)
+        assert [user for user, _ in accounts] == [2, 3]
+        for _, account in accounts:
+            entry = {"message_type": "train", **account, "bytes": message_to_proto(reply).SerializeToString()}
+            if extra:
+                with pytest.raises(AssertionError, match="records of no user"):
+                    assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
+            else:
+                assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
