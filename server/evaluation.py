@@ -9,6 +9,9 @@ Held-out users (ids ``num_users .. num_users + eval_users - 1``) never train. Th
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +22,7 @@ from model.encoding import GENRE, KIND, Examples
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, evaluate, train_local
 from model.vocab import GENRES, KIND_INDEX
+from server.settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -84,3 +88,25 @@ def train_central(train: Examples, model_config: ModelConfig, config: LocalTrain
 def score(model: PreferenceLSTM, examples: Examples) -> dict[str, float]:
     result = evaluate(model, examples)
     return {"top1": result.top1, "nll": result.nll}
+
+
+def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples,
+              report: Callable[[str], None]) -> dict[str, float | None]:
+    """The baselines' held-out top-1, from the logs of the first ``simulation.baseline_users`` federation users
+    (users are drawn independently, so the first N are a sample); ``report`` gets a line on the central model."""
+    cap, total = settings.simulation.baseline_users, settings.population.num_users
+    pooled = federation_examples(data, range(min(cap, total) if cap else total), settings.train.max_examples)
+    mode, global_top1 = global_mode_top1(pooled.targets, held_out)
+    out: dict[str, float | None] = {
+        "global_most_popular": global_top1,
+        "user_recent_most_frequent": recent_mode_top1(held_out, mode),
+        "central_nonprivate": None,
+    }
+    epochs = settings.simulation.central_baseline_epochs
+    if epochs > 0:
+        started = time.perf_counter()
+        config = dataclasses.replace(settings.train, epochs=epochs, batch_size=64, lr=3e-3, max_examples=0)
+        central = train_central(pooled, settings.model, config, settings.seed)
+        out["central_nonprivate"] = score(central, held_out)["top1"]
+        report(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
+    return out

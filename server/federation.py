@@ -26,12 +26,13 @@ from client.instructions import (
     TrainInstructions,
     to_config_items,
 )
-from client.records import USERS_RECORD, to_array_record, users_record
+from client.records import to_array_record
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.errors import PrivacyConfigError
 from server import evaluation
+from server.addressing import Addressing
 from server.aggregation import (
     RoundSum,
     UserLevelDP,
@@ -42,14 +43,7 @@ from server.aggregation import (
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.privacy_report import privacy_report
-from server.replies import (
-    ClientUpdate,
-    Verdict,
-    evaluation_metrics,
-    judge_reply,
-    judge_slot_reply,
-    slot_evaluation_metrics,
-)
+from server.replies import ClientUpdate
 from server.report import plot_rounds, write_json
 from server.run_state import RoundOutcome, RunState
 from server.secagg import SecureAggregator, add_noise_and_step
@@ -93,6 +87,7 @@ class FederatedRun:
         self.progress = progress or Progress()
         self.data = data_instructions(settings)
         self.strategy = make_strategy(settings.strategy)
+        self.addressing = Addressing(slots=bool(settings.simulation.nodes), users_per_message=settings.simulation.users_per_message)
         self.sampling_rng = np.random.default_rng([settings.seed, 0])
         self.noise_rng = np.random.default_rng([settings.seed, 1])
         self.model = PreferenceLSTM(settings.model)
@@ -286,22 +281,6 @@ class FederatedRun:
         """N of the sampling rate: the simulated users in slot mode, otherwise the connected nodes."""
         return self.settings.population.num_users if self.settings.simulation.nodes else len(node_ids)
 
-    @staticmethod
-    def _content(shared: RecordDict, users: tuple[int, ...] | None) -> RecordDict:
-        """The round's shared records, plus the users a simulation slot should play (slot mode only)."""
-        if users is None:
-            return shared
-        return RecordDict({**dict(shared.items()), USERS_RECORD: users_record(users)})
-
-    def _jobs(self, sampled: list[tuple[int | None, int]], slots: int) -> list[tuple[int | None, tuple[int, ...]]]:
-        """Dispatcher jobs: each user's own node, or (slot mode) up to ``simulation.users_per_message`` users per
-        message, fewer when the round is too small to give each of the ``slots`` a message (so every worker works)."""
-        if not self.settings.simulation.nodes:
-            return [(node, (user,)) for node, user in sampled]
-        users = [user for _, user in sampled]
-        k = max(1, min(self.settings.simulation.users_per_message, -(-len(users) // max(slots, 1))))
-        return [(None, tuple(users[i:i + k])) for i in range(0, len(users), k)]
-
     def _plain_round(self, state: RunState, server_round: int, sampled: list[tuple[int | None, int]], slots: list[int],
                      channel: RoundChannel, dp: UserLevelDP | None) -> RoundOutcome:
         """Send, check each reply as it arrives and fold it into the round's sum; then noise and step on the server.
@@ -317,21 +296,16 @@ class FederatedRun:
         })
 
         def message(node: int, users: tuple[int, ...]) -> Message:
-            played = users if sim.nodes else None  # a slot is told which users to play; a user's own node is not
-            return Message(self._content(content, played), dst_node_id=node, message_type=MessageType.TRAIN,
+            return Message(self.addressing.content(content, users), dst_node_id=node, message_type=MessageType.TRAIN,
                            group_id=str(server_round), ttl=3 * sim.round_timeout_s)
 
         max_examples = self.settings.train.max_examples or None
-
-        def verdicts(users: tuple[int, ...], reply: Message) -> list[Verdict]:
-            if sim.nodes:
-                return judge_slot_reply(reply, len(users), state.arrays, max_examples=max_examples)
-            return [judge_reply(reply, state.arrays, max_examples=max_examples)]
-
         round_sum, counts, problems = RoundSum(state.arrays, dp), Counter[str](), []
         loss_sum = examples = 0.0
-        for users, reply in channel.dispatch(self._jobs(sampled, len(slots)), slots, message, timeout_s=sim.round_timeout_s):
-            for owner, verdict in zip(users, verdicts(users, reply)):  # owner: the user (slot mode) or its node
+        jobs = self.addressing.jobs(sampled, len(slots))
+        for users, reply in channel.dispatch(jobs, slots, message, timeout_s=sim.round_timeout_s):
+            verdicts = self.addressing.train_verdicts(users, reply, state.arrays, max_examples=max_examples)
+            for owner, verdict in zip(users, verdicts):  # owner: the user (slot mode) or its node
                 counts[verdict.kind] += 1
                 if verdict.kind in ("failed", "rejected"):
                     problems.append((owner, verdict.reason))
@@ -393,7 +367,7 @@ class FederatedRun:
         else:  # node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy
             picked = self.sampling_rng.choice(len(node_ids), size=min(sim.final_eval_clients, len(node_ids)), replace=False)
             sampled, slots = [(node_ids[i], node_ids[i]) for i in picked if node_ids[i] not in busy], []
-        jobs = self._jobs(sampled, len(slots))
+        jobs = self.addressing.jobs(sampled, len(slots))
         if not jobs:
             return {}
         content = RecordDict({
@@ -402,13 +376,12 @@ class FederatedRun:
         })
 
         def message(node: int, users: tuple[int, ...]) -> Message:
-            return Message(self._content(content, users if sim.nodes else None), dst_node_id=node,
-                           message_type=MessageType.EVALUATE)
+            return Message(self.addressing.content(content, users), dst_node_id=node, message_type=MessageType.EVALUATE)
 
         answered, checked = 0, []
         for users, reply in channel.dispatch(jobs, slots, message, timeout_s=sim.round_timeout_s):
             answered += 0 if reply.has_error() else len(users)
-            checked += slot_evaluation_metrics(reply, len(users)) if sim.nodes else [evaluation_metrics(reply)]
+            checked += self.addressing.evaluation_metrics(users, reply)
         metrics = [m for m in checked if m is not None]
         n = sum(m["num-examples"] for m in metrics)
         summary: dict = {"clients": len(metrics), "rejected": answered - len(metrics)}
@@ -417,29 +390,10 @@ class FederatedRun:
             summary["eval_nll"] = sum(m["eval-nll"] * m["num-examples"] for m in metrics) / n
         return summary
 
-    def _baselines(self, held_out: Examples) -> dict[str, float | None]:
-        cap, total = self.settings.simulation.baseline_users, self.settings.population.num_users
-        users = range(min(cap, total) if cap else total)  # users are drawn independently: the first N are a sample
-        pooled = evaluation.federation_examples(self.data, users, self.settings.train.max_examples)
-        mode, global_top1 = evaluation.global_mode_top1(pooled.targets, held_out)
-        baselines: dict[str, float | None] = {
-            "global_most_popular": global_top1,
-            "user_recent_most_frequent": evaluation.recent_mode_top1(held_out, mode),
-            "central_nonprivate": None,
-        }
-        epochs = self.settings.simulation.central_baseline_epochs
-        if epochs > 0:
-            started = time.perf_counter()
-            config = dataclasses.replace(self.settings.train, epochs=epochs, batch_size=64, lr=3e-3, max_examples=0)
-            central = evaluation.train_central(pooled, self.settings.model, config, self.settings.seed)
-            baselines["central_nonprivate"] = evaluation.score(central, held_out)["top1"]
-            self.progress.line(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
-        return baselines
-
     def _finish(self, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples | None, seconds: float) -> dict:
         final_scores = self._score(state.arrays, held_out)
         federated = self._federated_evaluation(state, node_ids, channel)
-        baselines = self._baselines(held_out) if held_out is not None else {}
+        baselines = evaluation.baselines(self.settings, self.data, held_out, self.progress.line) if held_out is not None else {}
         metrics = {
             "rounds": state.rounds,
             "initial": {"round": state.rounds[0]["round"] - 1 if state.rounds else state.round,

@@ -1,7 +1,6 @@
 """A tiny real federated run in Flower's simulation engine (Ray), end to end, with resume and the budget stop."""
 
 import json
-import os
 
 import pytest
 from opacus.accountants import RDPAccountant
@@ -100,18 +99,3 @@ def test_node_slots_play_the_users_the_server_samples(compose_config, tmp_path, 
     federated = metrics["final"]["federated_eval"]  # the slots also score final_eval_clients users, each on its own
     assert federated["clients"] == 4 and federated["rejected"] == 0 and 0.0 <= federated["eval_top1"] <= 1.0
 
-
-def test_slot_messages_carry_up_to_users_per_message_users_and_every_slot_gets_one(compose_config, tmp_path):
-    from server.federation import FederatedRun, Progress
-
-    def run(*overrides: str) -> FederatedRun:
-        with open(os.devnull, "w") as quiet:
-            return FederatedRun(settings_from_config(compose_config(*TINY, *overrides)), tmp_path, progress=Progress(quiet))
-
-    slots = run("simulation.nodes=4", "simulation.users_per_message=5")
-    sampled: list[tuple[int | None, int]] = [(None, u) for u in range(16)]
-    assert [len(users) for _, users in slots._jobs(sampled, 2)] == [5, 5, 5, 1]
-    assert [len(users) for _, users in slots._jobs(sampled, 4)] == [4, 4, 4, 4]  # fewer, so that all four slots work
-    assert [u for _, users in slots._jobs(sampled, 2) for u in users] == list(range(16))
-    own_nodes = run("simulation.nodes=0", "simulation.users_per_message=5")
-    assert own_nodes._jobs([(7, 7), (9, 9)], 0) == [(7, (7,)), (9, (9,))]  # a node of its own is one user
