@@ -41,17 +41,16 @@ def _arrays(msg: Message) -> dict[str, np.ndarray]:
     return from_array_record(msg.content["arrays"])
 
 
-def _node_configs(msg: Message, context: Context) -> list[dict]:
-    """One node config per user this message is for: the node's own, or each user a simulation slot is told to play."""
-    users = slot_users(msg.content)
+def _node_configs(users: list[int] | None, context: Context) -> list[dict]:
+    """One node config per user a message is for: the node's own (``users`` None), or each user a slot plays."""
     if users is None:
         return [dict(context.node_config)]
     return [{**context.node_config, PARTITION_ID: user} for user in users]
 
 
-def _reply(msg: Message, parts: list[RecordDict]) -> Message:
+def _reply(msg: Message, users: list[int] | None, parts: list[RecordDict]) -> Message:
     """A device's reply is its one user's records; a slot joins its users' under their positions."""
-    return Message(parts[0] if slot_users(msg.content) is None else joined_parts(parts), reply_to=msg)
+    return Message(parts[0] if users is None else joined_parts(parts), reply_to=msg)
 
 
 def _train_one(global_arrays: dict[str, np.ndarray], instructions: TrainInstructions, node_config: dict) -> RecordDict:
@@ -71,18 +70,18 @@ def _train_one(global_arrays: dict[str, np.ndarray], instructions: TrainInstruct
 def train(msg: Message, context: Context) -> Message:
     if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
         return secagg_app(msg, context)
-    instructions, global_arrays = _instructions(msg), _arrays(msg)
-    return _reply(msg, [_train_one(global_arrays, instructions, config) for config in _node_configs(msg, context)])
+    instructions, global_arrays, users = _instructions(msg), _arrays(msg), slot_users(msg.content)
+    return _reply(msg, users, [_train_one(global_arrays, instructions, config) for config in _node_configs(users, context)])
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    instructions, global_arrays = _instructions(msg), _arrays(msg)
+    instructions, global_arrays, users = _instructions(msg), _arrays(msg), slot_users(msg.content)
     parts = []
-    for config in _node_configs(msg, context):
+    for config in _node_configs(users, context):
         data = device_data(instructions.data, config, instructions.device_dir)
         parts.append(RecordDict({"metrics": MetricRecord(local_evaluation(global_arrays, instructions.model, data.held_out))}))
-    return _reply(msg, parts)
+    return _reply(msg, users, parts)
 
 
 @app.query("ping")

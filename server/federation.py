@@ -175,7 +175,7 @@ class FederatedRun:
         mode = "secure aggregation (SecAgg+)" if self.secure is not None else "plain aggregation"
         nodes = f"{len(node_ids)} nodes connected"
         if sim.nodes:
-            nodes = f"{len(node_ids)} node slots connected, {sim.users_per_message} sampled user(s) per message"
+            nodes = f"{len(node_ids)} node slots connected, up to {sim.users_per_message} sampled user(s) per message"
         self.progress.line(f"{nodes}; {mode}; outputs in {self.output_dir}")
         self.initial_scores = self._score(state.arrays, held_out)
         if held_out is not None:

@@ -53,17 +53,6 @@ class RoundChannel:
                 self._in_flight.pop(message_id)
         return {node for node, _ in self._in_flight.values()}
 
-    def send_and_collect(
-        self,
-        messages: Sequence[Message],
-        *,
-        timeout_s: float,
-        on_reply: Callable[[int, int], None] | None = None,
-    ) -> list[Message]:
-        """Push ``messages``; return the replies that arrive within ``timeout_s`` (``on_reply(done, total)``)."""
-        jobs = [(msg.metadata.dst_node_id, msg) for msg in messages]
-        return [reply for _, reply in self.dispatch(jobs, [], lambda node, msg: msg, timeout_s=timeout_s, on_reply=on_reply)]
-
     def dispatch(
         self,
         jobs: Sequence[tuple[int | None, T]],
@@ -71,7 +60,6 @@ class RoundChannel:
         build: Callable[[int, T], Message],
         *,
         timeout_s: float,
-        on_reply: Callable[[int, int], None] | None = None,
     ) -> Iterator[tuple[T, Message]]:
         """Send every job and yield (job, reply) as replies arrive, until all replied or ``timeout_s`` passed.
 
@@ -84,7 +72,6 @@ class RoundChannel:
             return
         pending, free = list(reversed(jobs)), list(slots)
         waiting: dict[str, tuple[int, T]] = {}  # message id -> (node, job)
-        done, total = 0, len(jobs)
         deadline = time.monotonic() + timeout_s
         while (pending or waiting) and time.monotonic() < deadline:
             batch = []
@@ -101,10 +88,7 @@ class RoundChannel:
                 node, job = waiting.pop(reply.metadata.reply_to_message_id)
                 if pending and pending[-1][0] is None:
                     free.append(node)
-                done += 1
                 yield job, reply
-            if on_reply is not None:
-                on_reply(done, total)
             if not replies and waiting:
                 time.sleep(POLL_S)
         expiry = time.monotonic() - timeout_s + self.ttl_s

@@ -74,10 +74,10 @@ def test_no_free_slot_returns_at_once_instead_of_waiting_for_the_timeout(flower_
     assert list(channel.dispatch([(None, 1), (None, 2)], [], _build, timeout_s=3600)) == []
 
 
-def test_stream_sends_each_message_to_its_own_node(flower_task_identity):
+def test_a_job_with_its_own_node_goes_to_that_node(flower_task_identity):
     grid = PollingGrid({5: 1, 6: 0})
     channel = RoundChannel(grid, ttl_s=60)
-    replies = channel.send_and_collect([_build(5, 50), _build(6, 60)], timeout_s=30)
+    replies = [reply for _, reply in channel.dispatch([(5, 50), (6, 60)], [], _build, timeout_s=30)]
     assert sorted((r.metadata.src_node_id, r.content["echo"]["job"]) for r in replies) == [(5, 50), (6, 60)]
 
 
