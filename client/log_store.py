@@ -20,11 +20,11 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal, Self
 
@@ -37,13 +37,18 @@ from client.log_store_file import (
     sqlite_errors,
     undecodable,
 )
-from model.event_log import MAX_LINE_BYTES, LoadReport, bounded_lines, parse_lines
+from model.event_log import MAX_LINE_BYTES, LoadReport, parse_lines
 from model.event_parsing import EventError, event_to_json_line, parse_event
 from model.events import Event
+from model.log_file import open_log_lines
+from model.time_rules import Moment, moment_of, time_error
 from model.vocab import EVENT_KINDS, GENRES
 
-__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "SCHEMA_VERSION", "ImportReport", "LogStore", "LogStoreError",
-           "log_stats"]
+__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "PROGRESS_LINES", "SCHEMA_VERSION", "ImportReport", "LogStore",
+           "LogStoreError", "log_stats"]
+
+PROGRESS_LINES = 50_000
+"""An import calls its ``progress`` callback after every this many lines read."""
 
 _INSERT = "INSERT INTO events (ts, utc_offset_min, kind, json_line) VALUES (?, ?, ?, ?)"
 
@@ -53,16 +58,18 @@ class ImportReport:
     """What ``LogStore.import_jsonl`` did.
 
     Attributes:
-        events: valid events found; all of them were stored unless ``stored`` is False.
+        events: new valid events; all of them were stored unless ``stored`` is False.
         errors: one ``EventError`` per rejected line, in line order, with ``line`` and ``source`` set.
         lines_read: physical lines in the file, blank ones included.
         stored: False for a dry run.
+        already_present: valid lines whose event the store already holds (a log imported again, or grown).
     """
 
     events: int
     errors: list[EventError]
     lines_read: int
     stored: bool
+    already_present: int = 0
 
     @property
     def skipped(self) -> int:
@@ -70,17 +77,14 @@ class ImportReport:
         return len(self.errors)
 
     def summary(self) -> str:
-        """E.g. "imported 41 events, skipped 1 line" (or "would import ..." for a dry run)."""
+        """E.g. "imported 41 events, 3 already present, skipped 1 line" ("would import ..." for a dry run)."""
         verb = "imported" if self.stored else "would import"
-        return f"{verb} {_plural(self.events, 'event')}, skipped {_plural(self.skipped, 'line')}"
+        present = f", {self.already_present} already present" if self.already_present else ""
+        return f"{verb} {_plural(self.events, 'event')}{present}, skipped {_plural(self.skipped, 'line')}"
 
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _local_iso(ts: float, utc_offset_min: int) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone(timedelta(minutes=utc_offset_min))).isoformat()
 
 
 def _canonical(event: Event) -> tuple[Event, str]:
@@ -92,14 +96,6 @@ def _canonical(event: Event) -> tuple[Event, str]:
     if size > MAX_LINE_BYTES:
         raise EventError(f"the event's line would be {size} bytes; the limit is {MAX_LINE_BYTES}.", value=line)
     return parse_event(json.loads(line)), line  # a sub-microsecond ts reads back rounded: store that value
-
-
-def _backwards(event: Event, previous: tuple[float, int] | None, where: str) -> EventError | None:
-    """An error if ``event`` is earlier than ``previous`` (ts, utc_offset_min); an equal time is fine."""
-    if previous is None or event.ts >= previous[0]:
-        return None
-    return EventError(f"time must not go backwards; {where} is at {_local_iso(*previous)}.", field="time",
-                      value=event.local_time.isoformat())
 
 
 class LogStore:
@@ -143,7 +139,7 @@ class LogStore:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def _last(self) -> tuple[float, int] | None:
+    def _last(self) -> Moment | None:
         return self._conn.execute("SELECT ts, utc_offset_min FROM events ORDER BY id DESC LIMIT 1").fetchone()
 
     def append(self, event: Event) -> Event:
@@ -155,7 +151,7 @@ class LogStore:
         """
         stored, line = _canonical(event)
         with self._transaction() as conn:
-            error = _backwards(stored, self._last(), "the store's last event")
+            error = time_error(stored, self._last(), "the store's last event")
             if error is not None:
                 raise error
             conn.execute(_INSERT, (stored.ts, stored.utc_offset_min, stored.kind, line))
@@ -176,10 +172,10 @@ class LogStore:
         with self._transaction() as conn:
             previous, where = self._last(), "the store's last event"
             for i, (stored, _) in enumerate(rows, start=1):
-                error = _backwards(stored, previous, where)
+                error = time_error(stored, previous, where)
                 if error is not None:
                     raise error.with_location(source=f"event {i} of the batch")
-                previous, where = (stored.ts, stored.utc_offset_min), f"event {i} of the batch"
+                previous, where = moment_of(stored), f"event {i} of the batch"
             conn.executemany(_INSERT, [(e.ts, e.utc_offset_min, e.kind, line) for e, line in rows])
         return [stored for stored, _ in rows]
 
@@ -230,63 +226,93 @@ class LogStore:
         report = self.read()
         return log_stats(report.events) | {"unreadable_rows": report.skipped}
 
-    def import_jsonl(self, path: str | os.PathLike[str], *, on_error: Literal["skip", "raise"] = "skip",
-                     dry_run: bool = False) -> ImportReport:
-        """Validate a JSON Lines log and append its good events in one transaction.
+    def drop_after(self, ts: float, *, dry_run: bool = False) -> int:
+        """Delete every event later than ``ts`` (UTC seconds); return how many there were (deleted unless dry run).
 
-        A line is rejected if ``model.event_log.parse_lines`` rejects it, if its event is earlier than the previous
-        accepted event (the store's last event, for the first line accepted), or if it repeats an event stored at
-        the store's last time (a file imported twice). Lines are read with ``MAX_LINE_BYTES`` as limit and parsed
-        before the write lock is taken, so importing a long file does not block the app's appends.
+        The one repair of an append-only log: an event from a device clock set years ahead makes every later
+        event "earlier than the store's last event", so no import or append could succeed again.
+        """
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise ValueError(f"ts must be a finite number of UTC seconds. Found {ts!r}.")
+        with self._transaction(write=not dry_run) as conn:
+            count = conn.execute("SELECT COUNT(*) FROM events WHERE ts > ?", (ts,)).fetchone()[0]
+            if not dry_run:
+                conn.execute("DELETE FROM events WHERE ts > ?", (ts,))
+        return count
+
+    def import_jsonl(self, path: str | os.PathLike[str], *, on_error: Literal["skip", "raise"] = "skip",
+                     dry_run: bool = False, now: float | None = None,
+                     progress: Callable[[int], None] | None = None) -> ImportReport:
+        """Validate a JSON Lines log and append its new events in one transaction; importing is idempotent.
+
+        A line whose event the store already holds (same time and content, up to the store's last event) is counted
+        in ``already_present``, not stored again, so importing a log twice, or again after it grew, appends only the
+        new lines. Any other line is rejected if ``model.event_log.parse_lines`` rejects it (an event more than
+        ``model.time_rules.FUTURE_TOLERANCE_S`` after ``now`` included), or if it is earlier than the previous
+        accepted event (the store's last event, for the first). Lines are read with ``MAX_LINE_BYTES`` as limit and
+        parsed before the write lock is taken, so importing a long file does not block the app's appends.
 
         Args:
-            path: the JSON Lines file.
+            path: the JSON Lines file (UTF-8; a leading byte order mark is skipped).
             on_error: "skip" stores the good lines and reports the bad ones; "raise" stores nothing if any is bad.
             dry_run: check everything, including against the store's last event, but store nothing.
+            now: the time of reading in UTC seconds; the current time if None.
+            progress: called with the number of lines read after every ``PROGRESS_LINES`` lines.
 
         Raises:
             EventError: in "raise" mode, for the first bad line (lowest line number), with ``line`` and ``source``.
+            LogFileError: if the file is UTF-16/UTF-32 or its lines end in CR alone; nothing is stored.
             OSError: if the file cannot be read.
         """
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise'. Found {on_error!r}.")
-        parsed, errors, lines_read = _parse_file(path)
+        parsed, errors, lines_read = _parse_file(path, time.time() if now is None else now, progress)
         if errors and on_error == "raise":
             raise errors[0]
         with self._transaction(write=not dry_run) as conn:
             last = self._last()
-            at_last = [] if last is None else conn.execute("SELECT json_line FROM events WHERE ts = ?", last[:1])
-            accepted, late = _in_time_order(parsed, last, Counter(line for line, in at_last), str(path))
+            stored = self._lines_up_to(last, parsed)
+            accepted, present, late = _new_in_time_order(parsed, last, stored, str(path))
             errors = sorted(errors + late, key=lambda exc: exc.line)
             if errors and on_error == "raise":
                 raise errors[0]
             if not dry_run:
                 conn.executemany(_INSERT, [(e.ts, e.utc_offset_min, e.kind, line) for e, line in accepted])
-        return ImportReport(events=len(accepted), errors=errors, lines_read=lines_read, stored=not dry_run)
+        return ImportReport(events=len(accepted), errors=errors, lines_read=lines_read, stored=not dry_run,
+                            already_present=present)
+
+    def _lines_up_to(self, last: Moment | None, parsed: list[tuple[int, Event, str]]) -> Counter[str]:
+        """The stored lines an import of ``parsed`` may repeat: those from its earliest event to the last one."""
+        earliest = min((event.ts for _, event, _ in parsed), default=None)
+        if last is None or earliest is None or earliest > last[0]:
+            return Counter()
+        rows = self._conn.execute("SELECT json_line FROM events WHERE ts >= ?", (earliest,))
+        return Counter(line for line, in rows)
 
 
-def _in_time_order(parsed: list[tuple[int, Event, str]], last: tuple[float, int] | None, stored_at_last: Counter[str],
-                   source: str) -> tuple[list[tuple[Event, str]], list[EventError]]:
-    """Split parsed lines into those that keep time order after the store's ``last`` event, and errors.
+def _new_in_time_order(parsed: list[tuple[int, Event, str]], last: Moment | None, stored: Counter[str],
+                       source: str) -> tuple[list[tuple[Event, str]], int, list[EventError]]:
+    """Split parsed lines into new events that keep time order after the store's ``last``, already stored, errors.
 
-    A line equal to one already stored at ``last``'s time (``stored_at_last`` counts them) is a duplicate, so
-    importing the same file twice stores its last events once.
+    A line no later than ``last`` that equals a stored line (``stored`` counts them, and each is used up once) is
+    already present; this also keeps repeated identical events of a file apart.
     """
     accepted: list[tuple[Event, str]] = []
     errors: list[EventError] = []
+    present = 0
     previous, where = last, "the store's last event"
     for number, event, line in parsed:
-        error = _backwards(event, previous, where)
-        if error is None and stored_at_last[line]:
-            stored_at_last[line] -= 1
-            error = EventError("this event (same time and content) is already in the store; was the file "
-                               "imported before?")
+        if last is not None and event.ts <= last[0] and stored[line]:
+            stored[line] -= 1
+            present += 1
+            continue
+        error = time_error(event, previous, where)
         if error is not None:
             errors.append(error.with_location(line=number, source=source))
             continue
         accepted.append((event, line))
-        previous, where = (event.ts, event.utc_offset_min), f"the event on line {number}"
-    return accepted, errors
+        previous, where = moment_of(event), f"the event on line {number}"
+    return accepted, present, errors
 
 
 def _row_event(ts: object, kind: object, line: object) -> Event:
@@ -308,20 +334,23 @@ def _row_event(ts: object, kind: object, line: object) -> Event:
     return event
 
 
-def _parse_file(path: str | os.PathLike[str]) -> tuple[list[tuple[int, Event, str]], list[EventError], int]:
+def _parse_file(path: str | os.PathLike[str], now: float, progress: Callable[[int], None] | None,
+                ) -> tuple[list[tuple[int, Event, str]], list[EventError], int]:
     """Each line checked alone by ``parse_lines``: ([(line number, event, canonical line)], errors, lines read)."""
     parsed: list[tuple[int, Event, str]] = []
     errors: list[EventError] = []
     number = 0
-    with open(path, "rb") as stream:
-        for number, raw in enumerate(bounded_lines(stream, MAX_LINE_BYTES), start=1):
-            report = parse_lines([raw], source=str(path), on_error="skip")  # one line: order is checked later
+    with open_log_lines(path, MAX_LINE_BYTES) as lines:
+        for number, raw in enumerate(lines, start=1):
+            report = parse_lines([raw], source=str(path), on_error="skip", now=now)  # order is checked later
             errors.extend(exc.with_location(line=number) for exc in report.errors)
             for event in report.events:
                 try:
                     parsed.append((number, *_canonical(event)))
                 except EventError as exc:  # canonical line over the limit, e.g. ".1Z" written as ".100000+00:00"
                     errors.append(exc.with_location(line=number, source=str(path)))
+            if progress is not None and number % PROGRESS_LINES == 0:
+                progress(number)
     return parsed, errors, number
 
 

@@ -47,7 +47,9 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         raise LogStoreError(f"{path} is a directory; a log store is one SQLite file, e.g. {path / 'events.db'}.")
     if path.exists() and not path.is_file():
         raise LogStoreError(f"{path} is not a regular file (a device, pipe or socket); a log store is one SQLite file.")
-    if not path.exists():
+    if path.exists():
+        _make_private(path, required=create)
+    else:
         if not create:
             raise LogStoreError(f"{path}: no log store there (no such file).")
         try:
@@ -67,6 +69,25 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _make_private(path: Path, *, required: bool) -> None:
+    """Give the store (and its WAL and shared-memory files) mode 0600: it holds the user's behaviour.
+
+    A store created by an older version, copied, or made by hand may be readable by others. When only reading
+    (``required`` False) a store one cannot chmod (another user's, a read-only disk) is still read.
+    """
+    for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = part.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(part, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if required:
+                raise LogStoreError(f"{part} is readable by other users (mode {mode:o}) and cannot be made private "
+                                    f"({exc.strerror}); run chmod 600 on it.") from None
 
 
 def _decode_text(data: bytes) -> str:
@@ -137,6 +158,12 @@ def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
         newer = "a newer version of this software" if version > SCHEMA_VERSION else "an unsupported older version"
         raise LogStoreError(f"{path} has log store schema version {version}, written by {newer}; this version reads "
                             f"schema {SCHEMA_VERSION} only. It was left unchanged.")
+    with sqlite_errors(path):
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise LogStoreError(f"{path} is damaged: SQLite's integrity check (quick_check) says {'; '.join(problems)}. "
+                            "It was left unchanged. Restore the file from a backup, or salvage its readable rows into "
+                            f"a new store: sqlite3 {path} .recover | sqlite3 {path}.recovered")
     with sqlite_errors(path):
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute("PRAGMA synchronous = FULL")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from model.event_parsing import EventError, event_to_json_line, parse_event
 from model.events import Event
+from model.log_file import open_log_lines
+from model.time_rules import Moment, moment_of, time_error
 
 MAX_LINE_BYTES = 8192
 """Longest accepted line in UTF-8 bytes, without its newline. Room for a 2000-character prompt even of 4-byte
@@ -24,7 +27,6 @@ characters (emoji); ``write_events`` refuses to write a longer line (a prompt fu
 characters)."""
 
 OnError = Literal["raise", "skip"]
-_DISCARD_CHUNK = 65536
 _JSON_WHITESPACE = b" \t\r\n"
 _BLANK = object()  # what _decode_line returns for a blank line (``None`` is the valid JSON value null)
 
@@ -78,23 +80,28 @@ def _decode_line(raw: bytes | str, max_line_bytes: int) -> object:
     except UnicodeDecodeError as exc:
         raise EventError(f"line must be valid UTF-8 ({exc.reason} at byte {exc.start}).", value=data) from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except EventError:
+        raise
     except json.JSONDecodeError as exc:
         raise EventError(f"line must be valid JSON ({exc.msg} at column {exc.colno}).", value=text) from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits, or [[[[... nested too deep
         raise EventError(f"line must be valid JSON within Python's limits ({exc}).", value=text) from None
 
 
-def _order_error(event: Event, previous: Event | None, time_text: object) -> EventError | None:
-    """An error (showing ``time_text``) if ``event`` is earlier than the previously accepted one; equal is fine."""
-    if previous is None or event.ts >= previous.ts:
-        return None
-    return EventError(f"time must not go backwards; the previous event is at {previous.local_time.isoformat()}.",
-                      field="time", value=time_text)
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object as a dict, refusing a repeated key: ``json.loads`` would keep the last value silently."""
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise EventError("a key must appear only once in an event; this one appears more than once (which value "
+                             "was meant is unknown, so the line is refused).", field=key, value=value)
+        obj[key] = value
+    return obj
 
 
 def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_error: OnError = "raise",
-                max_line_bytes: int = MAX_LINE_BYTES) -> LoadReport:
+                max_line_bytes: int = MAX_LINE_BYTES, now: float | None = None) -> LoadReport:
     """Validate JSON Lines from any iterable (a file, a list, rows of a database), one event per line.
 
     Blank or whitespace-only lines are skipped silently (they are not errors), since editors and ``cat`` often leave
@@ -105,6 +112,8 @@ def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_err
         source: name shown in errors, e.g. the file name.
         on_error: "raise" stops at the first bad line; "skip" records it in ``errors`` and continues.
         max_line_bytes: longer lines are rejected without being decoded.
+        now: the reading time (UTC seconds): an event more than ``model.time_rules.FUTURE_TOLERANCE_S`` after it is
+            rejected on its own line. None skips that rule.
 
     Returns:
         The report of accepted events and skipped lines.
@@ -115,7 +124,7 @@ def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_err
     """
     _check_options(on_error, max_line_bytes)
     report = LoadReport(events=[], errors=[], lines_read=0)
-    previous: Event | None = None
+    previous: Moment | None = None
     for number, raw in enumerate(lines, start=1):
         report.lines_read = number
         try:
@@ -123,7 +132,7 @@ def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_err
             if obj is _BLANK:
                 continue
             event = parse_event(obj)
-            error = _order_error(event, previous, obj["time"])
+            error = time_error(event, previous, "the previous event", now=now, shown=obj["time"])
             if error is not None:
                 raise error
         except EventError as exc:
@@ -133,37 +142,32 @@ def parse_lines(lines: Iterable[bytes | str], *, source: str = "<input>", on_err
             report.errors.append(located)
             continue
         report.events.append(event)
-        previous = event
+        previous = moment_of(event)
     return report
 
 
-def bounded_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[bytes]:
-    """Yield each line, at most ``max_line_bytes + 1`` bytes of it; the rest of a longer line is read and dropped."""
-    while line := stream.readline(max_line_bytes + 1):
-        if len(line) > max_line_bytes and not line.endswith(b"\n"):
-            while (rest := stream.readline(_DISCARD_CHUNK)) and not rest.endswith(b"\n"):
-                pass
-        yield line
-
-
 def load_events(path: str | os.PathLike[str], *, on_error: OnError = "raise",
-                max_line_bytes: int = MAX_LINE_BYTES) -> LoadReport:
+                max_line_bytes: int = MAX_LINE_BYTES, now: float | None = None) -> LoadReport:
     """Load a behaviour log written in JSON Lines; see ``parse_lines`` for the rules and the two error modes.
+
+    A leading UTF-8 byte order mark is skipped. Events far in the future are refused against ``now``, the current
+    time unless given.
 
     Raises:
         EventError: in "raise" mode, for the first bad line, with the line number and file name.
+        LogFileError: if the file is UTF-16/UTF-32 or its lines end in CR alone (before any line is read).
         OSError: if the file cannot be read.
     """
     _check_options(on_error, max_line_bytes)
-    with open(path, "rb") as stream:
-        return parse_lines(bounded_lines(stream, max_line_bytes), source=str(path), on_error=on_error,
-                           max_line_bytes=max_line_bytes)
+    with open_log_lines(path, max_line_bytes) as lines:
+        return parse_lines(lines, source=str(path), on_error=on_error, max_line_bytes=max_line_bytes,
+                           now=time.time() if now is None else now)
 
 
-def _checked_line(event: Event, previous: Event | None) -> str:
+def _checked_line(event: Event, previous: Moment | None) -> str:
     """The JSON line for ``event`` if it would load back after ``previous``; raises EventError without location."""
     line = event_to_json_line(event)
-    error = _order_error(event, previous, event.local_time.isoformat())
+    error = time_error(event, previous, "the previous event")
     if error is not None:
         raise error
     size = len(line.encode("utf-8"))
@@ -177,7 +181,8 @@ def write_events(path: str | os.PathLike[str], events: Iterable[Event]) -> int:
 
     The lines go to a temporary file in the same directory, which is flushed to disk and then renamed over ``path``
     (``os.replace``), so readers see the old log or the new one, never half of one. Each event is checked by the
-    loader's rules (``parse_event``, time order, ``MAX_LINE_BYTES``), so every file written here loads back; on any
+    loader's rules (``parse_event``, time order, ``MAX_LINE_BYTES``), so every file written here loads back (but
+    for events more than ``FUTURE_TOLERANCE_S`` after the time of loading: a synthetic log may lie in the future); on any
     error ``path`` is left untouched. The file ends up readable by its owner only (0600, from ``mkstemp``), as a
     log holds the user's private prompts.
 
@@ -194,7 +199,7 @@ def write_events(path: str | os.PathLike[str], events: Iterable[Event]) -> int:
                     out.write(_checked_line(event, previous) + "\n")
                 except EventError as exc:
                     raise exc.with_location(line=count, source=str(path)) from None
-                previous = event
+                previous = moment_of(event)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, target)

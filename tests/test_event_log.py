@@ -6,13 +6,16 @@ import json
 import os
 import stat
 import tracemalloc
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from model.event_log import MAX_LINE_BYTES, LoadReport, load_events, parse_lines, write_events
+from model.log_file import LogFileError
 from model.event_parsing import MAX_PROMPT_CHARS, MISSING, EventError, parse_event
 from model.events import Event
+from model.time_rules import FUTURE_TOLERANCE_S
 from model.vocab import EVENT_KINDS
 
 LINES = [  # one event per kind, in time order
@@ -269,3 +272,76 @@ def test_written_log_is_readable_by_its_owner_only(tmp_path):
     path = tmp_path / "log.jsonl"
     write_events(path, [parse_event(json.loads(LINES[0]))])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# --- issue 16: duplicate keys, far-future times, BOMs, line ends and encodings -------------------------------------
+
+def test_a_duplicate_key_is_a_skipped_line_naming_the_key_never_last_one_wins(tmp_path):
+    dup = '{"time": "2026-11-02T21:14:06+01:00", "kind": "bpm_set", "bpm": 500, "bpm": 96, "direction": "up"}'
+    path = _write_bytes(tmp_path, LINES[1], dup, LINES[2])
+    report = load_events(path, on_error="skip")
+    assert [e.line for e in report.errors] == [2] and len(report.events) == 2
+    assert report.errors[0].field == "bpm" and "appears more than once" in report.errors[0].rule
+    assert all(e.kind != "bpm_set" for e in report.events)
+
+
+def test_a_duplicate_key_in_a_nested_object_is_also_refused():
+    report = parse_lines(['{"time": "2026-11-02T21:14:06Z", "kind": "style_chosen", "genre": {"a": 1, "a": 2}}'],
+                         on_error="skip")
+    assert report.skipped == 1 and report.errors[0].field == "a"
+
+
+NOW = 1_796_000_000.0  # 2026-11-30T00:53:20Z, a fixed "now" for the future rule
+
+
+def test_an_event_beyond_the_future_tolerance_is_rejected_alone_and_later_lines_are_kept():
+    lines = [_line_at("2026-11-02T10:00:00Z"), _line_at("2099-01-01T00:00:00Z"), _line_at("2026-11-02T10:00:01Z"),
+             _line_at("2026-11-03T10:00:00Z")]
+    report = parse_lines(lines, on_error="skip", now=NOW)
+    assert len(report.events) == 3 and [(e.line, e.field) for e in report.errors] == [(2, "time")]
+    assert f"{FUTURE_TOLERANCE_S / 3600:g} hours" in report.errors[0].rule
+    assert "clock" in report.errors[0].rule
+
+
+def test_an_event_within_the_tolerance_is_accepted_and_one_past_it_is_not():
+    edge = datetime.fromtimestamp(NOW + FUTURE_TOLERANCE_S, tz=timezone.utc).isoformat()
+    past_edge = datetime.fromtimestamp(NOW + FUTURE_TOLERANCE_S + 1, tz=timezone.utc).isoformat()
+    assert parse_lines([_line_at(edge)], now=NOW).skipped == 0
+    assert parse_lines([_line_at(past_edge)], now=NOW, on_error="skip").skipped == 1
+
+
+def test_load_events_checks_the_future_against_the_current_time(tmp_path):
+    path = _write_bytes(tmp_path, _line_at("2099-01-01T00:00:00Z"))
+    assert load_events(path, on_error="skip").skipped == 1
+
+
+def test_a_utf8_bom_is_accepted_and_the_first_event_kept(tmp_path):
+    path = _write_bytes(tmp_path, b"\xef\xbb\xbf" + LINES[0].encode(), LINES[1])
+    report = load_events(path)
+    assert (len(report.events), report.skipped) == (2, 0)
+
+
+def test_a_bom_after_the_first_line_is_still_an_error():
+    assert parse_lines([LINES[0], "\ufeff" + LINES[1]], on_error="skip").skipped == 1
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ("\n".join(LINES[:3]).encode("utf-16"), "UTF-16"),
+    ("\n".join(LINES[:3]).encode("utf-16-le"), "UTF-16"),
+    ("\n".join(LINES[:3]).encode("utf-16-be"), "UTF-16"),
+    ("\n".join(LINES[:3]).encode("utf-32"), "UTF-32"),
+    ("\r".join(LINES[:3]).encode() + b"\r", "CR"),
+])
+def test_a_utf16_or_cr_only_file_is_refused_at_once_in_one_message(tmp_path, data, words):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(LogFileError) as caught:
+        load_events(path, on_error="skip")
+    message = str(caught.value)
+    assert words in message and str(path) in message and "\n" not in message
+
+
+def test_crlf_files_and_a_stray_cr_inside_json_whitespace_still_load(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes("\r\n".join(LINES).encode() + b"\r\n")
+    assert len(load_events(path).events) == len(LINES)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from client.log_store import APPLICATION_ID, SCHEMA_VERSION, LogStore, LogStoreError
+from client.log_store import APPLICATION_ID, PROGRESS_LINES, SCHEMA_VERSION, LogStore, LogStoreError
+from model.log_file import LogFileError
 from model.event_parsing import EventError
 from model.events import Event
 from model.vocab import EVENT_KINDS, GENRES
@@ -251,14 +252,110 @@ def test_import_rejects_a_line_earlier_than_the_previous_line(db, tmp_path):
         assert store.count() == 3
 
 
-def test_importing_the_same_file_twice_stores_it_once(db, tmp_path):
+def test_importing_the_same_file_twice_stores_it_once_and_counts_it_already_present(db, tmp_path):
     log = _write_log(tmp_path, *GOOD, GOOD[3])  # the last event twice, at the same time
     with LogStore.open(db) as store:
         assert store.import_jsonl(log).events == 5
         again = store.import_jsonl(log)
-        assert again.events == 0 and [e.line for e in again.errors] == [1, 2, 3, 4, 5]
-        assert "already in the store" in again.errors[-1].rule
+        assert (again.events, again.already_present, again.errors) == (0, 5, [])
+        assert again.summary() == "imported 0 events, 5 already present, skipped 0 lines"
         assert store.count() == 5
+
+
+def test_importing_a_grown_log_appends_only_the_new_lines(db, tmp_path):
+    with LogStore.open(db) as store:
+        store.import_jsonl(_write_log(tmp_path, *GOOD[:2]))
+        grown = store.import_jsonl(_write_log(tmp_path, *GOOD))
+        assert (grown.events, grown.already_present, grown.errors) == (2, 2, [])
+        assert [e.genre for e in store.events()] == ["pop", "jazz", "rock", "folk"]
+
+
+def test_a_reimported_line_that_is_not_in_the_store_is_still_too_old(db, tmp_path):
+    with LogStore.open(db) as store:
+        store.import_jsonl(_write_log(tmp_path, GOOD[0], GOOD[2]))
+        report = store.import_jsonl(_write_log(tmp_path, GOOD[0], GOOD[1], GOOD[2], GOOD[3]))
+        assert (report.events, report.already_present, [e.line for e in report.errors]) == (1, 2, [2])
+        assert "must not go backwards" in report.errors[0].rule
+
+
+# --- issue 16: far-future events, repair, integrity, encodings, file modes ----------------------------------------
+
+FAR = _line("2099-01-01T00:00:00+00:00", "rock")
+
+
+def test_a_far_future_line_is_rejected_alone_and_never_blocks_later_imports(db, tmp_path):
+    with LogStore.open(db) as store:
+        report = store.import_jsonl(_write_log(tmp_path, GOOD[0], FAR, *GOOD[1:]))
+        assert (report.events, [e.line for e in report.errors]) == (4, [2])
+        assert "hours after the time of reading" in report.errors[0].rule
+        later = store.import_jsonl(_write_log(tmp_path, _line("2026-11-03T08:00:00+01:00", "rnb"), name="b.jsonl"))
+        assert (later.events, later.errors) == (1, [])
+
+
+def test_drop_after_removes_the_events_later_than_a_time_so_imports_work_again(db, tmp_path):
+    with LogStore.open(db) as store:
+        store.append_many([kept(T0, "pop"), kept(T0 + 60, "jazz"), kept(4_070_908_800.0, "rock")])  # 2099
+        assert store.import_jsonl(_write_log(tmp_path, _line("2026-11-03T08:00:00+01:00"))).events == 0
+        assert store.drop_after(T0 + 60, dry_run=True) == 1 and store.count() == 3
+        assert store.drop_after(T0 + 60) == 1
+        assert [e.genre for e in store.events()] == ["pop", "jazz"]
+        assert store.import_jsonl(_write_log(tmp_path, _line("2026-11-03T08:00:00+01:00"))).events == 1
+
+
+def _corrupt_index_page(db: Path) -> None:
+    """Overwrite the page of the ts index with garbage, as a bad disk sector would; the table stays readable."""
+    page_size, root = _raw(db, "PRAGMA page_size")[0][0], _raw(db, "SELECT rootpage FROM sqlite_master "
+                                                                  "WHERE name = 'events_by_ts'")[0][0]
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size + 8)
+        f.write(b"\xff" * 64)
+
+
+def test_a_damaged_page_is_found_on_open_and_refused_naming_the_file_and_the_way_out(db):
+    with LogStore.open(db) as store:
+        store.append_many([kept(T0 + i, "pop") for i in range(300)])
+    _raw(db, "PRAGMA wal_checkpoint(TRUNCATE)")
+    _corrupt_index_page(db)
+    before = db.read_bytes()
+    for create in (True, False):
+        with pytest.raises(LogStoreError, match=r"integrity check") as info:
+            LogStore.open(db, create=create)
+        assert str(db) in str(info.value) and ".recover" in str(info.value)
+    assert db.read_bytes() == before
+
+
+def test_a_store_made_readable_by_others_is_made_private_again_on_open(db):
+    LogStore.open(db).close()
+    os.chmod(db, 0o644)
+    with LogStore.open(db) as store:
+        store.append(kept(T0, "pop"))
+        assert db.stat().st_mode & 0o777 == 0o600 and Path(f"{db}-wal").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("head", [b"\xef\xbb\xbf", b""])
+def test_import_accepts_a_utf8_bom_and_keeps_the_first_event(db, tmp_path, head):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(head + "".join(line + "\n" for line in GOOD).encode())
+    with LogStore.open(db) as store:
+        assert store.import_jsonl(log).events == 4
+
+
+def test_import_refuses_a_utf16_file_at_once_and_stores_nothing(db, tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes("".join(line + "\n" for line in GOOD).encode("utf-16"))
+    with LogStore.open(db) as store:
+        with pytest.raises(LogFileError, match="UTF-16"):
+            store.import_jsonl(log)
+        assert store.count() == 0
+
+
+def test_import_reports_progress_on_a_long_file(db, tmp_path):
+    lines = [json.dumps({"time": f"2026-11-02T{10 + i // 3600:02}:{i // 60 % 60:02}:{i % 60:02}Z",
+                         "kind": "style_chosen", "genre": "pop"}) for i in range(PROGRESS_LINES + 10)]
+    seen: list[int] = []
+    with LogStore.open(db) as store:
+        assert store.import_jsonl(_write_log(tmp_path, *lines), progress=seen.append).events == len(lines)
+    assert seen == [PROGRESS_LINES]
 
 
 def test_import_dry_run_checks_against_the_store_but_stores_nothing(db, tmp_path):
