@@ -1,8 +1,9 @@
 """Command line for the device's log store: import a JSON Lines log, validate one, show what the store holds.
 
 Run as ``python -m client.logs --help``. Exit codes: 0 all good, 1 some line or row was invalid (each is printed as
-"file:line: field ... rule"), 2 the command could not run at all (missing file, a folder given as a file, a database
-that is not a log store); the reason is then one line on stderr, never a traceback.
+"file:line: field ... rule", the first ``SHOWN_ERRORS`` of them and then a count), 2 the command could not run at all
+(missing or unreadable file, a file in UTF-16 or with CR-only line ends, a folder given as a file, a database that is
+not a log store or is damaged); the reason is then one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.log_store import ImportReport, LogStore, LogStoreError
-from model.event_log import load_events
-from model.event_parsing import EventError
+from model.event_log import MAX_LINE_BYTES, load_events
+from model.event_parsing import EventError, parse_time
+from model.log_file import LogFileError, open_log_lines
 
 _PROG = "python -m client.logs"
+SHOWN_ERRORS = 20
+"""Bad lines printed one by one; the rest are counted, so a 100,000-line bad file prints a screenful, not 100,000."""
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
 
@@ -44,18 +48,28 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _report(errors: Sequence[EventError], summary: str) -> int:
-    """Print each bad line as file:line: message, then the one-line summary; return the exit code (1 if any)."""
-    for error in errors:
+    """Print the first bad lines as file:line: message, a count of the rest, then the one-line summary; return the
+    exit code (1 if any line was bad)."""
+    for error in errors[:SHOWN_ERRORS]:
         print(error)
+    if len(errors) > SHOWN_ERRORS:
+        print(f"... and {len(errors) - SHOWN_ERRORS} more bad lines ({len(errors)} in all; the first {SHOWN_ERRORS} "
+              "shown)")
     print(summary)
     return 1 if errors else 0
+
+
+def _progress(lines: int) -> None:
+    print(f"read {lines:,} lines ...", file=sys.stderr, flush=True)
 
 
 def run_import(args: argparse.Namespace) -> int:
     """Import FILE into the store at --db; print the bad lines and a summary."""
     path = _input_file(args.file)
+    with open_log_lines(path, MAX_LINE_BYTES):  # unreadable or not UTF-8 lines: refuse before creating a store
+        pass
     with LogStore.open(args.db) as store:
-        report: ImportReport = store.import_jsonl(path, dry_run=args.strict)
+        report: ImportReport = store.import_jsonl(path, dry_run=args.strict, progress=_progress)
         if args.strict and not report.errors:
             try:  # raise mode: a line another process made "too old" since the dry run still stores nothing
                 report = store.import_jsonl(path, on_error="raise")
@@ -86,6 +100,21 @@ def run_stats(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def run_drop(args: argparse.Namespace) -> int:
+    """Delete (or with --dry-run count) the events later than --after: the repair for a wrong device clock."""
+    try:
+        after, _ = parse_time(args.after)
+    except EventError as exc:
+        raise _CannotRun(f"--after {args.after!r}: {exc.rule}") from None
+    with LogStore.open(args.db, create=False) as store:
+        later = [e for e in store.read(since_ts=after).events if e.ts > after]
+        count = store.drop_after(after, dry_run=args.dry_run)
+    verb = "would drop" if args.dry_run else "dropped"
+    first = f" (the first at {later[0].local_time.isoformat()})" if later else ""
+    print(f"{verb} {_plural(count, 'event')} later than {args.after}{first}")
+    return 0
+
+
 def _stats_text(db: str, stats: dict) -> str:
     lines = [f"log store: {db}", f"events: {stats['events']}"]
     if stats["events"]:
@@ -114,9 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser(
         "import", formatter_class=_FORMAT, help="validate a JSON Lines log and append its good events to the store",
-        description="Validate FILE line by line and append the good events to the store in one transaction. Bad "
-                    "lines, and lines older than the store's last event, are printed as file:line: message and "
-                    "not stored. The store is created if missing.",
+        description="Validate FILE line by line and append the new good events to the store in one transaction. "
+                    "Events the store already holds (a log imported again, or grown since) are counted as already "
+                    "present and skipped. Bad lines, lines older than the store's last event, and events more than "
+                    "a day after now (a wrong device clock) are printed as file:line: message and not stored. The "
+                    "store is created if missing.",
         epilog=f"example:\n  {_PROG} import my_log.jsonl --db ~/.fedpref/events.db --strict")
     sub.add_argument("file", metavar="FILE", help="JSON Lines log, one event per line")
     sub.add_argument("--db", required=True, metavar="PATH", help="the log store (SQLite file) to append to")
@@ -139,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--db", required=True, metavar="PATH", help="the log store (SQLite file) to read")
     sub.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     sub.set_defaults(run=run_stats)
+
+    sub = commands.add_parser(
+        "drop", formatter_class=_FORMAT, help="delete the events later than a time (repair after a wrong clock)",
+        description="Delete every event later than TIME from the store. The repair for an event recorded by a "
+                    "device clock set far ahead: as the store's last event it makes every later import 'go "
+                    "backwards'. Use --dry-run first to see how many events would go.",
+        epilog=f"example:\n  {_PROG} drop --after 2026-12-02T00:00:00Z --db ~/.fedpref/events.db --dry-run")
+    sub.add_argument("--after", required=True, metavar="TIME",
+                     help="ISO 8601 time with a UTC offset; events strictly later are deleted")
+    sub.add_argument("--db", required=True, metavar="PATH", help="the log store (SQLite file) to repair")
+    sub.add_argument("--dry-run", action="store_true", help="only count the events that would be deleted")
+    sub.set_defaults(run=run_drop)
     return parser
 
 
@@ -147,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (_CannotRun, LogStoreError) as exc:
+    except (_CannotRun, LogStoreError, LogFileError) as exc:
         message = str(exc)
     except OSError as exc:
         message = f"{exc.filename}: {exc.strerror}." if exc.filename and exc.strerror else str(exc)

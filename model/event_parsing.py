@@ -94,8 +94,8 @@ def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> str:
     raise EventError(rule, field=field, value=value)
 
 
-def _parse_time(value: object) -> tuple[float, int]:
-    """ISO 8601 time with explicit offset -> (UTC epoch seconds, offset in minutes)."""
+def parse_time(value: object) -> tuple[float, int]:
+    """ISO 8601 time with explicit offset -> (UTC epoch seconds, offset in minutes); raises EventError."""
     shape = f"time must be an ISO 8601 string YYYY-MM-DDTHH:MM:SS[.ffffff] with a UTC offset, e.g. {_EXAMPLE_TIME!r}."
     if not isinstance(value, str):
         raise EventError(shape, field="time", value=value)
@@ -194,7 +194,7 @@ def parse_event(obj: object) -> Event:
     kind = _one_of("kind", obj["kind"], EVENT_KINDS)
     if "time" not in obj:
         raise EventError(f"every event needs a time, e.g. {_EXAMPLE_TIME!r}.", field="time")
-    ts, offset = _parse_time(obj["time"])
+    ts, offset = parse_time(obj["time"])
     required = FIELDS_BY_KIND[kind]
     allowed = ("time", "kind", *required)
     for name in obj:

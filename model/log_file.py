@@ -38,14 +38,26 @@ def head_problem(head: bytes) -> str | None:
         if head.startswith(bom):
             return (f"is encoded in {name} (it starts with a {name} byte order mark); a behaviour log must be UTF-8. "
                     f"Convert it, e.g. iconv -f {name} -t UTF-8 FILE > FILE.utf8")
-    nuls = head.count(0)
-    if len(head) >= 2 and 0 in head[:2] and 4 * nuls >= len(head):
-        return (f"looks like UTF-16 or UTF-32 without a byte order mark ({nuls} of its first {len(head)} bytes are "
-                "NUL); a behaviour log must be UTF-8. Convert it, e.g. iconv -f UTF-16LE -t UTF-8 FILE > FILE.utf8")
+    if _alternating_nuls(head):
+        return ("looks like UTF-16 without a byte order mark (every other byte is NUL); a behaviour log "
+                "must be UTF-8. Convert it, e.g. iconv -f UTF-16LE -t UTF-8 FILE > FILE.utf8")
     if b"\r" in head and b"\n" not in head:
         return ("has lines that end in CR alone (old Mac style), so it reads as one line; a behaviour log needs LF "
                 "or CRLF line ends. Convert it, e.g. tr '\\r' '\\n' < FILE > FILE.fixed")
     return None
+
+
+def _alternating_nuls(head: bytes) -> bool:
+    """True for text in UTF-16 without a byte order mark: ASCII there has NUL at every even or every odd byte.
+
+    UTF-8 JSON never holds a raw NUL, and a damaged line with some NULs lacks the alternation, so neither is taken
+    for UTF-16.
+    """
+    if len(head) < 8:
+        return False
+    even, odd = head[0::2], head[1::2]
+    shares = sorted((even.count(0) / len(even), odd.count(0) / len(odd)))
+    return shares[1] >= 0.9 and shares[0] <= 0.1
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from client.log_store import LogStore, LogStoreError
 from model.event_log import MAX_LINE_BYTES, load_events, parse_lines, write_events
 from model.event_parsing import MAX_PROMPT_CHARS, EventError, event_to_json_line, parse_event
 from model.events import FIELDS_BY_KIND, Event
+from model.log_file import head_problem
 from model.vocab import BPM_DIRECTIONS, BPM_MAX, BPM_MIN, EVENT_KINDS, GENRES, INSTRUMENTS
 from privacy.errors import PrivacyConfigError
 from server.settings import ConfigError, RunSettings, settings_from_config
@@ -156,7 +157,9 @@ GARBAGE_LINES = (
     | hostile_objects().map(lambda o: json.dumps(o).encode())
     | st.integers(MAX_LINE_BYTES + 1, 5 * MAX_LINE_BYTES).map(lambda n: b'{"prompt": "' + b"x" * n + b'"}')
     | st.sampled_from((b"NaN", b'{"bpm": Infinity}', b"[[[[[[[[" * 2000, b"9" * 5000, b"\xef\xbb\xbf{}", b"\x00"))
-).filter(lambda raw: b"\n" not in raw)
+).filter(lambda raw: b"\n" not in raw and head_problem(raw + b"\n") is None)  # a UTF-16 BOM first refuses the file
+READ_IN_2100 = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
+"""A reading time after every generated event: the far-future rule has its own properties (test_hostile_files)."""
 
 
 def _expected_event(obj: dict) -> Event:
@@ -323,11 +326,11 @@ def test_good_lines_among_garbage_are_all_kept_unchanged_and_each_bad_line_count
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.jsonl"
         path.write_bytes(b"".join(lines))
-        report = load_events(path, on_error="skip")
+        report = load_events(path, on_error="skip", now=READ_IN_2100)
         assert report.events == [_expected_event(obj) for obj in good]
         assert report.skipped == sum(1 for raw in lines if raw.strip(b" \t\r\n")) - len(good)
         with LogStore.open(Path(tmp) / "events.db") as store:
-            imported = store.import_jsonl(path)
+            imported = store.import_jsonl(path, now=READ_IN_2100)
             assert imported.events == len(good) and imported.skipped == report.skipped
             assert store.events() == report.events
 
@@ -342,7 +345,7 @@ def test_a_truncated_log_keeps_every_complete_line_and_never_alters_the_cut_one(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.jsonl"
         path.write_bytes(text[:cut])
-        report = load_events(path, on_error="skip")
+        report = load_events(path, on_error="skip", now=READ_IN_2100)
     ends = [len(b"".join(_line(o) for o in good[: i + 1])) for i in range(len(good))]
     complete = sum(1 for end in ends if end <= cut)
     expected = [_expected_event(obj) for obj in good]
@@ -366,7 +369,7 @@ def test_write_then_load_returns_every_event_unchanged_or_write_refuses_and_keep
             assert "limit" in error.rule and path.read_bytes() == b"old\n"
             assert [p.name for p in Path(tmp).iterdir()] == ["log.jsonl"]
             return
-        assert load_events(path).events == log
+        assert load_events(path, now=READ_IN_2100).events == log
 
 
 def test_a_huge_line_is_skipped_without_losing_its_neighbours(tmp_path):
