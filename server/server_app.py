@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from server.federation import FederatedRun
+from server.preflight import check_can_start
 from server.settings import ConfigError, RunSettings, settings_from_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -49,5 +50,6 @@ def _overrides(raw: object) -> list[str]:
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
     settings = compose_settings(str(config.get("config-name", "config")), _overrides(config.get("overrides", "")))
+    check_can_start(settings)  # flwr run / deploy: the checks simulations.run makes before Ray starts
     output_dir = str(config.get("output-dir", "")) or str(Path.home() / ".fedpref" / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     FederatedRun(settings, Path(output_dir)).run(grid)

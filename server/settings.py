@@ -262,6 +262,12 @@ class RunSettings:
 
 
 def _check_across_groups(s: RunSettings) -> None:
+    if s.simulation.nodes > s.population.num_users:
+        raise ConfigError(
+            f"simulation.nodes must be <= population.num_users = {s.population.num_users} (each slot plays one "
+            f"sampled user at a time; more slots than users would wait for nodes that never start); found "
+            f"{s.simulation.nodes}."
+        )
     if s.simulation.nodes and s.deployment.engine != "simulation":
         raise ConfigError(
             f"simulation.nodes={s.simulation.nodes} (node slots playing synthetic users) is simulation-only; with "

@@ -1,9 +1,12 @@
 """Federated simulation entry point: ``python -m simulations.run [hydra overrides]``.
 
-Composes ``conf/config.yaml`` with your overrides, validates it before anything starts, then runs the real
-ServerApp and ClientApp in Flower's simulation engine (Ray, one CPU per client) with one SuperNode per synthetic
-user. Everything the run writes (metrics.json, checkpoint.pt, accuracy.png, epsilon.png) goes to Hydra's output
-directory; ``hydra.run.dir=DIR`` places it. Examples::
+Composes ``conf/config.yaml`` with your overrides and validates it before anything starts (schema, then
+``server.preflight``: checkpoint file, population, privacy budget, model size against memory), exiting 2 with the
+reason; then runs the real ServerApp and ClientApp in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
+CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic users the server samples (or one
+SuperNode per user with ``simulation.nodes=0``). Everything the run writes (metrics.json, checkpoint.pt, run.log,
+accuracy.png, epsilon.png) goes to Hydra's output directory; ``hydra.run.dir=DIR`` places it. Heavy imports (torch,
+Flower) wait until a config is composed, so ``--help`` is quick. Examples::
 
     python -m simulations.run privacy=both privacy.target_epsilon=4 simulation.rounds=20
     python -m simulations.run -m privacy.target_epsilon=1,2,4,8      # a privacy-utility sweep
@@ -16,7 +19,9 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -25,9 +30,28 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from server.settings import ConfigError, RunSettings, settings_from_config  # noqa: E402
+if TYPE_CHECKING:
+    from server.settings import RunSettings
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+QUIET_WARNINGS = (
+    # Opacus, whenever ε is computed at much noise or few steps: a note on its alphas, not a problem of the run.
+    ("Optimal order is the largest alpha", UserWarning),
+    # Ray at start-up, about GPU visibility in a future version; this project runs on CPU.
+    ("Tip: In future versions of Ray", FutureWarning),
+)
+_task_started = False
+"""Set once Hydra has composed the config and called ``main``: an exit code 1 before that is Hydra's config error."""
+
+
+def quiet_known_warnings() -> None:
+    """Hide ``QUIET_WARNINGS`` here and in the Ray workers started from this process (they inherit the environment)."""
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    # -W syntax is colon-separated and matches the message's start: the text before any colon is enough.
+    extra = ",".join(f"ignore:{message.split(':')[0]}:{category.__name__}" for message, category in QUIET_WARNINGS)
+    current = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra
 
 
 def run_federated_simulation(settings_overrides: list[str], settings: RunSettings, output_dir: Path, config_name: str = "config") -> dict:
@@ -76,11 +100,18 @@ def summary_lines(metrics: dict) -> list[str]:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    global _task_started
+    _task_started = True
     for noisy in ("alembic", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_known_warnings()
+    from server.preflight import check_can_start
+    from server.settings import settings_from_config
+
     try:
         settings = settings_from_config(cfg)
-    except (ConfigError, ValueError) as error:
+        check_can_start(settings)
+    except ValueError as error:  # ConfigError, PrivacyConfigError
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
@@ -91,5 +122,15 @@ def main(cfg: DictConfig) -> None:
     print(f"outputs: {output_dir} (metrics.json, checkpoint.pt, accuracy.png, epsilon.png)")
 
 
+def cli() -> None:
+    """``main`` with Hydra's own config errors (an unknown key, a missing group option) as exit code 2, not 1."""
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code == 1 and not _task_started:
+            raise SystemExit(2) from None
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,128 @@
+"""Checks a run's settings against the files and the machine before anything starts (issue 16, item 6).
+
+``settings_from_config`` checks each value against its schema and the rules between groups. What it cannot see is
+checked here, before the simulation engine starts Ray, so a run that would crash minutes later with a traceback
+fails at once with exit code 2, the key, the rule and the value:
+
+- the checkpoint to resume from exists and is a PyTorch archive (its contents are read by ``server.checkpoint``);
+- the synthetic population is one ``simulations.population`` can generate;
+- the privacy budget can be met at all over the planned rounds;
+- the model fits in this machine's memory, in every process that holds it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+from server.settings import ConfigError, RunSettings
+
+COPIES_PER_PROCESS = 8
+"""Model-sized float32 buffers a process holds at once: weights, gradient, two Adam moments, the global model,
+the update, the server's running sum, and one spare for copies in flight."""
+
+
+def check_can_start(settings: RunSettings) -> None:
+    """Raise ``ConfigError`` (or ``PrivacyConfigError``) naming the key, rule and value of the first check that fails."""
+    if settings.resume and settings.checkpoint:
+        check_checkpoint_file(settings.checkpoint)
+    _check_population(settings)
+    if settings.privacy.user_level:
+        _check_budget_reachable(settings)
+    _check_model_fits(settings)
+
+
+def check_checkpoint_file(path_text: str) -> None:
+    """Refuse a checkpoint path that is missing, not a file, or not a PyTorch archive (``torch.save``'s zip)."""
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise ConfigError(f"checkpoint={path_text}: no such file; give the checkpoint.pt of the run to continue.")
+    if not path.is_file():
+        raise ConfigError(f"checkpoint={path_text} is not a regular file; give the checkpoint.pt of the run to continue.")
+    try:
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    except (OSError, zipfile.BadZipFile) as error:
+        raise ConfigError(f"checkpoint={path_text} cannot be read ({error}).") from None
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        what = "a zip archive without data.pkl" if names else f"a file of {path.stat().st_size} bytes, not a zip archive"
+        raise ConfigError(f"checkpoint={path_text} is not a checkpoint: a checkpoint.pt is the PyTorch archive "
+                          f"(torch.save, with data.pkl) a run wrote to its output folder; found {what}.")
+
+
+def _check_population(settings: RunSettings) -> None:
+    from simulations.population import MAX_USERS, PopulationConfig
+
+    p = settings.population
+    total = p.num_users + p.eval_users
+    if total > MAX_USERS:
+        raise ConfigError(f"population.num_users + population.eval_users must be <= {MAX_USERS:,} (the largest "
+                          f"population simulations.population generates); found {p.num_users} + {p.eval_users}.")
+    try:
+        PopulationConfig(seed=p.seed, num_users=total, days=p.days)
+    except ValueError as error:
+        raise ConfigError(f"population.{error}") from None
+
+
+def _check_budget_reachable(settings: RunSettings) -> None:
+    """Refuse a target ε that no noise can meet: Opacus' calibration gives up at noise multiplier ``MAX_SIGMA``."""
+    from opacus.accountants.utils import MAX_SIGMA
+
+    from privacy.accounting import PrivacyLedger
+
+    privacy, sim = settings.privacy, settings.simulation
+    with warnings.catch_warnings():  # at this much noise the best RDP order is the largest: expected, not a problem
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        floor = PrivacyLedger().epsilon_after(noise_multiplier=MAX_SIGMA, sample_rate=sim.sample_rate,
+                                              delta=privacy.delta, accountant=privacy.accountant, steps=sim.rounds)
+    if floor > privacy.target_epsilon:  # type: ignore[operator]
+        raise ConfigError(
+            f"privacy.target_epsilon must be more than the ε that even noise multiplier z={MAX_SIGMA:g} (Opacus' "
+            f"largest) spends over simulation.rounds={sim.rounds} at q={sim.sample_rate}, δ={privacy.delta:g}: "
+            f"{floor:.3g}; found {privacy.target_epsilon}.")
+
+
+def model_parameters(settings: RunSettings) -> int:
+    """The model's parameter count, built on PyTorch's meta device (shapes only, no memory)."""
+    import torch
+
+    from model.networks import PreferenceLSTM
+
+    with torch.device("meta"):
+        model = PreferenceLSTM(settings.model)
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_bytes_per_process(settings: RunSettings) -> int:
+    """Bytes of model-sized buffers one process holds: ``COPIES_PER_PROCESS`` float32 copies, plus one per-example
+    gradient per batch example under record-level DP."""
+    copies = COPIES_PER_PROCESS + (settings.train.batch_size if settings.privacy.record_level else 0)
+    return 4 * copies * model_parameters(settings)
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give: ``MemAvailable`` of /proc/meminfo, else all physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_model_fits(settings: RunSettings) -> None:
+    """Refuse a model whose buffers in every process (the server and one per simulation worker) pass free memory."""
+    workers = max(1, math.floor((os.cpu_count() or 1) / settings.simulation.num_cpus_per_client))
+    per_process = model_bytes_per_process(settings)
+    need, have = (workers + 1) * per_process, available_memory()
+    if need > have:
+        m = settings.model
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size}, model.num_layers={m.num_layers} give {model_parameters(settings):,} "
+            f"parameters; at {per_process / 2**30:,.1f} GiB per process ({COPIES_PER_PROCESS} float32 copies"
+            f"{', plus per-example gradients' if settings.privacy.record_level else ''}) in {workers + 1} processes "
+            f"(the server and {workers} worker(s)) that is {need / 2**30:,.1f} GiB, more than this machine's "
+            f"{have / 2**30:,.1f} GiB (MemAvailable); found model.hidden_size={m.hidden_size}. Lower it.")
