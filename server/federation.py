@@ -51,10 +51,11 @@ from server.settings import ConfigError, RunSettings
 
 
 class Progress:
-    """Round progress on the terminal: a live line while clients reply (on a TTY), one line per round."""
+    """Round progress on the terminal: a live line while clients reply (on a TTY), one line per round; each line is
+    also appended to ``log_file`` (the run's run.log) when given."""
 
-    def __init__(self, stream=sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream=sys.stdout, log_file: Path | None = None) -> None:
+        self.stream, self.log_file = stream, log_file
         self.live = stream.isatty()
 
     def clients(self, server_round: int, done: int, total: int) -> None:
@@ -66,6 +67,9 @@ class Progress:
         if self.live:
             self.stream.write("\r\033[K")
         print(text, file=self.stream, flush=True)
+        if self.log_file is not None:
+            with open(self.log_file, "a", encoding="utf-8") as log:
+                log.write(text + "\n")
 
 
 def data_instructions(settings: RunSettings) -> DataInstructions:
@@ -84,7 +88,7 @@ class FederatedRun:
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.output_dir / "checkpoint.pt"
-        self.progress = progress or Progress()
+        self.progress = progress or Progress(log_file=self.output_dir / "run.log")
         self.data = data_instructions(settings)
         self.strategy = make_strategy(settings.strategy)
         self.addressing = Addressing(slots=bool(settings.simulation.nodes), users_per_message=settings.simulation.users_per_message)

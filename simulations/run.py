@@ -117,9 +117,11 @@ def main(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     overrides = list(HydraConfig.get().overrides.task)
     metrics = run_federated_simulation(overrides, settings, output_dir)
-    for line in summary_lines(metrics):
-        print(line)
-    print(f"outputs: {output_dir} (metrics.json, checkpoint.pt, accuracy.png, epsilon.png)")
+    lines = [*summary_lines(metrics), f"outputs: {output_dir} (metrics.json, checkpoint.pt, run.log, accuracy.png, "
+                                      "epsilon.png)"]
+    print("\n".join(lines))
+    with open(output_dir / "run.log", "a", encoding="utf-8") as log:  # after the round lines the ServerApp wrote
+        log.write("\n".join(lines) + "\n")
 
 
 def cli() -> None:
