@@ -105,6 +105,7 @@ def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples,
     epochs = settings.simulation.central_baseline_epochs
     if epochs > 0:
         started = time.perf_counter()
+        report(f"central non-private baseline: training on {len(pooled)} pooled examples for {epochs} epoch(s) ...")
         config = dataclasses.replace(settings.train, epochs=epochs, batch_size=64, lr=3e-3, max_examples=0)
         central = train_central(pooled, settings.model, config, settings.seed)
         out["central_nonprivate"] = score(central, held_out)["top1"]

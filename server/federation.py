@@ -110,6 +110,8 @@ class FederatedRun:
         privacy, sim = self.settings.privacy, self.settings.simulation
         if privacy.user_level:
             started = time.perf_counter()
+            self.progress.line(f"user-level DP: calibrating the noise multiplier for ε={privacy.target_epsilon} over "
+                               f"{sim.rounds} rounds (Opacus' search; up to a minute) ...")
             z = calibrate_noise_multiplier(
                 target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=sim.sample_rate,  # type: ignore[arg-type]
                 steps=sim.rounds, accountant=privacy.accountant,
