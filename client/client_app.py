@@ -30,6 +30,14 @@ from client.secagg_client import secagg_app
 
 logging.getLogger("flwr").propagate = False  # opacus calls logging.basicConfig(): without this flwr logs twice
 
+
+def _not_a_shutdown_notice(record: logging.LogRecord) -> bool:
+    """Flower's simulation actors log "Manually terminating ClientAppActor" at WARNING on every normal shutdown."""
+    return not record.getMessage().startswith("Manually terminating")
+
+
+logging.getLogger("flwr").addFilter(_not_a_shutdown_notice)  # this module is loaded in every simulation actor
+
 app = ClientApp()
 
 
