@@ -3,6 +3,8 @@
 DIR is a Hydra multirun directory (e.g. from ``python -m simulations.run -m privacy.target_epsilon=1,2,4,8``) or any
 directory tree holding ``metrics.json`` files. Prints one row per run (sorted by target epsilon) and writes
 ``summary.json`` and ``privacy_utility.png`` (held-out top-1 against spent epsilon, baselines as lines) into DIR.
+A metrics.json that cannot be read as a run's (truncated, another program's) is skipped and named on stderr; the
+exit code is then 1 (2 if no run was readable).
 """
 
 from __future__ import annotations
@@ -20,27 +22,50 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLUMNS = ("run", "mode", "target_eps", "epsilon", "z", "rounds", "top1", "nll", "recent_mode", "central")
 
 
-def collect(root: Path) -> list[dict]:
-    """One row per ``metrics.json`` under ``root``."""
-    rows = []
+NUMBERS = ("target_eps", "epsilon", "z", "top1", "nll", "recent_mode", "central", "global_mode")
+
+
+def collect(root: Path) -> tuple[list[dict], list[str]]:
+    """One row per readable ``metrics.json`` under ``root``, and one "skipped PATH: reason" per other one.
+
+    A run killed while writing, or a metrics.json of another program, must not abort the table of the others.
+    """
+    rows, skipped = [], []
     for path in sorted(root.rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
-        user = metrics["privacy"].get("user_level") or {}
-        baselines = metrics["final"]["baselines"]
-        rows.append({
-            "run": str(path.parent.relative_to(root)) or ".",
-            "mode": metrics["privacy"]["mode"],
-            "target_eps": user.get("target_epsilon"),
-            "epsilon": user.get("epsilon"),
-            "z": user.get("noise_multiplier"),
-            "rounds": len(metrics["rounds"]),
-            "top1": metrics["final"]["eval_top1"],
-            "nll": metrics["final"]["eval_nll"],
-            "recent_mode": baselines.get("user_recent_most_frequent"),
-            "central": baselines.get("central_nonprivate"),
-            "global_mode": baselines.get("global_most_popular"),
-        })
-    return sorted(rows, key=lambda r: (r["target_eps"] is None, r["target_eps"] or 0.0))
+        try:
+            rows.append(_row(path, root))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            reason = f"{type(error).__name__}: {error}" if isinstance(error, (KeyError, AttributeError)) else error
+            skipped.append(f"skipped {path}: not a run's metrics.json ({reason})")
+    rows.sort(key=lambda r: (r["target_eps"] is None, r["target_eps"] or 0.0))
+    return rows, skipped
+
+
+def _row(path: Path, root: Path) -> dict:
+    """The table row of one run's metrics; raises on a file that is not one (see ``collect``)."""
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    user = metrics["privacy"].get("user_level") or {}
+    baselines = metrics["final"]["baselines"]
+    row = {
+        "run": str(path.parent.relative_to(root)) or ".",
+        "mode": str(metrics["privacy"]["mode"]),
+        "target_eps": user.get("target_epsilon"),
+        "epsilon": user.get("epsilon"),
+        "z": user.get("noise_multiplier"),
+        "rounds": len(metrics["rounds"]),
+        "top1": metrics["final"]["eval_top1"],
+        "nll": metrics["final"]["eval_nll"],
+        "recent_mode": baselines.get("user_recent_most_frequent"),
+        "central": baselines.get("central_nonprivate"),
+        "global_mode": baselines.get("global_most_popular"),
+    }
+    for key in NUMBERS:
+        value = row[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{key} must be a number or null; found {value!r}")
+    if row["top1"] is None:
+        raise ValueError("final.eval_top1 is missing")
+    return row
 
 
 def _cell(value: object) -> str:
@@ -94,15 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a directory; pass the folder a multirun wrote (see its first lines).", file=sys.stderr)
         return 2
-    rows = collect(args.dir)
+    rows, skipped = collect(args.dir)
+    for line in skipped:
+        print(line, file=sys.stderr)
     if not rows:
-        print(f"error: no metrics.json under {args.dir}; did the runs finish?", file=sys.stderr)
+        print(f"error: no readable metrics.json under {args.dir}; did the runs finish?", file=sys.stderr)
         return 2
     print(table(rows))
     (args.dir / "summary.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.dir / "privacy_utility.png")
     print(f"wrote {args.dir / 'summary.json'} and {args.dir / 'privacy_utility.png'}")
-    return 0
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":
