@@ -1,10 +1,13 @@
 """The deployment helpers on their own (no Flower process): key material, command lines, connection file, ports, CLI errors."""
 
+import argparse
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 
@@ -15,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.deploy import cli
 from server.deploy.certs import (
-    CertificateError, certificate_hosts, generate_node_key, generate_server_certificates, server_certificates,
+    CertificateError, certificate_hosts, check_superlink_tls, generate_node_key, generate_server_certificates,
+    server_certificates,
 )
 from server.deploy.commands import (
     CommandError, flower_environment, node_config_text, superlink_command, supernode_command, write_run_config,
@@ -171,3 +175,88 @@ def test_cli_refuses_a_supernode_without_a_log_store_or_key(tmp_path):
     assert missing_key.returncode == 2 and "--key" in missing_key.stderr and "does not exist" in missing_key.stderr
     bad_address = _cli("supernode", "--superlink", "localhost", "--insecure", "--log-db", str(tmp_path / "events.db"))
     assert bad_address.returncode == 2 and "must be HOST:PORT" in bad_address.stderr
+
+
+# ------------------------------------------------------------------------------------------------ issue 16, item 8-9
+def test_seed_logs_with_zero_days_or_devices_is_refused_in_one_line_without_a_traceback(tmp_path):
+    for option in (["--days", "0"], ["--devices", "0"], ["--days", "100000"]):
+        result = _cli("seed-logs", "--out", str(tmp_path / "devices"), *option)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and option[0].lstrip("-") in result.stderr
+
+
+def test_every_option_of_every_subcommand_has_help_text_and_defaults_are_shown():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+    superlink = subparsers.choices["superlink"].format_help()
+    assert "9092" in superlink and "deploy/superlink/state.db" in superlink and "127.0.0.1" in superlink
+    assert "9094" in subparsers.choices["supernode"].format_help()
+    assert "21" in subparsers.choices["seed-logs"].format_help()
+
+
+@pytest.mark.parametrize("host", ["300.1.1.1", "1.2.3", "256.0.0.1", "-dash.example", "a..b", "under_score.example",
+                                  "x" * 64 + ".example", "."])
+def test_certificates_refuse_what_is_neither_an_ip_address_nor_a_dns_name(tmp_path, host):
+    with pytest.raises(CertificateError, match="neither an IP address nor a DNS name"):
+        generate_server_certificates(tmp_path, [host])
+    assert not (tmp_path / "ca.pem").exists()
+
+
+def test_certificates_accept_real_dns_names_and_ip_addresses(tmp_path):
+    hosts = ["localhost", "fedpref.example.org", "node-1.lan", "10.0.0.1", "::1"]
+    paths = generate_server_certificates(tmp_path, hosts)
+    assert sorted(certificate_hosts(paths.server_cert)) == sorted(hosts)
+
+
+def _tls_server(certs) -> tuple[socket.socket, threading.Thread]:
+    """A TLS listener with the SuperLink's certificate that completes handshakes (what a client verifies first)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(2):
+            try:
+                conn, _ = listener.accept()
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_a_superlink_certificate_from_another_ca_is_named_as_a_certificate_problem(tmp_path):
+    ours = generate_server_certificates(tmp_path / "ours", ["127.0.0.1"])
+    other = generate_server_certificates(tmp_path / "other", ["127.0.0.1"])
+    listener, _ = _tls_server(ours)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        check_superlink_tls(address, ours.ca_cert)  # the right CA: no error
+        with pytest.raises(CertificateError) as caught:
+            check_superlink_tls(address, other.ca_cert)
+    finally:
+        listener.close()
+    message = str(caught.value)
+    assert "certificate" in message and str(other.ca_cert) in message and "network" not in message
+
+
+def test_an_unreachable_superlink_is_named_with_its_address(tmp_path):
+    certs = generate_server_certificates(tmp_path, ["127.0.0.1"])
+    with pytest.raises(CertificateError, match=r"cannot reach the SuperLink at 127\.0\.0\.1:\d+"):
+        check_superlink_tls(f"127.0.0.1:{free_port()}", certs.ca_cert)
+
+
+def test_the_superlink_state_file_is_private_new_or_pre_existing(tmp_path):
+    fresh, old = tmp_path / "new" / "state.db", tmp_path / "state.db"
+    old.write_bytes(b"")
+    os.chmod(old, 0o644)
+    for state in (fresh, old):
+        args = cli.build_parser().parse_args(["superlink", "--insecure", "--port", str(free_port()), "--state", str(state)])
+        cli.superlink_argv(args)
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600

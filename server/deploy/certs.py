@@ -15,6 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
+import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_DAYS = 3650
 SERVER_DAYS = 365
 CURVE = ec.SECP384R1()  # Flower accepts NIST curves for node keys; P-384 is its documented choice
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
 
 
 class CertificateError(ValueError):
@@ -88,14 +92,25 @@ def _write_public(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def is_dns_name(host: str) -> bool:
+    """True for a host name of RFC 1123: dot-separated labels of letters, digits and inner hyphens, at most 63
+    characters each and 253 in all, whose last label is not all digits (so 300.1.1.1 is a bad IP, not a name)."""
+    labels = host.split(".")
+    return (len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
 def _subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
-            if not host or any(c.isspace() for c in host) or "/" in host or ":" in host:
-                raise CertificateError(f"host {host!r} is neither an IP address nor a DNS name.") from None
+            if not is_dns_name(host):
+                raise CertificateError(
+                    f"host {host!r} is neither an IP address nor a DNS name (an IPv4 address has four numbers of "
+                    "0-255; a name has labels of letters, digits and inner hyphens, and does not end in a number)."
+                ) from None
             names.append(x509.DNSName(host))
     return names
 
@@ -179,3 +194,34 @@ def certificate_hosts(path: str | os.PathLike[str]) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [str(v) for v in sans.get_values_for_type(x509.IPAddress)] + sans.get_values_for_type(x509.DNSName)
+
+
+def check_superlink_tls(address: str, ca: str | os.PathLike[str], *, timeout_s: float = 10.0) -> None:
+    """Open a TLS connection to the SuperLink at ``address`` (HOST:PORT) and verify its certificate with ``ca``.
+
+    Flower reports a certificate that fails verification as an unreachable server; this names the cause first.
+
+    Raises:
+        CertificateError: the SuperLink is unreachable, does not speak TLS, or its certificate is not one ``ca``
+            signed for that host.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.set_alpn_protocols(["h2"])  # gRPC's protocol
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw, server_hostname=host):
+                pass
+    except ssl.SSLCertVerificationError as error:
+        raise CertificateError(
+            f"the SuperLink at {address} presented a certificate that --ca {ca} does not accept "
+            f"({error.verify_message}). Use the federation's own ca.pem (from `python -m server.deploy certs` on the "
+            f"server), and check that the server's certificate lists {host}.") from None
+    except ssl.SSLError as error:
+        raise CertificateError(f"TLS with the SuperLink at {address} failed ({error.reason or error}), with --ca {ca}; "
+                               "is the SuperLink running with --insecure, or is --ca a certificate file?") from None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CertificateError(f"cannot reach the SuperLink at {address} ({reason}); is it running, and is the "
+                               "address right?") from None

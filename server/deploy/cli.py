@@ -112,8 +112,18 @@ def superlink_argv(args: argparse.Namespace) -> list[str]:
             print(f"warning: the certificate is for {hosts}, not {args.host}; nodes must dial one of those names.", file=sys.stderr)
     ensure_port_free(args.host, args.port, "SuperLink")
     state = Path(args.state).expanduser().resolve()
-    state.parent.mkdir(parents=True, exist_ok=True)
+    _private_state_file(state)
     return superlink_command(host=args.host, port=args.port, database=state, certificates=certificates)
+
+
+def _private_state_file(state: Path) -> None:
+    """Create the SuperLink's state database with mode 0600, or make an existing one (and its journals) 0600: it
+    holds the registered nodes' public keys and every run. SQLite gives new journal files the database's mode."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(state, os.O_CREAT | os.O_WRONLY, 0o600))
+    for part in (state, Path(f"{state}-wal"), Path(f"{state}-shm"), Path(f"{state}-journal")):
+        if part.exists():
+            os.chmod(part, 0o600)
 
 
 def supernode_argv(args: argparse.Namespace) -> list[str]:
@@ -146,6 +156,7 @@ def supernode_argv(args: argparse.Namespace) -> list[str]:
 
 def _exec(argv: list[str], env: dict[str, str]) -> int:
     print("$ " + " ".join(argv), file=sys.stderr, flush=True)
+    os.umask(0o077)  # whatever Flower writes (state, app bundles, node keys' caches) is the owner's only
     os.execve(argv[0], argv, env)
     return 0  # not reached
 
@@ -167,6 +178,7 @@ def _connect(args: argparse.Namespace) -> dict[str, str]:
         ca = None
     else:
         ca = _existing_file(args.ca, "--ca (the federation's CA certificate)")
+        certs_module.check_superlink_tls(args.superlink, ca)  # else Flower reports a wrong CA as a network problem
     home = _flwr_home(args)
     write_connection(home, CONNECTION, address=args.superlink, root_certificates=ca)
     return flower_environment(home)
@@ -246,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("seed-logs", help="log stores of synthetic users, one per node (for trying a federation)")
     p.add_argument("--out", required=True, help="folder; writes OUT/node-1/events.db ...")
-    p.add_argument("--devices", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--days", type=int, default=21)
-    p.add_argument("--first-user", type=int, default=0)
+    p.add_argument("--devices", type=int, default=3, help="how many nodes' logs to write (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic population (default: %(default)s)")
+    p.add_argument("--days", type=int, default=21,
+                   help="days of listening per user, 1 to 366 (default: %(default)s)")
+    p.add_argument("--first-user", type=int, default=0,
+                   help="synthetic user of node-1; node-i gets user FIRST_USER + i - 1 (default: %(default)s)")
     p.set_defaults(func=cmd_seed_logs)
 
     def common(q: argparse.ArgumentParser) -> None:
@@ -258,9 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("superlink", help="start flower-superlink (TLS + node authentication)")
     p.add_argument("--certs", help="folder with ca.pem, server.pem, server.key")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9092, help="the one port for Fleet, Control and Runtime APIs")
-    p.add_argument("--state", default="superlink/state.db", help="SQLite file for the SuperLink's state (registered nodes, runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=9092,
+                   help="the one port for Fleet, Control and Runtime APIs (default: %(default)s)")
+    p.add_argument("--state", default="deploy/superlink/state.db",
+                   help="SQLite file for the SuperLink's state (registered nodes, runs), kept with mode 0600 "
+                        "(default: %(default)s, from the current folder)")
     common(p)
     p.set_defaults(func=cmd_superlink)
 
@@ -271,8 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-db", help="this device's log store (SQLite)")
     p.add_argument("--partition-id", type=int, help="instead of --log-db: train on synthetic user N")
     p.add_argument("--ledger-path", help="record-level privacy ledger (default: next to the log)")
-    p.add_argument("--port", type=int, default=9094, help="local port for this node's ClientApp processes (unique per node)")
-    p.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts")
+    p.add_argument("--port", type=int, default=9094,
+                   help="local port for this node's ClientApp processes, unique per node (default: %(default)s)")
+    p.add_argument("--max-retries", type=int,
+                   help="give up after this many failed connection attempts (default: retry for ever)")
     common(p)
     p.set_defaults(func=cmd_supernode)
 
@@ -294,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stop", help="stop a run")
-    p.add_argument("run_id", type=int)
+    p.add_argument("run_id", type=int, help="the run's id, as `flwr ls` or the `run` command printed it")
     p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
     p.add_argument("--ca", help="the federation's CA certificate")
     common(p)

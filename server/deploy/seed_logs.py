@@ -39,13 +39,18 @@ def seed_device_logs(folder: str | os.PathLike[str], *, devices: int, seed: int 
     """Write ``devices`` log stores of synthetic users ``first_user ..``; nodes are named ``node-1`` ...
 
     Raises:
-        SeedError: if ``devices`` < 1, or a log already holds events (seeding twice would mix two users).
+        SeedError: if ``devices`` < 1, ``days`` or the user ids are outside what ``simulations.population``
+            generates, or a log already holds events (seeding twice would mix two users).
     """
     if devices < 1:
         raise SeedError(f"devices must be >= 1; found {devices}.")
     if first_user < 0:
         raise SeedError(f"first_user must be >= 0; found {first_user}.")
-    population = Population(PopulationConfig(seed=seed, num_users=first_user + devices, days=days))
+    try:
+        config = PopulationConfig(seed=seed, num_users=first_user + devices, days=days)
+    except ValueError as error:  # e.g. days=0: "days must be an integer in range [1, 366]. Found 0."
+        raise SeedError(f"cannot seed logs: {error}") from None
+    population = Population(config)
     seeded = []
     for i in range(devices):
         name, user_id = f"node-{i + 1}", first_user + i
