@@ -416,5 +416,6 @@ class FederatedRun:
         }
         write_json(self.output_dir / "metrics.json", metrics)
         plot_rounds(state.rounds, self.output_dir, baselines={k: v for k, v in baselines.items() if v is not None},
-                    target_epsilon=self.settings.privacy.target_epsilon if self.settings.privacy.user_level else None)
+                    target_epsilon=self.settings.privacy.target_epsilon if self.settings.privacy.user_level else None,
+                    initial=metrics["initial"])
         return metrics

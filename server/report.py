@@ -12,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _finite_or_none(value: object) -> object:
@@ -32,38 +34,55 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _plot_against_round(path: Path, xs: list, ys: list, *, label: str, ylabel: str,
-                        lines: list[tuple[float, str, str | None]]) -> Path:
-    """Write one line plot of ``ys`` against round to ``path``, with dashed horizontal reference ``lines``
-    (value, label, colour; None takes the next colour of the cycle)."""
+BASELINE_STYLES = (("tab:orange", "--"), ("tab:green", ":"), ("tab:purple", "-."), ("tab:brown", (0, (5, 1, 1, 1))))
+"""Colour and dash of each baseline line, in order: no two baselines look alike."""
+
+
+def figure_against_round(xs: list, ys: list, *, label: str, ylabel: str,
+                         lines: list[tuple[float, str, tuple[str, object]]], y_from_zero: bool = False) -> Figure:
+    """A line plot of ``ys`` against round, rounds as whole numbers from the first x, with horizontal reference
+    ``lines`` (value, label, (colour, dash))."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, ys, marker="o", ms=3, label=label)
-    for value, name, color in lines:
-        ax.axhline(value, ls="--", lw=1, label=name, color=color)
+    ax.plot(xs, ys, marker="o", ms=3, label=label, color="tab:blue")
+    for value, name, (color, dash) in lines:
+        ax.axhline(value, ls=dash, lw=1.2, label=name, color=color)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(left=min(xs))
+    if y_from_zero:
+        ax.set_ylim(bottom=0)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
 def plot_rounds(rounds: list[dict], output_dir: Path, *, baselines: dict[str, float] | None = None,
-                target_epsilon: float | None = None) -> list[Path]:
-    """accuracy.png (held-out top-1 per round, baselines as lines) and epsilon.png (user-level epsilon spent)."""
+                target_epsilon: float | None = None, initial: dict | None = None) -> list[Path]:
+    """accuracy.png (held-out top-1 per round from the initial model on, baselines as lines) and epsilon.png
+    (user-level ε spent, from 0 before round 1)."""
     if not rounds:
         return []
-    xs = [r["round"] for r in rounds]
-    baseline_lines = [(value, name.replace("_", " "), None) for name, value in (baselines or {}).items()
-                      if value is not None]
-    paths = [_plot_against_round(output_dir / "accuracy.png", xs, [r["eval_top1"] for r in rounds],
-                                 label="global model", ylabel="held-out top-1 accuracy (next kept genre)",
-                                 lines=baseline_lines)]
-    eps = [r.get("epsilon") for r in rounds]
+    xs, top1 = [r["round"] for r in rounds], [r["eval_top1"] for r in rounds]
+    if initial is not None and initial.get("eval_top1") is not None:
+        xs, top1 = [initial["round"], *xs], [initial["eval_top1"], *top1]
+    named = [(value, name.replace("_", " ")) for name, value in (baselines or {}).items() if value is not None]
+    baseline_lines = [(value, name, BASELINE_STYLES[i % len(BASELINE_STYLES)]) for i, (value, name) in enumerate(named)]
+    paths = [_save(figure_against_round(xs, top1, label="global model",
+                                        ylabel="held-out top-1 accuracy (next kept genre)", lines=baseline_lines),
+                   output_dir / "accuracy.png")]
+    eps_xs, eps = [r["round"] for r in rounds], [r.get("epsilon") for r in rounds]
     if any(e is not None and math.isfinite(e) for e in eps):
-        target_line = [] if target_epsilon is None else [(target_epsilon, "target ε", "red")]
-        paths.append(_plot_against_round(output_dir / "epsilon.png", xs, eps, label="user-level ε spent",
-                                         ylabel="ε", lines=target_line))
+        if eps_xs[0] == 1:  # a fresh run has spent nothing before round 1
+            eps_xs, eps = [0, *eps_xs], [0.0, *eps]
+        target_line = [] if target_epsilon is None else [(target_epsilon, "target ε", ("red", "--"))]
+        paths.append(_save(figure_against_round(eps_xs, eps, label="user-level ε spent", ylabel="ε",
+                                                lines=target_line, y_from_zero=True), output_dir / "epsilon.png"))
     return paths
