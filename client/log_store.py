@@ -1,5 +1,8 @@
 """The device's behaviour log: an append-only SQLite file of validated events, kept in the device's private storage.
 
+The one deletion is ``drop_after``, the repair for an event from a device clock set far ahead. Imports are
+idempotent: events already stored are recognised and counted, not stored twice.
+
 Each row keeps the event's canonical JSON line (``model.event_parsing.event_to_json_line``), so the event contract
 has one definition; ``ts``, ``utc_offset_min`` and ``kind`` are copies for querying. Reading re-parses every line
 with ``parse_event``, and a row that no longer parses (invalid UTF-8 included) is reported, never silently dropped.
