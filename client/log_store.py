@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
@@ -40,65 +39,17 @@ from client.log_store_file import (
     sqlite_errors,
     undecodable,
 )
-from model.event_log import MAX_LINE_BYTES, LoadReport, parse_lines
-from model.event_parsing import EventError, event_to_json_line, parse_event
+from client.log_import import PROGRESS_LINES, ImportReport, canonical, new_in_time_order, parse_log_file
+from model.event_log import LoadReport
+from model.event_parsing import EventError, parse_event
 from model.events import Event
-from model.log_file import open_log_lines
 from model.time_rules import Moment, moment_of, time_error
 from model.vocab import EVENT_KINDS, GENRES
 
 __all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "PROGRESS_LINES", "SCHEMA_VERSION", "ImportReport", "LogStore",
            "LogStoreError", "log_stats"]
 
-PROGRESS_LINES = 50_000
-"""An import calls its ``progress`` callback after every this many lines read."""
-
 _INSERT = "INSERT INTO events (ts, utc_offset_min, kind, json_line) VALUES (?, ?, ?, ?)"
-
-
-@dataclass
-class ImportReport:
-    """What ``LogStore.import_jsonl`` did.
-
-    Attributes:
-        events: new valid events; all of them were stored unless ``stored`` is False.
-        errors: one ``EventError`` per rejected line, in line order, with ``line`` and ``source`` set.
-        lines_read: physical lines in the file, blank ones included.
-        stored: False for a dry run.
-        already_present: valid lines whose event the store already holds (a log imported again, or grown).
-    """
-
-    events: int
-    errors: list[EventError]
-    lines_read: int
-    stored: bool
-    already_present: int = 0
-
-    @property
-    def skipped(self) -> int:
-        """Number of rejected lines (blank lines are not counted)."""
-        return len(self.errors)
-
-    def summary(self) -> str:
-        """E.g. "imported 41 events, 3 already present, skipped 1 line" ("would import ..." for a dry run)."""
-        verb = "imported" if self.stored else "would import"
-        present = f", {self.already_present} already present" if self.already_present else ""
-        return f"{verb} {_plural(self.events, 'event')}{present}, skipped {_plural(self.skipped, 'line')}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _canonical(event: Event) -> tuple[Event, str]:
-    """(the event as it will read back, its JSON line), checked by the loader's rules. Raises EventError."""
-    if not isinstance(event, Event):
-        raise TypeError(f"a log store holds model.events.Event objects. Found {type(event).__name__}.")
-    line = event_to_json_line(event)
-    size = len(line.encode("utf-8"))
-    if size > MAX_LINE_BYTES:
-        raise EventError(f"the event's line would be {size} bytes; the limit is {MAX_LINE_BYTES}.", value=line)
-    return parse_event(json.loads(line)), line  # a sub-microsecond ts reads back rounded: store that value
 
 
 class LogStore:
@@ -152,7 +103,7 @@ class LogStore:
             EventError: if the event breaks a rule of the log format or is earlier than the last stored event.
             TypeError: if ``event`` is not an ``Event``.
         """
-        stored, line = _canonical(event)
+        stored, line = canonical(event)
         with self._transaction() as conn:
             error = time_error(stored, self._last(), "the store's last event")
             if error is not None:
@@ -169,7 +120,7 @@ class LogStore:
         rows: list[tuple[Event, str]] = []
         for i, event in enumerate(events, start=1):
             try:
-                rows.append(_canonical(event))
+                rows.append(canonical(event))
             except EventError as exc:
                 raise exc.with_location(source=f"event {i} of the batch") from None
         with self._transaction() as conn:
@@ -269,13 +220,13 @@ class LogStore:
         """
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise'. Found {on_error!r}.")
-        parsed, errors, lines_read = _parse_file(path, time.time() if now is None else now, progress)
+        parsed, errors, lines_read = parse_log_file(path, time.time() if now is None else now, progress)
         if errors and on_error == "raise":
             raise errors[0]
         with self._transaction(write=not dry_run) as conn:
             last = self._last()
             stored = self._lines_up_to(last, parsed)
-            accepted, present, late = _new_in_time_order(parsed, last, stored, str(path))
+            accepted, present, late = new_in_time_order(parsed, last, stored, str(path))
             errors = sorted(errors + late, key=lambda exc: exc.line)
             if errors and on_error == "raise":
                 raise errors[0]
@@ -291,31 +242,6 @@ class LogStore:
             return Counter()
         rows = self._conn.execute("SELECT json_line FROM events WHERE ts >= ?", (earliest,))
         return Counter(line for line, in rows)
-
-
-def _new_in_time_order(parsed: list[tuple[int, Event, str]], last: Moment | None, stored: Counter[str],
-                       source: str) -> tuple[list[tuple[Event, str]], int, list[EventError]]:
-    """Split parsed lines into new events that keep time order after the store's ``last``, already stored, errors.
-
-    A line no later than ``last`` that equals a stored line (``stored`` counts them, and each is used up once) is
-    already present; this also keeps repeated identical events of a file apart.
-    """
-    accepted: list[tuple[Event, str]] = []
-    errors: list[EventError] = []
-    present = 0
-    previous, where = last, "the store's last event"
-    for number, event, line in parsed:
-        if last is not None and event.ts <= last[0] and stored[line]:
-            stored[line] -= 1
-            present += 1
-            continue
-        error = time_error(event, previous, where)
-        if error is not None:
-            errors.append(error.with_location(line=number, source=source))
-            continue
-        accepted.append((event, line))
-        previous, where = moment_of(event), f"the event on line {number}"
-    return accepted, present, errors
 
 
 def _row_event(ts: object, kind: object, line: object) -> Event:
@@ -335,26 +261,6 @@ def _row_event(ts: object, kind: object, line: object) -> Event:
         raise EventError("the row's ts and kind columns must match its JSON line (was the file edited by hand?).",
                          value=(ts, kind))
     return event
-
-
-def _parse_file(path: str | os.PathLike[str], now: float, progress: Callable[[int], None] | None,
-                ) -> tuple[list[tuple[int, Event, str]], list[EventError], int]:
-    """Each line checked alone by ``parse_lines``: ([(line number, event, canonical line)], errors, lines read)."""
-    parsed: list[tuple[int, Event, str]] = []
-    errors: list[EventError] = []
-    number = 0
-    with open_log_lines(path, MAX_LINE_BYTES) as lines:
-        for number, raw in enumerate(lines, start=1):
-            report = parse_lines([raw], source=str(path), on_error="skip", now=now)  # order is checked later
-            errors.extend(exc.with_location(line=number) for exc in report.errors)
-            for event in report.events:
-                try:
-                    parsed.append((number, *_canonical(event)))
-                except EventError as exc:  # canonical line over the limit, e.g. ".1Z" written as ".100000+00:00"
-                    errors.append(exc.with_location(line=number, source=str(path)))
-            if progress is not None and number % PROGRESS_LINES == 0:
-                progress(number)
-    return parsed, errors, number
 
 
 def log_stats(events: list[Event]) -> dict:

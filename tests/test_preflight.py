@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from server.preflight import check_can_start, model_bytes_per_process
-from server.settings import ConfigError, settings_from_config
+from server.settings import settings_from_config
 from tests.conftest import ROOT
 
 
