@@ -23,6 +23,7 @@ from model.time_rules import Moment, moment_of, time_error
 PROGRESS_LINES = 50_000
 """An import calls its ``progress`` callback after every this many lines read."""
 
+
 @dataclass
 class ImportReport:
     """What ``LogStore.import_jsonl`` did.
