@@ -63,6 +63,8 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     from client.client_app import app as client_app
     from server.server_app import app as server_app
 
+    quiet_known_warnings()
+
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our own progress lines say what happens
     run_config = {"config-name": config_name, "overrides": json.dumps(settings_overrides), "output-dir": str(output_dir)}
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
@@ -104,7 +106,6 @@ def main(cfg: DictConfig) -> None:
     _task_started = True
     for noisy in ("alembic", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    quiet_known_warnings()
     from server.preflight import check_can_start
     from server.settings import settings_from_config
 
