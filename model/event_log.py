@@ -182,8 +182,8 @@ def write_events(path: str | os.PathLike[str], events: Iterable[Event]) -> int:
     The lines go to a temporary file in the same directory, which is flushed to disk and then renamed over ``path``
     (``os.replace``), so readers see the old log or the new one, never half of one. Each event is checked by the
     loader's rules (``parse_event``, time order, ``MAX_LINE_BYTES``), so every file written here loads back (but
-    for events more than ``FUTURE_TOLERANCE_S`` after the time of loading: a synthetic log may lie in the future); on any
-    error ``path`` is left untouched. The file ends up readable by its owner only (0600, from ``mkstemp``), as a
+    for events more than ``model.time_rules.FUTURE_TOLERANCE_S`` after the time of loading: a synthetic log may lie
+    in the future); on any error ``path`` is left untouched. The file ends up readable by its owner only (0600, from ``mkstemp``), as a
     log holds the user's private prompts.
 
     Raises:

@@ -45,10 +45,10 @@ def time_error(event: Event, previous: Moment | None, where: str, *, now: float 
     """
     value = event.local_time.isoformat() if shown is None else shown
     if now is not None and event.ts > now + FUTURE_TOLERANCE_S:
+        read_at = local_iso((float(int(now)), 0))
         return EventError(f"time must be at most {FUTURE_TOLERANCE_S / 3600:g} hours after the time of reading "
-                          f"({local_iso((now, 0))}); an event further in the future comes from a wrong device clock "
-                          "or a typo, and is refused so that it cannot hide the events after it.", field="time",
-                          value=value)
+                          f"({read_at}); an event further in the future comes from a wrong device clock or a typo, "
+                          "and is refused so that it cannot hide the events after it.", field="time", value=value)
     if previous is None or event.ts >= previous[0]:
         return None
     return EventError(f"time must not go backwards; {where} is at {local_iso(previous)}.", field="time", value=value)
