@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
@@ -64,10 +63,8 @@ def test_a_torch_file_passes_the_preflight(compose_config, tmp_path):
     (["simulation.nodes=100000", "population=small"], "simulation.nodes"),
 ])
 def test_sizes_and_budgets_that_crashed_after_ray_started_are_refused(compose_config, overrides, words):
-    started = time.perf_counter()
     message = _refused(compose_config, *overrides)
     assert words in message and "found" in message.lower()
-    assert time.perf_counter() - started < 20
 
 
 def test_a_model_too_large_for_this_machine_says_how_the_bound_is_computed(compose_config):
