@@ -1,80 +1,108 @@
-"""Export the device model's single streaming step to a portable file, and load it back.
+"""Export the device model's single streaming step as an ONNX file, for ONNX Runtime on the device.
 
-The device runs one function per event: ``(event features [1, FEATURE_DIM], h, c) -> (logits [1, 8], h, c)``.
-It is exported with ``torch.export`` (an ahead-of-time graph of ATen operators plus the weights, saved as a
-``.pt2`` archive by ``torch.export.save``; loading runs no pickled code) and runs again through
-``torch.export.load(path).module()`` or an ExecuTorch/AOTInductor toolchain.
+The device runs one function per event: ``(event inputs ..., h, c) -> (logits [1, 8], h, c)``, where the event
+inputs are whatever ``PreferenceLSTM.step`` takes besides its state, in its own order and under its own parameter
+names. Nothing here knows the feature layout: the inputs' names and shapes come from the model itself
+(``model.example_step_inputs(1)``, ``model.initial_state(1)``) and the output shapes from one torch step, so the
+export follows the model when its features or its step change. ``model.device_runtime.DeviceStep`` runs the file
+(why ONNX Runtime: that module's docstring) and refuses a file whose signature is not the model's.
 
-ONNX would be the other portable format, but ``torch.onnx.export`` (the dynamo exporter of torch 2.x) needs the
-``onnx`` and ``onnxscript`` packages, and checking the file needs ``onnxruntime``; none is a dependency of this
-project, so ONNX export is not offered here.
+Exporting uses torch's ONNX exporter (``torch.onnx.export(..., dynamo=True)``, which needs ``onnx`` and
+``onnxscript``); the device needs neither, nor torch.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from model.encoding import FEATURE_DIM
+from model.device_runtime import OUTPUT_NAMES, STATE_NAMES, StepSignature
 from model.networks import PreferenceLSTM
 
-StepFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+OPSET = 20
 
 
 class SingleStep(nn.Module):
-    """The causal model's ``step`` with plain tensor inputs and outputs, as an exportable module."""
+    """The causal model's ``step`` with plain tensor inputs and outputs, as an exportable module.
+
+    ``forward(*event_inputs, h, c)`` calls ``model.step`` with the event inputs by the names of
+    ``model.example_step_inputs`` and ``state=(h, c)``.
+    """
 
     def __init__(self, model: PreferenceLSTM) -> None:
         super().__init__()
         if not model.is_causal:
             raise ValueError("only a causal model (bidirectional=false) has a single-step function to export.")
         self.model = model
+        self.input_names = tuple(model.example_step_inputs(1))
 
-    def forward(self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, (h_next, c_next) = self.model.step(features, (h, c))
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        *event_inputs, h, c = tensors
+        logits, (h_next, c_next) = self.model.step(**dict(zip(self.input_names, event_inputs)), state=(h, c))
         return logits, h_next, c_next
+
+
+def example_inputs(model: PreferenceLSTM) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Zero event inputs and the zero state of ``model``'s step at batch 1."""
+    return dict(model.example_step_inputs(1)), model.initial_state(1)
+
+
+@torch.no_grad()
+def step_signature(model: PreferenceLSTM) -> StepSignature:
+    """The names and shapes an exported step of ``model`` takes and returns (one torch step finds the outputs)."""
+    inputs, (h, c) = example_inputs(model)
+    was_training = model.training
+    outputs = SingleStep(model.eval())(*inputs.values(), h, c)
+    model.train(was_training)
+    named = [*inputs.items(), *zip(STATE_NAMES, (h, c))]
+    return StepSignature(tuple((name, tuple(t.shape)) for name, t in named),
+                         tuple((name, tuple(t.shape)) for name, t in zip(OUTPUT_NAMES, outputs)))
 
 
 @dataclass(frozen=True)
 class ExportedModel:
     """Attributes:
-    path: the ``.pt2`` file written.
+    path: the ``.onnx`` file written (weights included: one file).
     size_bytes: its size on disk.
+    signature: the step's input and output names and shapes.
     """
 
     path: Path
     size_bytes: int
+    signature: StepSignature
 
 
 def export_device_model(model: PreferenceLSTM, path: str | Path) -> ExportedModel:
-    """Export ``model``'s single step (evaluation mode, batch 1) with ``torch.export`` to ``path`` (``.pt2``).
+    """Export ``model``'s single step (evaluation mode, batch 1, float32) to the ONNX file ``path``.
 
     The caller's model is not changed (a copy is put in evaluation mode and exported).
     """
-    step = SingleStep(copy.deepcopy(model).eval()).eval()
-    h, c = model.initial_state(1)
-    example = (torch.zeros(1, FEATURE_DIM), h, c)
-    with warnings.catch_warnings():
-        # nn.LSTM re-assigns its flat weight list while tracing; the exported graph reads the parameters directly.
-        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
-        program = torch.export.export(step, example)
+    student = copy.deepcopy(model).eval()
+    step = SingleStep(student).eval()
+    inputs, (h, c) = example_inputs(student)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, target)
-    return ExportedModel(target, target.stat().st_size)
-
-
-def load_device_model(path: str | Path) -> StepFunction:
-    """The exported step function saved at ``path``: ``(features, h, c) -> (logits, h, c)``."""
-    return torch.export.load(Path(path)).module()
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # it lists every torchvision operator it skips registering
+    try:
+        with warnings.catch_warnings():
+            # nn.LSTM re-assigns its flat weight list while tracing; the exported graph reads the parameters directly.
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.onnx.export(step, (*inputs.values(), h, c), str(target), dynamo=True, opset_version=OPSET,
+                              input_names=[*inputs, *STATE_NAMES], output_names=list(OUTPUT_NAMES),
+                              external_data=False, verbose=False)
+    finally:
+        onnx_logger.setLevel(level)
+    return ExportedModel(target, target.stat().st_size, step_signature(student))
 
 
 def state_dict_bytes(model: nn.Module) -> int:

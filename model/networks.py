@@ -113,6 +113,11 @@ class PreferenceLSTM(nn.Module):
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         return torch.zeros(shape), torch.zeros(shape)
 
+    def example_step_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """Zero inputs of :meth:`step` besides its state, by parameter name in call order (the device export
+        reads its input layout from here: keep it in step with ``step``'s signature)."""
+        return {"event_features": torch.zeros(batch_size, FEATURE_DIM)}
+
     def step(self, event_features: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         """Advance the causal model by one event ``[B, FEATURE_DIM]``; returns (logits ``[B, 8]``, new state).
 

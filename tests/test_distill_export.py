@@ -1,4 +1,4 @@
-"""Distillation makes a small causal student agree with the teacher; the exported step equals PyTorch's."""
+"""Distillation makes a small causal student agree with the teacher (its export: tests/test_device_runtime.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from model.distill import (
     distillation_loss,
     new_student,
 )
-from model.encoding import Examples, build_examples, encode_events
-from model.export import export_device_model, load_device_model, state_dict_bytes
+from model.encoding import Examples, build_examples
+from model.export import state_dict_bytes
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, train_local
 from simulations.population import Population, PopulationConfig
@@ -84,20 +84,3 @@ def test_bidirectional_student_is_refused():
 def test_invalid_distill_config_states_the_rule():
     with pytest.raises(ValueError, match=r"temperature must be > 0. Found 0.0"):
         DistillConfig(temperature=0.0)
-
-
-def test_exported_step_matches_pytorch_over_a_sequence(tmp_path, population):
-    model = new_student(DEVICE_MODEL, seed=1)
-    exported = export_device_model(model, tmp_path / "device.pt2")
-    assert exported.path.is_file() and 0 < exported.size_bytes < 1_000_000
-    step = load_device_model(exported.path)
-    features = torch.from_numpy(encode_events(population.user(0).events()[:30]))
-    h, c = model.initial_state(1)
-    h_exp, c_exp = h.clone(), c.clone()
-    with torch.no_grad():
-        for row in features:
-            logits, (h, c) = model.step(row[None], (h, c))
-            logits_exp, h_exp, c_exp = step(row[None], h_exp, c_exp)
-            torch.testing.assert_close(logits_exp, logits, atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(h_exp, h, atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(c_exp, c, atol=1e-6, rtol=1e-5)
