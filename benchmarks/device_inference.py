@@ -9,14 +9,16 @@ weights: latency does not depend on their values):
   step, write the user's state file (as the device does after every event). Median and p99 over all events.
 * ``step only``: the LSTM step alone on pre-encoded features, through ``StepKernel`` (what ``observe`` uses) and
   through ``PreferenceLSTM.step`` (which runs the same kernel in inference mode; the difference is its dispatch).
+* ``ONNX Runtime step``: the same step from the exported ``.onnx`` file in ONNX Runtime
+  (``model.device_runtime.DeviceStep``, one thread): what runs on the device, without torch.
 * ``save state``: rewriting one user's state file (temporary file + rename), the part that depends on the disk.
 * ``returning user``: ``observe`` with the in-memory cache off, so every event also reads the state file.
 * ``full recompute``: the full-sequence forward over the last 256 events: what each event would cost without
   streaming.
-* sizes: the ``torch.export`` file of the single-step function, the weights, and one user's state file.
+* sizes: the ONNX file of the single-step function, the weights, and one user's state file.
 
 Run: ``.venv/bin/python benchmarks/device_inference.py [--quick]``. The last line printed is one JSON object
-``{"p50_ms", "p99_ms", "full_recompute_ms", "model_bytes"}``. Targets: under 1 ms per event, under 1 MB.
+``{"p50_ms", "p99_ms", "onnx_p50_ms", "onnx_p99_ms", "full_recompute_ms", "model_bytes"}``. Targets: under 1 ms per event, under 1 MB.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.distill import DEVICE_MODEL, new_student
 from model.encoding import encode_events
 from model.events import Event
-from model.export import export_device_model, state_dict_bytes
+from model.device_runtime import DeviceStep
+from model.export import export_device_model, state_dict_bytes, step_signature
 from model.step_kernel import StepKernel
 from model.stream_state import UserStreamState, save_state, state_path
 from model.streaming import StreamingPredictor
@@ -89,6 +92,19 @@ def time_step_only(step, model, logs) -> list[int]:
     return samples
 
 
+def time_onnx_step(runtime: DeviceStep, logs) -> list[int]:
+    """Nanoseconds of each ONNX Runtime step over all logs (features as numpy, state threaded through)."""
+    samples = []
+    for _, events in logs:
+        h, c = runtime.initial_state()
+        for row in encode_events(events):
+            row = row[None]
+            start = time.perf_counter_ns()
+            _, h, c = runtime(row, h=h, c=c)
+            samples.append(time.perf_counter_ns() - start)
+    return samples
+
+
 def time_save_state(model, path: Path, repeats: int) -> list[int]:
     h, c = model.initial_state(1)
     state = UserStreamState(h, c, torch.zeros(8), "0" * 64, 1, 0.0)
@@ -130,14 +146,18 @@ def main() -> None:
         returning = time_observe(model, logs, tmp_dir / "uncached", max_cached_users=0)
         state_bytes = state_path(tmp_dir / "cached", logs[0][0]).stat().st_size
         saves = time_save_state(model, tmp_dir / "bench.stream", len(observe))
-        exported = export_device_model(model, tmp_dir / "device_step.pt2")
+        exported = export_device_model(model, tmp_dir / "device_step.onnx")
+        runtime = DeviceStep(exported.path, step_signature(model))
+        time_onnx_step(runtime, logs[:1])  # warm-up
+        onnx_step = time_onnx_step(runtime, logs)
     kernel_step = time_step_only(StepKernel(model), model, logs)
     module_step = time_step_only(model.step, model, logs)
     recompute = time_full_recompute(model, logs, repeats)
 
     rows = [
         ("observe (encode + step + save state)", observe),
-        ("  step only (StepKernel)", kernel_step),
+        ("  step only, torch (StepKernel)", kernel_step),
+        ("  step only, ONNX Runtime (.onnx file)", onnx_step),
         ("  save state file only", saves),
         ("step via PreferenceLSTM.step (kernel + dispatch)", module_step),
         ("returning user (load + observe)", returning),
@@ -147,12 +167,14 @@ def main() -> None:
     print(f"{'what':44s} {'n':>6s} {'p50 ms':>9s} {'p99 ms':>9s}")
     for name, samples in rows:
         print(f"{name:44s} {len(samples):6d} {percentile_ms(samples, 50):9.3f} {percentile_ms(samples, 99):9.3f}")
-    print(f"{'exported step (torch.export .pt2)':44s} {exported.size_bytes:>9d} bytes")
+    print(f"{'exported step (.onnx, weights included)':44s} {exported.size_bytes:>9d} bytes")
     print(f"{'weights (torch.save state_dict)':44s} {state_dict_bytes(model):>9d} bytes")
     print(f"{'one user state file':44s} {state_bytes:>9d} bytes")
     print(json.dumps({
         "p50_ms": round(percentile_ms(observe, 50), 4),
         "p99_ms": round(percentile_ms(observe, 99), 4),
+        "onnx_p50_ms": round(percentile_ms(onnx_step, 50), 4),
+        "onnx_p99_ms": round(percentile_ms(onnx_step, 99), 4),
         "full_recompute_ms": round(statistics.median(recompute) / 1e6, 4),
         "model_bytes": exported.size_bytes,
     }))
