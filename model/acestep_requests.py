@@ -13,6 +13,7 @@ Both request types hide the prompt text from ``repr``: it holds the user's own w
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +24,8 @@ GENRE_TAGS = {"rnb": "r&b", "hiphop": "hip-hop"}
 SCHEDULERS = ("euler", "heun", "pingpong")
 CFG_TYPES = ("apg", "cfg", "cfg_star")
 CAPTION_MAX_CHARS = 512
+TIME_SIGNATURES = ("", "2", "3", "4", "6")
+"""ACE-Step 1.5's time signatures, as the strings its pipeline formats ("4" is 4/4, "6" is 6/8; "": unset)."""
 _TEMPO_WORD = re.compile(r"\b\d*\s*(?:bpm|beats per minute)\b", re.IGNORECASE)
 
 
@@ -86,6 +89,13 @@ class AceStep15Request:
     infer_method: str = "ode"
 
     def __post_init__(self) -> None:
+        for name in ("caption", "lyrics", "keyscale", "timesignature"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string. Found {type(getattr(self, name)).__name__}.")
+        if self.bpm is not None and (not isinstance(self.bpm, numbers.Integral) or isinstance(self.bpm, bool)):
+            raise TypeError(f"bpm must be an integer or None. Found {type(self.bpm).__name__} {self.bpm!r}.")
+        if self.timesignature not in TIME_SIGNATURES:
+            raise ValueError(f"timesignature must be one of {list(TIME_SIGNATURES)}. Found {self.timesignature!r}.")
         if _TEMPO_WORD.search(self.caption):
             raise ValueError("caption must not state the tempo: ACE-Step 1.5 reads it from the bpm field.")
         if len(self.caption) > CAPTION_MAX_CHARS:

@@ -6,7 +6,8 @@ One request, as SEED.md's loop describes it:
    they have in mind, which is drawn from their hidden taste at that moment);
 2. the policy completes it into a request (``simulations.policies`` + ``model.conditioning.build_request``);
 3. the *simulated* generator (``model.simulated_generator.SimulatedGenerator``) says what ACE-Step would play,
-   with tag-adherence noise. No audio is made and nothing here is ACE-Step output;
+   with tag-adherence noise; with a pipeline generation mode (``simulations.experiment_generation``) ACE-Step
+   1.5's pipeline also writes the piece as audio on the device, but the listener still reacts to the descriptor;
 4. the user's hidden taste judges the piece (``simulations.judging``); satisfied (or settling, or out of
    attempts) they keep it, otherwise they redo it after editing style, tempo or instruments
    (``simulations.loop_user.choose_edits``). Every action is an event in their log, which is what the model reads
@@ -28,6 +29,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -35,6 +37,7 @@ import numpy as np
 from model.cold_start import Questionnaire
 from model.conditioning import ACE_BPM_MAX, ACE_BPM_MIN, MusicRequest, build_request
 from model.events import Event
+from model.generators import Generator
 from model.prompt_intent import parse_prompt
 from model.simulated_generator import SimulatedGenerator
 from model.vocab import GENRE_INDEX, GENRES
@@ -144,12 +147,15 @@ class ClosedLoop:
     def __init__(self, cohort: Cohort, settings: LoopSettings, *, stream: TextIO = sys.stdout) -> None:
         self.cohort, self.settings, self.stream = cohort, settings, stream
 
-    def run(self, policy: Policy) -> LoopRecords:
+    def run(self, policy: Policy, device_generator: Callable[[int], Generator] | None = None) -> LoopRecords:
+        """Serve the cohort with ``policy``; ``device_generator(user_id)`` is that user's device's generator (by
+        default one ``SimulatedGenerator`` for all). Every generator must return a descriptor to judge."""
         settings, cohort = self.settings, self.cohort
         n = len(cohort.users)
         states = [_UserState(settings.behaviour.return_pivot) for _ in range(n)]
         records = LoopRecords(users=n, days=settings.days)
-        generator = SimulatedGenerator(settings.noise, seed=settings.seed)
+        simulated = SimulatedGenerator(settings.noise, seed=settings.seed)
+        generator_for = device_generator or (lambda user_id: simulated)
         started = time.perf_counter()
         for day in range(settings.days):
             plans = [self._plan_day(i, day, states[i]) for i in range(n)]
@@ -160,6 +166,7 @@ class ClosedLoop:
                 pending = [self._open_request(i, plans[i][k], states[i]) for i in active]
                 conditionings = policy.condition([p.context for p in pending])
                 for request, conditioning in zip(pending, conditionings):
+                    generator = generator_for(cohort.users[request.context.user].user_id)
                     records.add(self._play(request, conditioning, states[request.context.user], generator, day))
             note = None
             every = settings.retrain.every_days
@@ -194,7 +201,7 @@ class ClosedLoop:
         return _Pending(context, taste, want, kind, rng)
 
     def _play(self, pending: _Pending, conditioning: Conditioning, state: _UserState,
-              generator: SimulatedGenerator, day: int) -> RequestRecord:
+              generator: Generator, day: int) -> RequestRecord:
         """Generate, judge, edit and redo until the user keeps a piece; log every action."""
         ctx, taste, want, kind, rng = pending.context, pending.taste, pending.want, pending.kind, pending.rng
         settings, user = self.settings, self.cohort.users[ctx.user]
@@ -210,8 +217,8 @@ class ClosedLoop:
             else:
                 request = edited_request(conditioning, ctx.prompt, edits, settings, seed)
             result = generator.generate(request)
-            if not result.is_simulated or result.descriptor is None:
-                raise RuntimeError(f"the experiment needs simulated descriptors. Found source {result.source!r}.")
+            if result.descriptor is None:
+                raise RuntimeError(f"the experiment judges simulated descriptors; generator {result.source!r} gave none.")
             piece = result.descriptor
             judgement = judge(piece, taste, want, settings.judge)
             if first is None:

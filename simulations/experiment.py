@@ -4,13 +4,16 @@ Composes ``conf/experiment.yaml``, pre-trains the global models on the historic 
 (``simulations.pretraining``), then serves the same new users with every policy (``simulations.policies``) for the
 configured days (``simulations.closed_loop``), retraining the personalised policies' models from the loop's logs.
 Writes ``experiment.json``, ``experiment.png`` (the seed's table with intervals) and ``cold_start.png`` into
-Hydra's output directory and prints the table. Generation is simulated: the generator describes what ACE-Step
-would play (``model.simulated_generator``); no audio is produced and no figure here is about ACE-Step output.
-Examples::
+Hydra's output directory and prints the table. By default generation is simulated: the generator describes what
+ACE-Step would play (``model.simulated_generator``) and no audio is produced. ``generation=acestep_tiny`` (or
+``generation=acestep generation.pipeline_dir=PATH``) also runs ACE-Step 1.5's pipeline for every request and writes
+the audio on the device (``simulations.experiment_generation``); reactions still come from the descriptors, so no
+figure here is about ACE-Step's output. Examples::
 
     python -m simulations.experiment experiment.users=5000 experiment.days=14
     python -m simulations.experiment experiment.pretrain.engine=flower population.num_users=1000
     python -m simulations.experiment experiment.policies=[baseline,oracle] experiment.noise.genre_drift_prob=0.3
+    python -m simulations.experiment generation=acestep_tiny experiment.users=4 experiment.conditioning.duration_s=10
 """
 
 from __future__ import annotations
@@ -40,14 +43,13 @@ from simulations.experiment_report import (  # noqa: E402
     plot_table,
     policy_table,
 )
+from simulations.experiment_generation import LoopGeneration  # noqa: E402
 from simulations.experiment_settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
 from simulations.judging import __doc__ as JUDGING_DOC  # noqa: E402
 from simulations.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy  # noqa: E402
 from simulations.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
 from simulations.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
 
-GENERATION_NOTE = ("simulated: model.simulated_generator.SimulatedGenerator describes what ACE-Step would play "
-                   "(genre mixture, felt BPM, instruments) with tag-adherence noise; no audio, not ACE-Step output")
 DEFINITIONS = {
     "first_satisfaction": "share of requests whose first generated piece reached the user's keep threshold",
     "edits": "mean edits per request before a keep: redos plus style, tempo and instrument changes",
@@ -94,6 +96,16 @@ def _make_policy(name: str, settings: ExperimentSettings, arrays: dict, cohort) 
                        exploration=loop.exploration, questionnaire_weight=loop.questionnaire_weight)
 
 
+def audio_line(audio: dict) -> str:
+    """One line on the pipeline's audio: how many pieces, seconds per generation, what the devices kept."""
+    seconds = audio["seconds_per_generation"]
+    timing = (f"{seconds['mean']:.2f} s per generation (median {seconds['p50']:.2f}, max {seconds['max']:.2f})"
+              if audio["generations"] else "no generation ran")
+    return (f"audio: {audio['generations']} pieces by ACE-Step 1.5's pipeline ({audio['backend']}), {timing}; "
+            f"devices kept {audio['files_kept']} WAV files ({audio['bytes_kept'] / 1e6:.1f} MB); reactions: "
+            f"{audio['reactions']}")
+
+
 def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: TextIO = sys.stdout) -> dict:
     """Run every configured policy on the same new users; write and return ``experiment.json``'s content."""
     output_dir = Path(output_dir)
@@ -108,21 +120,24 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
         print(line, file=stream, flush=True)
 
     try:
+        generation = LoopGeneration(settings.generation, loop.noise, loop.seed, output_dir)
         progress(f"closed-loop experiment: {loop.users} new users x {loop.days} days, policies {loop.policies}; "
-                 f"generation {GENERATION_NOTE.split(':')[0]} (no ACE-Step audio); outputs in {output_dir}")
+                 f"generation {generation.footnote}; outputs in {output_dir}")
         cohort = build_cohort(settings.run.population.seed, settings.first_user_id, loop.users, loop.days, loop.seed)
         arrays, pretraining = _model_policies(settings, output_dir, progress)
         results, reports = {}, {}
         for name in loop.policies:
             policy = _make_policy(name, settings, arrays, cohort)
-            results[name] = ClosedLoop(cohort, loop, stream=stream).run(policy)
+            devices = (lambda user_id, name=name: generation.for_device(name, user_id)) if generation.pipeline else None
+            results[name] = ClosedLoop(cohort, loop, stream=stream).run(policy, devices)
             reports[name] = policy.report()
         table = policy_table(results, loop.report, loop.seed)
         curves = {name: cold_start_curve(records, loop.report) for name, records in results.items()}
         payload = {
             "users": loop.users,
             "days": loop.days,
-            "generation": GENERATION_NOTE,
+            "generation": generation.note,
+            "audio": generation.report() or None,
             "policies": table,
             "cold_start_curve": curves,
             "privacy": {"pretraining": pretraining, "retraining": reports.get("federated_dp") or None},
@@ -132,9 +147,11 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
             "wall_time_s": time.perf_counter() - started,
         }
         write_json(output_dir / "experiment.json", payload)
-        plot_table(table, output_dir / "experiment.png", loop.report.confidence)
-        plot_cold_start(curves, output_dir / "cold_start.png", loop.exploration.interactions)
-        progress(format_table(table, loop.report.confidence))
+        plot_table(table, output_dir / "experiment.png", loop.report.confidence, generation.footnote)
+        plot_cold_start(curves, output_dir / "cold_start.png", loop.exploration.interactions, generation.footnote)
+        progress(format_table(table, loop.report.confidence, generation.footnote))
+        if payload["audio"]:
+            progress(audio_line(payload["audio"]))
         progress(f"outputs: {output_dir} (experiment.json, experiment.png, cold_start.png) · "
                  f"{payload['wall_time_s']:.0f} s")
         return payload

@@ -138,8 +138,9 @@ def _normal_quantile(p: float) -> float:
     return (low + high) / 2.0
 
 
-def format_table(table: dict[str, dict], confidence: float) -> str:
-    """The seed's table as Markdown: each figure with its interval."""
+def format_table(table: dict[str, dict], confidence: float,
+                 generation: str = "generation simulated, no ACE-Step audio") -> str:
+    """The seed's table as Markdown: each figure with its interval; ``generation`` says how pieces were made."""
     level = f"{100 * confidence:g}%"
     lines = [f"| policy | {' | '.join(LABELS[m] for m in METRICS)} |", "|---" * (len(METRICS) + 1) + "|"]
     for name, row in table.items():
@@ -149,11 +150,12 @@ def format_table(table: dict[str, dict], confidence: float) -> str:
             digits = 2 if metric == "edits" else 3
             cells.append(f"{row[metric]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
         lines.append(f"| {name} | {' | '.join(cells)} |")
-    lines.append(f"({level} bootstrap intervals over users; generation simulated, no ACE-Step audio.)")
+    lines.append(f"({level} bootstrap intervals over users; {generation}.)")
     return "\n".join(lines)
 
 
-def plot_table(table: dict[str, dict], path: Path, confidence: float) -> Path:
+def plot_table(table: dict[str, dict], path: Path, confidence: float,
+               generation: str = "simulated generation") -> Path:
     """One bar panel per metric, each bar with its interval."""
     names = list(table)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
@@ -165,14 +167,15 @@ def plot_table(table: dict[str, dict], path: Path, confidence: float) -> Path:
         ax.set_title(LABELS[metric], fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Closed-loop experiment (simulated generation), {100 * confidence:g}% bootstrap intervals", fontsize=10)
+    fig.suptitle(f"Closed-loop experiment ({generation}), {100 * confidence:g}% bootstrap intervals", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_cold_start(curves: dict[str, dict], path: Path, exploration_interactions: int) -> Path:
+def plot_cold_start(curves: dict[str, dict], path: Path, exploration_interactions: int,
+                    generation: str = "simulated generation") -> Path:
     """First-generation satisfaction against the number of interactions, one line (with band) per policy."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, (name, curve) in enumerate(curves.items()):
@@ -184,7 +187,7 @@ def plot_cold_start(curves: dict[str, dict], path: Path, exploration_interaction
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("interaction (the user's n-th request)")
     ax.set_ylabel("first-generation satisfaction")
-    ax.set_title("Cold start (simulated generation)", fontsize=10)
+    ax.set_title(f"Cold start ({generation})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -4,7 +4,8 @@ The composed config has two parts. Everything the federated training run underst
 ``population``, ``model``, ``privacy``, ``strategy``, ``simulation`` ...) is checked by the project's own schema
 (``server.settings.settings_from_config``): it describes the *historic* federation the global model is pre-trained
 on. The ``experiment`` key describes the loop: the new users, the policies, periodic retraining, the simulated
-generator's adherence noise, how users judge and come back. Unknown keys and wrong types are rejected with the key
+generator's adherence noise, how users judge and come back. The ``generation`` group says whether ACE-Step 1.5's
+pipeline makes audio too (``generation.settings``). Unknown keys and wrong types are rejected with the key
 named (``client.instructions.dataclass_from_dict``); each dataclass checks its own ranges.
 """
 
@@ -16,6 +17,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from client.instructions import InstructionError, dataclass_from_dict
+from generation.settings import GenerationSettings
 from model.cold_start import ExplorationConfig
 from model.conditioning import ConditioningConfig
 from model.simulated_generator import AdherenceNoise
@@ -206,10 +208,11 @@ class LoopSettings:
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """The whole experiment: the historic federation (``run``) and the loop (``loop``)."""
+    """The whole experiment: the historic federation (``run``), the loop (``loop``) and how it generates music."""
 
     run: RunSettings
     loop: LoopSettings
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     @property
     def first_user_id(self) -> int:
@@ -226,12 +229,14 @@ def experiment_settings_from_config(cfg: DictConfig | dict) -> ExperimentSetting
     if "experiment" not in container:
         raise ConfigError("the config has no 'experiment' section: compose conf/experiment.yaml.")
     loop_values = container.pop("experiment")
+    generation_values = container.pop("generation", {})
     run = settings_from_config(container)
     try:
         loop = dataclass_from_dict(LoopSettings, loop_values, "experiment.")
+        generation = dataclass_from_dict(GenerationSettings, generation_values, "generation.")
     except (InstructionError, ValueError) as error:
         raise ConfigError(str(error)) from None
-    settings = ExperimentSettings(run=run, loop=loop)
+    settings = ExperimentSettings(run=run, loop=loop, generation=generation)
     if run.privacy.user_level and "federated_dp" in loop.policies and not run.privacy.delta < 1.0 / loop.users:
         raise ConfigError(f"privacy.delta must be < 1/experiment.users = {1.0 / loop.users:g} (the retraining "
                           f"federation is the new users). Found {run.privacy.delta}.")
