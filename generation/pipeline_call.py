@@ -7,7 +7,8 @@ It is strict about types in ways that are easy to get wrong, and this adapter ne
 * ``bpm`` is an ``int`` (a string raises in its ``bpm > 0`` check; a float would print "80.0");
 * ``timesignature`` is a string such as ``"4"`` (an int raises on ``.strip()``), ``None`` when unset;
 * ``prompt`` and ``lyrics`` are single strings: one piece per call (a list of prompts with one lyrics string
-  raises, since it indexes the lyrics per prompt);
+  raises, since it indexes the lyrics per prompt); an instrumental request sends ACE-Step 1.5's lyrics marker
+  ``INSTRUMENTAL``;
 * no seed argument: a ``torch.Generator`` seeded from the request's seed (``None``: the pipeline draws one).
 
 Turbo checkpoints have guidance distilled into the weights; the pipeline then ignores ``guidance_scale`` with a
@@ -21,13 +22,16 @@ import torch
 from model.acestep_requests import AceStep15Request, to_v15
 from model.conditioning import MusicRequest
 
+INSTRUMENTAL = "[Instrumental]"
+"""ACE-Step 1.5's lyrics for a piece without vocals."""
+
 
 def pipeline_kwargs(request: AceStep15Request, *, shift: float = 3.0, turbo: bool = False,
                     vocal_language: str = "en") -> dict[str, object]:
     """The ``AceStepPipeline.__call__`` keyword arguments for ``request`` (audio returned as numpy)."""
     return {
         "prompt": request.caption,
-        "lyrics": request.lyrics,
+        "lyrics": INSTRUMENTAL if request.instrumental else request.lyrics,
         "bpm": None if request.bpm is None else int(request.bpm),
         "keyscale": request.keyscale or None,
         "timesignature": request.timesignature or None,

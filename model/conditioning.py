@@ -3,7 +3,7 @@
 SEED.md's loop injects the LSTM's preference into ACE-Step "together with the text input", to complete implicit
 intent: for "something relaxing", a user whose last week was slow tempo, acoustic guitar and ambient sound should
 get a quieter, more atmospheric piece than the default light pop piano. ``MusicRequest`` is that request, neutral
-of the ACE-Step version; ``model.acestep_requests`` renders it as v1 tags + call parameters or as 1.5 fields.
+of the ACE-Step version; ``model.acestep_requests`` renders it as ACE-Step 1.5's fields.
 
 Rules, explicit words first (``model.prompt_intent``):
 

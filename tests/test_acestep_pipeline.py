@@ -71,11 +71,11 @@ def test_our_values_arrive_in_the_text_the_pipeline_encodes(pipeline, encoded_te
     assert f"# Caption\n{caption}\n" in text and "jazz" in caption.lower()
     assert "- bpm: 84\n" in text and "- keyscale: A minor\n" in text and "- duration: 10 seconds\n" in text
     assert "- timesignature: N/A\n" in text  # we never set one from a request
-    assert lyrics.endswith("# Lyric\n<|endoftext|>")  # instrumental: no lyrics
+    assert lyrics.endswith("# Lyric\n[Instrumental]<|endoftext|>")  # no lyrics: ACE-Step 1.5's instrumental marker
 
     encoded_text.clear()
     fields = AceStep15Request(caption="Waltz with strings.", bpm=90, duration=12.0, timesignature="3", seed=1,
-                              lyrics="[verse]\nla la", inference_steps=1)
+                              lyrics="[verse]\nla la", instrumental=False, inference_steps=1)
     pipeline(**pipeline_kwargs(fields, turbo=True))
     (text, lyrics), = encoded_text
     assert "- timesignature: 3\n" in text and "- bpm: 90\n" in text and "- duration: 12 seconds\n" in text
