@@ -18,7 +18,8 @@ weights: latency does not depend on their values):
 * sizes: the ONNX file of the single-step function, the weights, and one user's state file.
 
 Run: ``.venv/bin/python benchmarks/device_inference.py [--quick]``. The last line printed is one JSON object
-``{"p50_ms", "p99_ms", "onnx_p50_ms", "onnx_p99_ms", "full_recompute_ms", "model_bytes"}``. Targets: under 1 ms per event, under 1 MB.
+``{"p50_ms", "p99_ms", "onnx_p50_ms", "onnx_p99_ms", "full_recompute_ms", "model_bytes"}``. Targets: under 1 ms
+per event, under 1 MB.
 """
 
 from __future__ import annotations

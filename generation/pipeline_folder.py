@@ -33,7 +33,7 @@ def _component_gaps(folder: Path, name: str) -> list[str]:
 
 
 def missing_parts(folder: str | Path) -> list[str]:
-    """Every part of an ACE-Step 1.5 pipeline folder that is absent, as paths relative to ``folder`` (empty: complete)."""
+    """Every absent part of an ACE-Step 1.5 pipeline folder, as paths relative to ``folder`` (empty: complete)."""
     root = Path(folder)
     if not root.is_dir():
         return [f"{root} (no such folder)"]

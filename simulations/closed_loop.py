@@ -218,7 +218,7 @@ class ClosedLoop:
                 request = edited_request(conditioning, ctx.prompt, edits, settings, seed)
             result = generator.generate(request)
             if result.descriptor is None:
-                raise RuntimeError(f"the experiment judges simulated descriptors; generator {result.source!r} gave none.")
+                raise RuntimeError(f"the experiment judges simulated descriptors; {result.source!r} gave none.")
             piece = result.descriptor
             judgement = judge(piece, taste, want, settings.judge)
             if first is None:

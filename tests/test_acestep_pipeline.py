@@ -93,9 +93,9 @@ def test_the_pipeline_raises_on_wrong_types_and_our_adapter_never_sends_them(pip
         pipeline(**{**base, "prompt": ["Calm folk.", "Loud rock."], "lyrics": "la"})
 
     conditioning = Conditioning(preference=preference("rock"), recent=RecentChoices(bpm=131.6, instruments=("bass",)))
-    requests = [_request(p, g, s) for s, (p, g) in enumerate([("", "pop"), ("something fast", "rock"),
-                                                              ("slow piano at 61.5 bpm", "classical"),
-                                                              ("no rock, jazz please", "rock"), ("in C major", "folk")])]
+    prompts = [("", "pop"), ("something fast", "rock"), ("slow piano at 61.5 bpm", "classical"),
+               ("no rock, jazz please", "rock"), ("in C major", "folk")]
+    requests = [_request(prompt, genre, seed) for seed, (prompt, genre) in enumerate(prompts)]
     requests.append(edited_request(conditioning, "", Edits(style="hiphop", bpm=97.4), LoopSettings(), seed=9))
     for request in requests:
         kwargs = music_request_kwargs(request, num_inference_steps=1, guidance_scale=7.0, shift=3.0, turbo=True)

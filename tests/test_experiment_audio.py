@@ -1,4 +1,4 @@
-"""The closed loop through ACE-Step 1.5's pipeline: audio on each device, reactions from descriptors, folders checked."""
+"""The closed loop through ACE-Step 1.5's pipeline: audio on each device, reactions from descriptors."""
 
 import io
 import json
