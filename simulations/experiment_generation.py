@@ -33,8 +33,9 @@ NOTES = {
                "descriptor (model.simulated_generator.SimulatedGenerator), not from the audio",
 }
 FOOTNOTES = {"simulated": "generation simulated, no ACE-Step audio",
-             "acestep_tiny": "audio by ACE-Step 1.5's pipeline with tiny random weights (noise); reactions simulated",
-             "acestep": "audio by ACE-Step 1.5's pipeline; reactions simulated, not from the audio"}
+             "acestep_tiny": "tiny random ACE-Step 1.5 pipeline: noise audio, simulated reactions",
+             "acestep": "ACE-Step 1.5 audio, simulated reactions"}
+"""How tables and plots say where pieces came from (short: it is a plot title too)."""
 PIPELINE_FOLDER = "acestep_tiny_pipeline"
 
 
