@@ -36,6 +36,7 @@ from omegaconf import DictConfig  # noqa: E402
 from server.report import write_json  # noqa: E402
 from server.settings import ConfigError  # noqa: E402
 from simulations.closed_loop import ClosedLoop, build_cohort  # noqa: E402
+from simulations.experiment_generation import LoopGeneration  # noqa: E402
 from simulations.experiment_report import (  # noqa: E402
     cold_start_curve,
     format_table,
@@ -43,7 +44,6 @@ from simulations.experiment_report import (  # noqa: E402
     plot_table,
     policy_table,
 )
-from simulations.experiment_generation import LoopGeneration  # noqa: E402
 from simulations.experiment_settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
 from simulations.judging import __doc__ as JUDGING_DOC  # noqa: E402
 from simulations.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy  # noqa: E402

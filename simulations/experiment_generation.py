@@ -117,7 +117,7 @@ class LoopGeneration:
             "backend": self.settings.backend,
             "pipeline_dir": str(self.settings.pipeline_dir or self.output_dir / PIPELINE_FOLDER),
             "generations": len(seconds),
-            "seconds_per_generation": {
+            "seconds_per_generation": {  # the pipeline call plus writing the WAV
                 "mean": statistics.fmean(seconds) if seconds else None,
                 "p50": statistics.median(seconds) if seconds else None,
                 "max": seconds[-1] if seconds else None,
