@@ -110,7 +110,7 @@ def measure_floor(settings, sampled_users: list[int]) -> float:
     started = time.perf_counter()
     for user in sampled_users:
         examples, _ = device_examples(instructions.data, user)
-        local_update(arrays, instructions, examples, DeviceLedger(None), user)
+        local_update(arrays, instructions, examples, DeviceLedger(None), user, simulated=True)
     return (time.perf_counter() - started) / len(sampled_users)
 
 

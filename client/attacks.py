@@ -120,7 +120,7 @@ def update_as_instructed(global_arrays: Arrays, instructions: TrainInstructions,
     kind = attack_of(instructions.attack, seed=instructions.seed, user_id=user_id, simulated=simulated)
     if kind == "label_flip":
         examples = flip_labels(examples)
-    update = local_update(global_arrays, instructions, examples, ledger, user_id)
+    update = local_update(global_arrays, instructions, examples, ledger, user_id, simulated=simulated)
     if kind in ("none", "label_flip") or update.declined:
         return update
     scale = instructions.attack.scale  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from model.networks import ModelConfig
+from privacy.randomness import check_noise_source
 from model.training import LocalTrainConfig
 
 
@@ -57,8 +58,9 @@ class TrainInstructions:
     """One round's instructions to a client.
 
     Attributes:
-        round: the server round (seeds the client's local randomness with the run seed and user id).
-        seed: the run seed.
+        round: the server round (with the run seed and user id, seeds dropout, augmentation and plain shuffling).
+        seed: the run seed. It drives only randomness that protects nothing (dropout, augmentation, shuffling
+            without DP): DP-SGD's noise and Poisson batches come from the device's own OS entropy.
         model: architecture of the global model (the client checks the arrays fit it).
         train: local training settings.
         data: how the client builds its examples.
@@ -67,6 +69,9 @@ class TrainInstructions:
         device_dir: where a simulated device keeps its private state (its record-level ledger).
         attack: simulation only: hostile synthetic users and their attack; None (never sent) otherwise. A device
             training on its own log ignores it.
+        noise: "secure" or "seeded" (``privacy.noise``). Only a synthetic user obeys "seeded" (DP-SGD noise and
+            batches from ``seed``, for reproducible simulations); a device training on its own log ignores it and
+            always draws them from its own entropy, so nothing the server sends can predict them.
     """
 
     round: int
@@ -78,6 +83,10 @@ class TrainInstructions:
     record: Optional[RecordLevelInstructions] = None
     device_dir: Optional[str] = None
     attack: Optional[AttackInstructions] = None
+    noise: str = "secure"
+
+    def __post_init__(self) -> None:
+        check_noise_source(self.noise, "noise")
 
 
 def dataclass_from_dict(cls: type, values: object, prefix: str = "") -> Any:

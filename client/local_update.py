@@ -2,11 +2,15 @@
 
 Framework-free (numpy in, numpy out) so the Message-API ClientApp and the secure-aggregation client share it.
 Nothing derived from single events leaves: the reply is the model and the declared scalar metrics below.
+
+Randomness: the seed the server sends (with the round and the user id) drives dropout, augmentation and plain
+shuffling only, which protect nothing. Record-level DP-SGD's noise and Poisson batches come from this device's own
+OS entropy (``privacy.randomness.device_generator``), so the server can predict neither; only a synthetic user in a
+``privacy.noise=seeded`` simulation derives them from the seed.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,7 +22,8 @@ from client.instructions import TrainInstructions
 from model.encoding import Examples
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import RecordLevelDP, evaluate, train_local
-from privacy.mechanisms import clip_update, global_norm
+from privacy.mechanisms import clip_update, dp_sgd_schedule, global_norm
+from privacy.randomness import device_generator
 
 TRAIN_METRICS = ("num-examples", "train-loss", "update-norm", "clipped", "declined", "record-epsilon")
 """Every train reply carries exactly these scalars."""
@@ -63,8 +68,9 @@ def load_model(arrays: dict[str, np.ndarray], config: ModelConfig) -> Preference
     return model
 
 
-def client_seed(seed: int, round_: int, user_id: int) -> int:
-    return int(np.random.SeedSequence([seed, round_, user_id]).generate_state(1)[0])
+def client_seed(*words: int) -> int:
+    """A 32-bit seed from the run seed, the round, the user id (and a stream number)."""
+    return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
 
 
 def local_update(
@@ -73,8 +79,12 @@ def local_update(
     examples: Examples,
     ledger: DeviceLedger,
     user_id: int,
+    *,
+    simulated: bool = False,
 ) -> LocalUpdate:
     """Train on ``examples`` from ``global_arrays`` as instructed; returns the new weights and scalar metrics.
+
+    ``simulated``: this is a synthetic user, which obeys ``instructions.noise == "seeded"``; a real device never does.
 
     Under user-level DP the update (new - global) is clipped here to ``instructions.clipping_norm``, so the
     reply can be summed by secure aggregation; the server clips again, which changes nothing for an honest client.
@@ -84,8 +94,8 @@ def local_update(
     declined = DECLINED_NO_DATA if n == 0 else DECLINED_NO
     dp = None
     if record is not None and n > 0:
-        sample_rate = min(1.0, instructions.train.batch_size / n)
-        steps = instructions.train.epochs * math.ceil(1.0 / sample_rate)
+        sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=instructions.train.batch_size,
+                                             epochs=instructions.train.epochs)
         after = ledger.rdp_epsilon_after(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
         if after > record.target_epsilon:
             declined = DECLINED_RECORD_BUDGET
@@ -101,7 +111,12 @@ def local_update(
     seed = client_seed(instructions.seed, instructions.round, user_id)
     model = load_model(global_arrays, instructions.model)
     torch.manual_seed(seed)  # dropout draws from torch's global generator; after the worker's model exists
-    result = train_local(model, examples, instructions.train, dp=dp, generator=torch.Generator().manual_seed(seed))
+    dp_generator = None
+    if dp is not None:  # the device's own entropy, unless a synthetic user is told to reproduce a seeded run
+        seeded = simulated and instructions.noise == "seeded"
+        dp_generator = device_generator(client_seed(instructions.seed, instructions.round, user_id, 1) if seeded else None)
+    result = train_local(model, examples, instructions.train, dp=dp, generator=torch.Generator().manual_seed(seed),
+                         dp_generator=dp_generator)
     if record is not None and result.sample_rate is not None:
         ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
         ledger.save()

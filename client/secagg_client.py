@@ -20,6 +20,7 @@ from client.device_data import device_data
 from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions, from_config_items
 from client.local_update import local_update
+from client.node_config import PARTITION_ID
 from privacy.mechanisms import clip_update
 
 ARRAY_NAMES_KEY = "secagg.array-names"
@@ -52,7 +53,8 @@ def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.n
         )
     data = device_data(instructions.data, context.node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
-    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id)
+    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id,
+                          simulated=PARTITION_ID in context.node_config)
     delta = {k: update.arrays[k].astype(np.float64) - global_arrays[k] for k in global_arrays}
     # local_update clipped the update already; clipping again in float64 removes float32 rounding above C.
     clipped, _, _ = clip_update(delta, instructions.clipping_norm)

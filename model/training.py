@@ -2,13 +2,15 @@
 
 DP-SGD (Abadi et al. 2016, Algorithm 1): Poisson-sampled batches, every per-sample gradient clipped to norm C,
 Gaussian noise of std z*C added to their sum. Per-sample gradients come from ``model.per_sample`` (exact, fused);
-clipping, noise and the update are Opacus' ``DPOptimizer``. Nothing here calibrates noise or computes epsilon:
-the caller passes a noise multiplier calibrated once and records ``(z, sample_rate, steps)`` in a ledger.
+clipping, noise and the update are Opacus' ``DPOptimizer`` in ``secure_mode`` (floating-point-safe noise, see
+``privacy.randomness``). The noise and the Poisson batches draw from ``dp_generator``, which the caller seeds from
+the device's own entropy; ``generator`` (dropout's global seed aside) drives only augmentation and plain
+shuffling. Nothing here calibrates noise or computes epsilon: the caller passes a noise multiplier calibrated once
+and records ``(z, sample_rate, steps)`` (``privacy.mechanisms.dp_sgd_schedule``) in a ledger.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +20,7 @@ from torch.nn import functional as F
 from model.augment import AugmentConfig, augment_batch
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
+from privacy.mechanisms import dp_sgd_schedule
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -99,8 +102,14 @@ def train_local(
     *,
     dp: RecordLevelDP | None = None,
     generator: torch.Generator,
+    dp_generator: torch.Generator | None = None,
 ) -> LocalTrainResult:
-    """Train ``model`` in place on ``examples``; returns the mean training loss and the mechanism that ran."""
+    """Train ``model`` in place on ``examples``; returns the mean training loss and the mechanism that ran.
+
+    ``dp_generator`` (required with ``dp``) draws DP-SGD's noise and Poisson batches; ``generator`` augmentation.
+    """
+    if dp is not None and dp_generator is None:
+        raise ValueError("DP-SGD needs dp_generator: the source of its noise and batches (the device's own entropy).")
     if config.max_examples and len(examples) > config.max_examples:
         examples = examples.subset(slice(len(examples) - config.max_examples, len(examples)))
     n = len(examples)
@@ -110,7 +119,7 @@ def train_local(
     optimizer = _make_optimizer(model, config)
     if dp is None:
         return _train_plain(model, examples, config, optimizer, generator)
-    return _train_dp_sgd(model, examples, config, dp, optimizer, generator)
+    return _train_dp_sgd(model, examples, config, dp, optimizer, generator, dp_generator)
 
 
 def _batch_loss(model: PreferenceLSTM, examples: Examples, index: torch.Tensor, config: LocalTrainConfig,
@@ -135,11 +144,10 @@ def _train_plain(model, examples, config, optimizer, generator) -> LocalTrainRes
     return LocalTrainResult(loss=total / (n * config.epochs), steps=steps, num_examples=n)
 
 
-def _train_dp_sgd(model, examples, config, dp, optimizer, generator) -> LocalTrainResult:
+def _train_dp_sgd(model, examples, config, dp, optimizer, generator, dp_generator) -> LocalTrainResult:
     n = len(examples)
-    sample_rate = min(1.0, config.batch_size / n)
+    sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=config.batch_size, epochs=config.epochs)
     expected_batch = sample_rate * n
-    steps = config.epochs * math.ceil(1.0 / sample_rate)
     from opacus.optimizers import DPOptimizer  # here, not at the top: non-DP clients never pay Opacus' import
 
     dp_optimizer = DPOptimizer(
@@ -148,7 +156,8 @@ def _train_dp_sgd(model, examples, config, dp, optimizer, generator) -> LocalTra
         max_grad_norm=dp.max_grad_norm,
         expected_batch_size=expected_batch,
         loss_reduction="mean",
-        generator=generator,
+        generator=dp_generator,
+        secure_mode=True,  # each noise value the sum of 4 draws, halved (Holohan & Braghin 2021): float-safe
     )
     params = [p for p in model.parameters() if p.requires_grad]
     total, seen = 0.0, 0
@@ -156,7 +165,7 @@ def _train_dp_sgd(model, examples, config, dp, optimizer, generator) -> LocalTra
     try:
         for _ in range(steps):
             dp_optimizer.zero_grad(set_to_none=True)
-            index = torch.nonzero(torch.rand(n, generator=generator) < sample_rate).squeeze(1)
+            index = torch.nonzero(torch.rand(n, generator=dp_generator) < sample_rate).squeeze(1)
             if len(index) == 0:
                 # An empty Poisson batch still releases noise: the accountant counts this step.
                 for p in params:

@@ -3,7 +3,3 @@
 
 class PrivacyConfigError(ValueError):
     """A privacy setting that cannot work; the message names the key, the value and the allowed range."""
-
-
-class PrivacyBudgetExhausted(RuntimeError):
-    """The next release would take the spent epsilon past the target budget."""

@@ -12,6 +12,8 @@ from typing import Mapping
 
 import numpy as np
 
+from privacy.randomness import GaussianNoise
+
 Update = dict[str, np.ndarray]
 
 
@@ -34,10 +36,22 @@ def clip_update(update: Mapping[str, np.ndarray], max_norm: float) -> tuple[Upda
     return {k: (np.asarray(v, dtype=np.float64) * scale).astype(np.float32) for k, v in update.items()}, norm, True
 
 
-def add_gaussian_noise(total: Mapping[str, np.ndarray], std: float, rng: np.random.Generator) -> Update:
-    """``total`` plus independent N(0, std^2) noise on every coordinate."""
+def add_gaussian_noise(total: Mapping[str, np.ndarray], std: float, noise: GaussianNoise) -> Update:
+    """``total`` plus independent N(0, std^2) noise from ``noise`` on every coordinate (added in float64, returned
+    as float32, the model's precision)."""
     if std < 0.0:
         raise ValueError(f"The noise standard deviation should be non-negative; found {std}.")
     if std == 0.0:
         return {k: np.asarray(v, dtype=np.float32).copy() for k, v in total.items()}
-    return {k: (np.asarray(v, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(v))).astype(np.float32) for k, v in total.items()}
+    return {k: (np.asarray(v, dtype=np.float64) + noise.sample(np.shape(v), std)).astype(np.float32)
+            for k, v in total.items()}
+
+
+def dp_sgd_schedule(*, num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """DP-SGD's (sample rate, steps) for one local training run: Poisson rate q = batch_size / n (at most 1) and
+    ``epochs`` expected passes, ceil(1/q) steps each. The one place both the training loop and the device's ledger
+    read them from, so the ledger records the mechanism that ran."""
+    if num_examples < 1 or batch_size < 1 or epochs < 1:
+        raise ValueError(f"num_examples, batch_size and epochs must be >= 1; found {num_examples}, {batch_size}, {epochs}.")
+    sample_rate = min(1.0, batch_size / num_examples)
+    return sample_rate, epochs * math.ceil(1.0 / sample_rate)

@@ -2,24 +2,23 @@
 
 Flower's strategies do the server-side step (FedAvg's weighted mean, FedAdam's adaptive step, FedMedian,
 FedTrimmedAvg, Krum). Under user-level DP they receive, instead of the client models, one pseudo-reply carrying
-``global + noisy mean update`` from DP-FedAvg (McMahan et al. 2018, Alg. 1): every update clipped to norm C, the
-clipped updates summed, Gaussian noise of std z*C added to the sum, the result divided by the *expected* number of
-clients qN. Dividing by the expected rather than the actual count keeps the sensitivity at C/(qN), which is what
-the accountant's (q, z) describe; the strategy's step is post-processing and costs no privacy.
+``global + noisy mean update`` from the run's ``privacy.user_level.UserLevelGaussian`` (clip, sum, noise z*C,
+divide by the expected count qN); the strategy's step is post-processing and costs no privacy. Without user-level
+DP, ``privacy.user_level.NoUserLevelPrivacy`` hands the strategy every reply with its weight.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 from client.records import from_array_record, to_array_record
-from privacy.mechanisms import add_gaussian_noise, clip_update, global_norm
+from privacy.accounting import PrivacyLedger
+from privacy.randomness import gaussian_noise
+from privacy.user_level import ClippingStats, NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
 from server.replies import ClientUpdate
-from server.settings import StrategySettings
+from server.settings import RunSettings, StrategySettings
 
 Arrays = dict[str, np.ndarray]
 
@@ -53,68 +52,45 @@ def _pseudo_reply(arrays: Arrays, weight: float) -> Message:
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 
-@dataclass(frozen=True)
-class UserLevelDP:
-    """The user-level Gaussian mechanism's parameters for one run."""
+def user_level_mechanism(settings: RunSettings, *, noise_multiplier: float | None, ledger: PrivacyLedger,
+                         sample_rate: float, population: int, noise_seed: list[int]) -> UserLevelMechanism:
+    """The run's user-level mechanism: the Gaussian one under ``privacy.mode`` user or both, else no privacy.
 
-    clipping_norm: float
-    noise_multiplier: float
-    expected_clients: float  # q * N
-
-
-@dataclass(frozen=True)
-class AggregationStats:
-    clipped_fraction: float
-    mean_update_norm: float
+    ``noise_seed`` keys the noise only under ``privacy.noise: seeded``; ``secure`` draws from the OS at each release.
+    """
+    p = settings.privacy
+    if not p.user_level:
+        return NoUserLevelPrivacy()
+    return UserLevelGaussian(
+        clipping_norm=p.clipping_norm, noise_multiplier=noise_multiplier, sample_rate=sample_rate,  # type: ignore[arg-type]
+        population=population, noise=gaussian_noise(p.noise, noise_seed), ledger=ledger, delta=p.delta,
+        accountant=p.accountant, target_epsilon=p.target_epsilon,
+    )
 
 
 class RoundSum:
-    """One round's client updates, folded in one at a time as replies arrive.
+    """One round's client updates, folded in one at a time as replies arrive (see ``privacy.user_level``):
+    under user-level DP each is clipped into a running sum at once and dropped, so the server holds one model-sized
+    sum rather than every reply of the round."""
 
-    Under user-level DP each update is clipped and added to a running sum at once and then dropped, so the server
-    holds one model-sized sum rather than every reply of the round; without DP the updates are kept for the
-    strategy (FedMedian and Krum need them all).
-    """
-
-    def __init__(self, current: Arrays, dp: UserLevelDP | None) -> None:
-        self.current, self.dp = current, dp
-        self.total = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()} if dp is not None else None
-        self.kept: list[ClientUpdate] = []
-        self.norms: list[float] = []
-        self.clipped: list[bool] = []
+    def __init__(self, current: Arrays, mechanism: UserLevelMechanism) -> None:
+        self.current = current
+        self.accumulator = mechanism.open_round(current)
 
     @property
     def count(self) -> int:
         """Updates folded in so far."""
-        return len(self.norms)
+        return self.accumulator.count
 
     def add(self, update: ClientUpdate) -> None:
-        delta = {k: update.arrays[k] - self.current[k] for k in self.current}
-        if self.total is None:
-            self.norms.append(global_norm(delta))
-            self.clipped.append(False)
-            self.kept.append(update)
-            return
-        clipped, norm, was_clipped = clip_update(delta, self.dp.clipping_norm)  # type: ignore[union-attr]
-        for k in self.total:
-            self.total[k] += clipped[k]
-        self.norms.append(norm)
-        self.clipped.append(was_clipped)
+        self.accumulator.add(update.arrays, float(update.metrics["num-examples"]))
 
-    def release(self, strategy: FedAvg, server_round: int, rng: np.random.Generator) -> tuple[Arrays, AggregationStats]:
-        """The next global arrays. With DP the noisy mean is released even for zero updates (the accountant
-        counts every round); without it, a round with no updates leaves the model unchanged."""
-        current, dp = self.current, self.dp
-        if self.total is not None and dp is not None:
-            noisy = add_gaussian_noise(self.total, dp.noise_multiplier * dp.clipping_norm, rng)
-            mean = {k: current[k] + noisy[k] / dp.expected_clients for k in current}
-            replies = [_pseudo_reply(mean, 1.0)]
-        else:
-            replies = [_pseudo_reply(u.arrays, float(u.metrics["num-examples"])) for u in self.kept]
-        stats = AggregationStats(
-            clipped_fraction=float(np.mean(self.clipped)) if self.clipped else 0.0,
-            mean_update_norm=float(np.mean(self.norms)) if self.norms else 0.0,
-        )
+    def release(self, strategy: FedAvg, server_round: int) -> tuple[Arrays, ClippingStats]:
+        """The next global arrays. Under user-level DP the noisy mean is released even for zero updates (the
+        accountant counts every round); without it, a round with no updates leaves the model unchanged."""
+        current = self.current
+        replies = [_pseudo_reply(arrays, weight) for arrays, weight in self.accumulator.release()]
+        stats = self.accumulator.stats()
         if not replies:
             return current, stats
         if isinstance(strategy, FedAdam):
@@ -125,17 +101,10 @@ class RoundSum:
         return {k: v.astype(np.float32) for k, v in from_array_record(new).items()}, stats
 
 
-def aggregate(
-    strategy: FedAvg,
-    server_round: int,
-    current: Arrays,
-    updates: list[ClientUpdate],
-    *,
-    dp: UserLevelDP | None,
-    rng: np.random.Generator,
-) -> tuple[Arrays, AggregationStats]:
+def aggregate(strategy: FedAvg, server_round: int, current: Arrays, updates: list[ClientUpdate], *,
+              mechanism: UserLevelMechanism) -> tuple[Arrays, ClippingStats]:
     """The next global arrays from a whole round's updates at once (see ``RoundSum``)."""
-    round_sum = RoundSum(current, dp)
+    round_sum = RoundSum(current, mechanism)
     for update in updates:
         round_sum.add(update)
-    return round_sum.release(strategy, server_round, rng)
+    return round_sum.release(strategy, server_round)

@@ -1,15 +1,20 @@
-"""Everything needed to continue a run, written atomically after each round.
+"""Everything needed to continue a run, written atomically after each round, read without executing anything.
 
 A checkpoint holds the global weights, the last completed round, the privacy ledger, the calibrated noise
-multiplier, the server strategy's state (e.g. FedAdam's moments), the RNG states and the metrics so far. It is
-written to a temporary file in the same directory and renamed over the old one, so a crash mid-write leaves the
-previous checkpoint intact.
+multiplier, the server strategy's state (e.g. FedAdam's moments), where simulated devices keep their ledgers, the
+record-level epsilons devices reported, and the metrics so far. It holds no random generator state: the noise of
+every release comes from fresh OS entropy (``privacy.randomness``), so a resumed run draws anew.
+
+It is written to a temporary file in the same directory and renamed over the old one, so a crash mid-write leaves
+the previous checkpoint intact. It is read with ``torch.load(weights_only=True)``: only tensors and plain
+containers load, so a tampered file cannot run code on the aggregation server (a full unpickler would run
+whatever a pickled object names). Arrays are therefore stored as torch tensors.
 """
 
 from __future__ import annotations
 
 import os
-import random
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: weights-only (tensors, no pickled objects), no RNG state; 1 (refused) pickled NumPy arrays and RNG states."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or was not written by this version; names the file."""
 
 
 @dataclass
@@ -28,27 +38,28 @@ class Checkpoint:
     ledger: dict
     noise_multiplier: float | None
     strategy_state: dict[str, Any] = field(default_factory=dict)
-    rng: dict[str, Any] = field(default_factory=dict)
+    device_dir: str | None = None  # where simulated devices keep their record-level ledgers
+    record_epsilon: dict[int, float] = field(default_factory=dict)  # node (slot mode: user) -> latest record-level ε
     rounds: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
 
-def capture_rng() -> dict[str, Any]:
-    """The states of Python's, NumPy's global and torch's RNGs (Flower samples with Python's ``random``)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def _arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in tensors.items()}
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically (temp file + rename in the same directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, **checkpoint.__dict__}
+    payload = {
+        "format_version": FORMAT_VERSION, **checkpoint.__dict__, "arrays": _tensors(checkpoint.arrays),
+        "strategy_state": {name: _tensors(value) for name, value in checkpoint.strategy_state.items()},
+    }
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -62,12 +73,36 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint; a missing or foreign file gives an error that says what to pass instead."""
+    """Read a checkpoint with the weights-only loader.
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        CheckpointError: if the file carries a pickled object (refused before anything in it runs), is not a
+            checkpoint, or was written by another format version.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint={path}: no such file. Pass the checkpoint.pt written by an earlier run.")
-    payload = torch.load(path, weights_only=False)
+    try:
+        payload = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line] or [type(error).__name__]
+        raise CheckpointError(
+            f"checkpoint={path}: refused, nothing in it was run: it carries a pickled object that only a full "
+            f"unpickler would build ({lines[0]}). A checkpoint of this version holds tensors and plain values only; "
+            "this file was tampered with or written by an older version."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"checkpoint={path}: not a checkpoint torch can read ({error}).") from None
     version = payload.pop("format_version", None) if isinstance(payload, dict) else None
     if version != FORMAT_VERSION:
-        raise ValueError(f"checkpoint={path}: format version {version!r} is not {FORMAT_VERSION}; it was not written by this version.")
-    return Checkpoint(**payload)
+        raise CheckpointError(f"checkpoint={path}: format version {version!r} is not {FORMAT_VERSION}; it was not "
+                              "written by this version.")
+    try:
+        checkpoint = Checkpoint(**payload)
+    except TypeError as error:
+        raise CheckpointError(f"checkpoint={path}: not this version's fields ({error}).") from None
+    checkpoint.arrays = _arrays(checkpoint.arrays)  # type: ignore[arg-type]
+    checkpoint.strategy_state = {name: _arrays(value) for name, value in checkpoint.strategy_state.items()}
+    checkpoint.record_epsilon = {int(k): float(v) for k, v in checkpoint.record_epsilon.items()}
+    return checkpoint

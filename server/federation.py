@@ -30,15 +30,16 @@ from client.records import to_array_record
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
-from privacy.errors import PrivacyConfigError
+from privacy.randomness import SEEDED_WARNING, sampling_generator
+from privacy.user_level import NoUserLevelPrivacy, UserLevelMechanism
 from server import evaluation
 from server.addressing import Addressing
 from server.aggregation import (
     RoundSum,
-    UserLevelDP,
     load_strategy_state,
     make_strategy,
     strategy_state,
+    user_level_mechanism,
 )
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
@@ -92,8 +93,10 @@ class FederatedRun:
         self.data = data_instructions(settings)
         self.strategy = make_strategy(settings.strategy)
         self.addressing = Addressing(slots=bool(settings.simulation.nodes), users_per_message=settings.simulation.users_per_message)
-        self.sampling_rng = np.random.default_rng([settings.seed, 0])
-        self.noise_rng = np.random.default_rng([settings.seed, 1])
+        # Who is sampled: OS entropy in a deployment (amplification by subsampling assumes nobody knows who was
+        # drawn); the seed in a simulation. Re-keyed by the round a resumed run starts at (never checkpointed).
+        self.sampling_rng = sampling_generator(settings.deployment.engine == "real", [settings.seed, 0])
+        self.mechanism: UserLevelMechanism = NoUserLevelPrivacy()  # the run's own, once N is known (``run``)
         self.model = PreferenceLSTM(settings.model)
         self.device_dir = str(self.output_dir / "devices")
         self.stop_reason: str | None = None
@@ -134,22 +137,14 @@ class FederatedRun:
         ledger = PrivacyLedger()
         ledger.load_state_dict(checkpoint.ledger)
         load_strategy_state(self.strategy, checkpoint.strategy_state)
-        self.sampling_rng.bit_generator.state = checkpoint.rng["sampling"]
-        self.noise_rng.bit_generator.state = checkpoint.rng["noise"]
-        self.device_dir = checkpoint.rng.get("device_dir", self.device_dir)
-        self.progress.line(
-            f"resumed from {self.settings.checkpoint}: round {checkpoint.round} done, "
-            f"user-level ε so far {self._epsilon(ledger):.3f}"
-        )
+        self.sampling_rng = sampling_generator(self.settings.deployment.engine == "real",
+                                               [self.settings.seed, 0, checkpoint.round])
+        self.device_dir = checkpoint.device_dir
         return RunState(
             round=checkpoint.round, arrays=checkpoint.arrays, ledger=ledger,
             noise_multiplier=checkpoint.noise_multiplier, rounds=list(checkpoint.rounds),
-            record_epsilon={int(k): v for k, v in checkpoint.rng.get("record_epsilon", {}).items()},
+            record_epsilon=dict(checkpoint.record_epsilon),
         )
-
-    def _epsilon(self, ledger: PrivacyLedger) -> float:
-        p = self.settings.privacy
-        return ledger.epsilon(delta=p.delta, accountant=p.accountant) if p.user_level else float("inf")
 
     def _instructions(self, server_round: int) -> TrainInstructions:
         p = self.settings.privacy
@@ -159,7 +154,7 @@ class FederatedRun:
         return TrainInstructions(
             round=server_round, seed=self.settings.seed, model=self.settings.model, train=self.settings.train,
             data=self.data, clipping_norm=p.clipping_norm if p.user_level else None, record=record,
-            device_dir=self.device_dir, attack=self.settings.simulation.attack.instructions(),
+            device_dir=self.device_dir, attack=self.settings.simulation.attack.instructions(), noise=p.noise,
         )
 
     # ------------------------------------------------------------------------------------------------ rounds
@@ -174,7 +169,17 @@ class FederatedRun:
                 self.data, range(population.num_users, self.data.population_size), population.eval_points_per_user
             )
         node_ids = wait_for_nodes(grid, deployment.min_nodes or self.settings.simulated_nodes, timeout_s=sim.node_wait_s)
-        self._check_delta(self._population_size(node_ids))
+        # Seeded noise is keyed by the round the run starts at, so a resumed run never replays round 1's draws.
+        self.mechanism = user_level_mechanism(
+            self.settings, noise_multiplier=state.noise_multiplier, ledger=state.ledger, sample_rate=sim.sample_rate,
+            population=self._population_size(node_ids), noise_seed=[self.settings.seed, 1] + ([state.round] if state.round else []),
+        )
+        if self.settings.resume:
+            epsilon = self.mechanism.epsilon()
+            self.progress.line(f"resumed from {self.settings.checkpoint}: round {state.round} done"
+                               + (f", user-level ε so far {epsilon:.3f}" if epsilon is not None else ""))
+        if self.settings.privacy.noise == "seeded":
+            self.progress.line(f"privacy.noise=seeded: {SEEDED_WARNING}")
         if deployment.warm_up_nodes:
             warm_up(grid, node_ids, deployment.warm_up_nodes)
         channel = RoundChannel(grid, ttl_s=3 * sim.round_timeout_s)
@@ -194,30 +199,16 @@ class FederatedRun:
         metrics = self._finish(state, node_ids, channel, held_out, time.perf_counter() - started)
         return metrics
 
-    def _check_delta(self, population: int) -> None:
-        """δ must stay below 1/N for the population actually sampled from (on a real server: the connected nodes)."""
-        p = self.settings.privacy
-        if p.user_level and not p.delta < 1.0 / population:
-            raise PrivacyConfigError(
-                f"privacy.delta must be < 1/N = {1.0 / population:g} for the N = {population} users sampled from "
-                f"(a larger delta can leak one user's data outright); found {p.delta}."
-            )
-
     def _budget_allows_next_round(self, state: RunState) -> bool:
-        p, sim = self.settings.privacy, self.settings.simulation
-        if not p.user_level:
+        after = self.mechanism.epsilon_if_next_passes_budget()
+        if after is None:
             return True
-        after = state.ledger.epsilon_after(
-            noise_multiplier=state.noise_multiplier, sample_rate=sim.sample_rate, delta=p.delta, accountant=p.accountant  # type: ignore[arg-type]
+        self.stop_reason = (
+            f"stopped before round {state.round + 1}: it would bring user-level ε to {after:.3f}, "
+            f"past the budget privacy.target_epsilon={self.settings.privacy.target_epsilon}"
         )
-        if after > p.target_epsilon:  # type: ignore[operator]
-            self.stop_reason = (
-                f"stopped before round {state.round + 1}: it would bring user-level ε to {after:.3f}, "
-                f"past the budget privacy.target_epsilon={p.target_epsilon}"
-            )
-            self.progress.line(self.stop_reason)
-            return False
-        return True
+        self.progress.line(self.stop_reason)
+        return False
 
     def _run_round(self, state: RunState, server_round: int, node_ids: list[int], channel: RoundChannel, held_out: Examples | None) -> None:
         sim, p = self.settings.simulation, self.settings.privacy
@@ -234,16 +225,11 @@ class FederatedRun:
             chosen = [n for n, u in zip(node_ids, self.sampling_rng.random(len(node_ids))) if u < sim.sample_rate]
             sampled = [(n, n) for n in chosen if n not in busy]
             slots = []
-        dp = None
-        if p.user_level:
-            dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * self._population_size(node_ids))  # type: ignore[arg-type]
         if self.secure is not None:
-            outcome = self._secure_round(state, server_round, [n for n, _ in sampled], channel, dp)  # type: ignore[arg-type]
+            outcome = self._secure_round(state, server_round, [n for n, _ in sampled], channel)
         else:
-            outcome = self._plain_round(state, server_round, sampled, slots, channel, dp)
+            outcome = self._plain_round(state, server_round, sampled, slots, channel)
         state.arrays = outcome.arrays
-        if p.user_level:
-            state.ledger.record(noise_multiplier=state.noise_multiplier, sample_rate=sim.sample_rate)  # type: ignore[arg-type]
         scores = self._score(state.arrays, held_out)
         record_eps = list(state.record_epsilon.values())
         row = {
@@ -251,7 +237,7 @@ class FederatedRun:
             "train_loss": outcome.train_loss,
             "eval_top1": scores["top1"],
             "eval_nll": scores["nll"],
-            "epsilon": self._epsilon(state.ledger) if p.user_level else None,
+            "epsilon": self.mechanism.epsilon(),
             "clients": outcome.clients,
             "sampled": len(chosen),
             "skipped_busy": len(chosen) - len(sampled),
@@ -273,7 +259,7 @@ class FederatedRun:
         if outcome.halted:
             self.progress.line(f"  secure aggregation: {outcome.halted}; this round releases noise only")
         self._checkpoint(state)
-        eps_text = f" · ε {row['epsilon']:.2f}/{p.target_epsilon:g}" if p.user_level else ""
+        eps_text = f" · ε {row['epsilon']:.2f}/{p.target_epsilon:g}" if row["epsilon"] is not None else ""
         rec_text = f" · record ε max {row['record_epsilon_max']:.2f}" if row["record_epsilon_max"] is not None else ""
         loss_text = f"{outcome.train_loss:.3f}" if outcome.train_loss is not None else "-"
         eval_text = f" · held-out top-1 {scores['top1']:.3f}" if held_out is not None else ""
@@ -288,7 +274,7 @@ class FederatedRun:
         return self.settings.population.num_users if self.settings.simulation.nodes else len(node_ids)
 
     def _plain_round(self, state: RunState, server_round: int, sampled: list[tuple[int | None, int]], slots: list[int],
-                     channel: RoundChannel, dp: UserLevelDP | None) -> RoundOutcome:
+                     channel: RoundChannel) -> RoundOutcome:
         """Send, check each reply as it arrives and fold it into the round's sum; then noise and step on the server.
 
         ``sampled`` holds (node, user) pairs: a node of its own per user, or (slot mode) None and the users the
@@ -306,7 +292,7 @@ class FederatedRun:
                            group_id=str(server_round), ttl=3 * sim.round_timeout_s)
 
         max_examples = self.settings.train.max_examples or None
-        round_sum, counts, problems = RoundSum(state.arrays, dp), Counter[str](), []
+        round_sum, counts, problems = RoundSum(state.arrays, self.mechanism), Counter[str](), []
         loss_sum = examples = 0.0
         jobs = self.addressing.jobs(sampled, len(slots))
         for users, reply in channel.dispatch(jobs, slots, message, timeout_s=sim.round_timeout_s):
@@ -323,7 +309,7 @@ class FederatedRun:
                 loss_sum += metrics["train-loss"] * metrics["num-examples"]
                 examples += metrics["num-examples"]
             self.progress.clients(server_round, sum(counts.values()), len(sampled))
-        arrays, stats = round_sum.release(self.strategy, server_round, self.noise_rng)
+        arrays, stats = round_sum.release(self.strategy, server_round)
         unanswered = len(sampled) - sum(counts.values())
         return RoundOutcome(
             arrays=arrays, stats=stats, clients=round_sum.count, failed=counts["failed"] + unanswered,
@@ -331,14 +317,13 @@ class FederatedRun:
             problems=problems,
         )
 
-    def _secure_round(self, state: RunState, server_round: int, sampled: list[int], channel: RoundChannel,
-                      dp: UserLevelDP) -> RoundOutcome:
+    def _secure_round(self, state: RunState, server_round: int, sampled: list[int], channel: RoundChannel) -> RoundOutcome:
         """SecAgg+ sums the clients' updates (clipped on the device); the server sees only the sum, adds noise."""
         config = to_config_items(self._instructions(server_round))
         secure = self.secure.sum_updates(channel.grid, sampled, state.arrays, config)  # type: ignore[union-attr]
         sensitivity = self.secure.sensitivity(self._num_coordinates(state))  # type: ignore[union-attr]
-        arrays, stats = add_noise_and_step(self.strategy, server_round, state.arrays, secure, dp=dp,
-                                           sensitivity=sensitivity, rng=self.noise_rng)
+        arrays, stats = add_noise_and_step(self.strategy, server_round, state.arrays, secure,
+                                           mechanism=self.mechanism, sensitivity=sensitivity)  # type: ignore[arg-type]
         return RoundOutcome(arrays=arrays, stats=stats, clients=secure.contributors, failed=secure.dropped,
                             halted=secure.halted)
 
@@ -356,8 +341,7 @@ class FederatedRun:
         save_checkpoint(self.checkpoint_path, Checkpoint(
             round=state.round, arrays=state.arrays, ledger=state.ledger.state_dict(),
             noise_multiplier=state.noise_multiplier, strategy_state=strategy_state(self.strategy),
-            rng={"sampling": self.sampling_rng.bit_generator.state, "noise": self.noise_rng.bit_generator.state,
-                 "device_dir": self.device_dir, "record_epsilon": state.record_epsilon},
+            device_dir=self.device_dir, record_epsilon=state.record_epsilon,
             rounds=state.rounds, settings=dataclasses.asdict(self.settings),
         ))
 
@@ -408,7 +392,7 @@ class FederatedRun:
                       "baselines": baselines,
                       "held_out_users": self.settings.population.eval_users if held_out is not None else 0,
                       "held_out_examples": len(held_out) if held_out is not None else 0},
-            "privacy": privacy_report(self.settings, state, self._epsilon(state.ledger), self.secure,
+            "privacy": privacy_report(self.settings, state, self.mechanism.epsilon(), self.secure,
                                       self._num_coordinates(state)),
             "stopped_early": self.stop_reason,
             "wall_time_s": seconds,

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import statistics
 
+from privacy.randomness import SEEDED_WARNING
 from server.run_state import RunState
 from server.secagg import SecureAggregator
 from server.settings import RunSettings
 
 
-def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float, secure: SecureAggregator | None,
-                   coordinates: int) -> dict:
+def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float | None,
+                   secure: SecureAggregator | None, coordinates: int) -> dict:
     """User-level ε (from the run's ledger: ``user_epsilon``), record-level ε as devices reported it, SecAgg's
     parameters (``coordinates``: model size, for its sensitivity), and notes on what each guarantee covers."""
     p, sim = settings.privacy, settings.simulation
     record_eps = list(state.record_epsilon.values())
-    report: dict = {"mode": p.mode, "user_level": None, "record_level": None, "notes": []}
+    report: dict = {"mode": p.mode, "noise": p.noise, "user_level": None, "record_level": None, "notes": []}
+    if p.noise == "seeded":
+        report["warning"] = SEEDED_WARNING
+        report["notes"].append(f"privacy.noise=seeded: {SEEDED_WARNING}. The server's noise and the simulated "
+                               "devices' DP-SGD noise were drawn from streams keyed by the run seed.")
+    else:
+        report["notes"].append("privacy.noise=secure: the server's noise came from the OS's CSPRNG at each release "
+                               "(floating-point-safe sum of 4 draws), each device's DP-SGD noise and batches from its "
+                               "own entropy; none of it derives from the seed, and none is stored.")
     if p.user_level:
         report["user_level"] = {
             "epsilon": user_epsilon, "delta": p.delta, "noise_multiplier": state.noise_multiplier,
@@ -26,7 +35,7 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float, 
             "User-level (ε, δ) covers the released global models: Poisson sampling with rate q per round, each update "
             "clipped to the clipping norm, Gaussian noise z·C on the sum, divided by the expected count qN. Per-round "
             "diagnostics (train_loss, clipped_fraction, mean_update_norm, client counts) come from raw client replies "
-            "and are not covered by ε. Noise is drawn from a seeded PRNG (reproducible simulation), not a CSPRNG."
+            "and are not covered by ε."
         )
         if any(r["skipped_busy"] for r in state.rounds):
             report["notes"].append("Some sampled nodes were still busy with an earlier round and were skipped: a "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from privacy.accounting import PrivacyLedger
-from server.aggregation import AggregationStats
+from privacy.user_level import ClippingStats
 
 
 @dataclass
@@ -15,7 +15,7 @@ class RoundOutcome:
     """What one round's aggregation produced, whichever path (plain or secure) ran it."""
 
     arrays: dict[str, np.ndarray]
-    stats: AggregationStats
+    stats: ClippingStats
     clients: int
     failed: int
     rejected: int = 0

@@ -41,8 +41,8 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from client.secagg_client import ARRAY_NAMES_KEY
-from privacy.mechanisms import add_gaussian_noise
-from server.aggregation import AggregationStats, UserLevelDP, aggregate
+from privacy.user_level import ClippingStats, NoUserLevelPrivacy, UserLevelGaussian
+from server.aggregation import aggregate
 from server.replies import ClientUpdate
 from server.settings import SECAGG_MODULUS_RANGE, ConfigError, SecAggSettings
 
@@ -192,11 +192,11 @@ class SecureAggregator:
 
 
 def add_noise_and_step(
-    strategy, server_round: int, current: Arrays, secure: SecureSum, *, dp: UserLevelDP, sensitivity: float,
-    rng: np.random.Generator,
-) -> tuple[Arrays, AggregationStats]:
-    """DP-FedAvg's release from a secure sum: (sum + N(0, (z·sensitivity)^2)) / qN added to the global model, then
-    the Flower strategy's server step (``server.aggregation.aggregate`` on one pseudo-update, as on the plain path).
+    strategy, server_round: int, current: Arrays, secure: SecureSum, *, mechanism: UserLevelGaussian, sensitivity: float,
+) -> tuple[Arrays, ClippingStats]:
+    """DP-FedAvg's release from a secure sum: the run's mechanism adds N(0, (z·sensitivity)^2) to the sum, divides
+    by qN and records the release (``UserLevelGaussian.release_sum``, as on the plain path), then the Flower
+    strategy's server step (``server.aggregation.aggregate`` on one pseudo-update).
 
     ``sensitivity`` is one client's largest contribution to the sum: ``SecureAggregator.sensitivity`` (the
     clipping norm plus quantisation rounding). A round without a sum (halted, or nobody sampled) still releases
@@ -205,12 +205,9 @@ def add_noise_and_step(
     Raises:
         ValueError: if ``sensitivity`` is below the clipping norm (the noise would not cover a clipped update).
     """
-    if sensitivity < dp.clipping_norm:
-        raise ValueError(f"sensitivity must be >= the clipping norm {dp.clipping_norm}; found {sensitivity}.")
     total = secure.total if secure.total is not None else {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
-    noisy = add_gaussian_noise(total, dp.noise_multiplier * sensitivity, rng)
-    noisy_mean = {k: (current[k] + noisy[k] / dp.expected_clients).astype(np.float32) for k in current}
+    noisy_mean = {k: v.astype(np.float32) for k, v in mechanism.release_sum(current, total, sensitivity=sensitivity).items()}
     pseudo = ClientUpdate(node_id=0, arrays=noisy_mean, metrics={"num-examples": 1})
-    arrays, _ = aggregate(strategy, server_round, current, [pseudo], dp=None, rng=rng)
+    arrays, _ = aggregate(strategy, server_round, current, [pseudo], mechanism=NoUserLevelPrivacy())
     # Individual norms and clipping never reach the server under SecAgg: those diagnostics are unknown.
-    return arrays, AggregationStats(clipped_fraction=float("nan"), mean_update_norm=float("nan"))
+    return arrays, ClippingStats(clipped_fraction=float("nan"), mean_update_norm=float("nan"))

@@ -17,6 +17,7 @@ from model.networks import ModelConfig
 from model.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
 from privacy.errors import PrivacyConfigError
+from privacy.randomness import NOISE_SOURCES
 
 PRIVACY_MODES = ("none", "record", "user", "both")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -102,6 +103,7 @@ class PrivacySettings:
     clipping_norm: Optional[float] = 0.5
     accountant: str = "rdp"
     record: Optional[RecordPrivacySettings] = None
+    noise: str = "secure"  # secure: OS entropy at each release; seeded: reproducible, no guarantee (privacy.randomness)
 
     @property
     def user_level(self) -> bool:
@@ -116,6 +118,8 @@ class PrivacySettings:
             raise PrivacyConfigError(f"privacy.mode must be one of {list(PRIVACY_MODES)}; found {self.mode!r}.")
         if self.accountant not in ACCOUNTANTS:
             raise PrivacyConfigError(f"privacy.accountant must be one of {list(ACCOUNTANTS)}; found {self.accountant!r}.")
+        if self.noise not in NOISE_SOURCES:
+            raise PrivacyConfigError(f"privacy.noise must be one of {list(NOISE_SOURCES)}; found {self.noise!r}.")
         if self.user_level:
             for name in ("target_epsilon", "clipping_norm"):
                 check_range(f"privacy.{name}", getattr(self, name), 0, low_open=True, note=f" for mode '{self.mode}'",
@@ -272,6 +276,12 @@ def _check_across_groups(s: RunSettings) -> None:
         raise ConfigError(
             f"simulation.nodes={s.simulation.nodes} (node slots playing synthetic users) is simulation-only; with "
             f"deployment.engine={s.deployment.engine!r} every SuperNode is a device with its own log. Set simulation.nodes=0."
+        )
+    if s.privacy.noise == "seeded" and s.deployment.engine != "simulation":
+        raise PrivacyConfigError(
+            f"privacy.noise=seeded is refused with deployment.engine={s.deployment.engine!r}: noise drawn from the "
+            "config seed can be regenerated and subtracted by anyone who knows it, so no privacy would hold. "
+            "Set privacy.noise=secure (the default)."
         )
     if s.privacy.user_level:
         if not s.privacy.delta < 1.0 / s.population.num_users:

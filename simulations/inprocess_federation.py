@@ -3,9 +3,10 @@
 Each round samples every user independently with probability q (Poisson sampling), runs the client's own
 ``client.local_update.local_update`` on that user's examples (user-level clipping on the device, record-level DP-SGD
 when configured, each device keeping its own record-level ledger), and aggregates with the server's
-``server.aggregation.aggregate`` (clip, sum, Gaussian noise z*C, divide by the expected count qN, then the Flower
-strategy's step). The noise multiplier is calibrated once for the planned rounds and every release is recorded in a
-``privacy.accounting.PrivacyLedger``, exactly as ``server.federation.FederatedRun`` does over a Flower grid.
+``server.aggregation.aggregate`` through the run's one user-level mechanism (``privacy.user_level``: clip, sum,
+Gaussian noise z*C from ``privacy.noise``'s source, divide by the expected count qN, record the release in the
+ledger; then the Flower strategy's step). The noise multiplier is calibrated once for the planned rounds, exactly as
+``server.federation.FederatedRun`` does over a Flower grid.
 
 Used for the closed-loop experiment's periodic retraining on the logs the loop produced (Flower's simulated clients
 read the synthetic population's own logs, not the loop's) and, for small runs and tests, for pre-training.
@@ -26,7 +27,8 @@ from client.instructions import DataInstructions, RecordLevelInstructions, Train
 from client.local_update import local_update
 from model.encoding import Examples
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
-from server.aggregation import UserLevelDP, aggregate, make_strategy
+from privacy.randomness import SEEDED_WARNING
+from server.aggregation import aggregate, make_strategy, user_level_mechanism
 from server.replies import ClientUpdate
 from server.settings import RunSettings
 
@@ -62,11 +64,11 @@ class InProcessFederation:
         planned_rounds: rounds the user-level noise is calibrated for; the budget ``privacy.target_epsilon`` is
             spent over them.
         stream: distinguishes this federation's random streams (Poisson sampling ``[run.seed, stream, 0]``,
-            server noise ``[run.seed, stream, 1]``) from others of the same run seed.
+            server noise ``[run.seed, stream, 1]`` under ``privacy.noise=seeded``) from others of the same run seed.
         noise_multiplier: the user-level noise multiplier z, when the caller has already calibrated it (it must be
             the one ``privacy.accounting.calibrate_noise_multiplier`` gives for these settings, or the ledger's
             epsilon is not the budget's); None calibrates it here. Only under user-level DP.
-        user_ids: the id under which user ``i``'s device trains (seeds its local randomness); None: ``i``.
+        user_ids: the id under which user ``i``'s device trains (seeds its dropout and augmentation); None: ``i``.
         client_seed: the seed sent to the clients (``TrainInstructions.seed``); None: ``run.seed * 1000 + stream``.
 
     The expected count that divides the noisy sum is ``sample_rate * num_users``, fixed in advance as the
@@ -94,7 +96,6 @@ class InProcessFederation:
         self.user_ids = list(range(num_users)) if user_ids is None else [int(i) for i in user_ids]
         self.client_seed = run.seed * 1000 + stream if client_seed is None else client_seed
         self._sampling = np.random.default_rng([run.seed, stream, 0])
-        self._noise = np.random.default_rng([run.seed, stream, 1])
         self._device_ledgers: dict[int, DeviceLedger] = {}
         privacy = run.privacy
         self.noise_multiplier: float | None = noise_multiplier
@@ -103,6 +104,9 @@ class InProcessFederation:
                 target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=sample_rate,  # type: ignore[arg-type]
                 steps=planned_rounds, accountant=privacy.accountant,
             )
+        self.mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
+                                              sample_rate=sample_rate, population=num_users,
+                                              noise_seed=[run.seed, stream, 1])
 
     def _instructions(self) -> TrainInstructions:
         p = self.run.privacy
@@ -113,7 +117,7 @@ class InProcessFederation:
         return TrainInstructions(
             round=self.rounds_done + 1, seed=self.client_seed, model=self.run.model,
             train=self.run.train, data=DataInstructions(window=self.run.population.window),
-            clipping_norm=p.clipping_norm if p.user_level else None, record=record,
+            clipping_norm=p.clipping_norm if p.user_level else None, record=record, noise=p.noise,
         )
 
     def round(self, examples_of: ExamplesOf) -> dict:
@@ -125,18 +129,13 @@ class InProcessFederation:
         updates: list[ClientUpdate] = []
         for user in chosen.tolist():
             ledger = self._device_ledgers.setdefault(user, DeviceLedger(None))
-            update = local_update(self.arrays, instructions, examples_of(user), ledger, self.user_ids[user])
+            update = local_update(self.arrays, instructions, examples_of(user), ledger, self.user_ids[user],
+                                  simulated=True)
             if not update.declined:
                 updates.append(ClientUpdate(self.user_ids[user], update.arrays, update.metrics))
-        dp = None
-        if self.noise_multiplier is not None:
-            dp = UserLevelDP(self.run.privacy.clipping_norm, self.noise_multiplier,  # type: ignore[arg-type]
-                             self.sample_rate * self.num_users)
         with server_task_identity():
-            self.arrays, stats = aggregate(self.strategy, self.rounds_done + 1, self.arrays, updates, dp=dp,
-                                           rng=self._noise)
-        if self.noise_multiplier is not None:
-            self.ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+            self.arrays, stats = aggregate(self.strategy, self.rounds_done + 1, self.arrays, updates,
+                                           mechanism=self.mechanism)
         self.rounds_done += 1
         examples = sum(u.metrics["num-examples"] for u in updates)
         loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else math.nan
@@ -145,10 +144,7 @@ class InProcessFederation:
 
     def epsilon(self) -> float | None:
         """User-level epsilon spent so far (None without user-level DP)."""
-        p = self.run.privacy
-        if self.noise_multiplier is None:
-            return None
-        return self.ledger.epsilon(delta=p.delta, accountant=p.accountant)
+        return self.mechanism.epsilon()
 
     def privacy_report(self) -> dict:
         """What ran, as data, and the epsilon it adds up to."""
@@ -158,4 +154,5 @@ class InProcessFederation:
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
             "clipping_norm": p.clipping_norm if p.user_level else None, "rounds": self.rounds_done,
             "planned_rounds": self.planned_rounds, "users": self.num_users, "accountant": p.accountant,
+            "noise": p.noise, **({"warning": SEEDED_WARNING} if p.noise == "seeded" else {}),
         }

@@ -113,7 +113,8 @@ def pretrain_federated(settings: ExperimentSettings, output_dir: Path, historic:
                  f"{run.simulation.rounds} rounds -> {flower_dir}")
         metrics = run_federated_simulation(flower_overrides(run), run, flower_dir)
         arrays = load_checkpoint(flower_dir / "checkpoint.pt").arrays
-        report = {"engine": "flower", "output_dir": str(flower_dir), **(metrics["privacy"].get("user_level") or {}),
+        noise = {k: metrics["privacy"][k] for k in ("noise", "warning") if k in metrics["privacy"]}
+        report = {"engine": "flower", "output_dir": str(flower_dir), **(metrics["privacy"].get("user_level") or {}), **noise,
                   "held_out_top1": metrics["final"]["eval_top1"], "rounds_run": len(metrics["rounds"])}
         progress(f"federated model: done in {time.perf_counter() - started:.0f} s")
         return arrays, report

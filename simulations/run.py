@@ -85,6 +85,8 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
 def summary_lines(metrics: dict) -> list[str]:
     final, privacy = metrics["final"], metrics["privacy"]
     lines = [f"held-out top-1 of the global model: {final['eval_top1']:.3f} (NLL {final['eval_nll']:.3f})"]
+    if privacy.get("warning"):  # privacy.noise=seeded
+        lines.append(f"privacy.noise=seeded: {privacy['warning']}")
     for name, value in final["baselines"].items():
         if value is not None:
             lines.append(f"  baseline {name.replace('_', ' ')}: {value:.3f}")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import matplotlib
 
+from privacy.randomness import SEEDED_WARNING
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -49,6 +51,7 @@ def _row(path: Path, root: Path) -> dict:
     row = {
         "run": str(path.parent.relative_to(root)) or ".",
         "mode": str(metrics["privacy"]["mode"]),
+        "noise": metrics["privacy"].get("noise"),  # "seeded" runs are labelled below the table
         "target_eps": user.get("target_epsilon"),
         "epsilon": user.get("epsilon"),
         "z": user.get("noise_multiplier"),
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no readable metrics.json under {args.dir}; did the runs finish?", file=sys.stderr)
         return 2
     print(table(rows))
+    if any(r["noise"] == "seeded" for r in rows):
+        print(f"runs with privacy.noise=seeded: {SEEDED_WARNING}")
     (args.dir / "summary.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.dir / "privacy_utility.png")
     print(f"wrote {args.dir / 'summary.json'} and {args.dir / 'privacy_utility.png'}")

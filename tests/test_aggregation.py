@@ -4,9 +4,11 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.local_update import TRAIN_METRICS
 from client.records import to_array_record
-from server.aggregation import UserLevelDP, aggregate, make_strategy
+from privacy.user_level import NoUserLevelPrivacy
+from server.aggregation import aggregate, make_strategy
 from server.replies import ClientUpdate, judge_reply
 from server.settings import StrategySettings
+from tests.helpers import gaussian_mechanism
 
 CURRENT = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
 
@@ -19,8 +21,8 @@ def _update(node, value, examples=10):
 
 def test_user_level_mean_clips_each_update_and_divides_by_the_expected_count(flower_task_identity):
     updates = [_update(1, 1.0), _update(2, 0.01)]  # norms sqrt(8) (clipped to 1) and 0.0283 (kept)
-    dp = UserLevelDP(clipping_norm=1.0, noise_multiplier=0.0, expected_clients=4.0)
-    new, stats = aggregate(make_strategy(StrategySettings()), 1, CURRENT, updates, dp=dp, rng=np.random.default_rng(0))
+    dp = gaussian_mechanism(clipping_norm=1.0, noise_multiplier=0.0, expected_clients=4)
+    new, stats = aggregate(make_strategy(StrategySettings()), 1, CURRENT, updates, mechanism=dp)
     expected = (1.0 / np.sqrt(8) + 0.01) / 4.0
     assert np.allclose(new["w"], expected) and np.allclose(new["b"], expected)
     assert stats.clipped_fraction == 0.5
@@ -28,25 +30,25 @@ def test_user_level_mean_clips_each_update_and_divides_by_the_expected_count(flo
 
 def test_user_level_noise_on_the_sum_has_std_z_c_over_expected_count(flower_task_identity):
     big = {"w": np.zeros((400, 500), dtype=np.float32)}
-    dp = UserLevelDP(clipping_norm=2.0, noise_multiplier=1.5, expected_clients=10.0)
-    new, _ = aggregate(make_strategy(StrategySettings()), 1, big, [], dp=dp, rng=np.random.default_rng(0))
+    dp = gaussian_mechanism(clipping_norm=2.0, noise_multiplier=1.5, expected_clients=10)
+    new, _ = aggregate(make_strategy(StrategySettings()), 1, big, [], mechanism=dp)
     assert new["w"].std() == pytest.approx(1.5 * 2.0 / 10.0, rel=0.01)  # released even with no client
 
 
 def test_plain_fedavg_weights_by_examples(flower_task_identity):
-    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, [_update(1, 1.0, 30), _update(2, 0.0, 10)], dp=None, rng=np.random.default_rng(0))
+    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, [_update(1, 1.0, 30), _update(2, 0.0, 10)], mechanism=NoUserLevelPrivacy())
     assert np.allclose(new["w"], 0.75)
 
 
 def test_fedmedian_ignores_an_outlier(flower_task_identity):
     updates = [_update(1, 0.1), _update(2, 0.2), _update(3, 1000.0)]
-    new, _ = aggregate(make_strategy(StrategySettings(name="fedmedian")), 1, CURRENT, updates, dp=None, rng=np.random.default_rng(0))
+    new, _ = aggregate(make_strategy(StrategySettings(name="fedmedian")), 1, CURRENT, updates, mechanism=NoUserLevelPrivacy())
     assert np.allclose(new["w"], 0.2)
 
 
 def test_fedadam_moves_towards_the_mean_update_and_keeps_moments(flower_task_identity):
     strategy = make_strategy(StrategySettings(name="fedadam", server_lr=0.1))
-    new, _ = aggregate(strategy, 1, CURRENT, [_update(1, 1.0)], dp=None, rng=np.random.default_rng(0))
+    new, _ = aggregate(strategy, 1, CURRENT, [_update(1, 1.0)], mechanism=NoUserLevelPrivacy())
     assert np.all(new["w"] > 0) and strategy.m_t is not None
 
 

@@ -2,7 +2,8 @@
 sum as its reply arrives) computes exactly what the plain algorithm computes: every sampled user's local update,
 collected, then DP-FedAvg.
 
-A real run in Flower's simulation engine (Ray) is replayed in this process with the same seeds, without Flower:
+A real run in Flower's simulation engine (Ray) is replayed in this process with the same seeds, without Flower
+(``privacy.noise=seeded``: the replay must regenerate the server's noise):
 the same Poisson samples, each user's ``local_update`` from the same global model, ``aggregate`` over the whole
 round's updates with the same noise draws. The released models must agree to float32 rounding, so the held-out
 accuracy after a fixed number of rounds is unchanged by the engine's optimisations.
@@ -15,7 +16,8 @@ from client.device_ledger import DeviceLedger
 from client.local_update import local_update
 from client.simulated_device import device_examples
 from server import evaluation
-from server.aggregation import UserLevelDP, aggregate
+from privacy.accounting import PrivacyLedger
+from server.aggregation import aggregate, user_level_mechanism
 from server.checkpoint import load_checkpoint
 from server.federation import FederatedRun, Progress
 from server.replies import ClientUpdate
@@ -26,7 +28,8 @@ from simulations.run import run_federated_simulation
 OVERRIDES = ["population=small", "population.num_users=24", "population.eval_users=6", "population.days=10",
              "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.nodes=3", "simulation.users_per_message=5",
              "simulation.final_eval_clients=0",
-             "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.epochs=2"]
+             "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.epochs=2",
+             "privacy.noise=seeded"]
 
 
 def _replay(settings, output_dir):
@@ -34,9 +37,10 @@ def _replay(settings, output_dir):
     Returns the final arrays, the initial ones and the run (for its data and scoring)."""
     run = FederatedRun(settings, output_dir, progress=Progress(open("/dev/null", "w")))
     state = run._fresh_state()
-    sim, p, users = settings.simulation, settings.privacy, settings.population.num_users
-    sampling, noise = np.random.default_rng([settings.seed, 0]), np.random.default_rng([settings.seed, 1])
-    dp = UserLevelDP(p.clipping_norm, state.noise_multiplier, sim.sample_rate * users)
+    sim, users = settings.simulation, settings.population.num_users
+    sampling = np.random.default_rng([settings.seed, 0])
+    mechanism = user_level_mechanism(settings, noise_multiplier=state.noise_multiplier, ledger=PrivacyLedger(),
+                                     sample_rate=sim.sample_rate, population=users, noise_seed=[settings.seed, 1])
     arrays = initial = state.arrays
     for server_round in range(1, sim.rounds + 1):
         instructions = run._instructions(server_round)
@@ -44,11 +48,11 @@ def _replay(settings, output_dir):
         updates = []
         for user in map(int, chosen):
             examples, _ = device_examples(instructions.data, user)
-            update = local_update(arrays, instructions, examples, DeviceLedger(None), user)
+            update = local_update(arrays, instructions, examples, DeviceLedger(None), user, simulated=True)
             if not update.declined:  # a user with no examples yet declines
                 updates.append(ClientUpdate(user, update.arrays, update.metrics))
         with server_task_identity():
-            arrays, _ = aggregate(run.strategy, server_round, arrays, updates, dp=dp, rng=noise)
+            arrays, _ = aggregate(run.strategy, server_round, arrays, updates, mechanism=mechanism)
     return arrays, initial, run
 
 

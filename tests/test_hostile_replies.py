@@ -6,6 +6,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from client.local_update import TRAIN_METRICS
+from privacy.user_level import NoUserLevelPrivacy
 from server.aggregation import aggregate, make_strategy
 from server.replies import ClientUpdate, judge_reply
 from server.settings import StrategySettings
@@ -55,7 +56,7 @@ def test_a_lone_reply_claiming_zero_examples_cannot_reach_fedavg(flower_task_ide
     """FedAvg divides by the summed num-examples: zero would raise ZeroDivisionError in the round loop."""
     verdict = judge_reply(_reply(Array(np.ones((3, 2), dtype=np.float32)), 0), CURRENT, max_examples=32)
     updates = [ClientUpdate(1, verdict.arrays, verdict.metrics)] if verdict.kind == "update" else []
-    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, updates, dp=None, rng=np.random.default_rng(0))
+    new, _ = aggregate(make_strategy(StrategySettings()), 1, CURRENT, updates, mechanism=NoUserLevelPrivacy())
     assert verdict.kind == "rejected" and np.array_equal(new["w"], CURRENT["w"])
 
 
@@ -64,7 +65,7 @@ def test_krum_picks_an_honest_update_among_boosted_ones(flower_task_identity):
               for i in range(5)]
     boosted = [ClientUpdate(9 + i, {"w": np.full((3, 2), 50.0, dtype=np.float32)}, {"num-examples": 1000}) for i in range(2)]
     strategy = make_strategy(StrategySettings(name="krum", num_malicious_nodes=2))
-    new, _ = aggregate(strategy, 1, CURRENT, honest + boosted, dp=None, rng=np.random.default_rng(0))
+    new, _ = aggregate(strategy, 1, CURRENT, honest + boosted, mechanism=NoUserLevelPrivacy())
     assert 0.1 <= float(new["w"][0, 0]) <= 0.14
 
 

@@ -14,11 +14,12 @@ from client.secagg_client import ARRAY_NAMES_KEY, SecAggClient, SecureUpdateErro
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 from privacy.mechanisms import clip_update, global_norm
-from server.aggregation import UserLevelDP, aggregate, make_strategy
+from server.aggregation import aggregate, make_strategy
 from server.checkpoint import load_checkpoint
 from server.replies import ClientUpdate
 from server.secagg import SecureAggregator, SecureSum, add_noise_and_step, quantisation_clipping_range, quantisation_error_bound
 from server.settings import ConfigError, SecAggSettings, StrategySettings, settings_from_config
+from tests.helpers import gaussian_mechanism
 
 DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
 
@@ -67,12 +68,13 @@ def test_error_bound_is_the_quantisation_step():
 def test_noise_on_the_secure_sum_equals_the_plain_dp_aggregate(flower_task_identity):
     current = _global_arrays()
     deltas = _random_updates(np.random.default_rng(1), current, 5, 0.5)
-    dp = UserLevelDP(clipping_norm=0.5, noise_multiplier=0.8, expected_clients=4.0)
+    dp = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=0.8, expected_clients=4)
     replies = [ClientUpdate(i, {k: current[k] + d[k] for k in current}, {"num-examples": 10}) for i, d in enumerate(deltas)]
-    plain, _ = aggregate(make_strategy(StrategySettings()), 1, current, replies, dp=dp, rng=np.random.default_rng(7))
+    plain, _ = aggregate(make_strategy(StrategySettings()), 1, current, replies, mechanism=dp)
     total = {k: sum(d[k].astype(np.float64) for d in deltas) for k in current}
-    secure, stats = add_noise_and_step(make_strategy(StrategySettings()), 1, current, SecureSum(total, 5, 5), dp=dp,
-                                       sensitivity=dp.clipping_norm, rng=np.random.default_rng(7))
+    same_noise = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=0.8, expected_clients=4)  # same seeded draws
+    secure, stats = add_noise_and_step(make_strategy(StrategySettings()), 1, current, SecureSum(total, 5, 5),
+                                       mechanism=same_noise, sensitivity=same_noise.clipping_norm)
     for k in current:
         np.testing.assert_allclose(secure[k], plain[k], atol=1e-6)
     assert np.isnan(stats.clipped_fraction) and np.isnan(stats.mean_update_norm)  # not visible under SecAgg
@@ -84,23 +86,21 @@ def test_noise_covers_the_quantised_contribution_not_just_the_clipping_norm(flow
     aggregator = SecureAggregator(SecAggSettings(), clipping_norm=0.5, timeout_s=1)
     assert aggregator.sensitivity(d) == pytest.approx(0.5 * (1 + 1e-6) + np.sqrt(d) * aggregator.error_bound)
     assert 0.5 < aggregator.sensitivity(d) < 0.5 * 1.001  # 2**22 levels: rounding adds ~0.02 % to the sensitivity
-    dp = UserLevelDP(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=1.0)
+    dp = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=1)
     zero = SecureSum({k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}, 2, 2)
     with pytest.raises(ValueError, match="sensitivity must be >= the clipping norm"):
-        add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, dp=dp, sensitivity=0.4, rng=np.random.default_rng(0))
-    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, dp=dp, sensitivity=0.8,
-                                rng=np.random.default_rng(0))
+        add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, mechanism=dp, sensitivity=0.4)
+    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, mechanism=dp, sensitivity=0.8)
     noise = np.concatenate([(new[k] - current[k]).ravel() for k in current])
     assert np.std(noise) == pytest.approx(0.8, rel=0.02)
 
 
 def test_a_round_without_a_secure_sum_still_releases_calibrated_noise(flower_task_identity):
     current = _global_arrays()
-    dp = UserLevelDP(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=2.0)
+    dp = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=2)
     halted = SecureAggregator(SecAggSettings(), clipping_norm=0.5, timeout_s=1).sum_updates(None, [42], current, {})
     assert halted.total is None and halted.contributors == 0 and "at least 2" in halted.halted
-    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, halted, dp=dp, sensitivity=0.5,
-                                rng=np.random.default_rng(0))
+    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, halted, mechanism=dp, sensitivity=0.5)
     noise = np.concatenate([(new[k] - current[k]).ravel() for k in current]) * dp.expected_clients
     assert np.std(noise) == pytest.approx(dp.noise_multiplier * dp.clipping_norm, rel=0.05)
 

@@ -26,7 +26,8 @@ def _flat(model):
 def _one_full_batch_step(model, examples, noise, clip, seed):
     config = LocalTrainConfig(epochs=1, batch_size=len(examples), lr=1.0, optimizer="sgd")
     before = _flat(model)
-    result = train_local(model, examples, config, dp=RecordLevelDP(noise, clip), generator=torch.Generator().manual_seed(seed))
+    result = train_local(model, examples, config, dp=RecordLevelDP(noise, clip), generator=torch.Generator().manual_seed(0),
+                         dp_generator=torch.Generator().manual_seed(seed))
     return before - _flat(model), result
 
 
@@ -39,6 +40,19 @@ def test_dp_sgd_adds_gaussian_noise_of_std_z_times_c():
     noise = (noisy - clean) * len(examples)  # the update is (clipped sum + noise) / expected batch size
     assert noise.std().item() == pytest.approx(3.0 * 0.5, rel=0.03)
     assert abs(noise.mean().item()) < 0.05
+
+
+def test_dp_sgd_noise_and_batches_come_from_dp_generator_alone():
+    """The generator that drives augmentation (seeded by what the server sends) does not decide DP-SGD's draws."""
+    torch.manual_seed(0)
+    base, examples = PreferenceLSTM(NO_DROPOUT), _examples()
+    first, _ = _one_full_batch_step(copy.deepcopy(base), examples, 3.0, 0.5, seed=1)
+    again, _ = _one_full_batch_step(copy.deepcopy(base), examples, 3.0, 0.5, seed=1)
+    other, _ = _one_full_batch_step(copy.deepcopy(base), examples, 3.0, 0.5, seed=2)
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+    with pytest.raises(ValueError, match="dp_generator"):
+        train_local(copy.deepcopy(base), examples, LocalTrainConfig(), dp=RecordLevelDP(1.0, 1.0),
+                    generator=torch.Generator())
 
 
 def test_dp_sgd_clips_every_per_sample_gradient_to_c_before_noise():
@@ -64,7 +78,8 @@ def test_dp_sgd_clips_every_per_sample_gradient_to_c_before_noise():
 def test_poisson_sampling_survives_empty_batches():
     model, examples = PreferenceLSTM(), _examples(n=40)
     config = LocalTrainConfig(epochs=2, batch_size=1)  # q = 1/40: many empty batches
-    result = train_local(model, examples, config, dp=RecordLevelDP(1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    result = train_local(model, examples, config, dp=RecordLevelDP(1.0, 1.0), generator=torch.Generator().manual_seed(0),
+                         dp_generator=torch.Generator().manual_seed(0))
     assert result.steps == 80 and result.sample_rate == pytest.approx(1 / 40)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
