@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from privacy.randomness import SEEDED_WARNING  # noqa: E402
 from server.report import write_json  # noqa: E402
 from server.settings import ConfigError  # noqa: E402
 from simulations.closed_loop import ClosedLoop, build_cohort  # noqa: E402
@@ -152,6 +153,8 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
         progress(format_table(table, loop.report.confidence, generation.footnote))
         if payload["audio"]:
             progress(audio_line(payload["audio"]))
+        if settings.run.privacy.noise == "seeded":
+            progress(f"privacy.noise=seeded: {SEEDED_WARNING}")
         progress(f"outputs: {output_dir} (experiment.json, experiment.png, cold_start.png) · "
                  f"{payload['wall_time_s']:.0f} s")
         return payload

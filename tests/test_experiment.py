@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 
 SMALL = [
     "population=small", "population.num_users=30", "population.eval_users=6", "population.days=10",
-    "simulation.rounds=2", "simulation.sample_rate=0.5", "privacy.target_epsilon=50",
+    "simulation.rounds=2", "simulation.sample_rate=0.5", "privacy.target_epsilon=50", "privacy.noise=seeded",
     "experiment.users=30", "experiment.days=8", "experiment.retrain.every_days=4", "experiment.retrain.rounds=1",
     "experiment.retrain.sample_rate=0.5", "experiment.report.bootstrap=200", "experiment.report.curve_interactions=8",
 ]
