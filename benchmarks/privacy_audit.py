@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from privacy.randomness import SEEDED_WARNING  # noqa: E402
 from simulations.audit import AuditConfig, AuditResult, audit, build_setup  # noqa: E402
 
 
@@ -54,17 +55,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-users", type=int, default=AuditConfig.num_users, help="ordinary users")
     parser.add_argument("--sample-rate", type=float, default=AuditConfig.sample_rate, help="Poisson rate q")
     parser.add_argument("--rounds", type=int, default=AuditConfig.rounds)
+    parser.add_argument("--noise", choices=["secure", "seeded"], default="secure",
+                        help="the server's noise: fresh OS entropy per model, or the trial's seeded stream")
     parser.add_argument("--quick", action="store_true", help="8 trials per world, epsilon 1 only: a smoke run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     trials, epsilons = (8, [1.0]) if args.quick else (args.trials, args.epsilons)
     config = AuditConfig(seed=args.seed, trials=trials, num_users=args.num_users, sample_rate=args.sample_rate,
-                         rounds=args.rounds)
+                         rounds=args.rounds, noise=args.noise)
     setup = build_setup(config)
     print(f"canary: one session a day at 03:00 local for {config.days} days, picks {setup.decoy_genre!r} then keeps "
           f"{setup.rare_genre!r} with the organ at 24 BPM ({len(setup.canary)} prediction points)")
     print(f"federation: {config.num_users} users + the canary's slot, q={config.sample_rate}, {config.rounds} rounds, "
-          f"C={config.clipping_norm}, delta={config.delta:g}; model {config.model}; {trials} models per world")
+          f"C={config.clipping_norm}, delta={config.delta:g}; model {config.model}; {trials} models per world; "
+          f"server noise {config.noise}")
     print(f"majority-genre baseline top-1 on {config.eval_users} held-out users: {setup.majority_top1:.3f}\n")
     header = (f"{'setting':<14}{'target ε':>7}{'acct. ε':>10}{'z':>8}{'AUC':>7}{'ε lb 95%':>9}{'TPR/FPR':>11}"
               f"{'loss in/out':>14}{'top-1':>8}{'s':>8}")
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nAUC: P(the attack ranks a model trained with the canary above one trained without it); ε lb: "
           "Clopper-Pearson at the best threshold, Bonferroni over thresholds (Kairouz et al. 2015 hypothesis-test "
           "bound); it must never exceed the accounted ε.")
+    if config.noise == "seeded":
+        print(f"privacy.noise=seeded: {SEEDED_WARNING}")
     summary = {
         "benchmark": "privacy_audit",
         "config": dataclasses.asdict(config),

@@ -170,9 +170,10 @@ class FederatedRun:
             )
         node_ids = wait_for_nodes(grid, deployment.min_nodes or self.settings.simulated_nodes, timeout_s=sim.node_wait_s)
         # Seeded noise is keyed by the round the run starts at, so a resumed run never replays round 1's draws.
+        noise_seed = [self.settings.seed, 1] + ([state.round] if state.round else [])
         self.mechanism = user_level_mechanism(
             self.settings, noise_multiplier=state.noise_multiplier, ledger=state.ledger, sample_rate=sim.sample_rate,
-            population=self._population_size(node_ids), noise_seed=[self.settings.seed, 1] + ([state.round] if state.round else []),
+            population=self._population_size(node_ids), noise_seed=noise_seed,
         )
         if self.settings.resume:
             epsilon = self.mechanism.epsilon()

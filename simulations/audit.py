@@ -20,8 +20,10 @@ user's examples (clipping on the device under user-level DP) and the server's ``
 canary's slot, in both worlds (the canary's slot is drawn in both; without the canary it holds no examples and
 adds nothing): the mechanism the accountant describes divides by a constant known in advance.
 The rest of the population and the initial model are the same in every trial (the attacker's best case: it knows
-everything but the canary's membership); sampling, local shuffling and noise are drawn afresh per trial (the same
-draws for trial k of both worlds, so the worlds differ only by the canary). The statistics are
+everything but the canary's membership); sampling and local shuffling are drawn afresh per trial (the same draws for
+trial k of both worlds). The server's noise comes from ``noise``: fresh OS entropy for every trained model
+(``secure``, the default, what a real attacker faces), or the trial's seeded stream (``seeded``: trial k of both
+worlds then differs only by the canary). The statistics are
 ``privacy.audit_bounds``.
 """
 
@@ -85,6 +87,7 @@ class AuditConfig:
         alpha: the lower bound holds with confidence 1 - alpha.
         model: a small network (hidden 16, one layer, causal) keeps a trial to one or two seconds.
         train: local training of every client each round; enough that a non-private model measurably learns a user.
+        noise: the server's noise source, ``privacy.noise`` (``privacy.randomness``).
     """
 
     seed: int = 0
@@ -101,6 +104,7 @@ class AuditConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=16, num_layers=1, bidirectional=False))
     train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(epochs=3, batch_size=16, lr=0.02,
                                                                              max_examples=32))
+    noise: str = "secure"
 
     def __post_init__(self) -> None:
         if self.num_users < 1 or self.eval_users < 1 or self.rounds < 1 or self.trials < 2:
@@ -196,7 +200,7 @@ def _quiet_flower_logs() -> Iterator[None]:
 def _run_settings(config: AuditConfig, *, user_level: bool) -> RunSettings:
     """The audit's federation as run settings (privacy.target_epsilon is not read: the audit passes z itself)."""
     privacy = PrivacySettings(mode="user" if user_level else "none", delta=config.delta,
-                              clipping_norm=config.clipping_norm)
+                              clipping_norm=config.clipping_norm, noise=config.noise)
     population = PopulationSettings(seed=config.seed, num_users=config.num_users, eval_users=config.eval_users,
                                     days=config.days, window=config.window)
     return RunSettings(seed=config.seed, train=config.train, population=population, model=config.model,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
 from server.checkpoint import load_checkpoint
@@ -76,6 +77,9 @@ def test_resume_continues_round_numbers_and_the_privacy_ledger(user_level_runs):
     assert resumed["privacy"]["user_level"]["rounds"] == 4
     assert resumed["privacy"]["user_level"]["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     assert load_checkpoint(dirs[1] / "checkpoint.pt").round == 4
+    # The resumed run drew fresh noise: no generator state was saved, and the default source is the OS.
+    assert "rng" not in torch.load(dirs[0] / "checkpoint.pt", weights_only=True)
+    assert resumed["privacy"]["noise"] == "secure" and "warning" not in resumed["privacy"]
 
 
 def test_training_stops_before_the_round_that_would_pass_the_budget(user_level_runs):

@@ -44,7 +44,7 @@ def test_the_canary_is_a_valid_log_whose_pattern_no_synthetic_user_shows(tmp_pat
 def test_the_two_worlds_differ_only_by_the_canary():
     """Trial k of both worlds draws the same sampling and seeds: when the canary's slot is not drawn, the released
     models are identical; when it is, they differ."""
-    config = AuditConfig(num_users=3, eval_users=2, days=7, rounds=1, sample_rate=0.5, trials=2)
+    config = AuditConfig(num_users=3, eval_users=2, days=7, rounds=1, sample_rate=0.5, trials=2, noise="seeded")
     setup = build_setup(config)
     drawn = {t: np.random.default_rng([config.seed, t, 0]).random(config.num_users + 1)[-1] < 0.5 for t in range(40)}
     for trial in (next(t for t, d in drawn.items() if not d), next(t for t, d in drawn.items() if d)):

@@ -267,7 +267,8 @@ TINY = ["population=small", "population.num_users=4", "population.eval_users=2",
         # No dropout: a worker's first client builds its model after seeding torch and so draws different dropout
         # masks than later clients (client.local_update seeds before load_model). Without dropout, training is the
         # same whichever worker runs it, so the two runs below train identical updates.
-        "model.dropout=0.0", "model.head_dropout=0.0"]
+        "model.dropout=0.0", "model.head_dropout=0.0",
+        "privacy.noise=seeded"]  # both runs draw the same noise, so their released models can be compared
 QUANTISATION = 4096  # coarse on purpose: the quantisation error must dominate float rounding to be seen
 
 
@@ -304,7 +305,7 @@ def plain_and_secure_runs(tmp_path_factory):
             super().add(update)
 
     def recording_release(strategy, server_round, current, secure_sum, **kwargs):
-        seen["secure"] = (current, secure_sum, kwargs["sensitivity"], kwargs["dp"])
+        seen["secure"] = (current, secure_sum, kwargs["sensitivity"], kwargs["mechanism"])
         return original_release(strategy, server_round, current, secure_sum, **kwargs)
 
     server_app = ServerApp()
