@@ -85,7 +85,8 @@ class _KeptUpdates(_Norms):
 
     def __init__(self, current: Arrays) -> None:
         super().__init__()
-        self.current, self.kept = current, []  # type: ignore[var-annotated]
+        self.current = current
+        self.kept: list[tuple[Arrays, float]] = []
 
     def add(self, arrays: Arrays, weight: float) -> None:
         self.norms.append(global_norm({k: arrays[k] - self.current[k] for k in self.current}))
