@@ -4,7 +4,7 @@
 checked here, before the simulation engine starts Ray, so a run that would crash minutes later with a traceback
 fails at once with exit code 2, the key, the rule and the value:
 
-- the checkpoint to resume from exists and is a PyTorch archive (its contents are read by ``server.checkpoint``);
+- the checkpoint to resume from exists and ``server.checkpoint`` loads it (weights only: a pickled object is refused);
 - the synthetic population is one ``simulations.population`` can generate;
 - the privacy budget can be met at all over the planned rounds;
 - the model fits in this machine's memory, in every process that holds it.
@@ -50,6 +50,12 @@ def check_checkpoint_file(path_text: str) -> None:
         what = "a zip archive without data.pkl" if names else f"a file of {path.stat().st_size} bytes, not a zip archive"
         raise ConfigError(f"checkpoint={path_text} is not a checkpoint: a checkpoint.pt is the PyTorch archive "
                           f"(torch.save, with data.pkl) a run wrote to its output folder; found {what}.")
+    from server.checkpoint import CheckpointError, load_checkpoint  # torch, only when resuming
+
+    try:  # weights-only: a tampered file is refused here, before anything starts, and nothing in it runs
+        load_checkpoint(path)
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_population(settings: RunSettings) -> None:

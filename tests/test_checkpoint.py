@@ -11,7 +11,8 @@ import torch
 from privacy.accounting import PrivacyLedger
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.federation import FederatedRun, Progress
-from server.settings import settings_from_config
+from server.preflight import check_checkpoint_file
+from server.settings import ConfigError, settings_from_config
 
 FIELDS = {"format_version", "round", "arrays", "ledger", "noise_multiplier", "strategy_state", "device_dir",
           "record_epsilon", "rounds", "settings"}
@@ -73,6 +74,9 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_its_payload_never_run
     (tmp_path / "ran").unlink()
     with pytest.raises(CheckpointError, match=r"checkpoint=.*tampered\.pt: refused, nothing in it was run"):
         load_checkpoint(tmp_path / "tampered.pt")  # ...the checkpoint loader never does
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(ConfigError, match="tampered.pt: refused"):
+        check_checkpoint_file(str(tmp_path / "tampered.pt"))  # resume=true stops before anything starts (exit 2)
     assert not (tmp_path / "ran").exists()
 
 

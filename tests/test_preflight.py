@@ -50,8 +50,11 @@ def test_a_zip_that_torch_did_not_write_is_not_a_checkpoint(compose_config, tmp_
 
 
 def test_a_torch_file_passes_the_preflight(compose_config, tmp_path):
+    from server.checkpoint import Checkpoint, save_checkpoint
+
     path = tmp_path / "checkpoint.pt"
-    torch.save({"round": 1}, path)
+    save_checkpoint(path, Checkpoint(round=1, arrays={"w": torch.zeros(2).numpy()}, ledger={"history": []},
+                                     noise_multiplier=None))  # what a run writes: it loads weights-only
     check_can_start(settings_from_config(compose_config("resume=true", f"checkpoint={path}")))
 
 
