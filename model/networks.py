@@ -1,6 +1,10 @@
-"""The preference LSTM: the seed's bidirectional model, corrected, and its causal streaming variant.
+"""The preference LSTM: the seed's bidirectional model, corrected, its causal streaming variant, and the residual
+model that learns a correction to the heuristic prior.
 
-Both are one class. Parameter names are exactly ``nn.LSTM``'s (``lstm.weight_ih_l0`` ...), so a state_dict moves
+All are one class. With ``residual=True`` the logits are ``model.heuristic_prior.prior_logits`` of the request's
+own feature row plus a linear head over the LSTM's final state and that row, the head starting at zero: the
+untrained model *is* the heuristic, and what training learns (how the request's moods and words, the hour and the
+event stream shift the user's recent taste) is added to it. Parameter names are exactly ``nn.LSTM``'s (``lstm.weight_ih_l0`` ...), so a state_dict moves
 freely between training (which may use the per-sample-gradient path for DP-SGD) and inference code.
 """
 
@@ -13,6 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.encoding import FEATURE_DIM, GENRE_SLOTS
+from model.heuristic_prior import prior_logits
 from model.per_sample import linear_with_grad_sample, lstm_with_grad_sample
 from model.step_kernel import kernel_for
 from model.vocab import GENRES
@@ -22,7 +27,11 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. Defaults are the seed's: 2-layer bidirectional LSTM, hidden 64, dropout 0.3, head dropout 0.5."""
+    """Architecture. Defaults are the seed's: 2-layer bidirectional LSTM, hidden 64, dropout 0.3, head dropout 0.5.
+
+    ``residual``: the head reads the final state and the request's feature row and its output, starting at zero,
+    is added to the heuristic prior (module docstring).
+    """
 
     bidirectional: bool = True
     hidden_size: int = 64
@@ -30,6 +39,7 @@ class ModelConfig:
     dropout: float = 0.3
     head_dropout: float = 0.5
     style_embedding_dim: int = 32
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1 or self.style_embedding_dim < 1:
@@ -66,7 +76,10 @@ class PreferenceLSTM(nn.Module):
             batch_first=True,
         )
         self.head_dropout = nn.Dropout(config.head_dropout)
-        self.head = nn.Linear(directions * config.hidden_size, len(GENRES))
+        self.head = nn.Linear(directions * config.hidden_size + (FEATURE_DIM if config.residual else 0), len(GENRES))
+        if config.residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.per_sample_grads = False
         """When True, backward also stores each parameter's per-sample gradient in ``p.grad_sample`` (DP-SGD)."""
 
@@ -82,11 +95,13 @@ class PreferenceLSTM(nn.Module):
             style = self.style_embedding(genre)
         return torch.cat([style, rest], dim=-1)
 
-    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+    def _logits(self, features: torch.Tensor, last_row: torch.Tensor) -> torch.Tensor:
+        """Logits from the final LSTM features and the feature row of the event predicted at."""
         features = self.head_dropout(features)
-        if self.per_sample_grads:
-            return linear_with_grad_sample(self.head, features)
-        return self.head(features)
+        if self.config.residual:
+            features = torch.cat([features, last_row], dim=-1)
+        logits = linear_with_grad_sample(self.head, features) if self.per_sample_grads else self.head(features)
+        return logits + prior_logits(last_row) if self.config.residual else logits
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, 8]`` for right-padded windows ``x [B, T, FEATURE_DIM]`` with ``lengths [B]`` (each >= 1)."""
@@ -101,7 +116,8 @@ class PreferenceLSTM(nn.Module):
             packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
             _, (h_n, _) = self.lstm(packed)
         last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.config.bidirectional else h_n[-1]
-        return self._logits(last)
+        last_row = x[torch.arange(x.shape[0]), lengths.to(x.device) - 1]
+        return self._logits(last, last_row)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -132,4 +148,4 @@ class PreferenceLSTM(nn.Module):
                 and type(self.lstm) is nn.LSTM and not torch.compiler.is_compiling()):
             return kernel_for(self)(event_features, state)
         output, state = self.lstm(self._embed(event_features).unsqueeze(1), state)
-        return self._logits(output[:, -1]), state
+        return self._logits(output[:, -1], event_features), state

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from model.encoding import GENRE_SLOTS
+from model.heuristic_prior import prior_logits
 
 if TYPE_CHECKING:  # model.networks imports this module
     from model.networks import LSTMState, PreferenceLSTM
@@ -44,6 +45,7 @@ class StepKernel:
         self._layers = [tuple(None if tensor is None else tensor.detach() for tensor in layer) for layer in layers]
         self._head_weight = model.head.weight.detach()
         self._head_bias = model.head.bias.detach()
+        self._residual = model.config.residual
         self._sources = (model.style_embedding.weight, *(p for layer in layers for p in layer if p is not None),
                          model.head.weight, model.head.bias)  # the parameters read, in nn.LSTM's _flat_weights order
         self._addresses = tuple(p.data_ptr() for p in self._sources)
@@ -72,7 +74,11 @@ class StepKernel:
                 new_h.append(h_k)
                 new_c.append(c_k)
                 layer_input = h_k
-            logits = F.linear(layer_input, self._head_weight, self._head_bias)
+            if self._residual:
+                logits = F.linear(torch.cat([layer_input, features], -1), self._head_weight, self._head_bias)
+                logits = logits + prior_logits(features)
+            else:
+                logits = F.linear(layer_input, self._head_weight, self._head_bias)
         return logits, (torch.stack(new_h), torch.stack(new_c))
 
 

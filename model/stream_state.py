@@ -2,7 +2,7 @@
 
 The state is what the causal LSTM needs to read the *next* event without re-reading the history: the hidden and
 cell tensors, the logits after the last event, how many events went in, the time of the last one (the next event's
-time-gap feature is measured from it) and the fingerprint of the weights that produced it. A state made by other
+time-gap feature is measured from it), the decayed counts of the genres kept so far (the next row's ``RECENT``) and the fingerprint of the weights that produced it. A state made by other
 weights is meaningless, so the fingerprint decides whether a cached state may be continued.
 
 The file is a fixed binary layout (a header, then float32 tensors; no pickle, so loading runs no code), 392 bytes
@@ -28,9 +28,10 @@ from torch import nn
 
 STATE_SUFFIX = ".stream"
 MAGIC = b"FPSS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = struct.Struct("<4sIqd64sIIII")
-"""magic, version, events consumed, last ts (NaN: none), fingerprint (64 hex), h/c shape, number of logits."""
+"""magic, version, events consumed, last ts (NaN: none), fingerprint (64 hex), h/c shape, number of logits (and of
+recent-genre counts)."""
 _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -80,6 +81,7 @@ class UserStreamState:
         fingerprint: ``model_fingerprint`` of the weights that produced ``h`` and ``c``.
         events_consumed: number of events read so far.
         last_ts: UTC seconds of the last event read, ``None`` before the first.
+        recent: ``model.encoding.RECENT`` counts after the last event read ``[8]``.
     """
 
     h: torch.Tensor
@@ -88,6 +90,7 @@ class UserStreamState:
     fingerprint: str
     events_consumed: int
     last_ts: float | None
+    recent: torch.Tensor
 
 
 def state_path(cache_dir: Path, user_id: str | int) -> Path:
@@ -102,7 +105,7 @@ def save_state(path: Path, state: UserStreamState) -> None:
                           math.nan if state.last_ts is None else state.last_ts,
                           state.fingerprint.encode("ascii"), layers, batch, hidden, state.logits.numel())
     body = b"".join(t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-                    for t in (state.h, state.c, state.logits))
+                    for t in (state.h, state.c, state.logits, state.recent))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -131,12 +134,12 @@ def load_state(path: Path) -> UserStreamState | None:
     if magic != MAGIC or version != FORMAT_VERSION:
         raise ValueError(f"stream state file must start with {MAGIC!r} version {FORMAT_VERSION}. Found {magic!r} "
                          f"version {version} in {path}.")
-    sizes = (layers * batch * hidden, layers * batch * hidden, classes)
+    sizes = (layers * batch * hidden, layers * batch * hidden, classes, classes)
     expected = _HEADER.size + 4 * sum(sizes)
     if len(data) != expected:
         raise ValueError(f"stream state file must be {expected} bytes for its shapes. Found {len(data)} in {path}.")
     values = np.frombuffer(data, dtype="<f4", offset=_HEADER.size).astype(np.float32)
-    h, c, logits = np.split(values, np.cumsum(sizes)[:-1])
+    h, c, logits, recent = np.split(values, np.cumsum(sizes)[:-1])
     shape = (layers, batch, hidden)
     return UserStreamState(
         h=torch.from_numpy(h.reshape(shape).copy()),
@@ -145,4 +148,5 @@ def load_state(path: Path) -> UserStreamState | None:
         fingerprint=fingerprint.decode("ascii"),
         events_consumed=consumed,
         last_ts=None if math.isnan(last_ts) else last_ts,
+        recent=torch.from_numpy(recent.copy()),
     )

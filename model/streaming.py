@@ -10,8 +10,8 @@ Each step runs through ``model.step_kernel.StepKernel`` (the same arithmetic as 
 ``nn.LSTM``'s per-call overhead), and the state file is rewritten after every event, so a crash loses nothing.
 
 Every step equals the full-sequence model ``model(x[:, :t+1], lengths)`` on the same history, because the
-per-event features are exactly those of ``encode_events``, including the time gap to the previous event, which
-the stream remembers as ``last_ts``.
+per-event features are exactly those of ``encode_events``: the stream carries the ``model.encoding.EventEncoder``
+state (the previous event's time and the decayed counts of kept genres) in the user's state.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.encoding import encode_events
+from model.encoding import EventEncoder
 from model.events import Event
 from model.networks import PreferenceLSTM
 from model.step_kernel import StepKernel
@@ -40,19 +40,6 @@ from model.vocab import GENRES
 
 HistoryLoader = Callable[[str], Sequence[Event]]
 """Returns a user's logged events, oldest first, *before* the event being observed (used only to rebuild)."""
-
-
-def encode_next_event(event: Event, previous_ts: float | None) -> np.ndarray:
-    """Features ``[FEATURE_DIM]`` of ``event`` as ``encode_events`` gives them when the event before it is at
-    ``previous_ts`` (``None``: it is the user's first event).
-
-    Only the time-gap feature depends on the previous event, and only on its time, so the row is read from
-    ``encode_events`` on a stand-in previous event at that time: by construction the same arithmetic.
-    """
-    if previous_ts is None:
-        return encode_events([event])[0]
-    stand_in = Event(ts=previous_ts, utc_offset_min=event.utc_offset_min, kind="generation_requested", prompt="")
-    return encode_events([stand_in, event])[1]
 
 
 def _softmax(logits: torch.Tensor) -> np.ndarray:
@@ -142,7 +129,7 @@ class StreamingPredictor:
 
     def _fresh_state(self) -> UserStreamState:
         h, c = self.model.initial_state(1)
-        return UserStreamState(h, c, torch.zeros(len(GENRES)), self.fingerprint, 0, None)
+        return UserStreamState(h, c, torch.zeros(len(GENRES)), self.fingerprint, 0, None, torch.zeros(len(GENRES)))
 
     def _current_state(self, key: str) -> UserStreamState:
         """The user's usable state: from memory, else from the file, rebuilt from the log when stale or missing."""
@@ -166,12 +153,14 @@ class StreamingPredictor:
 
     def _advance(self, state: UserStreamState, events: Sequence[Event]) -> UserStreamState:
         """``state`` after reading ``events`` one step each."""
-        h, c, logits, last_ts = state.h, state.c, state.logits, state.last_ts
+        h, c, logits = state.h, state.c, state.logits
+        encoder = EventEncoder(state.last_ts, state.recent.numpy().copy())
         for event in events:
-            features = torch.from_numpy(encode_next_event(event, last_ts)).unsqueeze(0)
+            features = torch.from_numpy(encoder.encode(event)).unsqueeze(0)
             step_logits, (h, c) = self._step(features, (h, c))
-            logits, last_ts = step_logits[0], event.ts
-        return UserStreamState(h, c, logits, self.fingerprint, state.events_consumed + len(events), last_ts)
+            logits = step_logits[0]
+        return UserStreamState(h, c, logits, self.fingerprint, state.events_consumed + len(events), encoder.last_ts,
+                               torch.from_numpy(encoder.recent.copy()))
 
     def _store(self, key: str, state: UserStreamState) -> None:
         save_state(state_path(self.cache_dir, key), state)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from client.records import from_array_record, to_array_record
 from privacy.accounting import PrivacyLedger
@@ -26,8 +26,8 @@ Arrays = dict[str, np.ndarray]
 def make_strategy(settings: StrategySettings) -> FedAvg:
     """The Flower strategy named in config; only its ``aggregate_train`` is used (we sample and send ourselves)."""
     never_wait = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=0, min_evaluate_nodes=0, min_available_nodes=0)
-    if settings.name == "fedavg":
-        return FedAvg(**never_wait)
+    if settings.name == "fedavg":  # FedAvgM is FedAvg with a server step size and (heavy-ball) momentum
+        return FedAvgM(**never_wait, server_learning_rate=settings.server_lr, server_momentum=settings.momentum)
     if settings.name == "fedadam":
         return FedAdam(**never_wait, eta=settings.server_lr, beta_1=settings.beta_1, beta_2=settings.beta_2, tau=settings.tau)
     if settings.name == "fedmedian":
@@ -38,8 +38,9 @@ def make_strategy(settings: StrategySettings) -> FedAvg:
 
 
 def strategy_state(strategy: FedAvg) -> dict:
-    """What a strategy carries between rounds (FedAdam's moments), for checkpoints."""
-    return {name: getattr(strategy, name) for name in ("m_t", "v_t") if getattr(strategy, name, None) is not None}
+    """What a strategy carries between rounds (FedAdam's moments, FedAvgM's momentum), for checkpoints."""
+    return {name: getattr(strategy, name) for name in ("m_t", "v_t", "momentum_vector")
+            if getattr(strategy, name, None) is not None}
 
 
 def load_strategy_state(strategy: FedAvg, state: dict) -> None:
@@ -95,6 +96,8 @@ class RoundSum:
             return current, stats
         if isinstance(strategy, FedAdam):
             strategy.current_arrays = current  # what FedOpt.configure_train would have recorded
+        elif isinstance(strategy, FedAvgM):
+            strategy.current_arrays = to_array_record(current)  # what FedAvgM.configure_train would have recorded
         new, _ = strategy.aggregate_train(server_round, replies)
         if new is None:
             return current, stats

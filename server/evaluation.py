@@ -4,6 +4,8 @@ Held-out users (ids ``num_users .. num_users + eval_users - 1``) never train. Th
 - ``global_most_popular``: always predict the genre most often kept by the federation's users;
 - ``user_recent_most_frequent``: the genre the user kept most often within the window the model reads (ties go to
   the most recent; no kept segment in the window falls back to the global mode);
+- ``named_else_recent``: the genre the request's prompt names, else the user's recent favourite (the arg-max of
+  ``model.heuristic_prior``, which the residual model starts from);
 - ``central_nonprivate``: the same model trained centrally, without privacy, on the federation users' pooled logs.
 """
 
@@ -19,6 +21,7 @@ import torch
 from client.instructions import DataInstructions
 from client.simulated_device import device_examples
 from model.encoding import GENRE, KIND, Examples
+from model.heuristic_prior import prior_logits
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, evaluate, train_local
 from model.vocab import GENRES, KIND_INDEX
@@ -77,6 +80,11 @@ def recent_mode_top1(examples: Examples, fallback: int) -> float:
     return float((recent_mode_predictions(examples, fallback) == examples.targets).float().mean())
 
 
+def named_else_recent_top1(examples: Examples) -> float:
+    last_rows = examples.x[torch.arange(len(examples)), examples.lengths - 1]
+    return float((prior_logits(last_rows).argmax(dim=-1) == examples.targets).float().mean())
+
+
 def train_central(train: Examples, model_config: ModelConfig, config: LocalTrainConfig, seed: int) -> PreferenceLSTM:
     """The non-private, centrally trained reference model."""
     torch.manual_seed(seed)
@@ -100,6 +108,7 @@ def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples,
     out: dict[str, float | None] = {
         "global_most_popular": global_top1,
         "user_recent_most_frequent": recent_mode_top1(held_out, mode),
+        "named_else_recent": named_else_recent_top1(held_out),
         "central_nonprivate": None,
     }
     epochs = settings.simulation.central_baseline_epochs

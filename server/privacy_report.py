@@ -16,7 +16,8 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float |
     parameters (``coordinates``: model size, for its sensitivity), and notes on what each guarantee covers."""
     p, sim = settings.privacy, settings.simulation
     record_eps = list(state.record_epsilon.values())
-    report: dict = {"mode": p.mode, "noise": p.noise, "user_level": None, "record_level": None, "notes": []}
+    report: dict = {"mode": p.mode, "noise": p.noise, "model_parameters": coordinates, "user_level": None,
+                    "record_level": None, "notes": []}
     if p.noise == "seeded":
         report["warning"] = SEEDED_WARNING
         report["notes"].append(f"privacy.noise=seeded: {SEEDED_WARNING}. The server's noise and the simulated "

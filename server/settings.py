@@ -133,6 +133,7 @@ class PrivacySettings:
 class StrategySettings:
     name: str = "fedavg"
     server_lr: float = 1.0
+    momentum: float = 0.0  # FedAvg's server momentum (FedAvgM, Hsu et al. 2019); post-processing under DP
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3
@@ -144,6 +145,7 @@ class StrategySettings:
             raise ConfigError(f"strategy.name must be one of {list(STRATEGIES)}; found {self.name!r}.")
         check_range("strategy.num_malicious_nodes", self.num_malicious_nodes, 0, note=" (Krum's f)")
         check_range("strategy.server_lr", self.server_lr, 0, low_open=True)
+        check_range("strategy.momentum", self.momentum, 0, 1, high_open=True, note=" (FedAvg's server momentum)")
         check_range("strategy.beta", self.beta, 0, 0.5, high_open=True, note=" (trimmed fraction per side)")
         for name in ("beta_1", "beta_2"):  # FedAdam's moment decays
             check_range(f"strategy.{name}", getattr(self, name), 0, 1, high_open=True)

@@ -29,8 +29,7 @@ from model.cold_start import ExplorationConfig, Questionnaire, choose_genre, pop
 from model.events import Event
 from model.networks import ModelConfig, PreferenceLSTM
 from model.recent_choices import RecentChoices, summarise_recent
-from model.streaming import encode_next_event
-from model.encoding import FEATURE_DIM
+from model.encoding import FEATURE_DIM, EventEncoder
 from model.vocab import GENRE_INDEX, GENRES
 from simulations.judging import liked_instruments
 from simulations.population import SyntheticUser
@@ -158,6 +157,7 @@ class ModelPolicy:
         self.exploration = exploration
         self.questionnaire_weight = questionnaire_weight
         self._rows: dict[int, list[np.ndarray]] = {}
+        self._encoders: dict[int, EventEncoder] = {}
 
     def _load(self, arrays: Arrays) -> None:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()})
@@ -166,9 +166,8 @@ class ModelPolicy:
     def _encoded(self, ctx: RequestContext) -> list[np.ndarray]:
         """The user's event features, extended by the events logged since the last request (one row each)."""
         rows = self._rows.setdefault(ctx.user, [])
-        for index in range(len(rows), len(ctx.log)):
-            previous_ts = ctx.log[index - 1].ts if index > 0 else None
-            rows.append(encode_next_event(ctx.log[index], previous_ts))
+        encoder = self._encoders.setdefault(ctx.user, EventEncoder())
+        rows.extend(encoder.encode(event) for event in ctx.log[len(rows):])
         return rows
 
     def _predict(self, contexts: Sequence[RequestContext]) -> np.ndarray:

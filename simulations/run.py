@@ -92,7 +92,7 @@ def summary_lines(metrics: dict) -> list[str]:
             lines.append(f"  baseline {name.replace('_', ' ')}: {value:.3f}")
     if privacy["user_level"]:
         u = privacy["user_level"]
-        lines.append(f"user-level privacy: ε={u['epsilon']:.3f} δ={u['delta']:g} (z={u['noise_multiplier']:.3f}, "
+        lines.append(f"user-level privacy over d={privacy['model_parameters']} parameters: ε={u['epsilon']:.3f} δ={u['delta']:g} (z={u['noise_multiplier']:.3f}, "
                      f"q={u['sample_rate']}, C={u['clipping_norm']}, {u['rounds']} rounds, {u['accountant']})")
     if privacy["record_level"]:
         r = privacy["record_level"]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoding import encode_events
+from model.encoding import EventEncoder, encode_events
 from model.networks import ModelConfig, PreferenceLSTM
 from model.step_kernel import StepKernel
 from model.stream_state import StaleStateError, check_user_id, load_state, state_path
-from model.streaming import StreamingPredictor, encode_next_event
+from model.streaming import StreamingPredictor
 from simulations.population import Population, PopulationConfig
 
 CAUSAL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=2)
@@ -46,11 +46,32 @@ def _full_sequence_probs(model: PreferenceLSTM, events) -> np.ndarray:
         ])
 
 
-def test_next_event_encoding_matches_encode_events(events):
+def test_one_event_at_a_time_encoding_matches_encode_events(events):
     full = encode_events(events)
+    encoder = EventEncoder()
     for t, event in enumerate(events):
-        previous = events[t - 1].ts if t else None
-        np.testing.assert_array_equal(encode_next_event(event, previous), full[t])
+        np.testing.assert_array_equal(encoder.encode(event), full[t])
+
+
+def _residual_model(seed: int) -> PreferenceLSTM:
+    """A residual model whose head is not zero (as after training), so the test sees every term."""
+    torch.manual_seed(seed)
+    model = PreferenceLSTM(ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0,
+                                       head_dropout=0.0, residual=True))
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.3)
+        model.head.bias.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def test_residual_model_streams_as_its_full_sequence(tmp_path, events):
+    model = _residual_model(5)
+    predictor = StreamingPredictor(model, tmp_path)
+    streamed = np.stack([predictor.observe("u1", event) for event in events])
+    np.testing.assert_allclose(streamed, _full_sequence_probs(model, events), atol=1e-5)
+    # and after a restart, from the state file alone (the decayed counts travel with it)
+    again = StreamingPredictor(model, tmp_path)
+    np.testing.assert_allclose(again.predict("u1"), streamed[-1], atol=1e-6)
 
 
 def test_step_kernel_equals_model_step(events):
