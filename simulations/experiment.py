@@ -47,7 +47,7 @@ from simulations.experiment_report import (  # noqa: E402
 )
 from simulations.experiment_settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
 from simulations.judging import __doc__ as JUDGING_DOC  # noqa: E402
-from simulations.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy  # noqa: E402
+from simulations.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy  # noqa: E402
 from simulations.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
 from simulations.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
 
@@ -70,13 +70,14 @@ def planned_retrainings(settings: ExperimentSettings) -> int:
 def _model_policies(settings: ExperimentSettings, output_dir: Path, progress) -> tuple[dict, dict]:
     """Pre-train the models the personalised policies start from; returns (arrays by policy, privacy report)."""
     run, loop = settings.run, settings.loop
-    wanted = [p for p in loop.policies if p in ("federated_dp", "central")]
+    wanted = [p for p in loop.policies if p in ("federated_dp", "federated_dp_personal", "central")]
     if not wanted:
         return {}, {}
     historic = HistoricExamples(run)
     arrays, report = {}, {}
-    if "federated_dp" in wanted:
+    if any(p.startswith("federated_dp") for p in wanted):  # one pre-trained global prior, personalised or not
         arrays["federated_dp"], report = pretrain_federated(settings, output_dir, historic, progress)
+        arrays["federated_dp_personal"] = arrays["federated_dp"]
     if "central" in wanted:
         arrays["central"] = pretrain_central(settings, historic, progress)
     return arrays, report
@@ -88,13 +89,16 @@ def _make_policy(name: str, settings: ExperimentSettings, arrays: dict, cohort) 
         return BaselinePolicy()
     if name == "oracle":
         return OraclePolicy(cohort.users)
-    if name == "federated_dp":
+    if name == "recent_choices":
+        return RecentChoicesPolicy()
+    if name.startswith("federated_dp"):
         retrainer = FederatedRetrainer(run, arrays[name], num_users=loop.users, retrain=loop.retrain,
                                        planned_retrainings=planned_retrainings(settings))
     else:
         retrainer = CentralRetrainer(run, arrays[name], retrain=loop.retrain)
     return ModelPolicy(name, run.model, arrays[name], retrainer, window=run.population.window,
-                       exploration=loop.exploration, questionnaire_weight=loop.questionnaire_weight)
+                       exploration=loop.exploration, questionnaire_weight=loop.questionnaire_weight,
+                       personal=name == "federated_dp_personal")
 
 
 def audio_line(audio: dict) -> str:
@@ -141,7 +145,7 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
             "audio": generation.report() or None,
             "policies": table,
             "cold_start_curve": curves,
-            "privacy": {"pretraining": pretraining, "retraining": reports.get("federated_dp") or None},
+            "privacy": {"pretraining": pretraining, "retraining": reports.get("federated_dp") or reports.get("federated_dp_personal") or None},
             "retraining": {name: report for name, report in reports.items() if report},
             "definitions": {**DEFINITIONS, "judging": " ".join((JUDGING_DOC or "").split())},
             "config": dataclasses.asdict(settings),

@@ -29,7 +29,7 @@ from server.settings import (
     settings_from_config,
 )
 
-POLICIES = ("baseline", "federated_dp", "central", "oracle")
+POLICIES = ("baseline", "recent_choices", "federated_dp", "federated_dp_personal", "central", "oracle")
 PRETRAIN_ENGINES = ("flower", "inprocess", "checkpoint")
 RETENTION_DAY = 7
 
@@ -237,7 +237,7 @@ def experiment_settings_from_config(cfg: DictConfig | dict) -> ExperimentSetting
     except (InstructionError, ValueError) as error:
         raise ConfigError(str(error)) from None
     settings = ExperimentSettings(run=run, loop=loop, generation=generation)
-    if run.privacy.user_level and "federated_dp" in loop.policies and not run.privacy.delta < 1.0 / loop.users:
+    if run.privacy.user_level and any(p.startswith("federated_dp") for p in loop.policies) and not run.privacy.delta < 1.0 / loop.users:
         raise ConfigError(f"privacy.delta must be < 1/experiment.users = {1.0 / loop.users:g} (the retraining "
                           f"federation is the new users). Found {run.privacy.delta}.")
     return settings

@@ -1,4 +1,4 @@
-"""How the app conditions each generation: the four policies the experiment compares on the same users.
+"""How the app conditions each generation: the policies the experiment compares on the same users.
 
 A policy turns a request (who, when, the prompt, what it has logged) into the preference distribution and recent
 tempo/instrument choices that ``model.conditioning.build_request`` completes the prompt with. In every policy the
@@ -12,6 +12,10 @@ user's explicit words win (``build_request``'s rules), so they differ only in wh
   at that local time, and the main genre is *sampled* from it (exploration mode); from then on the model reads the
   user's own window of events. Tempo and instruments come from the user's recent choices (the questionnaire's
   tempo until there are any). The model is retrained periodically from the loop's logs (``simulations.retraining``);
+* ``federated_dp_personal``: ``federated_dp`` with each device's personal logit offset (``model.personalise``),
+  refit on the user's own log at every retraining; it never leaves the device;
+* ``recent_choices``: no learned model: the heuristic prior alone (``model.heuristic_prior``: the genre the prompt
+  names, else what the user kept lately), with the user's recent tempo and instruments;
 * ``oracle``: knows the hidden taste at the moment of the request: its genre distribution, preferred tempo and the
   instruments the user more likely wants than not. It still cannot know which genre the user has in mind this time.
 """
@@ -29,7 +33,9 @@ from model.cold_start import ExplorationConfig, Questionnaire, choose_genre, pop
 from model.events import Event
 from model.networks import ModelConfig, PreferenceLSTM
 from model.recent_choices import RecentChoices, summarise_recent
-from model.encoding import FEATURE_DIM, EventEncoder
+from model.encoding import FEATURE_DIM, EventEncoder, build_examples
+from model.heuristic_prior import prior_logits
+from model.personalise import fit_personal_bias
 from model.vocab import GENRE_INDEX, GENRES
 from simulations.judging import liked_instruments
 from simulations.population import SyntheticUser
@@ -104,6 +110,36 @@ class BaselinePolicy:
         return {}
 
 
+class RecentChoicesPolicy:
+    """The strongest simple rule: the heuristic prior of the request's own features, nothing learned."""
+
+    name = "recent_choices"
+
+    def __init__(self) -> None:
+        self._encoders: dict[int, EventEncoder] = {}
+        self._read: dict[int, int] = {}
+
+    def condition(self, contexts: Sequence[RequestContext]) -> list[Conditioning]:
+        out = []
+        for ctx in contexts:
+            encoder = self._encoders.setdefault(ctx.user, EventEncoder())
+            row = None
+            for event in ctx.log[self._read.get(ctx.user, 0):]:
+                row = encoder.encode(event)
+            self._read[ctx.user] = len(ctx.log)
+            logits = prior_logits(torch.from_numpy(row)) if row is not None else torch.zeros(len(GENRES))
+            recent = summarise_recent(ctx.log)
+            recent = recent if recent.bpm is not None else RecentChoices(ctx.answers.bpm, recent.instruments)
+            out.append(Conditioning(torch.softmax(logits, -1).numpy().astype(np.float64), recent))
+        return out
+
+    def retrain(self, logs: Sequence[Sequence[Event]]) -> str | None:
+        return None
+
+    def report(self) -> dict:
+        return {}
+
+
 class OraclePolicy:
     """Knows each user's hidden taste at the moment of the request (an upper reference, not a system)."""
 
@@ -138,17 +174,18 @@ class ModelPolicy:
     """The personalised system: cold start, then the global model on the user's own window, retrained periodically.
 
     Args:
-        name: "federated_dp" or "central".
+        name: "federated_dp", "federated_dp_personal" or "central".
         model_config: architecture of the global model.
         arrays: its pre-trained weights.
         retrainer: how the weights are updated from the loop's logs.
         window: events the model reads (the request included).
         exploration: how many first interactions explore, and how diversely.
         questionnaire_weight: weight of the sign-up answers against the population prior at cold start.
+        personal: fit each user's personal logit offset on their own log at every retraining (on the device).
     """
 
     def __init__(self, name: str, model_config: ModelConfig, arrays: Arrays, retrainer: Retrainer, *, window: int,
-                 exploration: ExplorationConfig, questionnaire_weight: float) -> None:
+                 exploration: ExplorationConfig, questionnaire_weight: float, personal: bool = False) -> None:
         self.name = name
         self.model = PreferenceLSTM(model_config)
         self._load(arrays)
@@ -158,6 +195,8 @@ class ModelPolicy:
         self.questionnaire_weight = questionnaire_weight
         self._rows: dict[int, list[np.ndarray]] = {}
         self._encoders: dict[int, EventEncoder] = {}
+        self.personal = personal
+        self._bias: dict[int, torch.Tensor] = {}
 
     def _load(self, arrays: Arrays) -> None:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()})
@@ -179,8 +218,11 @@ class ModelPolicy:
             x[i, :len(recent)] = np.stack(recent)
             lengths[i] = len(recent)
         with torch.no_grad():
-            probs = self.model.predict_proba(torch.from_numpy(x), torch.from_numpy(lengths))
-        return probs.numpy().astype(np.float64)
+            logits = self.model(torch.from_numpy(x), torch.from_numpy(lengths))
+        for i, ctx in enumerate(contexts):
+            if ctx.user in self._bias:
+                logits[i] += self._bias[ctx.user]
+        return torch.softmax(logits, -1).numpy().astype(np.float64)
 
     def _cold_start(self, ctx: RequestContext) -> Conditioning:
         prior = population_prior(self.model, ts=ctx.ts, utc_offset_min=ctx.utc_offset_min)
@@ -211,6 +253,10 @@ class ModelPolicy:
     def retrain(self, logs: Sequence[Sequence[Event]]) -> str | None:
         arrays, note = self.retrainer.retrain(logs)
         self._load(arrays)
+        if self.personal:  # on each device, from its own log only
+            self._bias = {user: fit_personal_bias(self.model, build_examples(log, self.window))
+                          for user, log in enumerate(logs) if log}
+            note = f"{note}; personal offsets refit on {len(self._bias)} devices"
         return note
 
     def report(self) -> dict:
