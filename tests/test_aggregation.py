@@ -83,3 +83,13 @@ def test_declines_are_counted_with_their_reason(flower_task_identity):
 def test_a_good_reply_becomes_an_update(flower_task_identity):
     verdict = judge_reply(Message(_content(dict(CURRENT)), dst_node_id=0, message_type="train"), CURRENT)
     assert verdict.kind == "update" and set(verdict.arrays) == set(CURRENT)
+
+
+def test_fedavg_honours_server_lr_and_momentum(flower_task_identity):
+    """FedAvg used to ignore strategy.server_lr; now it is FedAvgM: step = server_lr * (update + momentum * last)."""
+    strategy = make_strategy(StrategySettings(server_lr=2.0, momentum=0.5))
+    first, _ = aggregate(strategy, 1, CURRENT, [_update(1, 0.1)], dp=None, rng=np.random.default_rng(0))
+    assert np.allclose(first["w"], 0.2)  # 2 x the mean update
+    second, _ = aggregate(strategy, 2, first, [_update(1, 0.3)], dp=None, rng=np.random.default_rng(0))
+    # this round's update is 0.3 - 0.2 = 0.1; with momentum the step is 2 x (0.1 + 0.5 x 0.1)
+    assert np.allclose(second["w"], 0.2 + 2.0 * (0.1 + 0.5 * 0.1))
