@@ -88,7 +88,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     parts = []
     for config in _node_configs(users, context):
         data = device_data(instructions.data, config, instructions.device_dir)
-        parts.append(RecordDict({"metrics": MetricRecord(local_evaluation(global_arrays, instructions.model, data.held_out))}))
+        parts.append(RecordDict({"metrics": MetricRecord(local_evaluation(global_arrays, instructions.model, data.held_out, data.train))}))
     return _reply(msg, users, parts)
 
 

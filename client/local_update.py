@@ -21,13 +21,14 @@ from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions
 from model.encoding import Examples
 from model.networks import ModelConfig, PreferenceLSTM
+from model.personalise import fit_personal_bias, personalised
 from model.training import RecordLevelDP, evaluate, train_local
 from privacy.mechanisms import clip_update, dp_sgd_schedule, global_norm
 from privacy.randomness import device_generator
 
 TRAIN_METRICS = ("num-examples", "train-loss", "update-norm", "clipped", "declined", "record-epsilon")
 """Every train reply carries exactly these scalars."""
-EVAL_METRICS = ("num-examples", "eval-top1", "eval-nll")
+EVAL_METRICS = ("num-examples", "eval-top1", "eval-nll", "personal-top1", "personal-nll")
 
 DECLINED_NO = 0
 DECLINED_RECORD_BUDGET = 1
@@ -135,9 +136,15 @@ def local_update(
     )
 
 
-def local_evaluation(global_arrays: dict[str, np.ndarray], model_config: ModelConfig, examples: Examples) -> dict[str, int | float]:
-    """Score the global prior on this device's own held-out recent events."""
+def local_evaluation(global_arrays: dict[str, np.ndarray], model_config: ModelConfig, examples: Examples,
+                     own_earlier: Examples) -> dict[str, int | float]:
+    """Score the global prior on this device's own held-out recent events, and the prior personalised on the device
+    (``model.personalise``: a logit offset fit to ``own_earlier``, the device's training points); the offset itself
+    never leaves the device, only the two scores do."""
     if len(examples) == 0:
-        return {"num-examples": 0, "eval-top1": 0.0, "eval-nll": 0.0}
-    result = evaluate(load_model(global_arrays, model_config), examples)
-    return {"num-examples": result.num_examples, "eval-top1": result.top1, "eval-nll": result.nll}
+        return {"num-examples": 0, "eval-top1": 0.0, "eval-nll": 0.0, "personal-top1": 0.0, "personal-nll": 0.0}
+    model = load_model(global_arrays, model_config)
+    result = evaluate(model, examples)
+    personal = evaluate(personalised(model, fit_personal_bias(model, own_earlier)), examples)
+    return {"num-examples": result.num_examples, "eval-top1": result.top1, "eval-nll": result.nll,
+            "personal-top1": personal.top1, "personal-nll": personal.nll}

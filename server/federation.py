@@ -379,6 +379,8 @@ class FederatedRun:
         if n:
             summary["eval_top1"] = sum(m["eval-top1"] * m["num-examples"] for m in metrics) / n
             summary["eval_nll"] = sum(m["eval-nll"] * m["num-examples"] for m in metrics) / n
+            summary["personal_top1"] = sum(m["personal-top1"] * m["num-examples"] for m in metrics) / n
+            summary["personal_nll"] = sum(m["personal-nll"] * m["num-examples"] for m in metrics) / n
         return summary
 
     def _finish(self, state: RunState, node_ids: list[int], channel: RoundChannel, held_out: Examples | None, seconds: float) -> dict:

@@ -130,7 +130,9 @@ def _evaluation_metrics(content: RecordDict) -> dict[str, float] | None:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()):
         return None
     examples = metrics["num-examples"]
-    if examples != int(examples) or examples < 0 or not 0.0 <= metrics["eval-top1"] <= 1.0 or metrics["eval-nll"] < 0.0:
+    if examples != int(examples) or examples < 0:
+        return None
+    if any(not 0.0 <= metrics[k] <= 1.0 for k in ("eval-top1", "personal-top1")) or min(metrics["eval-nll"], metrics["personal-nll"]) < 0.0:
         return None
     return metrics
 

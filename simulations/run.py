@@ -87,6 +87,11 @@ def summary_lines(metrics: dict) -> list[str]:
     lines = [f"held-out top-1 of the global model: {final['eval_top1']:.3f} (NLL {final['eval_nll']:.3f})"]
     if privacy.get("warning"):  # privacy.noise=seeded
         lines.append(f"privacy.noise=seeded: {privacy['warning']}")
+    federated = final.get("federated_eval") or {}
+    if "personal_top1" in federated:
+        lines.append(f"  on {federated['clients']} devices' own latest points: global {federated['eval_top1']:.3f} "
+                     f"(NLL {federated['eval_nll']:.3f}), personalised on the device {federated['personal_top1']:.3f} "
+                     f"(NLL {federated['personal_nll']:.3f})")
     for name, value in final["baselines"].items():
         if value is not None:
             lines.append(f"  baseline {name.replace('_', ' ')}: {value:.3f}")

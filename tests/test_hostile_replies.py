@@ -73,7 +73,7 @@ def _eval_reply(metrics: dict) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), dst_node_id=0, message_type="evaluate")
 
 
-GOOD_EVAL = {"num-examples": 4, "eval-top1": 0.5, "eval-nll": 1.9}
+GOOD_EVAL = {"num-examples": 4, "eval-top1": 0.5, "eval-nll": 1.9, "personal-top1": 0.75, "personal-nll": 1.7}
 
 
 @pytest.mark.parametrize("metrics", [
@@ -84,6 +84,8 @@ GOOD_EVAL = {"num-examples": 4, "eval-top1": 0.5, "eval-nll": 1.9}
     GOOD_EVAL | {"num-examples": -3},
     GOOD_EVAL | {"num-examples": 2.5},
     GOOD_EVAL | {"eval-nll": -1.0},
+    GOOD_EVAL | {"personal-top1": 1.5},
+    GOOD_EVAL | {"personal-nll": -0.1},
 ])
 def test_a_malformed_evaluation_reply_is_refused_not_raised(flower_task_identity, metrics):
     from server.replies import evaluation_metrics
