@@ -59,14 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    import numpy as np
     import torch
 
     from client.instructions import DataInstructions
     from client.simulated_device import device_examples
     from model.personalise import fit_personal_bias, personalised
     from model.networks import PreferenceLSTM
-    from server.evaluation import held_out_examples, train_central
+    from server.evaluation import central_config, held_out_examples, train_central
     from server.server_app import compose_settings
     from simulations.inprocess_federation import InProcessFederation
     from simulations.population import Population, PopulationConfig
@@ -149,12 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
         plain_model, _ = federate(plain_settings, "federated non-private")
         add_model("federated non-private", plain_model)
         log(f"central non-private reference: {args.central_epochs} epoch(s) over the pooled training points ...")
-        import dataclasses
-
         from model.encoding import Examples
         pooled = Examples.concat([examples_of(u) for u in range(args.users)], data.window)
-        config = dataclasses.replace(dp_settings.train, epochs=args.central_epochs, batch_size=64, lr=3e-3,
-                                     max_examples=0)
+        config = central_config(dp_settings.train, args.central_epochs)
         add_model("central non-private", train_central(pooled, dp_settings.model, config, dp_settings.seed))
 
     privacy = dp_fed.privacy_report()
