@@ -37,14 +37,20 @@ def make_strategy(settings: StrategySettings) -> FedAvg:
     return FedTrimmedAvg(**never_wait, beta=settings.beta)
 
 
-def strategy_state(strategy: FedAvg) -> dict:
-    """What a strategy carries between rounds (FedAdam's moments, FedAvgM's momentum), for checkpoints."""
-    return {name: getattr(strategy, name) for name in ("m_t", "v_t", "momentum_vector")
-            if getattr(strategy, name, None) is not None}
+def strategy_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
+    """What a strategy carries between rounds, as named arrays for checkpoints: FedAdam's moments ``m_t``, ``v_t``
+    (already named) and FedAvgM's ``momentum_vector`` (a list in model order, named by position)."""
+    state = {name: getattr(strategy, name) for name in ("m_t", "v_t") if getattr(strategy, name, None) is not None}
+    momentum = getattr(strategy, "momentum_vector", None)
+    if momentum is not None:
+        state["momentum_vector"] = {str(i): np.asarray(array) for i, array in enumerate(momentum)}
+    return state
 
 
-def load_strategy_state(strategy: FedAvg, state: dict) -> None:
+def load_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
     for name, value in state.items():
+        if name == "momentum_vector":
+            value = [value[str(i)] for i in range(len(value))]  # type: ignore[assignment]
         setattr(strategy, name, value)
 
 
