@@ -16,6 +16,16 @@ from simulations.population import Population, PopulationConfig
 
 TOLERANCE = 1e-5
 TWO_LAYERS = ModelConfig(bidirectional=False, hidden_size=16, num_layers=2, dropout=0.0, head_dropout=0.0)
+PRIOR = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0, head_dropout=0.0,
+                    style_embedding_dim=8, residual=True)  # conf/model/prior.yaml: the default global model
+
+
+def _trained_looking(model: PreferenceLSTM) -> PreferenceLSTM:
+    """The residual head starts at zero; give it weights so the export is checked on every term."""
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.3)
+        model.head.bias.normal_(0.0, 0.3)
+    return model.eval()
 
 
 class ResidualLSTM(PreferenceLSTM):
@@ -41,11 +51,12 @@ def features() -> np.ndarray:
 def exported(tmp_path_factory):
     """The default device model and a 2-layer model of another hidden size, each with its ONNX file."""
     folder = tmp_path_factory.mktemp("onnx")
-    models = {"device": new_student(DEVICE_MODEL, seed=1), "two_layers": new_student(TWO_LAYERS, seed=2)}
+    models = {"device": new_student(DEVICE_MODEL, seed=1), "two_layers": new_student(TWO_LAYERS, seed=2),
+              "prior": _trained_looking(new_student(PRIOR, seed=3))}
     return {name: (model, export_device_model(model, folder / f"{name}.onnx")) for name, model in models.items()}
 
 
-@pytest.mark.parametrize("name", ["device", "two_layers"])
+@pytest.mark.parametrize("name", ["device", "two_layers", "prior"])
 def test_runtime_matches_torch_over_a_streamed_sequence(exported, features, name):
     model, file = exported[name]
     runtime = DeviceStep(file.path, step_signature(model))
