@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"central non-private reference: {args.central_epochs} epoch(s) over the pooled training points ...")
         from model.encoding import Examples
         pooled = Examples.concat([examples_of(u) for u in range(args.users)], data.window)
+        cache.clear()  # the pooled copy is all the central model needs (10,000 users: ~4 GB each)
         config = central_config(dp_settings.train, args.central_epochs)
         add_model("central non-private", train_central(pooled, dp_settings.model, config, dp_settings.seed))
 
