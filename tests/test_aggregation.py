@@ -88,9 +88,9 @@ def test_a_good_reply_becomes_an_update(flower_task_identity):
 def test_fedavg_honours_server_lr_and_momentum(flower_task_identity):
     """FedAvg used to ignore strategy.server_lr; now it is FedAvgM: step = server_lr * (update + momentum * last)."""
     strategy = make_strategy(StrategySettings(server_lr=2.0, momentum=0.5))
-    first, _ = aggregate(strategy, 1, CURRENT, [_update(1, 0.1)], dp=None, rng=np.random.default_rng(0))
+    first, _ = aggregate(strategy, 1, CURRENT, [_update(1, 0.1)], mechanism=NoUserLevelPrivacy())
     assert np.allclose(first["w"], 0.2)  # 2 x the mean update
-    second, _ = aggregate(strategy, 2, first, [_update(1, 0.3)], dp=None, rng=np.random.default_rng(0))
+    second, _ = aggregate(strategy, 2, first, [_update(1, 0.3)], mechanism=NoUserLevelPrivacy())
     # this round's update is 0.3 - 0.2 = 0.1; with momentum the step is 2 x (0.1 + 0.5 x 0.1)
     assert np.allclose(second["w"], 0.2 + 2.0 * (0.1 + 0.5 * 0.1))
 
@@ -99,11 +99,11 @@ def test_fedavg_momentum_survives_a_checkpoint_as_named_arrays(flower_task_ident
     from server.aggregation import load_strategy_state, strategy_state
 
     strategy = make_strategy(StrategySettings(server_lr=1.0, momentum=0.9))
-    first, _ = aggregate(strategy, 1, CURRENT, [_update(1, 0.1)], dp=None, rng=np.random.default_rng(0))
+    first, _ = aggregate(strategy, 1, CURRENT, [_update(1, 0.1)], mechanism=NoUserLevelPrivacy())
     state = strategy_state(strategy)
     assert set(state) == {"momentum_vector"} and all(isinstance(v, np.ndarray) for v in state["momentum_vector"].values())
     resumed = make_strategy(StrategySettings(server_lr=1.0, momentum=0.9))
     load_strategy_state(resumed, state)
-    a, _ = aggregate(strategy, 2, first, [_update(1, 0.3)], dp=None, rng=np.random.default_rng(0))
-    b, _ = aggregate(resumed, 2, first, [_update(1, 0.3)], dp=None, rng=np.random.default_rng(0))
+    a, _ = aggregate(strategy, 2, first, [_update(1, 0.3)], mechanism=NoUserLevelPrivacy())
+    b, _ = aggregate(resumed, 2, first, [_update(1, 0.3)], mechanism=NoUserLevelPrivacy())
     assert all(np.array_equal(a[k], b[k]) for k in a)

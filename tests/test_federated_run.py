@@ -42,7 +42,8 @@ def user_level_runs(tmp_path_factory):
 
 
 def test_federated_training_improves_the_global_model(compose_config, tmp_path):
-    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=5", "simulation.sample_rate=1.0", "train.lr=0.003")
+    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=5", "simulation.sample_rate=1.0",
+                   "strategy.momentum=0", "strategy.server_lr=1", "train.lr=0.1")
     assert len(metrics["rounds"]) == 5
     assert metrics["final"]["eval_nll"] < metrics["initial"]["eval_nll"] - 0.02
     assert all(r["clients"] >= 1 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
