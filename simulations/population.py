@@ -17,6 +17,7 @@ import numpy as np
 from model.events import Event
 from simulations.sessions import SegmentGenerator, default_generator, play_request
 from simulations.taste import HiddenTaste, Taste, sample_hidden_taste
+from simulations.world import World, check_range
 
 TASTE_STREAM, HABITS_STREAM, SESSIONS_STREAM = 0, 1, 2
 """The ``purpose`` part of each user's seed ``[seed, user_id, purpose]``."""
@@ -40,14 +41,6 @@ SECONDS_PER_DAY = 86_400
 MAX_USERS = 10_000_000
 
 
-def _check_range(name: str, value: object, low: float, high: float, *, integer: bool = False) -> None:
-    """Raise ``ValueError`` naming the field, the allowed range and the value unless ``value`` is in range."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} in range [{low}, {high}]. Found {value!r}.")
-
-
 @dataclass(frozen=True)
 class PopulationConfig:
     """How to generate a population.
@@ -57,36 +50,25 @@ class PopulationConfig:
         num_users: population size; users are built lazily, so large values are cheap.
         days: length of every user's log.
         start_date: first simulated day, ISO ``YYYY-MM-DD``, starting at UTC midnight.
-        sessions_per_day: mean listening sessions per user and day.
-        drift_strength: standard deviation of the weekly random-walk step of genre logits.
-        switch_prob: probability that a user's dominant persona changes abruptly on one day.
-        rhythm_strength: mean sensitivity of taste to the hour of day (calmer at night).
-        weekend_habit_prob: probability that a user has a weekend genre.
+        world: the population's dynamics (personas, drift, rhythm, prompts); today's world by default.
     """
 
     seed: int = 0
     num_users: int = 1000
     days: int = 28
     start_date: str = "2026-09-07"
-    sessions_per_day: float = 1.5
-    drift_strength: float = 0.7
-    switch_prob: float = 0.3
-    rhythm_strength: float = 1.5
-    weekend_habit_prob: float = 0.4
+    world: World = World()
 
     def __post_init__(self) -> None:
-        _check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
-        _check_range("num_users", self.num_users, 1, MAX_USERS, integer=True)
-        _check_range("days", self.days, 1, 366, integer=True)
+        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        check_range("num_users", self.num_users, 1, MAX_USERS, integer=True)
+        check_range("days", self.days, 1, 366, integer=True)
         try:
             date.fromisoformat(self.start_date)
         except (TypeError, ValueError):
             raise ValueError(f"start_date must be an ISO date YYYY-MM-DD. Found {self.start_date!r}.") from None
-        _check_range("sessions_per_day", self.sessions_per_day, 0.01, 20.0)
-        _check_range("drift_strength", self.drift_strength, 0.0, 5.0)
-        _check_range("switch_prob", self.switch_prob, 0.0, 1.0)
-        _check_range("rhythm_strength", self.rhythm_strength, 0.0, 5.0)
-        _check_range("weekend_habit_prob", self.weekend_habit_prob, 0.0, 1.0)
+        if not isinstance(self.world, World):
+            raise ValueError(f"world must be a World. Found {self.world!r}.")
 
     @property
     def start_ts(self) -> int:
@@ -113,15 +95,12 @@ class SyntheticUser:
         self._config = config
         self._start_ts, self._end_ts = config.start_ts, config.end_ts
         self._taste: HiddenTaste = sample_hidden_taste(
-            _stream(config.seed, user_id, TASTE_STREAM), days=config.days, drift_strength=config.drift_strength,
-            switch_prob=config.switch_prob, rhythm_strength=config.rhythm_strength,
-            weekend_habit_prob=config.weekend_habit_prob,
-        )
+            _stream(config.seed, user_id, TASTE_STREAM), days=config.days, world=config.world)
         habits = _stream(config.seed, user_id, HABITS_STREAM)
         self.utc_offset_min = int(TIME_ZONES_MIN[habits.choice(len(TIME_ZONES_MIN), p=TIME_ZONE_WEIGHTS)])
         peaks = LISTENING_PEAKS[habits.integers(len(LISTENING_PEAKS))]
         self._peaks = peaks if habits.random() < 0.5 else peaks[::-1]
-        self._session_rate = config.sessions_per_day * float(habits.gamma(4.0, 0.25))
+        self._session_rate = config.world.sessions_per_day * float(habits.gamma(4.0, 0.25))
 
     def taste_at(self, ts: float) -> Taste:
         """The user's hidden taste at UTC time ``ts``, read in their local time. For evaluation only."""
@@ -156,7 +135,7 @@ class SyntheticUser:
                     if log:  # the next request, or a session overlapping the last one, waits for it to end
                         ts = max(ts, int(log[-1].ts) + pause)
                     log.extend(play_request(rng, taste=self.taste_at(ts), ts=ts, utc_offset_min=self.utc_offset_min,
-                                            generator=generator, history=log))
+                                            generator=generator, history=log, world=self._config.world))
         return log
 
     def _session_starts(self, rng: np.random.Generator, day: int) -> list[int]:

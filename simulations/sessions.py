@@ -18,6 +18,7 @@ from model.events import Event
 from model.conditioning import GENRE_DEFAULT_BPM, GENRE_DEFAULT_INSTRUMENTS
 from model.vocab import BPM_MAX, BPM_MIN, GENRES, INSTRUMENT_INDEX, INSTRUMENTS
 from simulations.taste import Taste
+from simulations.world import World
 
 APP_DEFAULT_GENRE = "pop"
 """What the app generates when the user has not chosen a style (the seed's "default light pop piano")."""
@@ -30,8 +31,6 @@ GENRE_INSTRUMENTS: dict[str, tuple[str, ...]] = {
 }
 """The app's default instrumentation for each style, in ``INSTRUMENTS`` order."""
 
-GENRE_MOOD = {"pop": "steady", "rock": "energetic", "classical": "calm", "electronic": "energetic",
-              "jazz": "calm", "folk": "calm", "rnb": "calm", "hiphop": "energetic"}
 MOOD_PROMPTS = {
     "calm": ("something relaxing", "quiet music for the evening", "help me unwind"),
     "steady": ("music for focus", "steady background music", "something to work to"),
@@ -41,8 +40,8 @@ VAGUE_PROMPTS = ("surprise me", "make me a song", "something new", "music for ri
 GENRE_PROMPTS = ("some {genre}, please", "I feel like {genre}", "{genre} with {instrument}")
 GENRE_WORDS = {"pop": "pop", "rock": "rock", "classical": "classical music", "electronic": "electronic music",
                "jazz": "jazz", "folk": "folk", "rnb": "R&B", "hiphop": "hip-hop"}
-PROMPT_KIND_PROBS = (0.45, 0.35, 0.20)
-"""Chance that a prompt is vague, names a mood, or names the wanted genre."""
+"""Which kind of prompt a user types, and the mood they name for each genre, are the world's
+(``World.prompt_mix``, ``World.genre_moods``)."""
 
 STYLE_PROB = 0.55
 """Chance of picking a style before the first try; on a retry the user always picks one."""
@@ -129,13 +128,14 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[_uniform_int(rng, 0, len(options))]
 
 
-def _prompt(rng: np.random.Generator, want: str) -> str:
-    """A request text; only a minority of prompts name the wanted genre, as real prompts are often vague."""
-    kind = _draw(rng, PROMPT_KIND_PROBS)
+def _prompt(rng: np.random.Generator, want: str, world: World) -> str:
+    """A request text; in today's world only a minority of prompts name the wanted genre, as real prompts are often
+    vague."""
+    kind = _draw(rng, world.prompt_mix.probs())
     if kind == 0:
         return _pick(rng, VAGUE_PROMPTS)
     if kind == 1:
-        return _pick(rng, MOOD_PROMPTS[GENRE_MOOD[want]])
+        return _pick(rng, MOOD_PROMPTS[world.genre_moods.of(want)])
     instrument = _pick(rng, GENRE_INSTRUMENTS[want]).replace("_", " ")
     return _pick(rng, GENRE_PROMPTS).format(genre=GENRE_WORDS[want], instrument=instrument)
 
@@ -193,7 +193,7 @@ class _Request:
 
 
 def play_request(rng: np.random.Generator, *, taste: Taste, ts: int, utc_offset_min: int,
-                 generator: SegmentGenerator, history: Sequence[Event]) -> list[Event]:
+                 generator: SegmentGenerator, history: Sequence[Event], world: World) -> list[Event]:
     """Simulate one request from prompt to kept segment.
 
     Args:
@@ -203,12 +203,13 @@ def play_request(rng: np.random.Generator, *, taste: Taste, ts: int, utc_offset_
         utc_offset_min: the user's local offset.
         generator: the app's segment generation step.
         history: the user's log before this request (read only).
+        world: how the user's prompt relates to what they want.
 
     Returns:
         The request's events in time order: ``generation_requested`` first and ``segment_kept`` last.
     """
     want = GENRES[_draw(rng, taste.genre_probs.tolist())]
-    prompt = _prompt(rng, want)
+    prompt = _prompt(rng, want, world)
     request = _Request(rng, taste, ts, utc_offset_min)
     request.emit("generation_requested", (0, 1), prompt=prompt)  # a pause in [0, 1): at ``ts`` itself
     for attempt in range(MAX_ATTEMPTS):  # the last attempt is always kept, so the loop ends with a kept segment

@@ -3,7 +3,8 @@
 SEED.md describes preference as a trajectory, not a label: electronic last week, folk guitar this week; steady
 music by day, calm music at night; jazz every weekend. A user's taste here is a mixture of one or two personas plus
 personal noise, which then drifts slowly week by week, may switch abruptly to another persona on one day, leans
-calmer at night and, for some users, towards one genre at weekends.
+calmer at night and, for some users, towards one genre at weekends. The persona table and the strength of each
+of these come from the population's ``World`` (``simulations/world.py``).
 
 The taste drives simulated behaviour and is the ground truth of evaluation; it never appears in events.
 """
@@ -11,53 +12,19 @@ The taste drives simulated behaviour and is the ground truth of evaluation; it n
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from model.vocab import GENRE_INDEX, GENRES, INSTRUMENT_INDEX, INSTRUMENTS
-
-
-@dataclass(frozen=True)
-class Persona:
-    """A stereotyped listener that users are mixtures of.
-
-    Attributes:
-        name: short label, for reading only.
-        genre_logits: per-genre logits, in ``GENRES`` order.
-        bpm_mean: the tempo this persona prefers.
-        bpm_sd: how far from ``bpm_mean`` it still enjoys.
-        instruments: the instruments it likes to hear.
-        popularity: relative frequency of the persona in the population.
-    """
-
-    name: str
-    genre_logits: tuple[float, ...]
-    bpm_mean: float
-    bpm_sd: float
-    instruments: tuple[str, ...]
-    popularity: float
+from simulations.world import Persona, World
 
 
 def _per_genre(**values: float) -> tuple[float, ...]:
     """Values in ``GENRES`` order from keywords; genres not named get 0."""
     return tuple(values.get(genre, 0.0) for genre in GENRES)
 
-
-PERSONAS: tuple[Persona, ...] = (
-    Persona("club", _per_genre(electronic=3.0, hiphop=2.2, pop=1.2), 126.0, 8.0,
-            ("synth", "drums", "bass", "percussion", "vocals"), 0.18),
-    Persona("coffeehouse", _per_genre(jazz=2.6, folk=2.4, classical=1.0), 92.0, 12.0,
-            ("acoustic_guitar", "piano", "saxophone", "bass", "flute"), 0.15),
-    Persona("classical_focus", _per_genre(classical=3.0, jazz=1.2, folk=0.8), 76.0, 14.0,
-            ("piano", "strings", "violin", "cello", "flute"), 0.13),
-    Persona("pop_radio", _per_genre(pop=3.0, rnb=1.6, electronic=1.0, rock=0.8), 114.0, 10.0,
-            ("vocals", "piano", "synth", "drums", "bass"), 0.24),
-    Persona("rock", _per_genre(rock=3.0, pop=1.2, folk=0.8, electronic=0.4), 132.0, 14.0,
-            ("electric_guitar", "drums", "bass", "vocals", "organ"), 0.16),
-    Persona("rnb_night", _per_genre(rnb=3.0, hiphop=1.8, jazz=1.2), 90.0, 10.0,
-            ("vocals", "bass", "synth", "ambient_pad", "saxophone", "piano"), 0.14),
-)
 
 NIGHT_SHIFT = _per_genre(pop=-0.3, rock=-0.8, classical=1.0, electronic=-0.7, jazz=0.8, folk=0.6, rnb=0.3, hiphop=-0.6)
 """Genre-logit shift per unit of night-ness: calm genres gain at night and lose by day, energetic ones the reverse."""
@@ -138,18 +105,19 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
-def _persona_phase(weights: np.ndarray, noise: np.ndarray, bpm_offset: float, instrument_noise: np.ndarray) -> _Phase:
-    """Mix personas by ``weights`` and add the user's personal deviations."""
-    logits = np.array([p.genre_logits for p in PERSONAS]).T @ weights + noise
+def _persona_phase(personas: Sequence[Persona], weights: np.ndarray, noise: np.ndarray, bpm_offset: float,
+                   instrument_noise: np.ndarray) -> _Phase:
+    """Mix ``personas`` by ``weights`` and add the user's personal deviations."""
+    logits = np.array([p.genre_logits.values() for p in personas]).T @ weights + noise
     liked = np.zeros(len(INSTRUMENTS))
-    for persona, weight in zip(PERSONAS, weights):
+    for persona, weight in zip(personas, weights):
         for name in persona.instruments:
             liked[INSTRUMENT_INDEX[name]] += weight
     instrument_logits = INSTRUMENT_LIKED_LOGIT * (2.0 * liked - 1.0) + instrument_noise
     return _Phase(
         genre_logits=_read_only(logits),
-        bpm_mean=float(sum(w * p.bpm_mean for w, p in zip(weights, PERSONAS))) + bpm_offset,
-        bpm_sd=float(sum(w * p.bpm_sd for w, p in zip(weights, PERSONAS))),
+        bpm_mean=float(sum(w * p.bpm_mean for w, p in zip(weights, personas))) + bpm_offset,
+        bpm_sd=float(sum(w * p.bpm_sd for w, p in zip(weights, personas))),
         instrument_probs=_read_only(1.0 / (1.0 + np.exp(-instrument_logits))),
     )
 
@@ -201,50 +169,47 @@ class HiddenTaste:
         )
 
 
-def _persona_weights(rng: np.random.Generator) -> np.ndarray:
-    """One or two personas (half the users each), with a Dirichlet split when two."""
-    popularity = np.array([p.popularity for p in PERSONAS])
+def _persona_weights(rng: np.random.Generator, personas: Sequence[Persona]) -> np.ndarray:
+    """One or two personas (half the users each), drawn by popularity, with a Dirichlet split when two."""
+    popularity = np.array([p.popularity for p in personas])
     count = 1 + int(rng.random() < 0.5)
-    chosen = rng.choice(len(PERSONAS), size=count, replace=False, p=popularity / popularity.sum())
-    weights = np.zeros(len(PERSONAS))
+    chosen = rng.choice(len(personas), size=count, replace=False, p=popularity / popularity.sum())
+    weights = np.zeros(len(personas))
     weights[chosen] = rng.dirichlet(np.full(count, 2.0))
     return weights
 
 
-def sample_hidden_taste(rng: np.random.Generator, *, days: int, drift_strength: float, switch_prob: float,
-                        rhythm_strength: float, weekend_habit_prob: float) -> HiddenTaste:
+def sample_hidden_taste(rng: np.random.Generator, *, days: int, world: World) -> HiddenTaste:
     """Draw one user's taste trajectory.
 
     Args:
         rng: the user's own taste stream, so a user's taste does not depend on anything else.
         days: simulated days; drift knots cover them plus a week of margin for time zones.
-        drift_strength: standard deviation of the weekly random-walk step in genre-logit space.
-        switch_prob: probability that the user's dominant persona changes on one day of the simulation.
-        rhythm_strength: mean sensitivity to the hour of day (each user's is Gamma-distributed around it).
-        weekend_habit_prob: probability that the user has a weekend genre.
+        world: the persona table and the strengths of drift, switches, daily rhythm (each user's is
+            Gamma-distributed around ``world.rhythm_strength``) and weekend habits.
     """
-    weights = _persona_weights(rng)
+    weights = _persona_weights(rng, world.personas)
     noise = rng.normal(0.0, PERSONAL_NOISE_SD, len(GENRES))
     instrument_noise = rng.normal(0.0, PERSONAL_NOISE_SD, len(INSTRUMENTS))
-    before = _persona_phase(weights, noise, float(rng.normal(0.0, PERSONAL_BPM_SD)), instrument_noise)
+    before = _persona_phase(world.personas, weights, noise, float(rng.normal(0.0, PERSONAL_BPM_SD)), instrument_noise)
 
     after, switch_day = before, None
-    if rng.random() < switch_prob:
+    if rng.random() < world.switch_prob:
         # The new favourite is a persona the user did not already like; the old taste lingers a little.
         candidates = np.flatnonzero(weights == 0.0)
         new_weights = (1.0 - SWITCHED_PERSONA_WEIGHT) * weights
         new_weights[candidates[rng.integers(len(candidates))]] += SWITCHED_PERSONA_WEIGHT
-        after = _persona_phase(new_weights, noise, float(rng.normal(0.0, PERSONAL_BPM_SD)), instrument_noise)
+        after = _persona_phase(world.personas, new_weights, noise, float(rng.normal(0.0, PERSONAL_BPM_SD)), instrument_noise)
         switch_day = int(rng.integers(days // 8, days - days // 8))  # away from the edges: both tastes get seen
 
     knots = int(math.ceil(days / DAYS_PER_KNOT)) + 2
-    steps = rng.normal(0.0, drift_strength, (knots, len(GENRES)))
+    steps = rng.normal(0.0, world.drift_strength, (knots, len(GENRES)))
     steps[0] = 0.0
     night_shift = np.array(NIGHT_SHIFT)
     night_shift[GENRE_INDEX[NIGHT_GENRE_CHOICES[rng.integers(len(NIGHT_GENRE_CHOICES))]]] += NIGHT_GENRE_BONUS
 
     weekend_genre = None
-    if rng.random() < weekend_habit_prob:
+    if rng.random() < world.weekend_habit_prob:
         weekend_weights = np.array(WEEKEND_GENRE_WEIGHTS)
         weekend_genre = int(rng.choice(len(GENRES), p=weekend_weights / weekend_weights.sum()))
     return HiddenTaste(
@@ -252,7 +217,7 @@ def sample_hidden_taste(rng: np.random.Generator, *, days: int, drift_strength: 
         after=after,
         switch_day=switch_day,
         drift_knots=_read_only(np.cumsum(steps, axis=0)),
-        rhythm=float(rhythm_strength * rng.gamma(2.0, 0.5)),
+        rhythm=float(world.rhythm_strength * rng.gamma(2.0, 0.5)),
         night_shift=_read_only(night_shift),
         weekend_genre=weekend_genre,
     )
