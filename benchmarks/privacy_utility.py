@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     population_size = args.users + args.eval_users
     data = DataInstructions(population_seed=dp_settings.population.seed, population_size=population_size,
                             population_days=dp_settings.population.days, window=dp_settings.population.window,
-                            eval_fraction=dp_settings.population.client_eval_fraction)
+                            eval_fraction=dp_settings.population.client_eval_fraction,
+                            world=dp_settings.population.world)
     held_ids = range(args.users, population_size)
 
     log(f"scoring the rules on {args.eval_users} held-out users ...")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     pooled_targets = torch.cat([examples_of(u).targets for u in range(min(args.users, 1_000))])
     global_mode = int(torch.bincount(pooled_targets, minlength=8).argmax())
     points = score_rules(Population(PopulationConfig(seed=data.population_seed, num_users=population_size,
-                                                     days=data.population_days)),
+                                                     days=data.population_days, world=data.world)),
                          held_ids, window=data.window, points_per_user=args.points, global_mode=global_mode)
     if not torch.equal(torch.from_numpy(points.target), held.targets):
         raise RuntimeError("the rules and the models must be scored on the same points; the targets differ.")

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 from model.networks import ModelConfig
 from privacy.randomness import check_noise_source
 from model.training import LocalTrainConfig
+from simulations.world import World
 
 
 class InstructionError(ValueError):
@@ -35,13 +36,15 @@ class RecordLevelInstructions:
 
 @dataclass(frozen=True)
 class DataInstructions:
-    """Where a simulated client's log comes from, and how prediction examples are cut from it."""
+    """Where a simulated client's log comes from (the population and its world), and how prediction examples are cut
+    from it."""
 
     population_seed: int = 0
     population_size: int = 1200
     population_days: int = 28
     window: int = 32
     eval_fraction: float = 0.2
+    world: World = World()
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def _convert(hint: Any, value: object, key: str) -> object:
         hint = next(h for h in typing.get_args(hint) if h is not type(None))
     if dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, f"{key}.")
+    if typing.get_origin(hint) is tuple:
+        return _convert_tuple(typing.get_args(hint)[0], value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -138,6 +143,19 @@ def _convert(hint: Any, value: object, key: str) -> object:
     return value
 
 
+def _convert_tuple(item_hint: Any, value: object, key: str) -> tuple:
+    """A ``tuple[X, ...]`` from a list (Hydra, a ConfigRecord's list of strings or numbers) or, for a tuple of
+    dataclasses, from the mapping ``{"0": ..., "1": ...}`` that ``to_config_items`` flattened it to."""
+    if isinstance(value, Mapping):
+        if set(value) != {str(i) for i in range(len(value))}:
+            raise InstructionError(f"{key} must be a list, or a mapping with keys 0..n-1; found keys "
+                                   f"{_short(sorted(map(str, value)))}.")
+        value = [value[str(i)] for i in range(len(value))]
+    if not isinstance(value, (list, tuple)):
+        raise InstructionError(f"{key} must be a list; found {_short(value)}.")
+    return tuple(_convert(item_hint, item, f"{key}.{i}") for i, item in enumerate(value))
+
+
 def _short(value: object) -> str:
     """``repr(value)``, cut to 80 characters (a hostile value may be huge)."""
     if isinstance(value, int) and value.bit_length() > 200:  # repr of an int of 4300+ digits raises ValueError
@@ -146,9 +164,10 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | str | bool]:
-    """Flatten to ConfigRecord items: dotted, kebab-case keys; ``None`` values are left out."""
-    items: dict[str, int | float | str | bool] = {}
+def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | str | bool | list]:
+    """Flatten to ConfigRecord items: dotted, kebab-case keys; ``None`` values are left out; a tuple becomes a list,
+    a tuple of dataclasses one group per index (``data.world.personas.0.name``)."""
+    items: dict[str, int | float | str | bool | list] = {}
 
     def walk(obj: object, prefix: str) -> None:
         for f in dataclasses.fields(obj):  # type: ignore[arg-type]
@@ -156,6 +175,11 @@ def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | 
             key = prefix + f.name.replace("_", "-")
             if dataclasses.is_dataclass(value):
                 walk(value, key + ".")
+            elif isinstance(value, tuple) and any(dataclasses.is_dataclass(item) for item in value):
+                for index, item in enumerate(value):
+                    walk(item, f"{key}.{index}.")
+            elif isinstance(value, tuple):
+                items[key] = list(value)  # a ConfigRecord holds lists of str, int, float or bool
             elif value is not None:
                 items[key] = value
 

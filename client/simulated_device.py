@@ -12,23 +12,26 @@ from functools import lru_cache
 from client.instructions import DataInstructions
 from model.encoding import Examples, build_examples, split_recent
 from simulations.population import Population, PopulationConfig
+from simulations.world import World
 
 USERS_CACHED_PER_WORKER = 256
 
 
 @lru_cache(maxsize=8)
-def population(seed: int, size: int, days: int) -> Population:
-    return Population(PopulationConfig(seed=seed, num_users=size, days=days))
+def population(seed: int, size: int, days: int, world: World = World()) -> Population:
+    return Population(PopulationConfig(seed=seed, num_users=size, days=days, world=world))
 
 
 @lru_cache(maxsize=USERS_CACHED_PER_WORKER)
-def _user_examples(seed: int, size: int, days: int, user_id: int, window: int, eval_fraction: float) -> tuple[Examples, Examples]:
-    events = population(seed, size, days).user(user_id).events()
+def _user_examples(seed: int, size: int, days: int, world: World, user_id: int, window: int,
+                   eval_fraction: float) -> tuple[Examples, Examples]:
+    events = population(seed, size, days, world).user(user_id).events()
     return split_recent(build_examples(events, window), eval_fraction)
 
 
 def device_examples(data: DataInstructions, user_id: int) -> tuple[Examples, Examples]:
-    """(training examples, most recent held-out examples) of simulated user ``user_id``."""
+    """(training examples, most recent held-out examples) of simulated user ``user_id`` of the world ``data`` names."""
     return _user_examples(
-        data.population_seed, data.population_size, data.population_days, user_id, data.window, data.eval_fraction
+        data.population_seed, data.population_size, data.population_days, data.world, user_id, data.window,
+        data.eval_fraction,
     )

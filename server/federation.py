@@ -77,7 +77,7 @@ def data_instructions(settings: RunSettings) -> DataInstructions:
     p = settings.population
     return DataInstructions(
         population_seed=p.seed, population_size=p.num_users + p.eval_users, population_days=p.days,
-        window=p.window, eval_fraction=p.client_eval_fraction,
+        window=p.window, eval_fraction=p.client_eval_fraction, world=p.world,
     )
 
 

@@ -67,7 +67,7 @@ def _check_population(settings: RunSettings) -> None:
         raise ConfigError(f"population.num_users + population.eval_users must be <= {MAX_USERS:,} (the largest "
                           f"population simulations.population generates); found {p.num_users} + {p.eval_users}.")
     try:
-        PopulationConfig(seed=p.seed, num_users=total, days=p.days)
+        PopulationConfig(seed=p.seed, num_users=total, days=p.days, world=p.world)
     except ValueError as error:
         raise ConfigError(f"population.{error}") from None
 

@@ -18,6 +18,7 @@ from model.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
 from privacy.errors import PrivacyConfigError
 from privacy.randomness import NOISE_SOURCES
+from simulations.world import World
 
 PRIVACY_MODES = ("none", "record", "user", "both")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -69,6 +70,7 @@ class PopulationSettings:
     window: int = 32
     client_eval_fraction: float = 0.2
     eval_points_per_user: int = 10
+    world: World = World()
 
     def __post_init__(self) -> None:
         check_range("population.seed", self.seed, 0, SEED_MAX)

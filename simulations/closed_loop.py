@@ -59,6 +59,7 @@ from simulations.loop_user import (
 )
 from simulations.policies import Conditioning, Policy, RequestContext
 from simulations.population import Population, PopulationConfig, SyntheticUser
+from simulations.world import World
 from simulations.taste import Taste
 
 HABITS_STREAM, SCHEDULE_STREAM, REQUEST_STREAM = 11, 12, 13
@@ -84,9 +85,11 @@ class Cohort:
     signup_midnight_ts: int
 
 
-def build_cohort(population_seed: int, first_user_id: int, size: int, days: int, loop_seed: int) -> Cohort:
-    """Users ``first_user_id .. first_user_id + size - 1`` of the population, with habits and sign-up answers."""
-    config = PopulationConfig(seed=population_seed, num_users=first_user_id + size, days=days)
+def build_cohort(population_seed: int, first_user_id: int, size: int, days: int, loop_seed: int,
+                 world: World = World()) -> Cohort:
+    """Users ``first_user_id .. first_user_id + size - 1`` of the population of ``world``, with habits and sign-up
+    answers."""
+    config = PopulationConfig(seed=population_seed, num_users=first_user_id + size, days=days, world=world)
     population = Population(config)
     users = [population.user(first_user_id + i) for i in range(size)]
     habits = [draw_habits(np.random.default_rng([loop_seed, u.user_id, HABITS_STREAM])) for u in users]
@@ -192,7 +195,7 @@ class ClosedLoop:
         ts = float(planned_ts if not state.log else max(planned_ts, state.log[-1].ts + 30))
         taste = user.taste_at(ts)
         want = draw_want(rng, taste)
-        kind, prompt = draw_prompt(rng, want)
+        kind, prompt = draw_prompt(rng, want, user.world)
         state.log.append(Event(ts, user.utc_offset_min, "generation_requested", prompt=prompt))
         context = RequestContext(user=i, ts=ts, utc_offset_min=user.utc_offset_min, prompt=prompt,
                                  interactions_done=state.requests, answers=self.cohort.answers[i],

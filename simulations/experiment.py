@@ -128,7 +128,8 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
         generation = LoopGeneration(settings.generation, loop.noise, loop.seed, output_dir)
         progress(f"closed-loop experiment: {loop.users} new users x {loop.days} days, policies {loop.policies}; "
                  f"generation {generation.footnote}; outputs in {output_dir}")
-        cohort = build_cohort(settings.run.population.seed, settings.first_user_id, loop.users, loop.days, loop.seed)
+        cohort = build_cohort(settings.run.population.seed, settings.first_user_id, loop.users, loop.days, loop.seed,
+                              settings.run.population.world)
         arrays, pretraining = _model_policies(settings, output_dir, progress)
         results, reports = {}, {}
         for name in loop.policies:

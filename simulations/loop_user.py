@@ -9,7 +9,7 @@ draws, from the user's own random streams:
   they cover 60 % of it, at most three), the listening time is their main peak, the tempo answer is their
   preferred BPM (slow < 92, fast >= 118); answers are honest but coarse;
 * a prompt per request: vague ("surprise me"), a mood that fits the wanted genre ("something relaxing") or naming
-  the wanted genre ("I feel like jazz"), with the chances of ``simulations.sessions.PROMPT_KIND_PROBS``;
+  the wanted genre ("I feel like jazz"), with the chances of the world's ``prompt_mix``;
 * edits after an unsatisfying piece: pick the wanted style when the genre is wrong, set a tempo near their own when
   the tempo misses, switch one instrument (the least wanted one heard off, else the most wanted one missing on)
   when the instruments miss;
@@ -37,8 +37,9 @@ from simulations.population import (
     PRIMARY_PEAK_PROB,
     SyntheticUser,
 )
-from simulations.sessions import GENRE_INSTRUMENTS, GENRE_MOOD, GENRE_PROMPTS, GENRE_WORDS, MOOD_PROMPTS, PROMPT_KIND_PROBS, VAGUE_PROMPTS
+from simulations.sessions import GENRE_INSTRUMENTS, GENRE_PROMPTS, GENRE_WORDS, MOOD_PROMPTS, VAGUE_PROMPTS
 from simulations.taste import Taste
+from simulations.world import World
 
 PROMPT_KINDS = ("vague", "mood", "genre")
 FAVOURITE_COVERAGE = 0.6
@@ -90,13 +91,14 @@ def draw_want(rng: np.random.Generator, taste: Taste) -> str:
     return GENRES[int(rng.choice(len(GENRES), p=taste.genre_probs))]
 
 
-def draw_prompt(rng: np.random.Generator, want: str) -> tuple[str, str]:
-    """(kind, text) of the user's prompt; kind is one of ``PROMPT_KINDS``."""
-    kind = PROMPT_KINDS[int(rng.choice(len(PROMPT_KINDS), p=np.asarray(PROMPT_KIND_PROBS) / sum(PROMPT_KIND_PROBS)))]
+def draw_prompt(rng: np.random.Generator, want: str, world: World) -> tuple[str, str]:
+    """(kind, text) of the user's prompt, drawn with the world's prompt mix; kind is one of ``PROMPT_KINDS``."""
+    mix = np.asarray(world.prompt_mix.probs())
+    kind = PROMPT_KINDS[int(rng.choice(len(PROMPT_KINDS), p=mix / mix.sum()))]
     if kind == "vague":
         return kind, VAGUE_PROMPTS[int(rng.integers(len(VAGUE_PROMPTS)))]
     if kind == "mood":
-        options = MOOD_PROMPTS[GENRE_MOOD[want]]
+        options = MOOD_PROMPTS[world.genre_moods.of(want)]
         return kind, options[int(rng.integers(len(options)))]
     instrument = GENRE_INSTRUMENTS[want][int(rng.integers(len(GENRE_INSTRUMENTS[want])))].replace("_", " ")
     template = GENRE_PROMPTS[int(rng.integers(len(GENRE_PROMPTS)))]

@@ -88,10 +88,12 @@ class SyntheticUser:
     Attributes:
         user_id: position in the population.
         utc_offset_min: the user's fixed local offset from UTC.
+        world: the dynamics of the user's population (how their prompts relate to their wants, ...).
     """
 
     def __init__(self, config: PopulationConfig, user_id: int) -> None:
         self.user_id = user_id
+        self.world = config.world
         self._config = config
         self._start_ts, self._end_ts = config.start_ts, config.end_ts
         self._taste: HiddenTaste = sample_hidden_taste(
@@ -135,7 +137,7 @@ class SyntheticUser:
                     if log:  # the next request, or a session overlapping the last one, waits for it to end
                         ts = max(ts, int(log[-1].ts) + pause)
                     log.extend(play_request(rng, taste=self.taste_at(ts), ts=ts, utc_offset_min=self.utc_offset_min,
-                                            generator=generator, history=log, world=self._config.world))
+                                            generator=generator, history=log, world=self.world))
         return log
 
     def _session_starts(self, rng: np.random.Generator, day: int) -> list[int]:

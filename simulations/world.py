@@ -43,7 +43,7 @@ class GenreLogits:
 
     def __post_init__(self) -> None:
         for genre in GENRES:
-            check_range(f"genre_logits.{genre}", getattr(self, genre), -LOGIT_LIMIT, LOGIT_LIMIT)
+            check_range(genre, getattr(self, genre), -LOGIT_LIMIT, LOGIT_LIMIT)
 
     def values(self) -> tuple[float, ...]:
         """The logits in ``GENRES`` order."""
@@ -66,7 +66,7 @@ class GenreMoods:
     def __post_init__(self) -> None:
         for genre in GENRES:
             if getattr(self, genre) not in MOODS:
-                raise ValueError(f"genre_moods.{genre} must be one of {list(MOODS)}. Found {getattr(self, genre)!r}.")
+                raise ValueError(f"{genre} must be one of {list(MOODS)}. Found {getattr(self, genre)!r}.")
 
     def of(self, genre: str) -> str:
         return getattr(self, genre)
@@ -82,9 +82,9 @@ class PromptMix:
 
     def __post_init__(self) -> None:
         for name in ("vague", "mood", "genre"):
-            check_range(f"prompt_mix.{name}", getattr(self, name), 0.0, 1.0)
+            check_range(name, getattr(self, name), 0.0, 1.0)
         if not math.isclose(sum(self.probs()), 1.0, abs_tol=1e-6):
-            raise ValueError(f"prompt_mix.vague + prompt_mix.mood + prompt_mix.genre must sum to 1. Found "
+            raise ValueError(f"vague + mood + genre must sum to 1. Found "
                              f"{self.vague!r} + {self.mood!r} + {self.genre!r} = {sum(self.probs()):g}.")
 
     def probs(self) -> tuple[float, float, float]:
@@ -118,7 +118,9 @@ class Persona:
             raise ValueError(f"genre_logits must be a GenreLogits. Found {self.genre_logits!r}.")
         check_range("bpm_mean", self.bpm_mean, BPM_MIN, BPM_MAX)
         check_range("bpm_sd", self.bpm_sd, 0.1, 100.0)
-        check_range("popularity", self.popularity, 1e-9, 1e9)
+        if isinstance(self.popularity, bool) or not isinstance(self.popularity, (int, float)) or not (
+                0.0 < self.popularity < math.inf):
+            raise ValueError(f"popularity must be a positive number. Found {self.popularity!r}.")
         unknown = [name for name in self.instruments if name not in INSTRUMENTS]
         if not self.instruments or unknown or len(set(self.instruments)) != len(self.instruments):
             raise ValueError(f"instruments must be distinct names from {list(INSTRUMENTS)}, at least one. Found "

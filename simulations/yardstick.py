@@ -9,7 +9,7 @@ scores), with 95 % intervals from a bootstrap over users (one user's points are 
   the arg-max of ``model.heuristic_prior``: what the residual model starts from);
 - ``told_mood_map`` (reference, not a fair competitor): like ``named_else_recent``, but a prompt naming a mood
   picks the user's most frequent recent genre *of that mood*, using the simulator's own mood→genre map
-  (``simulations.sessions.GENRE_MOOD``), which no device knows;
+  (the population world's ``genre_moods``), which no device knows;
 - ``oracle`` (ceiling): the arg-max of the user's hidden taste at that moment among the genres the prompt allows
   (the named genre, the mood's genres, else all).
 """
@@ -27,7 +27,7 @@ from model.events import Event
 from model.prompt_intent import CALM_MOODS, ENERGETIC_MOODS, parse_prompt
 from model.vocab import GENRE_INDEX, GENRES
 from simulations.population import Population
-from simulations.sessions import GENRE_MOOD
+from simulations.world import World
 
 MOOD_GROUP_OF_TAG = {**{tag: "calm" for tag in CALM_MOODS}, **{tag: "energetic" for tag in ENERGETIC_MOODS}}
 """How the prompt parser's mood tags map to the simulator's three moods; "focused" is the simulator's "steady"."""
@@ -53,12 +53,12 @@ def _recent_favourite(kept: Sequence[int], allowed: Sequence[int] | None = None)
     return max(counts, key=counts.__getitem__) if counts else None
 
 
-def _mood_genres(prompt_moods: Sequence[str]) -> list[int] | None:
+def _mood_genres(prompt_moods: Sequence[str], world: World) -> list[int] | None:
     groups = {MOOD_GROUP_OF_TAG[tag] for tag in prompt_moods if tag in MOOD_GROUP_OF_TAG}
     if len(groups) != 1:
         return None
     (group,) = groups
-    return [GENRE_INDEX[g] for g, mood in GENRE_MOOD.items() if mood == group]
+    return [GENRE_INDEX[g] for g in GENRES if world.genre_moods.of(g) == group]
 
 
 def score_rules(population: Population, user_ids: Sequence[int], *, window: int, points_per_user: int,
@@ -79,7 +79,7 @@ def score_rules(population: Population, user_ids: Sequence[int], *, window: int,
             recent = _recent_favourite(kept)
             recent = global_mode if recent is None else recent
             named = [GENRE_INDEX[g] for g in intent.genres]
-            mood_genres = _mood_genres(intent.moods)
+            mood_genres = _mood_genres(intent.moods, user.world)
             allowed = named or mood_genres or list(range(len(GENRES)))
             taste = user.true_preference(request.ts)
             users.append(index)
