@@ -7,6 +7,7 @@ from model.networks import ModelConfig
 from model.training import LocalTrainConfig
 from server.evaluation import global_mode_top1, recent_mode_top1, score, train_central
 from simulations.population import Population, PopulationConfig
+from simulations.world import World
 
 WINDOW = 32
 
@@ -22,7 +23,8 @@ def _examples(population: Population, users: range, last: int) -> Examples:
 def test_model_trained_on_synthetic_users_beats_their_most_frequent_genre_on_held_out_users():
     # Listeners with a marked daily and weekly rhythm: what the history-only heuristic cannot see. (On the default
     # population the model needs far more training to pull ahead; this keeps the property quick to show.)
-    population = Population(PopulationConfig(seed=5, num_users=400, days=21, rhythm_strength=5.0, weekend_habit_prob=0.8))
+    population = Population(PopulationConfig(seed=5, num_users=400, days=21,
+                                             world=World(rhythm_strength=5.0, weekend_habit_prob=0.8)))
     train, held_out = _examples(population, range(150), 40), _examples(population, range(300, 400), 12)
     torch.manual_seed(0)
     model = train_central(train, ModelConfig(), LocalTrainConfig(epochs=4, batch_size=64, lr=5e-3), seed=0)

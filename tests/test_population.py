@@ -13,6 +13,7 @@ import pytest
 from model.event_parsing import event_to_json_line, parse_event
 from model.vocab import GENRE_INDEX, GENRES, INSTRUMENTS
 from simulations.population import Population, PopulationConfig
+from simulations.world import World
 from simulations.sessions import APP_DEFAULT_GENRE, GenerationRequest, Segment
 from simulations.taste import WEEKEND_BONUS
 
@@ -84,7 +85,7 @@ def test_taste_at_bundles_preference_tempo_and_instruments():
 
 
 def test_true_preference_changes_with_hour_of_day():
-    population = Population(replace(SMALL, drift_strength=0.0, switch_prob=0.0, weekend_habit_prob=0.0))
+    population = Population(replace(SMALL, world=World(drift_strength=0.0, switch_prob=0.0, weekend_habit_prob=0.0)))
     changes = []
     for user_id in range(20):
         user = population.user(user_id)
@@ -105,7 +106,7 @@ def test_night_favours_calm_genres_on_average():
 
 
 def test_true_preference_drifts_across_weeks():
-    population = Population(replace(SMALL, days=28, switch_prob=0.0))
+    population = Population(replace(SMALL, days=28, world=World(switch_prob=0.0)))
     for user_id in range(10):
         user = population.user(user_id)
         week0, week3 = user.true_preference(_local_ts(user, 1, 12.0)), user.true_preference(_local_ts(user, 22, 12.0))
@@ -113,14 +114,15 @@ def test_true_preference_drifts_across_weeks():
 
 
 def test_without_drift_or_switch_the_same_local_hour_and_weekday_repeat():
-    config = replace(SMALL, days=28, drift_strength=0.0, switch_prob=0.0)
+    config = replace(SMALL, days=28, world=World(drift_strength=0.0, switch_prob=0.0))
     user = Population(config).user(4)
     np.testing.assert_allclose(user.true_preference(_local_ts(user, 1, 12.0)),
                                user.true_preference(_local_ts(user, 22, 12.0)))
 
 
 def test_abrupt_switch_changes_the_dominant_taste():
-    config = replace(SMALL, days=28, drift_strength=0.0, switch_prob=1.0, rhythm_strength=0.0, weekend_habit_prob=0.0)
+    config = replace(SMALL, days=28, world=World(drift_strength=0.0, switch_prob=1.0, rhythm_strength=0.0,
+                                                 weekend_habit_prob=0.0))
     population = Population(config)
     for user_id in range(10):
         user = population.user(user_id)
@@ -129,7 +131,7 @@ def test_abrupt_switch_changes_the_dominant_taste():
 
 
 def test_weekend_habit_lifts_exactly_one_genre_on_saturdays():
-    config = replace(SMALL, drift_strength=0.0, switch_prob=0.0, weekend_habit_prob=1.0)
+    config = replace(SMALL, world=World(drift_strength=0.0, switch_prob=0.0, weekend_habit_prob=1.0))
     population = Population(config)
     for user_id in range(10):
         user = population.user(user_id)  # the simulation starts on a Monday: local day 4 is Friday, 5 Saturday
@@ -231,12 +233,19 @@ def test_user_id_must_be_an_integer():
 
 @pytest.mark.parametrize(("field", "value"), [
     ("seed", -1), ("seed", 1.5), ("num_users", 0), ("num_users", True), ("days", 0), ("days", 400),
-    ("sessions_per_day", 0.0), ("drift_strength", -0.1), ("switch_prob", 1.5), ("rhythm_strength", float("nan")),
-    ("weekend_habit_prob", "0.5"),
 ])
 def test_config_validation_names_field_value_and_range(field, value):
     with pytest.raises(ValueError, match=rf"^{field} must be .* in range \[.*\]\. Found {value!r}\.$"):
         PopulationConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("sessions_per_day", 0.0), ("drift_strength", -0.1), ("switch_prob", 1.5), ("rhythm_strength", float("nan")),
+    ("weekend_habit_prob", "0.5"),
+])
+def test_world_validation_names_field_value_and_range(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be .* in range \[.*\]\. Found {value!r}\.$"):
+        World(**{field: value})
 
 
 def test_start_date_must_be_an_iso_date():
