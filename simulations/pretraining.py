@@ -72,6 +72,10 @@ def _literal(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f"'{value}'"
+    if isinstance(value, (tuple, list)):  # e.g. the world's persona table, each persona a dataclass
+        return "[" + ", ".join(_literal(item) for item in value) + "]"
+    if dataclasses.is_dataclass(value):
+        return "{" + ", ".join(f"{f.name}: {_literal(getattr(value, f.name))}" for f in dataclasses.fields(value)) + "}"
     return repr(value)
 
 

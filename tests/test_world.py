@@ -15,6 +15,7 @@ from model.vocab import GENRES
 from server.settings import ConfigError, settings_from_config
 from simulations.loop_user import draw_prompt
 from simulations.population import Population, PopulationConfig
+from simulations.pretraining import flower_overrides
 from simulations.sessions import MOOD_PROMPTS, VAGUE_PROMPTS
 from simulations.world import MOODS, GenreLogits, GenreMoods, Persona, World
 from tests.conftest import ROOT
@@ -122,3 +123,10 @@ def test_a_persona_table_sent_with_a_gap_in_its_indices_is_refused():
     gap = {k.replace("personas.5.", "personas.7."): v for k, v in items.items()}
     with pytest.raises(ValueError, match="data.world.personas must be a list, or a mapping with keys 0..n-1"):
         from_config_items(gap)
+
+
+def test_a_custom_world_survives_the_overrides_that_start_a_flower_run(compose_config):
+    run = settings_from_config(compose_config("population.world.drift_strength=0", "population.world.genre_moods.pop=calm",
+                                              "population.world.personas.0.popularity=0.5"))
+    assert run.population.world.personas[0].popularity == 0.5
+    assert settings_from_config(compose_config(*flower_overrides(run))) == run
