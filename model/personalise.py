@@ -41,7 +41,7 @@ class PersonaliseConfig:
 
 
 @torch.no_grad()
-def _features(model: PreferenceLSTM, examples: Examples) -> torch.Tensor:
+def _logits(model: PreferenceLSTM, examples: Examples) -> torch.Tensor:
     model.eval()
     return model(examples.x, examples.lengths)
 
@@ -53,7 +53,7 @@ def fit_personal_bias(model: PreferenceLSTM, examples: Examples, config: Persona
     cut = n - int(round(n * config.holdout_fraction))
     if cut < 1 or config.steps == 0:
         return torch.zeros(model.head.out_features)
-    logits = _features(model, examples)  # the offset is added after the model, so the model runs once
+    logits = _logits(model, examples)  # the offset is added after the model, so the model runs once
     fit_logits, fit_targets = logits[:cut], examples.targets[:cut]
     bias = torch.zeros(logits.shape[-1], requires_grad=True)
     optimizer = torch.optim.SGD([bias], lr=config.lr)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -26,13 +25,6 @@ from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, evaluate, train_local
 from model.vocab import GENRES, KIND_INDEX
 from server.settings import RunSettings
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Evaluation data: every prediction point of the held-out users, with their full recent history."""
-
-    examples: Examples
 
 
 def held_out_examples(data: DataInstructions, user_ids: range, points_per_user: int) -> Examples:

@@ -260,10 +260,6 @@ class RunSettings:
         check_range("seed", self.seed, 0, SEED_MAX)
 
     @property
-    def expected_clients_per_round(self) -> float:
-        return self.simulation.sample_rate * self.population.num_users
-
-    @property
     def simulated_nodes(self) -> int:
         """SuperNodes the simulation engine starts: the slots (at most one per user), or one node per user."""
         return min(self.simulation.nodes, self.population.num_users) if self.simulation.nodes else self.population.num_users

@@ -16,7 +16,7 @@ scores), with 95 % intervals from a bootstrap over users (one user's points are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,9 +119,6 @@ def summarise(correct: np.ndarray, user: np.ndarray, nll: np.ndarray | None = No
     """Top-1 with its interval, and the mean NLL where the rule gives a distribution."""
     return {"top1": float(correct.mean()), "top1_ci": list(bootstrap_interval(correct, user)),
             "nll": None if nll is None else float(nll.mean())}
-
-
-RuleTable = Callable[[HeldOutPoints], dict[str, Row]]
 
 
 def rule_rows(points: HeldOutPoints) -> dict[str, Row]:
