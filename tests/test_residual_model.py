@@ -110,3 +110,25 @@ def test_personal_bias_is_dropped_when_the_users_latest_points_disagree():
     examples = Examples(torch.zeros(n, 1, model.head.in_features - 16), torch.ones(n, dtype=torch.int64), targets,
                         torch.arange(n, dtype=torch.float64))
     assert torch.equal(fit_personal_bias(model, examples), torch.zeros(8))
+
+
+def test_residual_models_per_sample_gradients_match_one_example_at_a_time(logs):
+    """DP-SGD's per-sample gradients of the residual model (head over [state, request row]) equal a plain loop."""
+    examples = _examples(logs).subset(slice(0, 6))
+    torch.manual_seed(1)
+    model = PreferenceLSTM(RESIDUAL).double()
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.3)  # a zero head would leave the LSTM without gradient
+    x, lengths, targets = examples.x.double(), examples.lengths, examples.targets
+    model.per_sample_grads = True
+    torch.nn.functional.cross_entropy(model(x, lengths), targets, reduction="sum").backward()
+    model.per_sample_grads = False
+    per_sample = {name: p.grad_sample.clone() for name, p in model.named_parameters()}
+    for n in range(len(examples)):
+        model.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.grad_sample = None
+        length = int(lengths[n])
+        torch.nn.functional.cross_entropy(model(x[n:n + 1, :length], lengths[n:n + 1]), targets[n:n + 1]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(per_sample[name][n], p.grad, rtol=1e-9, atol=1e-10)
