@@ -81,11 +81,11 @@ class AuditConfig:
         sample_rate: Poisson sampling rate q of each round. The default 1.0 (every user every round) is the
             attacker's best case: the canary's whole influence reaches every model it is in, and the accountant has
             no subsampling to credit. Below 1 the attack also has to guess which rounds the canary was drawn for.
-        clipping_norm: user-level clipping norm C (used only under DP).
+        clipping_norm: user-level clipping norm C (used only under DP); the default run's.
         delta: the delta of the accounted and the audited (epsilon, delta); must be < 1/(num_users + 1).
         trials: trained models per world (canary in, canary out).
         alpha: the lower bound holds with confidence 1 - alpha.
-        model: a small network (hidden 16, one layer, causal) keeps a trial to one or two seconds.
+        model: the default model (residual, hidden 16, one layer, causal), which keeps a trial to a second or two.
         train: local training of every client each round; enough that a non-private model measurably learns a user.
         noise: the server's noise source, ``privacy.noise`` (``privacy.randomness``).
     """
@@ -97,11 +97,13 @@ class AuditConfig:
     window: int = 16
     rounds: int = 6
     sample_rate: float = 1.0
-    clipping_norm: float = 0.5
+    clipping_norm: float = 0.3
     delta: float = 1e-5
     trials: int = 50
     alpha: float = 0.05
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=16, num_layers=1, bidirectional=False))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(  # conf/model/prior.yaml, the default model
+        hidden_size=16, num_layers=1, bidirectional=False, dropout=0.0, head_dropout=0.0, style_embedding_dim=8,
+        residual=True))
     train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(epochs=3, batch_size=16, lr=0.02,
                                                                              max_examples=32))
     noise: str = "secure"
