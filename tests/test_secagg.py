@@ -260,6 +260,7 @@ def test_deploy_config_composes_with_secagg_off_and_real_deployment_settings():
 
 
 # ------------------------------------------------------------------------------------- end to end, simulation
+CLIP = 0.5
 TINY = ["population=small", "population.num_users=4", "population.eval_users=2", "population.days=10",
         "simulation.sample_rate=1.0", "simulation.rounds=1", "simulation.final_eval_clients=0",
         "simulation.central_baseline_epochs=0", "privacy.target_epsilon=20", "train.max_examples=16",
@@ -268,7 +269,9 @@ TINY = ["population=small", "population.num_users=4", "population.eval_users=2",
         # masks than later clients (client.local_update seeds before load_model). Without dropout, training is the
         # same whichever worker runs it, so the two runs below train identical updates.
         "model.dropout=0.0", "model.head_dropout=0.0",
-        "privacy.noise=seeded"]  # both runs draw the same noise, so their released models can be compared
+        "privacy.noise=seeded",  # both runs draw the same noise, so their released models can be compared
+        # C and a plain server step (new = current + noisy mean) are what the comparisons below compute with
+        f"privacy.clipping_norm={CLIP}", "strategy.server_lr=1", "strategy.momentum=0"]
 QUANTISATION = 4096  # coarse on purpose: the quantisation error must dominate float rounding to be seen
 
 
@@ -333,10 +336,10 @@ def test_secure_aggregate_matches_the_plain_aggregate_within_the_quantisation_er
     results, out, seen = plain_and_secure_runs
     assert results["plain"]["rounds"][0]["clients"] == 4 and results["secure"]["rounds"][0]["clients"] == 4
     current, updates = seen["plain"]
-    exact = {k: sum(clip_update({n: u[n] - current[n] for n in current}, 0.5)[0][k].astype(np.float64) for u in updates)
+    exact = {k: sum(clip_update({n: u[n] - current[n] for n in current}, CLIP)[0][k].astype(np.float64) for u in updates)
              for k in current}
     _, secure_sum, sensitivity, dp = seen["secure"]
-    step = quantisation_error_bound(quantisation_clipping_range(0.5), QUANTISATION)
+    step = quantisation_error_bound(quantisation_clipping_range(CLIP), QUANTISATION)
     diff = max(float(np.max(np.abs(secure_sum.total[k] - exact[k]))) for k in current)
     assert diff <= 4 * step + 1e-6  # four clients, each rounded by less than one step per coordinate
     assert diff > step / 10  # the secure path really went through SecAgg's integer arithmetic
@@ -346,7 +349,7 @@ def test_secure_aggregate_matches_the_plain_aggregate_within_the_quantisation_er
     secure_model = load_checkpoint(out / "secure" / "checkpoint.pt").arrays
     qn, z = dp.expected_clients, dp.noise_multiplier
     for k in current:
-        noise = (qn * (plain_model[k].astype(np.float64) - current[k]) - exact[k]) / (z * 0.5)
+        noise = (qn * (plain_model[k].astype(np.float64) - current[k]) - exact[k]) / (z * CLIP)
         predicted = current[k] + (secure_sum.total[k] + z * sensitivity * noise) / qn
         np.testing.assert_allclose(secure_model[k], predicted, atol=2e-5)
     assert load_checkpoint(out / "secure" / "checkpoint.pt").ledger == load_checkpoint(out / "plain" / "checkpoint.pt").ledger
@@ -359,6 +362,6 @@ def test_secure_run_reports_the_protocol_and_hides_per_client_diagnostics(plain_
     row = saved["rounds"][0]
     assert row["train_loss"] is None and row["clipped_fraction"] is None and row["secagg_halted"] is None
     report = saved["privacy"]["secure_aggregation"]
-    assert report["quantization_range"] == QUANTISATION and report["num_shares"] == 3 and report["sensitivity"] > 0.5
+    assert report["quantization_range"] == QUANTISATION and report["num_shares"] == 3 and report["sensitivity"] > CLIP
     assert saved["privacy"]["user_level"]["rounds"] == 1
     assert "secure_aggregation" not in results["plain"]["privacy"]
