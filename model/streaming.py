@@ -7,7 +7,10 @@ state carries the fingerprint of the weights that made it: after a model update 
 rebuilt once by replaying the user's log with the new weights.
 
 Each step runs through ``model.step_kernel.StepKernel`` (the same arithmetic as ``model.step`` without
-``nn.LSTM``'s per-call overhead), and the state file is rewritten after every event, so a crash loses nothing.
+``nn.LSTM``'s per-call overhead). The state is a cache of the user's log, which is the durable record (the device's
+SQLite store), so it need not be written after every event: with ``save_every=N`` it is written every N events,
+when it leaves the in-memory cache and on ``flush``/``close``. After a crash the saved state is behind the log by
+fewer than N events, and the next use replays just those (exact, because the model is causal).
 
 Every step equals the full-sequence model ``model(x[:, :t+1], lengths)`` on the same history, because the
 per-event features are exactly those of ``encode_events``: the stream carries the ``model.encoding.EventEncoder``
@@ -59,16 +62,24 @@ class StreamingPredictor:
         history: reads a user's log, for rebuilding a stale or missing state; without it a stale state raises
             ``StaleStateError`` and a missing one starts a new user.
         max_cached_users: states kept in memory besides their files.
+        save_every: write a user's state file every this many of their events (1: after each). Above 1 it needs
+            ``history``: the events since the last save are replayed from the log after a crash.
     """
 
     def __init__(self, model: PreferenceLSTM, cache_dir: str | Path, *, history: HistoryLoader | None = None,
-                 max_cached_users: int = 1024) -> None:
+                 max_cached_users: int = 1024, save_every: int = 1) -> None:
         if max_cached_users < 0:
             raise ValueError(f"max_cached_users must be >= 0. Found {max_cached_users}.")
+        if save_every < 1 or (save_every > 1 and history is None):
+            raise ValueError("save_every must be >= 1, and above 1 needs history= (the log the events since the last "
+                             f"save are replayed from after a crash). Found save_every={save_every}, "
+                             f"history={'given' if history is not None else None}.")
         self.cache_dir = Path(cache_dir)
         self._history = history
         self._max_cached = max_cached_users
+        self._save_every = save_every
         self._memory: OrderedDict[str, UserStreamState] = OrderedDict()
+        self._unsaved: dict[str, int] = {}
         self.set_model(model)
 
     def set_model(self, model: PreferenceLSTM) -> None:
@@ -80,6 +91,7 @@ class StreamingPredictor:
         self.fingerprint = model_fingerprint(model)
         self._step = StepKernel(model)
         self._memory.clear()
+        self._unsaved.clear()  # states of the old weights are stale: nothing of them is worth writing
 
     def observe(self, user_id: str | int, event: Event) -> np.ndarray:
         """Read one new event of the user: one LSTM step; returns the preference distribution ``[8]`` after it.
@@ -94,8 +106,26 @@ class StreamingPredictor:
             raise ValueError(f"events must be observed in time order; the last one read is at ts={state.last_ts}. "
                              f"Found ts={event.ts}.")
         state = self._advance(state, [event])
-        self._store(key, state)
+        self._unsaved[key] = self._unsaved.get(key, 0) + 1
+        if self._unsaved[key] >= self._save_every or self._max_cached == 0:
+            self._store(key, state)
+        else:
+            self._remember(key, state)
         return _softmax(state.logits)
+
+    def flush(self) -> None:
+        """Write every state that has events not yet saved."""
+        for key in list(self._unsaved):
+            self._store(key, self._memory[key])
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> StreamingPredictor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def predict(self, user_id: str | int) -> np.ndarray:
         """The preference distribution ``[8]`` after the user's last observed event, without a step.
@@ -137,11 +167,15 @@ class StreamingPredictor:
         if state is None:
             state = load_state(state_path(self.cache_dir, key))
         if state is not None and state.fingerprint == self.fingerprint:
+            if self._save_every > 1 and key not in self._memory:  # a lazily saved file may be behind the log
+                state = self._catch_up(key, state)
             self._remember(key, state)
             return state
         if self._history is not None:
-            state = self._advance(self._fresh_state(), self._history(key))
-            self._store(key, state)
+            log = self._history(key)
+            state = self._advance(self._fresh_state(), log)
+            if log:  # a new user has nothing worth a file yet
+                self._store(key, state)
             return state
         if state is None:
             return self._fresh_state()  # a new user
@@ -150,6 +184,19 @@ class StreamingPredictor:
             f"{state.fingerprint[:12]}, the model's is {self.fingerprint[:12]}); call rebuild(user_id, events) "
             "with the user's log, or pass history= to rebuild automatically."
         )
+
+    def _catch_up(self, key: str, saved: UserStreamState) -> UserStreamState:
+        """A saved state brought level with the user's log: the events logged since it was written are replayed
+        (a crash between saves leaves it behind); a log shorter than the state (events dropped) is replayed whole."""
+        log = self._history(key)  # type: ignore[misc]
+        if len(log) == saved.events_consumed:
+            return saved
+        if len(log) < saved.events_consumed:
+            state = self._advance(self._fresh_state(), log)
+        else:
+            state = self._advance(saved, log[saved.events_consumed:])
+        self._store(key, state)
+        return state
 
     def _advance(self, state: UserStreamState, events: Sequence[Event]) -> UserStreamState:
         """``state`` after reading ``events`` one step each."""
@@ -164,6 +211,7 @@ class StreamingPredictor:
 
     def _store(self, key: str, state: UserStreamState) -> None:
         save_state(state_path(self.cache_dir, key), state)
+        self._unsaved.pop(key, None)
         self._remember(key, state)
 
     def _remember(self, key: str, state: UserStreamState) -> None:
@@ -172,4 +220,7 @@ class StreamingPredictor:
         self._memory[key] = state
         self._memory.move_to_end(key)
         while len(self._memory) > self._max_cached:
-            self._memory.popitem(last=False)
+            evicted, evicted_state = self._memory.popitem(last=False)
+            if evicted in self._unsaved:  # leaving memory: its file must hold what it read
+                save_state(state_path(self.cache_dir, evicted), evicted_state)
+                del self._unsaved[evicted]

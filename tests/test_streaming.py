@@ -180,3 +180,63 @@ def test_broken_state_file_is_reported(tmp_path, events):
 def test_user_ids_cannot_escape_the_cache_dir(bad):
     with pytest.raises(ValueError, match="user_id must be"):
         check_user_id(bad)
+
+
+_CRASHING_DEVICE = """
+import os, signal, sys
+import torch
+from client.log_store import LogStore
+from model.networks import ModelConfig, PreferenceLSTM
+from model.streaming import StreamingPredictor
+from simulations.population import Population, PopulationConfig
+
+db, cache, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+events = Population(PopulationConfig(num_users=1, days=10, seed=3)).user(0).events()[:count]
+torch.manual_seed(0)
+model = PreferenceLSTM(ModelConfig(bidirectional=False, hidden_size=16, num_layers=2)).eval()
+store = LogStore.open(db)
+predictor = StreamingPredictor(model, cache, history=lambda user: store.events(), save_every=8)
+for event in events:  # history= gives the events before the one observed: log each right after reading it
+    predictor.observe("u1", event)
+    store.append(event)
+os.kill(os.getpid(), signal.SIGKILL)  # between events, before any flush
+"""
+
+
+def test_a_device_killed_between_saves_recovers_exactly_by_replaying_its_log(tmp_path, events):
+    import subprocess
+    import sys
+
+    from client.log_store import LogStore
+    from tests.conftest import ROOT
+
+    count = 21  # saves after events 8 and 16: the file is 5 events behind the log when the process dies
+    done = subprocess.run([sys.executable, "-c", _CRASHING_DEVICE, str(tmp_path / "log.db"), str(tmp_path),
+                           str(count)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr
+    assert load_state(state_path(tmp_path, "u1")).events_consumed == 16  # the state really was written lazily
+    model = _model(0)
+    store = LogStore.open(tmp_path / "log.db")
+    recovered = StreamingPredictor(model, tmp_path, history=lambda user: store.events(), save_every=8)
+    np.testing.assert_allclose(recovered.predict("u1"), _full_sequence_probs(model, events[:count])[-1], atol=1e-6)
+    assert recovered.events_consumed("u1") == count
+    assert load_state(state_path(tmp_path, "u1")).events_consumed == count  # caught up and saved
+
+
+def test_lazy_states_are_written_on_flush_and_when_they_leave_memory(tmp_path, events):
+    model = _model(0)
+    logs: dict[str, list] = {"a": [], "b": []}
+    with StreamingPredictor(model, tmp_path, history=lambda user: list(logs[user]), save_every=100,
+                            max_cached_users=1) as predictor:
+        for event in events[:3]:
+            predictor.observe("a", event)
+            logs["a"].append(event)
+        assert load_state(state_path(tmp_path, "a")) is None  # not yet written
+        predictor.observe("b", events[0])  # "a" leaves the one-user memory: written now
+        assert load_state(state_path(tmp_path, "a")).events_consumed == 3
+    assert load_state(state_path(tmp_path, "b")).events_consumed == 1  # written on close
+
+
+def test_lazy_saving_needs_a_log_to_replay():
+    with pytest.raises(ValueError, match="save_every"):
+        StreamingPredictor(_model(0), "/nonexistent", save_every=8)
