@@ -164,10 +164,11 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | str | bool | list]:
-    """Flatten to ConfigRecord items: dotted, kebab-case keys; ``None`` values are left out; a tuple becomes a list,
-    a tuple of dataclasses one group per index (``data.world.personas.0.name``)."""
-    items: dict[str, int | float | str | bool | list] = {}
+def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | str | bool]:
+    """Flatten to ConfigRecord items: dotted, kebab-case keys; ``None`` values are left out; a tuple becomes one key
+    per index (``data.world.personas.0.instruments.1``), so every value is a scalar, which the SecAgg+ path's legacy
+    records (``common.Scalar``) also carry. (An empty tuple would leave no key: the schema has none.)"""
+    items: dict[str, int | float | str | bool] = {}
 
     def walk(obj: object, prefix: str) -> None:
         for f in dataclasses.fields(obj):  # type: ignore[arg-type]
@@ -175,11 +176,12 @@ def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | 
             key = prefix + f.name.replace("_", "-")
             if dataclasses.is_dataclass(value):
                 walk(value, key + ".")
-            elif isinstance(value, tuple) and any(dataclasses.is_dataclass(item) for item in value):
-                for index, item in enumerate(value):
-                    walk(item, f"{key}.{index}.")
             elif isinstance(value, tuple):
-                items[key] = list(value)  # a ConfigRecord holds lists of str, int, float or bool
+                for index, item in enumerate(value):
+                    if dataclasses.is_dataclass(item):
+                        walk(item, f"{key}.{index}.")
+                    else:
+                        items[f"{key}.{index}"] = item
             elif value is not None:
                 items[key] = value
 

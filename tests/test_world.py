@@ -114,8 +114,19 @@ def test_world_round_trips_through_a_flower_config_record():
     world = World(sessions_per_day=2.0, personas=personas, genre_moods=GenreMoods(pop="calm"))
     sent = TrainInstructions(round=1, seed=0, data=DataInstructions(world=world))
     items = dict(ConfigRecord(to_config_items(sent)))
-    assert items["data.world.personas.3.instruments"] == list(personas[3].instruments)
+    assert items["data.world.personas.3.instruments.1"] == personas[3].instruments[1]
     assert from_config_items(items) == sent
+
+
+def test_every_instruction_value_is_a_scalar_the_secagg_legacy_records_carry():
+    """SecAgg+ runs on Flower's legacy records, whose config values are ``common.Scalar`` (no lists)."""
+    from flwr.common import FitIns, Parameters
+    from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitins
+
+    items = to_config_items(TrainInstructions(round=1, seed=0, data=DataInstructions(world=World())))
+    assert all(isinstance(v, (bool, int, float, str)) for v in items.values())
+    legacy = fitins_to_recorddict(FitIns(Parameters(tensors=[], tensor_type=""), items), keep_input=True)
+    assert recorddict_to_fitins(legacy, keep_input=True).config == items  # what a SecAgg+ client reads; a list raises
 
 
 def test_a_persona_table_sent_with_a_gap_in_its_indices_is_refused():
