@@ -97,7 +97,7 @@ class AuditConfig:
     window: int = 16
     rounds: int = 6
     sample_rate: float = 1.0
-    clipping_norm: float = 0.3
+    clipping_norm: float = 0.5
     delta: float = 1e-5
     trials: int = 50
     alpha: float = 0.05
