@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoding import EXCLUDED_GENRES, NAMED_GENRES, RECENT, Examples, build_examples, encode_events
+from model.encoding import EXCLUDED_GENRES, FEATURE_DIM, NAMED_GENRES, RECENT, Examples, build_examples, encode_events
 from model.events import Event
-from model.heuristic_prior import NAMED_BONUS, prior_logits
+from model.heuristic_prior import prior_logits
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, evaluate, train_local
 from model.personalise import PersonaliseConfig, fit_personal_bias, personalised
@@ -71,7 +71,6 @@ def test_request_features_come_from_the_prompt_and_counts_from_kept_segments():
     logits = prior_logits(torch.from_numpy(request))
     assert int(logits.argmax()) == GENRE_INDEX["hiphop"]
     assert float(logits[GENRE_INDEX["jazz"]]) < float(logits[GENRE_INDEX["pop"]])  # ruled out: below never kept
-    assert NAMED_BONUS > 0
 
 
 def test_residual_model_improves_on_the_heuristic_for_users_it_never_saw(logs):
@@ -90,7 +89,7 @@ def test_personal_bias_moves_towards_the_users_own_genre_and_stays_on_the_device
     torch.manual_seed(0)
     model = PreferenceLSTM(RESIDUAL).eval()
     n = 40
-    x = torch.zeros(n, 1, model.head.in_features - 16)
+    x = torch.zeros(n, 1, FEATURE_DIM)
     examples = Examples(x, torch.ones(n, dtype=torch.int64), torch.full((n,), GENRE_INDEX["folk"]),
                         torch.arange(n, dtype=torch.float64))
     bias = fit_personal_bias(model, examples, PersonaliseConfig(steps=100))
@@ -107,7 +106,7 @@ def test_personal_bias_is_dropped_when_the_users_latest_points_disagree():
     n = 40
     targets = torch.full((n,), GENRE_INDEX["folk"])
     targets[-10:] = GENRE_INDEX["rock"]  # tastes switched: the fit on older points would hurt the latest ones
-    examples = Examples(torch.zeros(n, 1, model.head.in_features - 16), torch.ones(n, dtype=torch.int64), targets,
+    examples = Examples(torch.zeros(n, 1, FEATURE_DIM), torch.ones(n, dtype=torch.int64), targets,
                         torch.arange(n, dtype=torch.float64))
     assert torch.equal(fit_personal_bias(model, examples), torch.zeros(8))
 
