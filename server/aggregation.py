@@ -14,11 +14,11 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from client.records import from_array_record, to_array_record
-from privacy.accounting import PrivacyLedger
+from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.randomness import gaussian_noise
 from privacy.user_level import ClippingStats, NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
 from server.replies import ClientUpdate
-from server.settings import RunSettings, StrategySettings
+from server.settings import PrivacySettings, RunSettings, StrategySettings
 
 Arrays = dict[str, np.ndarray]
 
@@ -57,6 +57,15 @@ def load_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]
 def _pseudo_reply(arrays: Arrays, weight: float) -> Message:
     content = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord({"num-examples": weight})})
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+
+
+def noise_multiplier_for(privacy: PrivacySettings, *, sample_rate: float, rounds: int) -> float | None:
+    """The user-level noise multiplier z that spends ``privacy.target_epsilon`` over ``rounds`` releases at
+    ``sample_rate``, calibrated once for the whole run; None without user-level DP."""
+    if not privacy.user_level:
+        return None
+    return calibrate_noise_multiplier(target_epsilon=privacy.target_epsilon, delta=privacy.delta,  # type: ignore[arg-type]
+                                      sample_rate=sample_rate, steps=rounds, accountant=privacy.accountant)
 
 
 def user_level_mechanism(settings: RunSettings, *, noise_multiplier: float | None, ledger: PrivacyLedger,

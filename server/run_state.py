@@ -17,12 +17,15 @@ class RoundOutcome:
     arrays: dict[str, np.ndarray]
     stats: ClippingStats
     clients: int
-    failed: int
+    failed: int  # error replies and users that never answered
+    sampled: int = 0  # drawn by Poisson sampling
+    skipped_busy: int = 0  # drawn, but their node was still busy with an earlier message
     rejected: int = 0
     declined: int = 0
     train_loss: float | None = None
     problems: list[tuple[int, str]] = field(default_factory=list)
     halted: str | None = None  # secure aggregation only: why no sum was revealed
+    record_epsilon: dict[int, float] = field(default_factory=dict)  # each update's reported record-level ε
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Flower 1.42 has SecAgg+ (Bell et al. 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead") only
 on its legacy path: ``SecAggPlusWorkflow`` as the ``fit_workflow`` of a ``DefaultWorkflow``, driven through a
 ``LegacyContext`` by a legacy ``flwr.server.strategy.Strategy``. ``DefaultWorkflow`` owns a loop of rounds; here it
-runs one round per call (``num_rounds=1``) so that sampling, the privacy ledger, checkpoints, resume and the budget
-stop stay in ``server.federation.FederatedRun``, shared with the non-secure path.
+runs one round per call (``num_rounds=1``) so that sampling (``server.round``), the privacy ledger, checkpoints, resume
+and the budget stop stay in the run (``server.federation.FederatedRun``), shared with the non-secure path.
 
 DP-FedAvg with SecAgg (McMahan et al. 2018, Alg. 1, with clipping moved to the device): every client sends its
 update clipped to L2 norm C (``client.local_update``) with weight 1 (``max_weight=1`` keeps the weight exact, so

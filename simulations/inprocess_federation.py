@@ -1,15 +1,17 @@
-"""DP-FedAvg rounds in one process: the federated training code path without Flower's messaging.
+"""DP-FedAvg rounds in one process: the federated run's own round, its transport a call instead of a Message.
 
-Each round samples every user independently with probability q (Poisson sampling), runs the client's own
-``client.local_update.local_update`` on that user's examples (user-level clipping on the device, record-level DP-SGD
-when configured, each device keeping its own record-level ledger), and aggregates with the server's
-``server.aggregation.aggregate`` through the run's one user-level mechanism (``privacy.user_level``: clip, sum,
-Gaussian noise z*C from ``privacy.noise``'s source, divide by the expected count qN, record the release in the
-ledger; then the Flower strategy's step). The noise multiplier is calibrated once for the planned rounds, exactly as
-``server.federation.FederatedRun`` does over a Flower grid.
+Each round is ``server.round.FederatedRound``, the round ``server.federation.FederatedRun`` plays over a Flower grid:
+every user sampled independently with probability q (Poisson sampling), the round's instructions, each sampled
+user's reply aggregated through the run's one user-level mechanism (``privacy.user_level``: clip, sum, Gaussian
+noise z*C from ``privacy.noise``'s source, divide by the expected count qN, record the release in the ledger; then
+the Flower strategy's step). Only the transport differs: ``InProcessTransport`` runs the client's own
+``client.local_update.local_update`` on the user's examples (user-level clipping on the device, record-level DP-SGD
+when configured, each device keeping its own record-level ledger). The noise multiplier is calibrated once for the
+planned rounds, as the Flower path does.
 
 Used for the closed-loop experiment's periodic retraining on the logs the loop produced (Flower's simulated clients
-read the synthetic population's own logs, not the loop's) and, for small runs and tests, for pre-training.
+read the synthetic population's own logs, not the loop's), the privacy audit, and, for small runs and tests, for
+pre-training.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import numpy as np
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.device_ledger import DeviceLedger
-from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions
-from client.local_update import local_update
+from client.instructions import DataInstructions, TrainInstructions
+from client.local_update import DECLINE_REASONS, LocalUpdate, local_update
 from model.encoding import Examples
-from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
+from privacy.accounting import PrivacyLedger
 from privacy.randomness import SEEDED_WARNING
-from server.aggregation import aggregate, make_strategy, user_level_mechanism
-from server.replies import ClientUpdate
+from privacy.user_level import UserLevelMechanism
+from server.aggregation import make_strategy, noise_multiplier_for, user_level_mechanism
+from server.replies import Verdict
+from server.round import FederatedRound, train_instructions
 from server.settings import RunSettings
 
 Arrays = dict[str, np.ndarray]
@@ -51,6 +55,42 @@ def server_task_identity() -> Iterator[None]:
         yield
     finally:
         TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+class InProcessTransport:
+    """A round's transport in this process: each sampled user's device is a call to the client's ``local_update``.
+
+    Args:
+        num_users: the users sampled from (``0..num_users-1``).
+        examples_of: each user's training examples this round.
+        user_ids: the id under which user ``i``'s device trains (seeds its dropout and augmentation).
+        device_ledgers: each device's record-level ledger, kept across rounds (filled as users are first drawn).
+    """
+
+    def __init__(self, num_users: int, examples_of: ExamplesOf, user_ids: Sequence[int],
+                 device_ledgers: dict[int, DeviceLedger]) -> None:
+        self.num_users, self.examples_of, self.user_ids = num_users, examples_of, user_ids
+        self.device_ledgers = device_ledgers
+
+    def candidates(self) -> Sequence[int]:
+        return range(self.num_users)
+
+    def reachable(self, chosen: list[int]) -> list[int]:
+        return chosen  # a call is never busy
+
+    def _local_updates(self, arrays: Arrays, instructions: TrainInstructions, users: list[int]) -> list[LocalUpdate]:
+        """Every sampled user's device trains: the one place the in-process round runs the clients."""
+        return [local_update(arrays, instructions, self.examples_of(user),
+                             self.device_ledgers.setdefault(user, DeviceLedger(None)), self.user_ids[user],
+                             simulated=True) for user in users]
+
+    def train(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
+              users: list[int]) -> Iterator[tuple[int, Verdict]]:
+        """Each user's update (or decline) under its id; nothing is encoded, so nothing needs decoding."""
+        for user, update in zip(users, self._local_updates(arrays, instructions, users)):
+            verdict = (Verdict("declined", DECLINE_REASONS[update.declined]) if update.declined
+                       else Verdict("update", arrays=update.arrays, metrics=update.metrics))  # type: ignore[arg-type]
+            yield self.user_ids[user], verdict
 
 
 class InProcessFederation:
@@ -89,58 +129,39 @@ class InProcessFederation:
             raise ValueError(f"user_ids must name each of the {num_users} users once. Found {len(user_ids)} ids.")
         self.run, self.num_users, self.sample_rate, self.planned_rounds = run, num_users, sample_rate, planned_rounds
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
-        self.strategy = make_strategy(run.strategy)
         self.ledger = PrivacyLedger()
         self.rounds_done = 0
         self.stream = stream
         self.user_ids = list(range(num_users)) if user_ids is None else [int(i) for i in user_ids]
         self.client_seed = run.seed * 1000 + stream if client_seed is None else client_seed
-        self._sampling = np.random.default_rng([run.seed, stream, 0])
         self._device_ledgers: dict[int, DeviceLedger] = {}
-        privacy = run.privacy
-        self.noise_multiplier: float | None = noise_multiplier
-        if privacy.user_level and noise_multiplier is None:
-            self.noise_multiplier = calibrate_noise_multiplier(
-                target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=sample_rate,  # type: ignore[arg-type]
-                steps=planned_rounds, accountant=privacy.accountant,
-            )
-        self.mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
-                                              sample_rate=sample_rate, population=num_users,
-                                              noise_seed=[run.seed, stream, 1])
+        self.noise_multiplier = noise_multiplier if noise_multiplier is not None else noise_multiplier_for(
+            run.privacy, sample_rate=sample_rate, rounds=planned_rounds)
+        mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
+                                         sample_rate=sample_rate, population=num_users, noise_seed=[run.seed, stream, 1])
+        self.federated_round = FederatedRound(make_strategy(run.strategy), mechanism, sample_rate=sample_rate,
+                                              sampling_rng=np.random.default_rng([run.seed, stream, 0]))
+
+    @property
+    def mechanism(self) -> UserLevelMechanism:
+        return self.federated_round.mechanism
 
     def _instructions(self) -> TrainInstructions:
-        p = self.run.privacy
-        record = None
-        if p.record_level and p.record is not None:
-            record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon,
-                                             p.record.delta)
-        return TrainInstructions(
-            round=self.rounds_done + 1, seed=self.client_seed, model=self.run.model,
-            train=self.run.train, data=DataInstructions(window=self.run.population.window),
-            clipping_norm=p.clipping_norm if p.user_level else None, record=record, noise=p.noise,
-        )
+        return train_instructions(self.run, self.rounds_done + 1, seed=self.client_seed,
+                                  data=DataInstructions(window=self.run.population.window))
 
     def round(self, examples_of: ExamplesOf) -> dict:
         """One round; returns its row (clients, mean loss, clipped fraction, epsilon so far)."""
         if self.rounds_done >= self.planned_rounds:
             raise RuntimeError(f"all {self.planned_rounds} planned rounds have run: the privacy budget is spent.")
-        chosen = np.flatnonzero(self._sampling.random(self.num_users) < self.sample_rate)
-        instructions = self._instructions()
-        updates: list[ClientUpdate] = []
-        for user in chosen.tolist():
-            ledger = self._device_ledgers.setdefault(user, DeviceLedger(None))
-            update = local_update(self.arrays, instructions, examples_of(user), ledger, self.user_ids[user],
-                                  simulated=True)
-            if not update.declined:
-                updates.append(ClientUpdate(self.user_ids[user], update.arrays, update.metrics))
+        transport = InProcessTransport(self.num_users, examples_of, self.user_ids, self._device_ledgers)
         with server_task_identity():
-            self.arrays, stats = aggregate(self.strategy, self.rounds_done + 1, self.arrays, updates,
-                                           mechanism=self.mechanism)
+            outcome = self.federated_round.play(self.rounds_done + 1, self.arrays, self._instructions(), transport)
+        self.arrays = outcome.arrays
         self.rounds_done += 1
-        examples = sum(u.metrics["num-examples"] for u in updates)
-        loss = sum(u.metrics["train-loss"] * u.metrics["num-examples"] for u in updates) / examples if examples else math.nan
-        return {"round": self.rounds_done, "sampled": int(len(chosen)), "clients": len(updates), "train_loss": loss,
-                "clipped_fraction": stats.clipped_fraction, "epsilon": self.epsilon()}
+        return {"round": self.rounds_done, "sampled": outcome.sampled, "clients": outcome.clients,
+                "train_loss": math.nan if outcome.train_loss is None else outcome.train_loss,
+                "clipped_fraction": outcome.stats.clipped_fraction, "epsilon": self.epsilon()}
 
     def epsilon(self) -> float | None:
         """User-level epsilon spent so far (None without user-level DP)."""

@@ -26,7 +26,7 @@ from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from server.checkpoint import load_checkpoint
 from server.evaluation import train_central
-from server.federation import data_instructions
+from server.run_start import data_instructions
 from server.settings import RunSettings
 from simulations.experiment_settings import ExperimentSettings
 from simulations.inprocess_federation import InProcessFederation

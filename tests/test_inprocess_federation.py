@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import simulations.inprocess_federation as inprocess
+import server.aggregation
 from client.instructions import DataInstructions
 from client.simulated_device import device_examples
 from model.encoding import empty_examples
@@ -41,7 +41,7 @@ def test_a_given_noise_multiplier_is_used_and_nothing_is_calibrated(monkeypatch,
     def no_calibration(**_):
         raise AssertionError("calibrate_noise_multiplier must not run when noise_multiplier is given.")
 
-    monkeypatch.setattr(inprocess, "calibrate_noise_multiplier", no_calibration)
+    monkeypatch.setattr(server.aggregation, "calibrate_noise_multiplier", no_calibration)
     federation = InProcessFederation(_run(), _arrays(), num_users=3, sample_rate=1.0, planned_rounds=2, stream=0,
                                      noise_multiplier=2.0)
     row = federation.round(users.__getitem__)

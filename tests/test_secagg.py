@@ -288,7 +288,7 @@ def plain_and_secure_runs(tmp_path_factory):
     from flwr.supercore.telemetry import EventType
     from hydra import compose, initialize_config_dir
 
-    import server.federation
+    import server.round
     from client.client_app import app as client_app
     from server.federation import FederatedRun
     from tests.conftest import ROOT
@@ -300,7 +300,7 @@ def plain_and_secure_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("secagg")
     results: dict = {}
     seen: dict = {}
-    original_sum, original_release = server.federation.RoundSum, server.federation.add_noise_and_step
+    original_sum, original_release = server.round.RoundSum, server.round.add_noise_and_step
 
     class RecordingSum(original_sum):
         def add(self, update):
@@ -318,7 +318,7 @@ def plain_and_secure_runs(tmp_path_factory):
         for name, settings in (("plain", plain), ("secure", secure)):
             results[name] = FederatedRun(settings, out / name).run(grid)
 
-    server.federation.RoundSum, server.federation.add_noise_and_step = RecordingSum, recording_release
+    server.round.RoundSum, server.round.add_noise_and_step = RecordingSum, recording_release
     try:
         _run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=4, backend_name="ray",
@@ -327,7 +327,7 @@ def plain_and_secure_runs(tmp_path_factory):
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
         )
     finally:
-        server.federation.RoundSum, server.federation.add_noise_and_step = original_sum, original_release
+        server.round.RoundSum, server.round.add_noise_and_step = original_sum, original_release
     return results, out, seen
 
 

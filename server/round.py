@@ -1,0 +1,128 @@
+"""One DP-FedAvg round, whatever carries the messages: the Flower grid or a call in this process.
+
+A round samples every candidate independently with probability q (Poisson sampling), sends the round's
+instructions and the global arrays through a ``Transport``, folds each user's judged reply into the run's user-level
+mechanism as it arrives (``server.aggregation.RoundSum``: clip, sum, noise, divide by qN, record; or no privacy), and
+lets the Flower strategy take its step. ``server.federation.FederatedRun`` plays it over the grid
+(``server.grid_transport``); ``simulations.inprocess_federation`` plays it by calling the client's ``local_update``.
+Under SecAgg+ the nodes' updates are summed before the server sees them, so the round releases that sum instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+from flwr.serverapp.strategy import FedAvg
+
+from client.instructions import AttackInstructions, DataInstructions, RecordLevelInstructions, TrainInstructions
+from privacy.user_level import UserLevelMechanism
+from server.aggregation import RoundSum
+from server.grid_transport import GridTransport
+from server.replies import ClientUpdate, Verdict
+from server.run_state import RoundOutcome
+from server.secagg import SecureAggregator, add_noise_and_step
+from server.settings import RunSettings
+
+Arrays = dict[str, np.ndarray]
+
+
+class Transport(Protocol):
+    """How a round reaches its users and brings their replies back."""
+
+    def candidates(self) -> Sequence[int]:
+        """Who is sampled from: the users, or (a device per user) the connected nodes."""
+        ...
+
+    def reachable(self, chosen: list[int]) -> list[int]:
+        """Those of the sampled ``chosen`` the round can send to now (a node still busy with an earlier message
+        is skipped)."""
+        ...
+
+    def train(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
+              users: list[int]) -> Iterator[tuple[int, Verdict]]:
+        """Each user's judged train reply, as it arrives; a user that never answers is not yielded."""
+        ...
+
+
+def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_rate: float) -> list[int]:
+    """Every candidate independently with probability ``sample_rate`` (one uniform draw per candidate, in order)."""
+    return [int(c) for c, u in zip(candidates, rng.random(len(candidates))) if u < sample_rate]
+
+
+def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: DataInstructions,
+                       device_dir: str | None = None, attack: AttackInstructions | None = None) -> TrainInstructions:
+    """What every sampled client is told to do this round: the model, the local training, and its privacy part
+    (the user-level clipping norm, record-level DP-SGD's parameters, the noise source)."""
+    p = run.privacy
+    record = None
+    if p.record_level and p.record is not None:
+        record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon,
+                                         p.record.delta)
+    return TrainInstructions(
+        round=server_round, seed=seed, model=run.model, train=run.train, data=data,
+        clipping_norm=p.clipping_norm if p.user_level else None, record=record, device_dir=device_dir, attack=attack,
+        noise=p.noise,
+    )
+
+
+class FederatedRound:
+    """The round both drivers play: sample, send, judge, aggregate through the run's mechanism, count.
+
+    Args:
+        strategy: the Flower strategy taking the server step.
+        mechanism: the run's one user-level mechanism (``privacy.user_level``), or its no-privacy stand-in.
+        sampling_rng: who is sampled; the caller keys it (OS entropy in a deployment, the seed in a simulation).
+        sample_rate: q.
+        on_reply: told (round, replies so far, users sent to) as replies arrive (a progress line).
+    """
+
+    def __init__(self, strategy: FedAvg, mechanism: UserLevelMechanism, *, sampling_rng: np.random.Generator,
+                 sample_rate: float, on_reply: Callable[[int, int, int], None] | None = None) -> None:
+        self.strategy, self.mechanism = strategy, mechanism
+        self.sampling_rng, self.sample_rate = sampling_rng, sample_rate
+        self.on_reply = on_reply
+
+    def play(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
+             transport: Transport) -> RoundOutcome:
+        """One round from the global ``arrays``; each reply is folded into the round's sum as it arrives."""
+        chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
+        users = transport.reachable(chosen)
+        round_sum, counts, problems = RoundSum(arrays, self.mechanism), Counter[str](), []
+        loss_sum = examples = 0.0
+        record_epsilon: dict[int, float] = {}
+        for owner, verdict in transport.train(server_round, arrays, instructions, users):
+            counts[verdict.kind] += 1
+            if verdict.kind in ("failed", "rejected"):
+                problems.append((owner, verdict.reason))
+            if verdict.kind == "update":
+                metrics = verdict.metrics  # type: ignore[assignment]
+                round_sum.add(ClientUpdate(owner, verdict.arrays, metrics))  # type: ignore[arg-type]
+                record_epsilon[owner] = float(metrics["record-epsilon"])
+                loss_sum += metrics["train-loss"] * metrics["num-examples"]
+                examples += metrics["num-examples"]
+            if self.on_reply is not None:
+                self.on_reply(server_round, sum(counts.values()), len(users))
+        released, stats = round_sum.release(self.strategy, server_round)
+        return RoundOutcome(
+            arrays=released, stats=stats, clients=round_sum.count, sampled=len(chosen),
+            skipped_busy=len(chosen) - len(users), failed=counts["failed"] + len(users) - sum(counts.values()),
+            rejected=counts["rejected"], declined=counts["declined"],
+            train_loss=loss_sum / examples if examples else None, problems=problems, record_epsilon=record_epsilon,
+        )
+
+    def play_secure(self, server_round: int, arrays: Arrays, config: dict, transport: GridTransport,
+                    secure: SecureAggregator) -> RoundOutcome:
+        """The round under SecAgg+: the nodes' clipped updates are summed before the server sees them; the
+        mechanism noises that sum (``server.secagg.add_noise_and_step``). ``config`` is the round's instructions
+        as config items."""
+        chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
+        nodes = transport.reachable(chosen)
+        total = secure.sum_updates(transport.grid, nodes, arrays, config)
+        sensitivity = secure.sensitivity(sum(int(np.asarray(a).size) for a in arrays.values()))
+        released, stats = add_noise_and_step(self.strategy, server_round, arrays, total, mechanism=self.mechanism,  # type: ignore[arg-type]
+                                             sensitivity=sensitivity)
+        return RoundOutcome(arrays=released, stats=stats, clients=total.contributors, sampled=len(chosen),
+                            skipped_busy=len(chosen) - len(nodes), failed=total.dropped, halted=total.halted)
