@@ -8,11 +8,10 @@ not in Flower's per-run node state. A device whose next round would pass its bud
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from privacy.accounting import PrivacyLedger, fast_rdp_epsilon
+from storage.atomic import atomic_write
 
 
 class DeviceLedger(PrivacyLedger):
@@ -32,11 +31,9 @@ class DeviceLedger(PrivacyLedger):
         return fast_rdp_epsilon(self.history + [(noise_multiplier, sample_rate, steps)], delta=delta)
 
     def save(self) -> None:
-        """Write atomically: a crash mid-write keeps the previous ledger."""
+        """Write atomically and durably: a crash or power cut mid-write keeps the previous ledger."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
-        with os.fdopen(fd, "w") as handle:
+        with atomic_write(self.path, "w") as handle:
             json.dump(self.state_dict(), handle)
-        os.replace(tmp, self.path)

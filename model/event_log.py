@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from model.event_parsing import EventError, event_to_json_line, parse_event
 from model.events import Event
 from model.log_file import open_log_lines
 from model.time_rules import Moment, moment_of, time_error
+from storage.atomic import atomic_write
 
 MAX_LINE_BYTES = 8192
 """Longest accepted line in UTF-8 bytes, without its newline. Room for a 2000-character prompt even of 4-byte
@@ -183,27 +183,19 @@ def write_events(path: str | os.PathLike[str], events: Iterable[Event]) -> int:
     (``os.replace``), so readers see the old log or the new one, never half of one. Each event is checked by the
     loader's rules (``parse_event``, time order, ``MAX_LINE_BYTES``), so every file written here loads back (but
     for events more than ``model.time_rules.FUTURE_TOLERANCE_S`` after the time of loading: a synthetic log may lie
-    in the future); on any error ``path`` is left untouched. The file ends up readable by its owner only (0600, from ``mkstemp``), as a
+    in the future); on any error ``path`` is left untouched. The file ends up readable by its owner only (0600, ``storage.atomic``), as a
     log holds the user's private prompts.
 
     Raises:
         EventError: for the first event that breaks a rule, with its would-be line number and ``path``.
     """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     count, previous = 0, None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for count, event in enumerate(events, start=1):
-                try:
-                    out.write(_checked_line(event, previous) + "\n")
-                except EventError as exc:
-                    raise exc.with_location(line=count, source=str(path)) from None
-                previous = moment_of(event)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(target, "w", encoding="utf-8", newline="\n") as out:
+        for count, event in enumerate(events, start=1):
+            try:
+                out.write(_checked_line(event, previous) + "\n")
+            except EventError as exc:
+                raise exc.with_location(line=count, source=str(path)) from None
+            previous = moment_of(event)
     return count

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from storage.atomic import atomic_write_bytes
 
 STATE_SUFFIX = ".stream"
 MAGIC = b"FPSS"
@@ -107,14 +107,7 @@ def save_state(path: Path, state: UserStreamState) -> None:
     body = b"".join(t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
                     for t in (state.h, state.c, state.logits, state.recent))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(header + body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, header + body)
 
 
 def load_state(path: Path) -> UserStreamState | None:

@@ -13,15 +13,15 @@ whatever a pickled object names). Arrays are therefore stored as torch tensors.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from storage.atomic import atomic_write
 
 FORMAT_VERSION = 2
 """2: weights-only (tensors, no pickled objects), no RNG state; 1 (refused) pickled NumPy arrays and RNG states."""
@@ -60,16 +60,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         "format_version": FORMAT_VERSION, **checkpoint.__dict__, "arrays": _tensors(checkpoint.arrays),
         "strategy_state": {name: _tensors(value) for name, value in checkpoint.strategy_state.items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

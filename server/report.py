@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +12,8 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from storage.atomic import atomic_write  # noqa: E402
 
 
 def _finite_or_none(value: object) -> object:
@@ -28,10 +28,8 @@ def _finite_or_none(value: object) -> object:
 
 def write_json(path: Path, payload: dict) -> None:
     """Atomic JSON write; non-finite floats become null (JSON has no inf/NaN)."""
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_write(path, "w") as handle:
         json.dump(_finite_or_none(payload), handle, indent=2)
-    os.replace(tmp, path)
 
 
 BASELINE_STYLES = (("tab:orange", "--"), ("tab:green", ":"), ("tab:purple", "-."), ("tab:brown", (0, (5, 1, 1, 1))))

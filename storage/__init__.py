@@ -1,0 +1,1 @@
+"""Durable file writes shared by every package (model, client, server, simulations, generation)."""
