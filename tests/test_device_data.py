@@ -15,7 +15,7 @@ from client.records import to_array_record
 from client.simulated_device import device_examples
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
-from server.deploy.seed_logs import SeedError, seed_device_logs
+from simulations.seed_logs import SeedError, seed_device_logs
 
 DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
 

@@ -17,7 +17,7 @@ from client.instructions import DataInstructions, RecordLevelInstructions, Train
 from client.records import to_array_record
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
-from server.deploy.seed_logs import seed_device_logs
+from simulations.seed_logs import seed_device_logs
 
 DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
 MODEL = ModelConfig(bidirectional=False, hidden_size=8, num_layers=1)

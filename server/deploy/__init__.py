@@ -1,5 +1,6 @@
 """Running the federation for real: Flower's SuperLink and SuperNodes over TLS with node authentication.
 
 ``certs`` (key material), ``commands`` (Flower's command lines), ``connection`` (the flwr CLI's connection file),
-``processes`` (ports and process trees), ``seed_logs`` (synthetic device logs) and ``cli`` (``python -m server.deploy``).
+``processes`` (ports and process trees) and ``cli`` (``python -m server.deploy``; its ``seed-logs`` runs
+``simulations.seed_logs``).
 """

@@ -4,7 +4,8 @@ Subcommands (each ``--help`` lists its flags):
 
 - ``certs``      a CA and the SuperLink's TLS certificate for the hosts/IPs nodes dial
 - ``node-key``   one ECDSA key pair per device (the private key stays on the device)
-- ``seed-logs``  device log stores filled with synthetic users (to try a federation on one machine)
+- ``seed-logs``  device log stores filled with synthetic users (to try a federation on one machine; runs
+                 ``python -m simulations.seed_logs``, so the server never imports the synthetic-user generator)
 - ``superlink``  start ``flower-superlink`` with TLS and SuperNode authentication (foreground)
 - ``supernode``  start ``flower-supernode`` for one device and its log store (foreground)
 - ``register``   register device public keys with the SuperLink
@@ -35,7 +36,6 @@ from server.deploy.commands import (
 )
 from server.deploy.connection import ConnectionConfigError, write_connection
 from server.deploy.processes import PortInUseError, ensure_port_free
-from server.deploy.seed_logs import SeedError, seed_device_logs
 
 APP_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "fedpref"
@@ -88,9 +88,12 @@ def cmd_node_key(args: argparse.Namespace) -> int:
 
 
 def cmd_seed_logs(args: argparse.Namespace) -> int:
-    for log in seed_device_logs(args.out, devices=args.devices, seed=args.seed, days=args.days, first_user=args.first_user):
-        print(f"{log.name}: {log.events} events of synthetic user {log.user_id} in {log.path}")
-    return 0
+    """Run ``simulations.seed_logs`` (the synthetic users live in ``simulations/``, which the server never imports)."""
+    out = Path(args.out).expanduser().resolve()  # the child runs in the project folder, to find simulations/
+    argv = [sys.executable, "-m", "simulations.seed_logs", "--out", str(out), "--devices", str(args.devices),
+            "--seed", str(args.seed), "--days", str(args.days), "--first-user", str(args.first_user)]
+    print("$ " + " ".join(argv), flush=True)  # stdout: stderr carries only the child's "error: ..." line
+    return subprocess.run(argv, cwd=APP_DIR).returncode
 
 
 # ----------------------------------------------------------------------------------------------- processes
@@ -326,6 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (CannotStart, PortInUseError, certs_module.CertificateError, CommandError, ConnectionConfigError,
-            SeedError, LogStoreError) as error:
+            LogStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

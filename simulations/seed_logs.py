@@ -3,11 +3,17 @@
 A real device fills its log as its user listens (``client.log_store``); for trying a deployment on one machine,
 ``seed_device_logs`` writes ``DIR/node-1/events.db``, ``DIR/node-2/events.db``, ... from ``simulations.population``
 (user ``first_user + i`` for node ``i + 1``), in one transaction per log.
+
+Its command line is the deploy tool's ``seed-logs`` subcommand (same flags, parsed by ``server.deploy.cli``):
+``python -m server.deploy seed-logs ...`` runs ``python -m simulations.seed_logs ...``, so the synthetic-user
+generator stays out of the server's imports.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +67,24 @@ def seed_device_logs(folder: str | os.PathLike[str], *, devices: int, seed: int 
             stored = store.append_many(population.user(user_id).events())
         seeded.append(SeededLog(name, path, user_id, len(stored)))
     return seeded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simulations.seed_logs --out DIR [--devices N --seed S --days D --first-user U]``; exit 2 with
+    ``error: ...`` on logs that cannot be seeded."""
+    from server.deploy.cli import build_parser  # the flags and their help, defined once with the deploy tool's
+
+    args = build_parser().parse_args(["seed-logs", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        seeded = seed_device_logs(args.out, devices=args.devices, seed=args.seed, days=args.days,
+                                  first_user=args.first_user)
+    except SeedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for log in seeded:
+        print(f"{log.name}: {log.events} events of synthetic user {log.user_id} in {log.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
