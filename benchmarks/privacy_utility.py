@@ -61,14 +61,15 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     import torch
 
-    from client.instructions import DataInstructions
-    from client.simulated_device import device_examples
     from model.personalise import fit_personal_bias
     from model.networks import PreferenceLSTM
-    from server.evaluation import central_config, held_out_examples, train_central
+    from server.evaluation import central_config, train_central
     from server.server_app import compose_settings
+    from simulations.held_out import held_out_examples
     from simulations.inprocess_federation import InProcessFederation
-    from simulations.population import Population, PopulationConfig
+    from simulations.population import Population
+    from simulations.simulated_device import device_examples, simulated_data
+    from simulations.simulated_settings import population_config
     from simulations.yardstick import model_scores, rule_rows, score_rules, summarise
 
     started = time.perf_counter()
@@ -79,10 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                      f"privacy.delta={args.delta}", *args.overrides])
     plain_settings = compose_settings("config", base + ["privacy=none", *args.overrides])
     population_size = args.users + args.eval_users
-    data = DataInstructions(population_seed=dp_settings.population.seed, population_size=population_size,
-                            population_days=dp_settings.population.days, window=dp_settings.population.window,
-                            eval_fraction=dp_settings.population.client_eval_fraction,
-                            world=dp_settings.population.world)
+    population = population_config(dp_settings)  # the federation's users, then the held-out ones
+    data = simulated_data(population, window=dp_settings.population.window,
+                          eval_fraction=dp_settings.population.client_eval_fraction)
     held_ids = range(args.users, population_size)
 
     log(f"scoring the rules on {args.eval_users} held-out users ...")
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pooled_targets = torch.cat([examples_of(u).targets for u in range(min(args.users, 1_000))])
     global_mode = int(torch.bincount(pooled_targets, minlength=8).argmax())
-    points = score_rules(Population(PopulationConfig(seed=data.population_seed, num_users=population_size,
-                                                     days=data.population_days, world=data.world)),
+    points = score_rules(Population(population),
                          held_ids, window=data.window, points_per_user=args.points, global_mode=global_mode)
     if not torch.equal(torch.from_numpy(points.target), held.targets):
         raise RuntimeError("the rules and the models must be scored on the same points; the targets differ.")

@@ -98,12 +98,12 @@ def measure_floor(settings, sampled_users: list[int]) -> float:
     """Seconds of local work per client: the sampled clients trained back to back in this process, one thread."""
     from client.device_ledger import DeviceLedger
     from client.local_update import local_update
-    from client.simulated_device import device_examples
     from model.networks import PreferenceLSTM
-    from server.federation import FederatedRun
+    from simulations.simulated_device import device_examples
+    from simulations.simulated_server_app import simulated_run
 
     torch.set_num_threads(1)
-    run = FederatedRun(settings, Path(tempfile.mkdtemp(prefix="floor-")))
+    run = simulated_run(settings, Path(tempfile.mkdtemp(prefix="floor-")))
     instructions = run._instructions(1)
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}

@@ -3,6 +3,10 @@
 Config flows one way: Hydra settings (snake_case) -> ``TrainInstructions`` on the server -> a flat ConfigRecord
 (kebab-case keys such as ``train.batch-size``) in the message -> ``TrainInstructions`` on the client. Clients
 read only the message and their node config, never Hydra.
+
+A simulation also tells its simulated nodes which synthetic population they play (``DataInstructions.population``).
+That description is a plain flat mapping here, opaque to the product: ``simulations.simulated_device`` encodes it
+on the server and decodes it on a simulated node, so only ``simulations/`` knows the synthetic world's types.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional, Union
 
 from model.networks import ModelConfig
 from privacy.randomness import check_noise_source
 from model.training import LocalTrainConfig
-from simulations.world import World
 
 
 class InstructionError(ValueError):
@@ -34,22 +38,38 @@ class RecordLevelInstructions:
     delta: float
 
 
+Scalar = Union[int, float, str, bool]
+"""A value a ConfigRecord entry holds (and the SecAgg+ path's legacy records too)."""
+
+POPULATION_PREFIX = "data.population."
+"""Wire keys under this prefix are ``DataInstructions.population``'s, passed through as they are."""
+
+
 @dataclass(frozen=True)
 class DataInstructions:
-    """Where a simulated client's log comes from (the population and its world), and how prediction examples are cut
-    from it."""
+    """How prediction examples are cut from a device's log, and (simulation only) which synthetic users it plays.
 
-    population_seed: int = 0
-    population_size: int = 1200
-    population_days: int = 28
+    Attributes:
+        window: events a prediction point may read.
+        eval_fraction: the share of the device's most recent points held out for its own evaluation.
+        population: a simulated node's synthetic population as flat ``key: scalar`` entries (sent as
+            ``data.population.<key>``), encoded and decoded by ``simulations.simulated_device``; empty (nothing sent)
+            outside simulation. The product never reads it: a device trains on its own log.
+    """
+
     window: int = 32
     eval_fraction: float = 0.2
-    world: World = World()
+    population: Mapping[str, Scalar] = field(default_factory=dict, hash=False)
+
+
+ATTACK_KINDS = ("none", "scale", "sign_flip", "nan_arrays", "missing_array", "extra_array", "label_flip")
+"""What ``AttackInstructions.kind`` may name; the attacks themselves are the simulation's (``simulations.attacks``)."""
 
 
 @dataclass(frozen=True)
 class AttackInstructions:
-    """Simulation only: a ``fraction`` of the synthetic users play attack ``kind`` (``client.attacks``)."""
+    """Simulation only: a ``fraction`` of the synthetic users play attack ``kind`` (``simulations.attacks``, a client mod
+    only the simulation's ClientApp installs)."""
 
     kind: str
     fraction: float
@@ -66,7 +86,7 @@ class TrainInstructions:
             without DP): DP-SGD's noise and Poisson batches come from the device's own OS entropy.
         model: architecture of the global model (the client checks the arrays fit it).
         train: local training settings.
-        data: how the client builds its examples.
+        data: how the client builds its examples (and, in simulation, which synthetic population it plays).
         clipping_norm: user-level clipping of the whole update to this L2 norm; None when not user-level DP.
         record: record-level DP-SGD settings; None when off.
         device_dir: where a simulated device keeps its private state (its record-level ledger).
@@ -122,11 +142,16 @@ def dataclass_from_dict(cls: type, values: object, prefix: str = "") -> Any:
 
 def _convert(hint: Any, value: object, key: str) -> object:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None and type(None) in typing.get_args(hint):
             return None
-        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        if len(options) > 1:  # a union of plain types, e.g. ``Scalar``: the value must be one of them, as it is
+            return _one_of(options, value, key)
+        hint = options[0]
     if dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, f"{key}.")
+    if typing.get_origin(hint) in (dict, Mapping):
+        return _convert_mapping(typing.get_args(hint)[1], value, key)
     if typing.get_origin(hint) is tuple:
         return _convert_tuple(typing.get_args(hint)[0], value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -141,6 +166,22 @@ def _convert(hint: Any, value: object, key: str) -> object:
         raise InstructionError(f"{key} must be a finite number; found {value!r}. NaN and Infinity are refused "
                                "everywhere: they would turn the model's weights or the privacy accounting into NaN.")
     return value
+
+
+def _one_of(options: list[type], value: object, key: str) -> object:
+    if not isinstance(value, tuple(options)):
+        names = ", ".join(h.__name__ for h in options)
+        raise InstructionError(f"{key} must be one of the types {names}; found {_short(value)}.")
+    return _convert(type(value), value, key)  # a float is still checked finite
+
+
+def _convert_mapping(value_hint: Any, value: object, key: str) -> dict:
+    """A plain ``{str: value}`` dict, each value checked against ``value_hint`` (``Any``: left as it is)."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InstructionError(f"{key} must be a mapping with string keys; found {_short(value)}.")
+    if value_hint is Any:
+        return dict(value)
+    return {k: _convert(value_hint, v, f"{key}.{k}") for k, v in value.items()}
 
 
 def _convert_tuple(item_hint: Any, value: object, key: str) -> tuple:
@@ -164,11 +205,17 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | str | bool]:
-    """Flatten to ConfigRecord items: dotted, kebab-case keys; ``None`` values are left out; a tuple becomes one key
-    per index (``data.world.personas.0.instruments.1``), so every value is a scalar, which the SecAgg+ path's legacy
-    records (``common.Scalar``) also carry. (An empty tuple would leave no key: the schema has none.)"""
-    items: dict[str, int | float | str | bool] = {}
+def to_config_items(instructions: TrainInstructions) -> dict[str, Scalar]:
+    """Flatten to ConfigRecord items (``flat_items``)."""
+    return flat_items(instructions)
+
+
+def flat_items(settings: object) -> dict[str, Scalar]:
+    """A settings dataclass as flat items: dotted, kebab-case keys; ``None`` values are left out; a tuple becomes one
+    key per index (``personas.0.instruments.1``), so every value is a scalar, which the SecAgg+ path's legacy records
+    (``common.Scalar``) also carry; a mapping's entries keep their own keys (``data.population.seed``). (An empty
+    tuple would leave no key.) ``dataclass_from_dict(cls, nested_items(items))`` is its inverse."""
+    items: dict[str, Scalar] = {}
 
     def walk(obj: object, prefix: str) -> None:
         for f in dataclasses.fields(obj):  # type: ignore[arg-type]
@@ -176,6 +223,8 @@ def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | 
             key = prefix + f.name.replace("_", "-")
             if dataclasses.is_dataclass(value):
                 walk(value, key + ".")
+            elif isinstance(value, Mapping):
+                items.update({f"{key}.{name}": item for name, item in value.items()})
             elif isinstance(value, tuple):
                 for index, item in enumerate(value):
                     if dataclasses.is_dataclass(item):
@@ -185,12 +234,29 @@ def to_config_items(instructions: TrainInstructions) -> dict[str, int | float | 
             elif value is not None:
                 items[key] = value
 
-    walk(instructions, "")
+    walk(settings, "")
     return items
 
 
 def from_config_items(items: Mapping[str, object]) -> TrainInstructions:
     """Inverse of ``to_config_items``; raises ``InstructionError`` naming any key that does not fit."""
+    population = {str(k)[len(POPULATION_PREFIX):]: v for k, v in items.items() if str(k).startswith(POPULATION_PREFIX)}
+    nested = nested_items({k: v for k, v in items.items() if not str(k).startswith(POPULATION_PREFIX)})
+    if population:  # opaque to the product: its keys pass as they are
+        data = nested.setdefault("data", {})
+        if not isinstance(data, dict) or "population" in data:
+            raise InstructionError(f"data or data.population is a value and also a group of keys "
+                                   f"({POPULATION_PREFIX}...); send one or the other.")
+        data["population"] = population
+    return dataclass_from_dict(TrainInstructions, nested)
+
+
+def nested_items(items: Mapping[str, object]) -> dict[str, Any]:
+    """Dotted kebab-case keys (``train.batch-size``) as nested snake_case mappings (``{"train": {"batch_size": ..}}``).
+
+    Raises:
+        InstructionError: if a key is both a value and a group of keys, or is given as kebab-case and snake_case.
+    """
     nested: dict[str, Any] = {}
     groups: set[tuple[str, ...]] = set()  # paths that hold keys, told apart from a value that is a dict
     for key, value in items.items():
@@ -208,4 +274,4 @@ def from_config_items(items: Mapping[str, object]) -> TrainInstructions:
         if path[-1] in node:
             raise InstructionError(f"{key} is given twice (as kebab-case and snake_case); send it once.")
         node[path[-1]] = value
-    return dataclass_from_dict(TrainInstructions, nested)
+    return nested

@@ -1,7 +1,8 @@
 """The device's side of secure aggregation: a legacy NumPyClient behind Flower's ``secaggplus_mod``.
 
 Flower 1.42 runs SecAgg+ only on its legacy path, so a round with ``secagg.enabled`` arrives as legacy "fit"
-messages carrying a ``secaggplus_configs`` record; ``client.client_app`` hands those to ``secagg_app`` below. The
+messages carrying a ``secaggplus_configs`` record; ``client.client_app`` hands those to ``secagg_app`` below (built
+around the same data source as the ClientApp). The
 mod runs the protocol (keys, secret shares, masking) and calls ``SecAggClient.fit`` once, in the stage where the
 masked update is built. ``fit`` trains exactly as the non-secure path does (``client.local_update``: same data,
 seeds, record-level DP and device ledger) and returns its update clipped to the clipping norm C with weight 1:
@@ -16,11 +17,10 @@ from flwr.app import Context
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 
-from client.device_data import device_data
+from client.device_data import DataSource, device_data
 from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions, from_config_items
 from client.local_update import local_update
-from client.node_config import PARTITION_ID
 from privacy.mechanisms import clip_update
 
 ARRAY_NAMES_KEY = "secagg.array-names"
@@ -40,7 +40,8 @@ def _global_arrays(parameters: list[np.ndarray], config: dict) -> tuple[list[str
     return names, {name: np.asarray(array, dtype=np.float32) for name, array in zip(names, parameters)}
 
 
-def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.ndarray], context: Context,
+                  source: DataSource = device_data) -> dict[str, np.ndarray]:
     """This device's update for the round, clipped to ``instructions.clipping_norm`` (zero if it declines).
 
     Raises:
@@ -51,10 +52,9 @@ def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.n
             "secure aggregation needs user-level DP: the server sent no clipping norm, so nothing bounds this "
             "device's update within SecAgg's quantisation range."
         )
-    data = device_data(instructions.data, context.node_config, instructions.device_dir)
+    data = source(instructions.data, context.node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
-    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id,
-                          simulated=PARTITION_ID in context.node_config)
+    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id, simulated=data.synthetic)
     delta = {k: update.arrays[k].astype(np.float64) - global_arrays[k] for k in global_arrays}
     # local_update clipped the update already; clipping again in float64 removes float32 rounding above C.
     clipped, _, _ = clip_update(delta, instructions.clipping_norm)
@@ -64,10 +64,10 @@ def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.n
 
 
 class SecAggClient(NumPyClient):
-    """Trains on the device's data and hands the clipped update to ``secaggplus_mod`` for masking."""
+    """Trains on the device's data (from ``source``) and hands the clipped update to ``secaggplus_mod`` for masking."""
 
-    def __init__(self, context: Context) -> None:
-        self.context = context
+    def __init__(self, context: Context, source: DataSource = device_data) -> None:
+        self.context, self.source = context, source
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         """Returns (clipped update in the server's array order, weight 1, no metrics).
@@ -78,13 +78,10 @@ class SecAggClient(NumPyClient):
         """
         names, global_arrays = _global_arrays(parameters, config)
         instructions = from_config_items({k: v for k, v in config.items() if k != ARRAY_NAMES_KEY})
-        delta = clipped_delta(instructions, global_arrays, self.context)
+        delta = clipped_delta(instructions, global_arrays, self.context, self.source)
         return [delta[name].astype(np.float64) for name in names], 1, {}
 
 
-def _client_fn(context: Context):
-    return SecAggClient(context).to_client()
-
-
-secagg_app = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
-"""The legacy ClientApp that ``client.client_app`` delegates SecAgg+ messages to."""
+def secagg_app(source: DataSource) -> ClientApp:
+    """The legacy ClientApp that ``client.client_app`` delegates SecAgg+ messages to, its nodes' data from ``source``."""
+    return ClientApp(client_fn=lambda context: SecAggClient(context, source).to_client(), mods=[secaggplus_mod])

@@ -1,6 +1,7 @@
-"""Scoring the global prior on held-out synthetic users, next to the baselines it must beat.
+"""Scoring the global prior on held-out examples, next to the baselines it must beat.
 
-Held-out users (ids ``num_users .. num_users + eval_users - 1``) never train. The baselines:
+The server scores on ``HeldOutData`` it is given: the simulation gives held-out synthetic users
+(``simulations.held_out``); a real server holds no users' data and is given none. The baselines:
 - ``global_most_popular``: always predict the genre most often kept by the federation's users;
 - ``user_recent_most_frequent``: the genre the user kept most often within the window the model reads (ties go to
   the most recent; no kept segment in the window falls back to the global mode);
@@ -12,42 +13,25 @@ Held-out users (ids ``num_users .. num_users + eval_users - 1``) never train. Th
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
-from client.instructions import DataInstructions
-from client.simulated_device import device_examples
 from model.encoding import GENRE, KIND, Examples
 from model.heuristic_prior import prior_logits
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, evaluate, train_local
 from model.vocab import GENRES, KIND_INDEX
-from server.settings import RunSettings
 
 
-def held_out_examples(data: DataInstructions, user_ids: range, points_per_user: int) -> Examples:
-    """The ``points_per_user`` most recent prediction points of each held-out user (with their full history
-    window: these users never train). Recent points score the model where tastes have drifted furthest."""
-    parts = []
-    for uid in user_ids:
-        train, recent = device_examples(data, uid)
-        both = Examples.concat([train, recent], data.window)
-        parts.append(both.subset(slice(max(0, len(both) - points_per_user), len(both))))
-    return Examples.concat(parts, data.window)
+class HeldOutData(Protocol):
+    """Examples no client trains on, which the server scores the global model on each round, and the baselines the
+    model must beat on them (reported at the end of the run)."""
 
+    def examples(self) -> Examples: ...
 
-def federation_examples(data: DataInstructions, user_ids: range, max_per_user: int = 0) -> Examples:
-    """The training parts of the federation users' logs (each capped to its ``max_per_user`` most recent points,
-    as the clients train), pooled: what a central server would have seen."""
-    parts = []
-    for uid in user_ids:
-        train = device_examples(data, uid)[0]
-        if max_per_user:
-            train = train.subset(slice(max(0, len(train) - max_per_user), len(train)))
-        parts.append(train)
-    return Examples.concat(parts, data.window)
+    def baselines(self, held_out: Examples, report: Callable[[str], None]) -> dict[str, float | None]: ...
 
 
 def global_mode_top1(train_targets: torch.Tensor, examples: Examples) -> tuple[int, float]:
@@ -94,27 +78,3 @@ def train_central(train: Examples, model_config: ModelConfig, config: LocalTrain
 def score(model: PreferenceLSTM, examples: Examples) -> dict[str, float]:
     result = evaluate(model, examples)
     return {"top1": result.top1, "nll": result.nll}
-
-
-def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples,
-              report: Callable[[str], None]) -> dict[str, float | None]:
-    """The baselines' held-out top-1, from the logs of the first ``simulation.baseline_users`` federation users
-    (users are drawn independently, so the first N are a sample); ``report`` gets a line on the central model."""
-    cap, total = settings.simulation.baseline_users, settings.population.num_users
-    pooled = federation_examples(data, range(min(cap, total) if cap else total), settings.train.max_examples)
-    mode, global_top1 = global_mode_top1(pooled.targets, held_out)
-    out: dict[str, float | None] = {
-        "global_most_popular": global_top1,
-        "user_recent_most_frequent": recent_mode_top1(held_out, mode),
-        "named_else_recent": named_else_recent_top1(held_out),
-        "central_nonprivate": None,
-    }
-    epochs = settings.simulation.central_baseline_epochs
-    if epochs > 0:
-        started = time.perf_counter()
-        report(f"central non-private baseline: training on {len(pooled)} pooled examples for {epochs} epoch(s) ...")
-        config = central_config(settings.train, epochs)
-        central = train_central(pooled, settings.model, config, settings.seed)
-        out["central_nonprivate"] = score(central, held_out)["top1"]
-        report(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
-    return out

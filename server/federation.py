@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.serverapp import Grid
 
-from client.instructions import TrainInstructions, to_config_items
+from client.instructions import Scalar, TrainInstructions, to_config_items
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from privacy.randomness import SEEDED_WARNING, sampling_generator
@@ -24,6 +25,7 @@ from server import evaluation
 from server.addressing import Addressing
 from server.aggregation import make_strategy, strategy_state, user_level_mechanism
 from server.checkpoint import Checkpoint, save_checkpoint
+from server.evaluation import HeldOutData
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.grid_transport import GridTransport
 from server.privacy_report import privacy_report
@@ -34,21 +36,40 @@ from server.round_report import federated_evaluation_summary, round_line, round_
 from server.run_start import data_instructions, fresh_state, resumed_state
 from server.run_state import RunState
 from server.secagg import SecureAggregator
-from server.settings import RunSettings
+from server.settings import ConfigError, RunSettings
 
 __all__ = ["FederatedRun", "Progress"]
 
 
 class FederatedRun:
-    """One run of federated training over the nodes of a Flower grid."""
+    """One run of federated training over the nodes of a Flower grid.
 
-    def __init__(self, settings: RunSettings, output_dir: Path, progress: Progress | None = None) -> None:
+    Args:
+        settings: the run's settings.
+        output_dir: where everything the run writes goes.
+        progress: where round lines go (default: the terminal and ``output_dir/run.log``).
+        held_out: the examples the server scores on each round and their baselines (needed when
+            ``deployment.server_eval``); the simulation passes held-out synthetic users, a real server none.
+        population: the synthetic population the simulation's nodes play, sent in every message
+            (``DataInstructions.population``); None on a deployment.
+
+    Raises:
+        ConfigError: if ``deployment.server_eval`` is set but no ``held_out`` data is given.
+    """
+
+    def __init__(self, settings: RunSettings, output_dir: Path, progress: Progress | None = None, *,
+                 held_out: HeldOutData | None = None, population: Mapping[str, Scalar] | None = None) -> None:
+        if settings.deployment.server_eval and held_out is None:
+            raise ConfigError("deployment.server_eval=true needs held-out examples to score, and this server has none: "
+                              "a real server holds no users' data (set deployment.server_eval=false); the simulation's "
+                              "ServerApp (simulations.simulated_server_app) scores on held-out synthetic users.")
+        self.held_out_data = held_out if settings.deployment.server_eval else None
         self.settings = settings
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.output_dir / "checkpoint.pt"
         self.progress = progress or Progress(log_file=self.output_dir / "run.log")
-        self.data = data_instructions(settings)
+        self.data = data_instructions(settings, population)
         self.strategy = make_strategy(settings.strategy)
         self.model = PreferenceLSTM(settings.model)
         self.device_dir = str(self.output_dir / "devices")
@@ -86,11 +107,7 @@ class FederatedRun:
             state, self.device_dir = resumed_state(s, self.strategy)
         else:
             state = self._fresh_state()
-        held_out = None
-        if deployment.server_eval:
-            held_out = evaluation.held_out_examples(
-                self.data, range(s.population.num_users, self.data.population_size), s.population.eval_points_per_user
-            )
+        held_out = self.held_out_data.examples() if self.held_out_data is not None else None
         node_ids = wait_for_nodes(grid, deployment.min_nodes or s.simulated_nodes, timeout_s=sim.node_wait_s)
         # N of the sampling rate: the simulated users in slot mode, otherwise the connected nodes.
         self.federated_round = self._round(state, s.population.num_users if sim.nodes else len(node_ids))
@@ -185,7 +202,7 @@ class FederatedRun:
     def _finish(self, state: RunState, transport: GridTransport, held_out: Examples | None, seconds: float) -> dict:
         final_scores = self._score(state.arrays, held_out)
         federated = self._federated_evaluation(state, transport)
-        baselines = evaluation.baselines(self.settings, self.data, held_out, self.progress.line) if held_out is not None else {}
+        baselines = self.held_out_data.baselines(held_out, self.progress.line) if self.held_out_data is not None else {}
         coordinates = sum(int(np.asarray(a).size) for a in state.arrays.values())
         metrics = {
             "rounds": state.rounds,

@@ -5,9 +5,11 @@ checked here, before the simulation engine starts Ray, so a run that would crash
 fails at once with exit code 2, the key, the rule and the value:
 
 - the checkpoint to resume from exists and ``server.checkpoint`` loads it (weights only: a pickled object is refused);
-- the synthetic population is one ``simulations.population`` can generate;
 - the privacy budget can be met at all over the planned rounds;
 - the model fits in this machine's memory, in every process that holds it.
+
+A simulation also checks that its synthetic population can be generated
+(``simulations.simulated_settings.check_simulation_can_start``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ def check_can_start(settings: RunSettings) -> None:
     """Raise ``ConfigError`` (or ``PrivacyConfigError``) naming the key, rule and value of the first check that fails."""
     if settings.resume and settings.checkpoint:
         check_checkpoint_file(settings.checkpoint)
-    _check_population(settings)
     if settings.privacy.user_level:
         _check_budget_reachable(settings)
     _check_model_fits(settings)
@@ -56,20 +57,6 @@ def check_checkpoint_file(path_text: str) -> None:
         load_checkpoint(path)
     except CheckpointError as error:
         raise ConfigError(str(error)) from None
-
-
-def _check_population(settings: RunSettings) -> None:
-    from simulations.population import MAX_USERS, PopulationConfig
-
-    p = settings.population
-    total = p.num_users + p.eval_users
-    if total > MAX_USERS:
-        raise ConfigError(f"population.num_users + population.eval_users must be <= {MAX_USERS:,} (the largest "
-                          f"population simulations.population generates); found {p.num_users} + {p.eval_users}.")
-    try:
-        PopulationConfig(seed=p.seed, num_users=total, days=p.days, world=p.world)
-    except ValueError as error:
-        raise ConfigError(f"population.{error}") from None
 
 
 def _check_budget_reachable(settings: RunSettings) -> None:

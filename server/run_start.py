@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from flwr.serverapp.strategy import FedAvg
 
-from client.instructions import DataInstructions
+from client.instructions import DataInstructions, Scalar
 from model.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger
 from server.aggregation import load_strategy_state, noise_multiplier_for
@@ -18,13 +18,11 @@ from server.run_state import RunState
 from server.settings import ConfigError, RunSettings
 
 
-def data_instructions(settings: RunSettings) -> DataInstructions:
-    """Where a simulated device finds its synthetic user's data (the population's seed, size, days, window)."""
+def data_instructions(settings: RunSettings, population: Mapping[str, Scalar] | None = None) -> DataInstructions:
+    """How clients cut their examples; ``population``: the synthetic population a simulation's nodes play (opaque
+    entries, ``simulations.simulated_device``), none on a deployment."""
     p = settings.population
-    return DataInstructions(
-        population_seed=p.seed, population_size=p.num_users + p.eval_users, population_days=p.days,
-        window=p.window, eval_fraction=p.client_eval_fraction, world=p.world,
-    )
+    return DataInstructions(window=p.window, eval_fraction=p.client_eval_fraction, population=dict(population or {}))
 
 
 def fresh_state(settings: RunSettings, line: Callable[[str], None]) -> RunState:

@@ -6,19 +6,18 @@ types with the full key named (each dataclass then checks its own ranges), and c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from client.attacks import ATTACK_KINDS
-from client.instructions import AttackInstructions, dataclass_from_dict
+from client.instructions import ATTACK_KINDS, AttackInstructions, dataclass_from_dict
 from model.networks import ModelConfig
 from model.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
 from privacy.errors import PrivacyConfigError
 from privacy.randomness import NOISE_SOURCES
-from simulations.world import World
 
 PRIVACY_MODES = ("none", "record", "user", "both")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -27,7 +26,7 @@ MEAN_STRATEGIES = ("fedavg", "fedadam")
 
 
 SEED_MAX = 2**63 - 1
-"""Largest seed: what ``simulations.population.PopulationConfig`` (in every client) and NumPy's streams accept."""
+"""Largest seed: what the synthetic population (``simulations.population``) and NumPy's streams accept."""
 
 
 class ConfigError(ValueError):
@@ -63,6 +62,13 @@ def _bound(bound: float | None) -> str:
 
 @dataclass(frozen=True)
 class PopulationSettings:
+    """The federation's users: in simulation a synthetic population (``simulations/``), on a deployment its size N.
+
+    ``world`` describes the synthetic users' world. The server's schema keeps it as plain data it never reads; the
+    simulation's schema (``simulations.settings.SimulatedRunSettings``) types and validates it as a
+    ``simulations.world.World``, so the server needs no synthetic-world types.
+    """
+
     seed: int = 0
     num_users: int = 1000
     eval_users: int = 200
@@ -70,7 +76,7 @@ class PopulationSettings:
     window: int = 32
     client_eval_fraction: float = 0.2
     eval_points_per_user: int = 10
-    world: World = World()
+    world: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         check_range("population.seed", self.seed, 0, SEED_MAX)
@@ -156,7 +162,7 @@ class StrategySettings:
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Simulation only: ``fraction`` of the synthetic users are malicious and play ``kind`` (see ``client/attacks.py``)."""
+    """Simulation only: ``fraction`` of the synthetic users are malicious and play ``kind`` (``simulations/attacks.py``)."""
 
     kind: str = "none"
     fraction: float = 0.0
@@ -325,12 +331,13 @@ def _check_across_groups(s: RunSettings) -> None:
         raise ConfigError("resume=true needs checkpoint=PATH (the checkpoint.pt of the run to continue).")
 
 
-def settings_from_config(cfg: DictConfig | dict) -> RunSettings:
-    """Validate a composed config against the schema; raise ``ConfigError`` naming the offending key."""
+def settings_from_config(cfg: DictConfig | dict, schema: type[RunSettings] = RunSettings) -> RunSettings:
+    """Validate a composed config against ``schema`` (``RunSettings`` or a subclass, e.g. the simulation's); raise
+    ``ConfigError`` naming the offending key."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container.pop("hydra", None)
     try:
-        settings = dataclass_from_dict(RunSettings, container)
+        settings = dataclass_from_dict(schema, container)
     except ConfigError:
         raise
     except ValueError as error:  # schema errors and each dataclass's own range checks

@@ -41,7 +41,6 @@ import torch
 
 from client.instructions import DataInstructions
 from client.local_update import load_model
-from client.simulated_device import device_examples
 from model.encoding import Examples, build_examples, empty_examples
 from model.events import Event
 from model.networks import ModelConfig, PreferenceLSTM
@@ -49,15 +48,16 @@ from model.training import LocalTrainConfig, evaluate
 from model.vocab import GENRES
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.audit_bounds import EpsilonBound, epsilon_lower_bound, roc_auc
-from server.evaluation import held_out_examples
 from server.settings import (
     PopulationSettings,
     PrivacySettings,
     RunSettings,
     StrategySettings,
 )
+from simulations.held_out import held_out_examples
 from simulations.inprocess_federation import InProcessFederation
 from simulations.population import PopulationConfig
+from simulations.simulated_device import device_examples, simulated_data
 
 Arrays = dict[str, np.ndarray]
 
@@ -122,8 +122,8 @@ class AuditConfig:
     @property
     def data(self) -> DataInstructions:
         """What a simulated client is told about its data: population users 0..num_users+eval_users-1."""
-        return DataInstructions(population_seed=self.seed, population_size=self.num_users + self.eval_users,
-                                population_days=self.days, window=self.window)
+        return simulated_data(PopulationConfig(seed=self.seed, num_users=self.num_users + self.eval_users,
+                                               days=self.days), window=self.window)
 
 
 # ---------------------------------------------------------------------------------------------------- the canary

@@ -50,6 +50,7 @@ from simulations.judging import __doc__ as JUDGING_DOC  # noqa: E402
 from simulations.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy  # noqa: E402
 from simulations.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
 from simulations.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
+from simulations.simulated_settings import world_of  # noqa: E402
 
 DEFINITIONS = {
     "first_satisfaction": "share of requests whose first generated piece reached the user's keep threshold",
@@ -129,7 +130,7 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
         progress(f"closed-loop experiment: {loop.users} new users x {loop.days} days, policies {loop.policies}; "
                  f"generation {generation.footnote}; outputs in {output_dir}")
         cohort = build_cohort(settings.run.population.seed, settings.first_user_id, loop.users, loop.days, loop.seed,
-                              settings.run.population.world)
+                              world_of(settings.run))
         arrays, pretraining = _model_policies(settings, output_dir, progress)
         results, reports = {}, {}
         for name in loop.policies:

@@ -2,7 +2,7 @@
 
 The composed config has two parts. Everything the federated training run understands (``seed``, ``train``,
 ``population``, ``model``, ``privacy``, ``strategy``, ``simulation`` ...) is checked by the project's own schema
-(``server.settings.settings_from_config``): it describes the *historic* federation the global model is pre-trained
+(``simulations.simulated_settings.simulated_settings``): it describes the *historic* federation the global model is pre-trained
 on. The ``experiment`` key describes the loop: the new users, the policies, periodic retraining, the simulated
 generator's adherence noise, how users judge and come back. The ``generation`` group says whether ACE-Step 1.5's
 pipeline makes audio too (``generation.settings``). Unknown keys and wrong types are rejected with the key
@@ -26,8 +26,8 @@ from server.settings import (
     ConfigError,
     RunSettings,
     check_range,
-    settings_from_config,
 )
+from simulations.simulated_settings import simulated_settings
 
 POLICIES = ("baseline", "recent_choices", "federated_dp", "federated_dp_personal", "central", "oracle")
 PRETRAIN_ENGINES = ("flower", "inprocess", "checkpoint")
@@ -230,7 +230,7 @@ def experiment_settings_from_config(cfg: DictConfig | dict) -> ExperimentSetting
         raise ConfigError("the config has no 'experiment' section: compose conf/experiment.yaml.")
     loop_values = container.pop("experiment")
     generation_values = container.pop("generation", {})
-    run = settings_from_config(container)
+    run = simulated_settings(container)
     try:
         loop = dataclass_from_dict(LoopSettings, loop_values, "experiment.")
         generation = dataclass_from_dict(GenerationSettings, generation_values, "generation.")

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.simulated_device import device_examples
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from server.checkpoint import load_checkpoint
@@ -30,6 +29,8 @@ from server.run_start import data_instructions
 from server.settings import RunSettings
 from simulations.experiment_settings import ExperimentSettings
 from simulations.inprocess_federation import InProcessFederation
+from simulations.simulated_device import device_examples, population_items
+from simulations.simulated_settings import population_config
 
 Arrays = dict[str, np.ndarray]
 Progress = Callable[[str], None]
@@ -49,7 +50,7 @@ class HistoricExamples:
     """The historic users' training examples (each capped to its ``train.max_examples`` most recent), built once."""
 
     def __init__(self, run: RunSettings) -> None:
-        self.data = data_instructions(run)
+        self.data = data_instructions(run, population_items(population_config(run)))
         self.cap = run.train.max_examples
         self._cache: dict[int, Examples] = {}
 

@@ -1,8 +1,10 @@
 """Federated simulation entry point: ``python -m simulations.run [hydra overrides]``.
 
 Composes ``conf/config.yaml`` with your overrides and validates it before anything starts (schema, then
-``server.preflight``: checkpoint file, population, privacy budget, model size against memory), exiting 2 with the
-reason; then runs the real ServerApp and ClientApp in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
+``simulations.simulated_settings.check_simulation_can_start``: checkpoint file, population, privacy budget, model size
+against memory), exiting 2 with the reason; then runs the simulation's ServerApp and ClientApp
+(``simulations.simulated_server_app``, ``simulations.simulated_client_app``: the product's apps with the synthetic
+population, its held-out users and the attack mod plugged in) in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
 CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic users the server samples (or one
 SuperNode per user with ``simulation.nodes=0``). Everything the run writes (metrics.json, checkpoint.pt, run.log,
 accuracy.png, epsilon.png) goes to Hydra's output directory; ``hydra.run.dir=DIR`` places it. Heavy imports (torch,
@@ -55,13 +57,13 @@ def quiet_known_warnings() -> None:
 
 
 def run_federated_simulation(settings_overrides: list[str], settings: RunSettings, output_dir: Path, config_name: str = "config") -> dict:
-    """Run the ServerApp and ClientApp in Flower's simulation engine; returns the metrics the server wrote."""
+    """Run the simulation's ServerApp and ClientApp in Flower's simulation engine; returns the metrics the server wrote."""
     from flwr.app import Context, RecordDict
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    from client.client_app import app as client_app
-    from server.server_app import app as server_app
+    from simulations.simulated_client_app import app as client_app
+    from simulations.simulated_server_app import app as server_app
 
     quiet_known_warnings()
 
@@ -113,12 +115,11 @@ def main(cfg: DictConfig) -> None:
     _task_started = True
     for noisy in ("alembic", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from server.preflight import check_can_start
-    from server.settings import settings_from_config
+    from simulations.simulated_settings import check_simulation_can_start, simulated_settings
 
     try:
-        settings = settings_from_config(cfg)
-        check_can_start(settings)
+        settings = simulated_settings(cfg)
+        check_simulation_can_start(settings)
     except ValueError as error:  # ConfigError, PrivacyConfigError
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

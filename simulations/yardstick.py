@@ -1,6 +1,6 @@
 """The honest yardstick: every simple rule a learned model must beat, scored on the same held-out points.
 
-For the held-out synthetic users' latest prediction points (the ones ``server.evaluation.held_out_examples``
+For the held-out synthetic users' latest prediction points (the ones ``simulations.held_out.held_out_examples``
 scores), with 95 % intervals from a bootstrap over users (one user's points are not independent):
 
 - ``global_most_popular``: the genre the federation keeps most;

@@ -1,12 +1,13 @@
-"""Hostile simulated clients (client/attacks.py): who is malicious, what each attack sends, and that the server's
-reply checks reject the malformed ones from the real ClientApp."""
+"""Hostile simulated clients (simulations/attacks.py): who is malicious, what each attack sends, that the server's
+reply checks reject the malformed ones from the simulation's ClientApp (the attack mod around the product's
+functions), and that a device's ClientApp never attacks."""
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from client.attacks import (
+from simulations.attacks import (
     ATTACK_KINDS,
     EXTRA_ARRAY_NAME,
     LABEL_PERMUTATION,
@@ -16,12 +17,14 @@ from client.attacks import (
     flip_labels,
     is_malicious,
 )
-from client.client_app import app
+from client.client_app import app as device_app
 from client.instructions import AttackInstructions, from_config_items, to_config_items
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from model.vocab import GENRES
 from server.replies import judge_reply
+from simulations.seed_logs import seed_device_logs
+from simulations.simulated_client_app import app
 from tests.test_client_app import _instructions, _message
 
 GLOBAL = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
@@ -76,11 +79,26 @@ def test_label_flip_permutes_every_genre_to_another_and_leaves_inputs_alone():
     assert flipped.targets.tolist() == [7 - g for g in range(8)] and torch.equal(flipped.x, examples.x)
 
 
-def test_a_real_device_never_plays_an_attack():
+def test_only_a_malicious_user_of_an_attacking_round_plays_the_attack():
     attack = AttackInstructions(kind="sign_flip", fraction=1.0, scale=1.0)
-    assert attack_of(attack, seed=0, user_id=3, simulated=True) == "sign_flip"
-    assert attack_of(attack, seed=0, user_id=3, simulated=False) == "none"
-    assert attack_of(None, seed=0, user_id=3, simulated=True) == "none"
+    assert attack_of(attack, seed=0, user_id=3) == "sign_flip"
+    assert attack_of(AttackInstructions(kind="sign_flip", fraction=0.0, scale=1.0), seed=0, user_id=3) == "none"
+    assert attack_of(None, seed=0, user_id=3) == "none"
+
+
+def test_a_devices_client_app_never_plays_an_attack(flower_task_identity, tmp_path):
+    """The same message to a device's ClientApp with and without an attack named: the same honest reply."""
+    [log] = seed_device_logs(tmp_path, devices=1, days=7, first_user=3)
+    context = Context(run_id=1, node_id=0, node_config={"log-db": str(log.path)}, state=RecordDict(), run_config={})
+    replies, sent = [], {}
+    for attack in (None, AttackInstructions(kind="sign_flip", fraction=1.0, scale=1.0)):
+        torch.manual_seed(0)  # the same global model in both messages
+        message = _message("train", _instructions(attack=attack, clipping_norm=None))
+        sent = {k: v.numpy() for k, v in message.content["arrays"].items()}
+        replies.append(device_app(message, context))
+    honest, asked = ({k: v.numpy() for k, v in r.content["arrays"].items()} for r in replies)
+    assert any(not np.array_equal(honest[k], sent[k]) for k in honest)  # a real update, which sign_flip would change
+    assert all(np.array_equal(honest[k], asked[k]) for k in honest)
 
 
 def test_attack_instructions_round_trip_through_the_config_record():

@@ -10,9 +10,10 @@ import torch
 
 from privacy.accounting import PrivacyLedger
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from server.federation import FederatedRun, Progress
+from server.federation import Progress
 from server.preflight import check_checkpoint_file
 from server.settings import ConfigError, settings_from_config
+from simulations.simulated_server_app import simulated_run
 
 FIELDS = {"format_version", "round", "arrays", "ledger", "noise_multiplier", "strategy_state", "device_dir",
           "record_epsilon", "rounds", "settings"}
@@ -33,7 +34,7 @@ def _walk(value):
 
 def test_a_runs_checkpoint_holds_no_noise_generator_state(compose_config, tmp_path):
     settings = settings_from_config(compose_config("population=small", "strategy=fedadam", "simulation.rounds=2"))
-    run = FederatedRun(settings, tmp_path, progress=Progress(open(os.devnull, "w")))
+    run = simulated_run(settings, tmp_path, progress=Progress(open(os.devnull, "w")))
     state = run._fresh_state()
     state.ledger.record(noise_multiplier=state.noise_multiplier, sample_rate=0.1)
     run.strategy.m_t = {k: np.ones_like(v) for k, v in state.arrays.items()}  # FedAdam's moments travel too

@@ -1,4 +1,5 @@
-"""What leaves the device: the ClientApp's replies carry model arrays and declared scalar metrics only."""
+"""What leaves the device: the ClientApp's replies carry model arrays and declared scalar metrics only (played by
+synthetic users through the simulation's ClientApp, which runs the product ClientApp's functions)."""
 
 from dataclasses import replace
 
@@ -7,17 +8,19 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client.client_app import app
 from client.instructions import (DataInstructions, RecordLevelInstructions, TrainInstructions, from_config_items,
                                  to_config_items)
 from client.local_update import DECLINED_RECORD_BUDGET, EVAL_METRICS, TRAIN_METRICS
 from client.records import USERS_RECORD, slot_users, to_array_record, user_parts, users_record
-from client.simulated_device import device_examples, population
+from simulations.population import PopulationConfig
+from simulations.simulated_client_app import app
+from simulations.simulated_device import device_examples, population, population_of, simulated_data
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 from simulations.world import PromptMix, World
 
-DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
+DATA = simulated_data(POPULATION, window=16)
 
 
 def _instructions(**changes) -> TrainInstructions:
@@ -134,9 +137,10 @@ def test_a_slot_message_naming_users_wrongly_is_refused_with_the_rule(users):
 def test_simulated_client_trains_on_the_world_the_server_configured(flower_task_identity):
     """The world crosses the ConfigRecord intact, and the client's examples are that world's user's, not today's."""
     busy = World(sessions_per_day=6.0, prompt_mix=PromptMix(vague=1.0, mood=0.0, genre=0.0))
-    data = replace(DATA, world=busy)
+    data = simulated_data(replace(POPULATION, world=busy), window=16)
     message = _message("train", _instructions(data=data))
     assert from_config_items(dict(message.content["config"])).data == data
+    assert population_of(from_config_items(dict(message.content["config"])).data).world == busy
     reply = app(message, _context(3))
     sent_world = device_examples(data, 3)[0]
     assert reply.content["metrics"]["num-examples"] == len(sent_world)  # train.max_examples=0: all of them

@@ -12,17 +12,19 @@ from client.device_data import DeviceDataError, device_data
 from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from client.log_store import LogStore
 from client.records import to_array_record
-from client.simulated_device import device_examples
+from simulations.population import PopulationConfig
+from simulations.simulated_device import device_examples, simulated_data, simulated_device_data
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 from simulations.seed_logs import SeedError, seed_device_logs
 
-DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
+DATA = simulated_data(POPULATION, window=16)
 
 
 def _log_of_user(tmp_path, user_id: int):
-    [seeded] = seed_device_logs(tmp_path / f"u{user_id}", devices=1, seed=DATA.population_seed,
-                                days=DATA.population_days, first_user=user_id)
+    [seeded] = seed_device_logs(tmp_path / f"u{user_id}", devices=1, seed=POPULATION.seed,
+                                days=POPULATION.days, first_user=user_id)
     return seeded.path
 
 
@@ -47,9 +49,20 @@ def test_the_ledger_lives_next_to_the_log_unless_the_node_config_names_it(tmp_pa
 
 
 def test_a_synthetic_node_keeps_the_simulation_behaviour(tmp_path):
-    data = device_data(DATA, {"partition-id": 4}, device_dir=str(tmp_path))
-    assert data.device_id == 4 and data.ledger_path == tmp_path / "user-4.ledger.json"
-    assert device_data(DATA, {"partition-id": "4"}).ledger_path is None  # no device_dir, no ledger file
+    data = simulated_device_data(DATA, {"partition-id": 4}, device_dir=str(tmp_path))
+    assert data.device_id == 4 and data.ledger_path == tmp_path / "user-4.ledger.json" and data.synthetic
+    assert simulated_device_data(DATA, {"partition-id": "4"}).ledger_path is None  # no device_dir, no ledger file
+
+
+def test_the_simulations_data_source_reads_a_log_db_as_a_device_does(tmp_path):
+    path = _log_of_user(tmp_path, 2)
+    simulated, device = simulated_device_data(DATA, {"log-db": str(path)}), device_data(DATA, {"log-db": str(path)})
+    assert _same_examples(simulated.train, device.train) and not simulated.synthetic and not device.synthetic
+
+
+def test_a_devices_data_source_refuses_a_synthetic_user_and_names_the_simulations_app():
+    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.simulated_client_app"):
+        device_data(DATA, {"partition-id": 4})
 
 
 def test_the_device_seed_is_stable_for_a_log_and_differs_between_logs(tmp_path):
@@ -66,7 +79,7 @@ def test_the_device_seed_is_stable_for_a_log_and_differs_between_logs(tmp_path):
 ])
 def test_a_node_config_without_one_clear_source_is_refused(node_config, message):
     with pytest.raises(DeviceDataError, match=message):
-        device_data(DATA, node_config)
+        simulated_device_data(DATA, node_config)
 
 
 def test_a_missing_log_is_reported_with_the_node_config_key_and_path(tmp_path):

@@ -12,14 +12,18 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client.client_app import app
+from client.client_app import app as device_app
 from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from client.records import to_array_record
+from simulations.population import PopulationConfig
+from simulations.simulated_device import simulated_data
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 from simulations.seed_logs import seed_device_logs
+from simulations.simulated_client_app import app as simulation_app
 
-DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
+DATA = simulated_data(POPULATION, window=16)
 MODEL = ModelConfig(bidirectional=False, hidden_size=8, num_layers=1)
 RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=1e6, delta=1e-3)
 
@@ -34,7 +38,9 @@ def _message(record: RecordLevelInstructions | None, noise: str, device_dir: str
 
 
 def _trained_twice(node_config: dict, record, noise: str, device_dir: str) -> tuple[dict, dict]:
-    """The arrays a node replies to the very same message, sent twice."""
+    """The arrays a node replies to the very same message, sent twice: a device's ClientApp for a log, the
+    simulation's for a synthetic user."""
+    app = simulation_app if "partition-id" in node_config else device_app
     context = Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
     replies = [app(_message(record, noise, device_dir), context) for _ in range(2)]
     return tuple({k: v.numpy() for k, v in r.content["arrays"].items()} for r in replies)  # type: ignore[return-value]
@@ -46,7 +52,7 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.fixture
 def real_device(tmp_path):
-    [log] = seed_device_logs(tmp_path / "device", devices=1, seed=DATA.population_seed, days=DATA.population_days,
+    [log] = seed_device_logs(tmp_path / "device", devices=1, seed=POPULATION.seed, days=POPULATION.days,
                              first_user=3)
     return {"log-db": str(log.path)}
 

@@ -14,16 +14,17 @@ import pytest
 
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
-from client.simulated_device import device_examples
-from server import evaluation
+from simulations.simulated_device import device_examples
 from privacy.accounting import PrivacyLedger
 from server.aggregation import aggregate, user_level_mechanism
 from server.checkpoint import load_checkpoint
-from server.federation import FederatedRun, Progress
+from server.federation import Progress
 from server.replies import ClientUpdate
 from server.settings import settings_from_config
+from simulations.held_out import held_out_examples
 from simulations.inprocess_federation import server_task_identity
 from simulations.run import run_federated_simulation
+from simulations.simulated_server_app import simulated_run
 
 OVERRIDES = ["population=small", "population.num_users=24", "population.eval_users=6", "population.days=10",
              "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.nodes=3", "simulation.users_per_message=5",
@@ -35,7 +36,7 @@ OVERRIDES = ["population=small", "population.num_users=24", "population.eval_use
 def _replay(settings, output_dir):
     """The rounds of ``settings`` without Flower: sample, train every sampled user, then aggregate the round.
     Returns the final arrays, the initial ones and the run (for its data and scoring)."""
-    run = FederatedRun(settings, output_dir, progress=Progress(open("/dev/null", "w")))
+    run = simulated_run(settings, output_dir, progress=Progress(open("/dev/null", "w")))
     state = run._fresh_state()
     sim, users = settings.simulation, settings.population.num_users
     sampling = np.random.default_rng([settings.seed, 0])
@@ -67,7 +68,7 @@ def test_slots_and_streaming_aggregation_release_the_model_plain_dp_fedavg_would
     released = load_checkpoint(tmp_path / "flower" / "checkpoint.pt").arrays
     for name in replayed:
         np.testing.assert_allclose(released[name], replayed[name], rtol=0, atol=2e-6, err_msg=name)
-    held_out = evaluation.held_out_examples(run.data, range(24, 30), settings.population.eval_points_per_user)
+    held_out = held_out_examples(run.data, range(24, 30), settings.population.eval_points_per_user)
     assert run._score(replayed, held_out)["top1"] == pytest.approx(metrics["final"]["eval_top1"], abs=1e-9)
     moved = max(float(np.max(np.abs(released[k] - initial[k]))) for k in initial)
     assert moved > 1000 * 2e-6  # the agreement above is between trained models, not two copies of the initial one

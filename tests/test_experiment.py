@@ -13,6 +13,7 @@ from server.settings import ConfigError, settings_from_config
 from simulations.closed_loop import Edits, edited_request
 from simulations.experiment import run_experiment
 from simulations.experiment_report import METRICS
+from simulations.simulated_settings import simulated_settings
 from simulations.experiment_settings import POLICIES, LoopSettings, experiment_settings_from_config
 from simulations.policies import Conditioning
 from simulations.pretraining import flower_overrides
@@ -115,7 +116,7 @@ def test_experiment_config_rejects_unknown_keys_and_unknown_policies_naming_them
 def test_flower_overrides_make_the_federated_config_compose_to_the_experiments_run_settings(privacy):
     run = _settings(f"privacy={privacy}", "population.num_users=77", "train.lr=0.002").run
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        composed = settings_from_config(compose(config_name="config", overrides=flower_overrides(run)))
+        composed = simulated_settings(compose(config_name="config", overrides=flower_overrides(run)))
     assert composed == run
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from client.attacks import is_malicious
+from simulations.attacks import is_malicious
 from server.checkpoint import load_checkpoint
 from tests.test_federated_run import _run
 

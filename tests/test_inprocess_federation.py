@@ -8,7 +8,8 @@ import torch
 
 import server.aggregation
 from client.instructions import DataInstructions
-from client.simulated_device import device_examples
+from simulations.population import PopulationConfig
+from simulations.simulated_device import device_examples, simulated_data
 from model.encoding import empty_examples
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
@@ -33,7 +34,7 @@ def _arrays() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def users():
-    data = DataInstructions(population_seed=3, population_size=3, population_days=7, window=WINDOW)
+    data = simulated_data(PopulationConfig(seed=3, num_users=3, days=7), window=WINDOW)
     return [device_examples(data, uid)[0] for uid in range(3)]
 
 

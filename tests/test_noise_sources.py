@@ -16,7 +16,8 @@ from scipy import stats
 from client.instructions import DataInstructions
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
-from client.simulated_device import device_examples
+from simulations.population import PopulationConfig
+from simulations.simulated_device import device_examples, simulated_data
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 from privacy.accounting import PrivacyLedger
@@ -89,7 +90,7 @@ def _initial() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def users():
-    data = DataInstructions(population_seed=5, population_size=USERS, population_days=7, window=WINDOW)
+    data = simulated_data(PopulationConfig(seed=5, num_users=USERS, days=7), window=WINDOW)
     return [device_examples(data, uid)[0] for uid in range(USERS)]
 
 

@@ -1,6 +1,7 @@
 """Every late crash of issue 16 item 6 is refused before Ray starts: exit code 2, the key, the rule and the value.
 
-``check_can_start`` runs after the schema check (``settings_from_config``) and before the simulation engine; the
+``check_simulation_can_start`` (the population, then ``server.preflight.check_can_start``) runs after the schema
+check (``simulated_settings``) and before the simulation engine; the
 entry point is run as a real process for the cases Hydra itself refuses.
 """
 
@@ -13,20 +14,21 @@ import zipfile
 import pytest
 import torch
 
-from server.preflight import check_can_start, model_bytes_per_process
+from server.preflight import model_bytes_per_process
 from server.settings import settings_from_config
+from simulations.simulated_settings import check_simulation_can_start, simulated_settings
 from tests.conftest import ROOT
 
 
 def _refused(compose_config, *overrides: str) -> str:
     with pytest.raises(ValueError) as caught:
-        check_can_start(settings_from_config(compose_config(*overrides)))
+        check_simulation_can_start(simulated_settings(compose_config(*overrides)))
     return str(caught.value)
 
 
 def test_the_default_config_and_small_runs_pass(compose_config):
-    check_can_start(settings_from_config(compose_config()))
-    check_can_start(settings_from_config(compose_config("population=small", "privacy=both")))
+    check_simulation_can_start(simulated_settings(compose_config()))
+    check_simulation_can_start(simulated_settings(compose_config("population=small", "privacy=both")))
 
 
 def test_a_missing_checkpoint_is_refused_naming_the_path(compose_config, tmp_path):
@@ -55,7 +57,7 @@ def test_a_torch_file_passes_the_preflight(compose_config, tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, Checkpoint(round=1, arrays={"w": torch.zeros(2).numpy()}, ledger={"history": []},
                                      noise_multiplier=None))  # what a run writes: it loads weights-only
-    check_can_start(settings_from_config(compose_config("resume=true", f"checkpoint={path}")))
+    check_simulation_can_start(simulated_settings(compose_config("resume=true", f"checkpoint={path}")))
 
 
 @pytest.mark.parametrize("overrides,words", [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.simulated_device import population
+from simulations.simulated_device import population
 from model.event_log import load_events, write_events
 from model.vocab import GENRES
 from simulations.audit import (

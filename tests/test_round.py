@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message
 
-from client.client_app import app as client_app
-from client.simulated_device import device_examples
 from privacy.accounting import PrivacyLedger
 from server.addressing import Addressing
 from server.aggregation import make_strategy, user_level_mechanism
@@ -17,12 +15,20 @@ from server.run_start import data_instructions, fresh_state
 from server.server_app import compose_settings
 from simulations.inprocess_federation import InProcessTransport, server_task_identity
 from simulations.inprocess_grid import InProcessGrid
+from simulations.simulated_client_app import app as client_app
+from simulations.simulated_device import device_examples, population_items
+from simulations.simulated_settings import population_config
 
 USERS = 8
 OVERRIDES = ["population=small", f"population.num_users={USERS}", "population.eval_users=0", "population.days=7",
              "model=causal", "model.hidden_size=8", "model.num_layers=1", "simulation.rounds=1",
              "simulation.sample_rate=0.5", "privacy.target_epsilon=20", "privacy.noise=seeded", "train.max_examples=8",
              "deployment.warm_up_nodes=0", "simulation.nodes=2"]
+
+
+def _data(settings):
+    """The round's data instructions, naming the synthetic population the simulation's nodes play."""
+    return data_instructions(settings, population_items(population_config(settings)))
 
 
 def test_poisson_sampling_draws_one_uniform_per_candidate_in_order():
@@ -37,7 +43,7 @@ def test_the_round_releases_the_same_model_over_the_grid_as_by_calling_local_upd
     the same sampled users, the same noisy DP-FedAvg release, bit for bit."""
     settings = compose_settings("config", OVERRIDES)
     state = fresh_state(settings, lambda _: None)
-    instructions = train_instructions(settings, 1, seed=settings.seed, data=data_instructions(settings))
+    instructions = train_instructions(settings, 1, seed=settings.seed, data=_data(settings))
 
     def play(transport):
         mechanism = user_level_mechanism(settings, noise_multiplier=state.noise_multiplier, ledger=PrivacyLedger(),
@@ -64,7 +70,7 @@ def test_a_reply_that_fails_is_counted_and_never_aggregated():
     """A slot whose ClientApp raises: its users count as failed, and the round releases from the others only."""
     settings = compose_settings("config", OVERRIDES + ["privacy=none"])
     state = fresh_state(settings, lambda _: None)
-    instructions = train_instructions(settings, 1, seed=settings.seed, data=data_instructions(settings))
+    instructions = train_instructions(settings, 1, seed=settings.seed, data=_data(settings))
 
     def broken_on_node_2(message: Message, context):
         if context.node_id == 2:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import logging
 
-from client.client_app import app as client_app
-from server.federation import FederatedRun, Progress
+from server.federation import Progress
 from server.server_app import compose_settings
 from simulations.inprocess_federation import server_task_identity
 from simulations.inprocess_grid import InProcessGrid
+from simulations.simulated_client_app import app as client_app
+from simulations.simulated_server_app import simulated_run
 
 TINY = ["population=small", "population.num_users=4", "population.eval_users=2", "population.days=7", "model=causal",
         "model.hidden_size=8", "model.num_layers=1", "model.dropout=0.0", "simulation.rounds=2",
@@ -22,7 +23,7 @@ def test_run_log_in_the_output_folder_holds_every_line_the_terminal_shows(tmp_pa
     settings = compose_settings("config", TINY)
     terminal = io.StringIO()
     with server_task_identity():
-        FederatedRun(settings, tmp_path, progress=Progress(terminal, log_file=tmp_path / "run.log")).run(
+        simulated_run(settings, tmp_path, progress=Progress(terminal, log_file=tmp_path / "run.log")).run(
             InProcessGrid(client_app, settings.population.num_users))
     logged = (tmp_path / "run.log").read_text(encoding="utf-8").splitlines()
     assert logged == terminal.getvalue().splitlines()
@@ -32,5 +33,5 @@ def test_run_log_in_the_output_folder_holds_every_line_the_terminal_shows(tmp_pa
 def test_a_run_without_its_own_progress_writes_run_log_to_its_output_folder(tmp_path):
     settings = compose_settings("config", TINY)
     with server_task_identity():
-        FederatedRun(settings, tmp_path).run(InProcessGrid(client_app, settings.population.num_users))
+        simulated_run(settings, tmp_path).run(InProcessGrid(client_app, settings.population.num_users))
     assert "round 2" in (tmp_path / "run.log").read_text(encoding="utf-8")

@@ -11,6 +11,8 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from client.instructions import DataInstructions, TrainInstructions, to_config_items
 from client.secagg_client import ARRAY_NAMES_KEY, SecAggClient, SecureUpdateError
+from simulations.population import PopulationConfig
+from simulations.simulated_device import simulated_data, simulated_device_data
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 from privacy.mechanisms import clip_update, global_norm
@@ -21,7 +23,7 @@ from server.secagg import SecureAggregator, SecureSum, add_noise_and_step, quant
 from server.settings import ConfigError, SecAggSettings, StrategySettings, settings_from_config
 from tests.helpers import gaussian_mechanism
 
-DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+DATA = simulated_data(PopulationConfig(seed=0, num_users=20, days=7), window=16)
 
 
 def _global_arrays() -> dict[str, np.ndarray]:
@@ -119,7 +121,7 @@ def _context(user_id: int) -> Context:
 
 def test_secagg_client_sends_its_update_clipped_on_the_device_with_weight_one_and_no_metrics():
     current = _global_arrays()
-    update, weight, metrics = SecAggClient(_context(3)).fit(list(current.values()), _fit_config())
+    update, weight, metrics = SecAggClient(_context(3), simulated_device_data).fit(list(current.values()), _fit_config())
     assert weight == 1 and metrics == {}
     assert [u.shape for u in update] == [v.shape for v in current.values()]
     assert all(u.dtype == np.float64 for u in update)  # quantised in float64 (float32 cannot hold 2**22 levels)
@@ -131,13 +133,13 @@ def test_secagg_client_sends_its_update_clipped_on_the_device_with_weight_one_an
 def test_secagg_client_refuses_a_round_without_user_level_clipping():
     current = _global_arrays()
     with pytest.raises(SecureUpdateError, match="needs user-level DP"):
-        SecAggClient(_context(3)).fit(list(current.values()), _fit_config(clipping_norm=None))
+        SecAggClient(_context(3), simulated_device_data).fit(list(current.values()), _fit_config(clipping_norm=None))
 
 
 def test_secagg_client_refuses_arrays_it_cannot_name():
     current = _global_arrays()
     with pytest.raises(SecureUpdateError, match="must match"):
-        SecAggClient(_context(3)).fit(list(current.values())[:-1], _fit_config())
+        SecAggClient(_context(3), simulated_device_data).fit(list(current.values())[:-1], _fit_config())
 
 
 # ----------------------------------------------------------------------------- the protocol, in one process
@@ -145,7 +147,7 @@ NO_DROPOUT = ModelConfig(dropout=0.0, head_dropout=0.0)  # training identical wh
 
 
 class InProcessGrid:
-    """A Grid stand-in: each message goes to ``client.client_app.app`` with that node's own context; ``silent``
+    """A Grid stand-in: each message goes to the simulation's ClientApp with that node's own context; ``silent``
     nodes never answer (offline); a ClientApp that raises answers with an error, as Flower's SuperNode does."""
 
     def __init__(self, node_ids, silent=(), node_configs=None) -> None:
@@ -163,7 +165,7 @@ class InProcessGrid:
     def send_and_receive(self, messages, *, timeout=None):
         from flwr.app import Error, Message
 
-        from client.client_app import app
+        from simulations.simulated_client_app import app
 
         replies = []
         for sent in messages:
@@ -190,7 +192,7 @@ def _secure_round(grid, nodes, clipping_norm=0.5, quantization=2**22):
     config = {**to_config_items(instructions), ARRAY_NAMES_KEY: ",".join(current)}
 
     def update_of(user_id):
-        update, _, _ = SecAggClient(_context(user_id)).fit(list(current.values()), config)
+        update, _, _ = SecAggClient(_context(user_id), simulated_device_data).fit(list(current.values()), config)
         return dict(zip(current, update))
 
     return secure, update_of, aggregator.error_bound
@@ -289,8 +291,8 @@ def plain_and_secure_runs(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     import server.round
-    from client.client_app import app as client_app
-    from server.federation import FederatedRun
+    from simulations.simulated_client_app import app as client_app
+    from simulations.simulated_server_app import simulated_run
     from tests.conftest import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -316,7 +318,7 @@ def plain_and_secure_runs(tmp_path_factory):
     @server_app.main()
     def _main(grid, context):
         for name, settings in (("plain", plain), ("secure", secure)):
-            results[name] = FederatedRun(settings, out / name).run(grid)
+            results[name] = simulated_run(settings, out / name).run(grid)
 
     server.round.RoundSum, server.round.add_noise_and_step = RecordingSum, recording_release
     try:

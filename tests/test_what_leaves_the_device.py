@@ -1,6 +1,7 @@
 """What leaves the device: every reply a client sends holds the model's arrays, the declared scalars, a decline reason.
 
-A Flower client mod (``Recorder``) sits around the real ``client.client_app.app`` and records every outgoing reply:
+A Flower client mod (``Recorder``) sits around the simulation's ClientApp (``simulations.simulated_client_app.app``:
+the product ClientApp's functions, synthetic users and the attack mod) and records every outgoing reply:
 its records (names, types, keys, values or array shapes) and its exact wire bytes (Flower's protobuf encoding, the
 metadata included). Two sources of replies are checked against the same rules:
 
@@ -33,7 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
-import client.client_app
+import simulations.simulated_client_app
 from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from client.local_update import DECLINE_REASONS, EVAL_METRICS, TRAIN_METRICS
 from client.records import (
@@ -45,13 +46,14 @@ from client.records import (
     user_parts,
     users_record,
 )
-from client.simulated_device import device_examples, population
+from simulations.population import PopulationConfig
+from simulations.simulated_device import device_examples, population, simulated_data
 from model.events import FIELDS_BY_KIND
 from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig
 
-REAL_APP = client.client_app.app
-"""The ClientApp every device runs; in a Ray worker this module is imported afresh and finds the same one."""
+REAL_APP = simulations.simulated_client_app.app
+"""The ClientApp every simulated device runs; in a Ray worker this module is imported afresh and finds the same one."""
 EVENT_FIELD_NAMES = {"time", "kind", *itertools.chain.from_iterable(FIELDS_BY_KIND.values())}
 
 
@@ -197,7 +199,7 @@ def recorded_run(tmp_path_factory):
         settings = settings_from_config(compose(config_name="config", overrides=TINY))
     base = tmp_path_factory.mktemp("recorded")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(client.client_app, "app", recording_app(base / "replies"))
+        patch.setattr(simulations.simulated_client_app, "app", recording_app(base / "replies"))
         metrics = run_federated_simulation(TINY, settings, base / "run")
     return metrics, load_records(base / "replies"), settings
 
@@ -226,7 +228,8 @@ def test_every_reply_of_a_real_run_holds_only_model_arrays_declared_scalars_and_
 # ----------------------------------------------------------------------------- the ClientApp called in-process
 
 SMALL = ModelConfig(hidden_size=16, num_layers=1, bidirectional=False)
-DATA = DataInstructions(population_seed=0, population_size=20, population_days=7, window=16)
+POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
+DATA = simulated_data(POPULATION, window=16)
 RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
 MODES = {"none": (None, None), "record": (None, RECORD), "user": (0.5, None), "both": (0.5, RECORD)}
 USERS = (2, 5, 11)
@@ -253,7 +256,7 @@ def test_in_process_replies_of_every_privacy_mode_hold_only_declared_content(flo
                                 clipping_norm=clipping, record=record, device_dir=str(tmp_path / "devices"))
               for r in (1, 2)]
     records = _run_in_process(tmp_path, rounds, ("train", "evaluate"))
-    people = population(DATA.population_seed, DATA.population_size, DATA.population_days)
+    people = population(POPULATION.seed, POPULATION.num_users, POPULATION.days)
     assert len(records) == len(USERS) * 2 * 2
     for entry in records:
         private = private_texts(people.user(entry["user"]).events())
@@ -268,7 +271,7 @@ def test_a_declining_device_sends_only_its_counts_and_a_fixed_reason(flower_task
     ins = TrainInstructions(round=1, seed=0, model=SMALL, train=LocalTrainConfig(batch_size=8), data=DATA,
                             clipping_norm=0.5, record=broke, device_dir=str(tmp_path / "devices"))
     records = _run_in_process(tmp_path, [ins], ("train",))
-    people = population(DATA.population_seed, DATA.population_size, DATA.population_days)
+    people = population(POPULATION.seed, POPULATION.num_users, POPULATION.days)
     for entry in records:
         private = private_texts(people.user(entry["user"]).events())
         assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private)

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from client.instructions import DataInstructions, TrainInstructions, from_config_items, to_config_items
+from client.instructions import TrainInstructions, from_config_items, to_config_items
 from model.vocab import GENRES
-from server.settings import ConfigError, settings_from_config
+from server.settings import ConfigError
 from simulations.loop_user import draw_prompt
 from simulations.population import Population, PopulationConfig
 from simulations.pretraining import flower_overrides
 from simulations.sessions import MOOD_PROMPTS, VAGUE_PROMPTS
+from simulations.simulated_device import population_of, simulated_data
+from simulations.simulated_settings import simulated_settings
 from simulations.world import MOODS, GenreLogits, GenreMoods, Persona, World
 from tests.conftest import ROOT
 
@@ -38,7 +40,7 @@ def test_default_world_reproduces_todays_users_bit_for_bit(key, fingerprint, cou
 
 @pytest.mark.parametrize("preset", ["default", "small", "10k"])
 def test_every_population_preset_composes_todays_world(compose_config, preset):
-    assert settings_from_config(compose_config(f"population={preset}")).population.world == World()
+    assert simulated_settings(compose_config(f"population={preset}")).population.world == World()
 
 
 def test_per_genre_groups_have_one_field_per_genre_and_moods_have_prompts():
@@ -47,7 +49,7 @@ def test_per_genre_groups_have_one_field_per_genre_and_moods_have_prompts():
 
 
 def test_a_world_of_vague_prompts_from_hydra_gives_only_vague_prompts(compose_config):
-    world = settings_from_config(compose_config("population.world.prompt_mix={vague: 1, mood: 0, genre: 0}")).population.world
+    world = simulated_settings(compose_config("population.world.prompt_mix={vague: 1, mood: 0, genre: 0}")).population.world
     prompts = _prompts(world)
     assert prompts and set(prompts) <= set(VAGUE_PROMPTS)
     assert not set(_prompts(World())) <= set(VAGUE_PROMPTS)
@@ -55,7 +57,7 @@ def test_a_world_of_vague_prompts_from_hydra_gives_only_vague_prompts(compose_co
 
 def test_genre_moods_from_hydra_decide_the_mood_a_prompt_names(compose_config):
     moods = "{" + ", ".join(f"{genre}: energetic" for genre in GENRES) + "}"
-    world = settings_from_config(compose_config("population.world.prompt_mix={vague: 0, mood: 1, genre: 0}",
+    world = simulated_settings(compose_config("population.world.prompt_mix={vague: 0, mood: 1, genre: 0}",
                                                 f"population.world.genre_moods={moods}")).population.world
     assert set(_prompts(world)) <= set(MOOD_PROMPTS["energetic"])
     rng = np.random.default_rng(0)
@@ -65,7 +67,7 @@ def test_genre_moods_from_hydra_decide_the_mood_a_prompt_names(compose_config):
 def test_a_still_world_from_hydra_has_tastes_that_never_move(compose_config):
     still = ["population.world.drift_strength=0", "population.world.switch_prob=0",
              "population.world.rhythm_strength=0", "population.world.weekend_habit_prob=0"]
-    world = settings_from_config(compose_config(*still)).population.world
+    world = simulated_settings(compose_config(*still)).population.world
     config = PopulationConfig(num_users=5, days=28, world=world)
     for uid in range(5):
         user = Population(config).user(uid)
@@ -95,7 +97,7 @@ def test_a_persona_table_of_jazz_lovers_makes_jazz_the_common_want():
 ])
 def test_impossible_worlds_fail_validation_naming_the_key(compose_config, overrides, message):
     with pytest.raises(ConfigError) as error:
-        settings_from_config(compose_config(*overrides))
+        simulated_settings(compose_config(*overrides))
     assert message in str(error.value)
 
 
@@ -112,10 +114,11 @@ def test_entry_point_refuses_an_impossible_world_with_exit_2():
 def test_world_round_trips_through_a_flower_config_record():
     personas = World().personas[:4]
     world = World(sessions_per_day=2.0, personas=personas, genre_moods=GenreMoods(pop="calm"))
-    sent = TrainInstructions(round=1, seed=0, data=DataInstructions(world=world))
+    sent = TrainInstructions(round=1, seed=0, data=simulated_data(PopulationConfig(world=world)))
     items = dict(ConfigRecord(to_config_items(sent)))
-    assert items["data.world.personas.3.instruments.1"] == personas[3].instruments[1]
+    assert items["data.population.world.personas.3.instruments.1"] == personas[3].instruments[1]
     assert from_config_items(items) == sent
+    assert population_of(from_config_items(items).data).world == world
 
 
 def test_every_instruction_value_is_a_scalar_the_secagg_legacy_records_carry():
@@ -123,21 +126,21 @@ def test_every_instruction_value_is_a_scalar_the_secagg_legacy_records_carry():
     from flwr.common import FitIns, Parameters
     from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitins
 
-    items = to_config_items(TrainInstructions(round=1, seed=0, data=DataInstructions(world=World())))
+    items = to_config_items(TrainInstructions(round=1, seed=0, data=simulated_data(PopulationConfig())))
     assert all(isinstance(v, (bool, int, float, str)) for v in items.values())
     legacy = fitins_to_recorddict(FitIns(Parameters(tensors=[], tensor_type=""), items), keep_input=True)
     assert recorddict_to_fitins(legacy, keep_input=True).config == items  # what a SecAgg+ client reads; a list raises
 
 
 def test_a_persona_table_sent_with_a_gap_in_its_indices_is_refused():
-    items = to_config_items(TrainInstructions(round=1, seed=0))
+    items = to_config_items(TrainInstructions(round=1, seed=0, data=simulated_data(PopulationConfig())))
     gap = {k.replace("personas.5.", "personas.7."): v for k, v in items.items()}
-    with pytest.raises(ValueError, match="data.world.personas must be a list, or a mapping with keys 0..n-1"):
-        from_config_items(gap)
+    with pytest.raises(ValueError, match="data.population.world.personas must be a list, or a mapping with keys 0..n-1"):
+        population_of(from_config_items(gap).data)  # opaque to the product; the simulated node's decoding refuses it
 
 
 def test_a_custom_world_survives_the_overrides_that_start_a_flower_run(compose_config):
-    run = settings_from_config(compose_config("population.world.drift_strength=0", "population.world.genre_moods.pop=calm",
+    run = simulated_settings(compose_config("population.world.drift_strength=0", "population.world.genre_moods.pop=calm",
                                               "population.world.personas.0.popularity=0.5"))
     assert run.population.world.personas[0].popularity == 0.5
-    assert settings_from_config(compose_config(*flower_overrides(run))) == run
+    assert simulated_settings(compose_config(*flower_overrides(run))) == run

@@ -13,26 +13,29 @@ malicious set at 0.1 is inside the one at 0.2). The attacks:
 - ``label_flip``: the client trains honestly on its examples with every target genre mapped by a fixed
   permutation (data poisoning; Tolpegin et al. 2020); its reply is well formed.
 
-A real device never attacks: ``client_app`` passes ``simulated=False`` for a device training on its own log, and
-then the instructions' attack is ignored (the server also refuses the option outside simulation).
+The attacks are a Flower client mod (``attack_mod``) that only the simulation's ClientApp
+(``simulations.simulated_client_app``) installs: a device's ClientApp never attacks, whatever the server sends (and
+the server refuses ``simulation.attack`` outside simulation).
 """
 
 from __future__ import annotations
 
 import hashlib
+from contextvars import ContextVar
 
 import numpy as np
 import torch
+from flwr.app import Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
 
-from client.device_ledger import DeviceLedger
-from client.instructions import AttackInstructions, TrainInstructions
-from client.local_update import LocalUpdate, local_update
+from client.instructions import ATTACK_KINDS, AttackInstructions, from_config_items
+from client.node_config import PARTITION_ID
+from client.records import from_array_record, slot_users, to_array_record
 from model.encoding import Examples
 from model.vocab import GENRES
 
 Arrays = dict[str, np.ndarray]
 
-ATTACK_KINDS = ("none", "scale", "sign_flip", "nan_arrays", "missing_array", "extra_array", "label_flip")
 MALFORMED_KINDS = ("nan_arrays", "missing_array", "extra_array")
 """Attacks whose reply breaks the reply contract; the server rejects and counts them."""
 EXTRA_ARRAY_NAME = "backdoor.weight"
@@ -102,26 +105,69 @@ def corrupt(kind: str, global_arrays: Arrays, arrays: Arrays, *, scale: float) -
     return arrays
 
 
-def attack_of(attack: AttackInstructions | None, *, seed: int, user_id: int, simulated: bool) -> str:
-    """The attack kind this client plays: ``"none"`` unless it is a simulated user chosen as malicious."""
-    if attack is None or not simulated or attack.kind == "none":
+def attack_of(attack: AttackInstructions | None, *, seed: int, user_id: int) -> str:
+    """The attack kind synthetic user ``user_id`` plays: ``"none"`` unless it is chosen as malicious."""
+    if attack is None or attack.kind == "none":
         return "none"
     if attack.kind not in ATTACK_KINDS:
         raise ValueError(f"attack kind must be one of {list(ATTACK_KINDS)}; found {attack.kind!r}.")
     return attack.kind if is_malicious(seed, user_id, attack.fraction) else "none"
 
 
-def update_as_instructed(global_arrays: Arrays, instructions: TrainInstructions, examples: Examples,
-                         ledger: DeviceLedger, user_id: int, *, simulated: bool) -> LocalUpdate:
-    """``client.local_update.local_update``, played honestly or, for a malicious simulated user, as its attack.
+_LABEL_FLIPPERS: ContextVar[frozenset[int]] = ContextVar("label_flippers", default=frozenset())
+"""The users of the train message being handled that play ``label_flip`` (set by ``attack_mod`` around the app)."""
 
-    The metrics stay the honest ones (an attacker mimics an honest reply); a declined round is never corrupted.
+
+def poisoned_training_examples(examples: Examples, user_id: int) -> Examples:
+    """The training examples synthetic user ``user_id`` trains on: its own, or with flipped labels while
+    ``attack_mod`` handles a train message in which it plays ``label_flip`` (data poisoning acts before training)."""
+    return flip_labels(examples) if user_id in _LABEL_FLIPPERS.get() else examples
+
+
+def _user_ids(msg: Message, context: Context) -> list[int] | None:
+    """The synthetic users a message is for, in the order of the reply's parts; None if they cannot be named (the
+    ClientApp then answers with its own error)."""
+    try:
+        users = slot_users(msg.content)
+        if users is not None:
+            return users
+        value = context.node_config.get(PARTITION_ID)
+        return None if value is None or isinstance(value, bool) else [int(value)]  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower client mod: a synthetic user chosen as malicious (``is_malicious``) plays the attack the round's
+    instructions name; everyone else, and every message but a plain train message, passes through untouched.
+
+    ``label_flip`` poisons the user's training examples (``poisoned_training_examples``, read by the simulation's data
+    source while the app runs); the other kinds replace the user's reply arrays (``corrupt``). The metrics stay the
+    honest ones (an attacker mimics an honest reply); a declined round (no arrays) is never corrupted. Only the
+    simulation's ClientApp installs it: a device's ClientApp never attacks, whatever the server sends.
     """
-    kind = attack_of(instructions.attack, seed=instructions.seed, user_id=user_id, simulated=simulated)
-    if kind == "label_flip":
-        examples = flip_labels(examples)
-    update = local_update(global_arrays, instructions, examples, ledger, user_id, simulated=simulated)
-    if kind in ("none", "label_flip") or update.declined:
-        return update
-    scale = instructions.attack.scale  # type: ignore[union-attr]
-    return LocalUpdate(corrupt(kind, global_arrays, update.arrays, scale=scale), update.metrics)
+    if msg.metadata.message_type != MessageType.TRAIN or "config" not in msg.content.config_records:
+        return call_next(msg, context)  # evaluation, ping, and the stages of a SecAgg+ round
+    try:
+        instructions = from_config_items(dict(msg.content["config"]))
+    except ValueError:
+        return call_next(msg, context)  # the ClientApp replies with the error
+    users = _user_ids(msg, context)
+    if instructions.attack is None or users is None:
+        return call_next(msg, context)
+    kinds = [attack_of(instructions.attack, seed=instructions.seed, user_id=user) for user in users]
+    token = _LABEL_FLIPPERS.set(frozenset(u for u, kind in zip(users, kinds) if kind == "label_flip"))
+    try:
+        reply = call_next(msg, context)
+    finally:
+        _LABEL_FLIPPERS.reset(token)
+    if reply.has_error():
+        return reply
+    global_arrays = from_array_record(msg.content["arrays"])
+    for position, kind in enumerate(kinds):
+        name = "arrays" if slot_users(msg.content) is None else f"arrays.{position}"
+        if kind in ("none", "label_flip") or name not in reply.content.array_records:
+            continue
+        honest = from_array_record(reply.content.array_records[name])
+        reply.content[name] = to_array_record(corrupt(kind, global_arrays, honest, scale=instructions.attack.scale))
+    return reply
