@@ -55,7 +55,7 @@ class DeviceData:
     synthetic: bool = False
 
 
-DataSource = Callable[[DataInstructions, Mapping[str, object], "str | None"], DeviceData]
+DataSource = Callable[[DataInstructions, Mapping[str, object], str | None], DeviceData]
 """``(data instructions, node config, device_dir) -> DeviceData``: where a ClientApp's nodes get their examples.
 ``device_dir`` is where a simulated device keeps its ledger when the node config names none."""
 

@@ -163,9 +163,9 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         _LABEL_FLIPPERS.reset(token)
     if reply.has_error():
         return reply
-    global_arrays = from_array_record(msg.content["arrays"])
+    global_arrays, slot = from_array_record(msg.content["arrays"]), slot_users(msg.content) is not None
     for position, kind in enumerate(kinds):
-        name = "arrays" if slot_users(msg.content) is None else f"arrays.{position}"
+        name = f"arrays.{position}" if slot else "arrays"
         if kind in ("none", "label_flip") or name not in reply.content.array_records:
             continue
         honest = from_array_record(reply.content.array_records[name])

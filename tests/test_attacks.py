@@ -19,13 +19,14 @@ from simulations.attacks import (
 )
 from client.client_app import app as device_app
 from client.instructions import AttackInstructions, from_config_items, to_config_items
+from client.records import user_parts
 from model.encoding import Examples
 from model.networks import PreferenceLSTM
 from model.vocab import GENRES
 from server.replies import judge_reply
 from simulations.seed_logs import seed_device_logs
 from simulations.simulated_client_app import app
-from tests.test_client_app import _instructions, _message
+from tests.test_client_app import _context, _instructions, _message, _slot_message
 
 GLOBAL = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
 HONEST = {"w": np.full((3, 2), 0.5, dtype=np.float32), "b": np.full(2, 1.25, dtype=np.float32)}
@@ -137,3 +138,23 @@ def test_a_scaled_reply_is_the_honest_update_times_the_factor(flower_task_identi
     for name, value in sent.items():
         update = honest.content["arrays"][name].numpy() - value
         assert np.allclose(scaled.content["arrays"][name].numpy() - value, 10.0 * update, atol=1e-5)
+
+
+def test_in_a_slot_message_each_user_plays_its_own_part_of_the_attack(flower_task_identity):
+    """Users 3 and 4 in one slot message, sign_flip at a fraction that makes exactly one of them malicious: that
+    user's part is its own honest update negated, the other part is honest (clipping off, so nothing rescales)."""
+    fraction = next(f for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+                    if is_malicious(0, 3, f) != is_malicious(0, 4, f))
+    attack = AttackInstructions(kind="sign_flip", fraction=fraction, scale=1.0)
+    honest_message = _slot_message("train", _instructions(clipping_norm=None), [3, 4])
+    sent = {k: v.numpy() for k, v in honest_message.content["arrays"].items()}
+    honest = user_parts(app(honest_message, _context(99)).content, 2)
+    played = user_parts(app(_slot_message("train", _instructions(attack=attack, clipping_norm=None), [3, 4]),
+                            _context(99)).content, 2)
+    for user, before, after in zip((3, 4), honest, played):
+        factor = -1.0 if is_malicious(0, user, fraction) else 1.0
+        assert any(not np.array_equal(before["arrays"][n].numpy(), v) for n, v in sent.items())  # a real update
+        for name, value in sent.items():
+            update = before["arrays"][name].numpy() - value
+            assert np.allclose(after["arrays"][name].numpy() - value, factor * update, atol=1e-5), (user, name)
+        assert dict(before["metrics"]) == dict(after["metrics"])  # an attacker mimics an honest reply's metrics
