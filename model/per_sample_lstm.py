@@ -90,8 +90,9 @@ def _layer_parameters(lstm: nn.LSTM, layer: int) -> list[nn.Parameter]:
     return [getattr(lstm, f"{name}_l{layer}{suffix}") for suffix in suffixes for name in names]
 
 
-def _recurrence(z: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Run (1)-(3) in place over ``z [D, B, T, 4H]`` (input part of (1), g rows doubled).
+def recurrence(z: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run (1)-(3) in place over ``z [D, B, T, 4H]`` (input part of (1), g rows doubled). D is any number of
+    independent weight sets: the directions here, the users of ``model.batched_model``.
 
     Returns:
         ``z`` now holding the gates i, f, g, o of (2); the doubled cells ``2 c [D, B, T+1, H]`` (index t+1 is step t,
@@ -122,7 +123,7 @@ def _recurrence(z: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor
     return z, cells, tanh_c, hs
 
 
-def _backward_recurrence(dh: Tensor, gates: Tensor, cells: Tensor, tanh_c: Tensor, w_hh: Tensor) -> Tensor:
+def backward_recurrence(dh: Tensor, gates: Tensor, cells: Tensor, tanh_c: Tensor, w_hh: Tensor) -> Tensor:
     """Run (4)-(6) backwards over time; ``dh [D, B, T, H]`` (output part of (4)) is updated in place.
 
     Returns:
@@ -182,7 +183,7 @@ class _LSTMLayerWithGradSample(torch.autograd.Function):
             z = torch.baddbmm((bias * double_g)[:, None, :], flat, w_ih_t)
         else:
             z = torch.bmm(flat, w_ih_t)
-        gates, cells, tanh_c, hs = _recurrence(z.view(n_dir, batch, n_steps, 4 * hidden), w_hh * double_g[:, None])
+        gates, cells, tanh_c, hs = recurrence(z.view(n_dir, batch, n_steps, 4 * hidden), w_hh * double_g[:, None])
 
         out = x.new_zeros(batch, full_steps, n_dir, hidden)
         torch.mul(hs[0, :, 1:], steps.mask, out=out[:, :n_steps, 0])
@@ -215,7 +216,7 @@ class _LSTMLayerWithGradSample(torch.autograd.Function):
                 torch.mul(reverse[:, hidden:].view(batch, n_steps, hidden), steps.mask, out=dh[1])
         if grad_h_n is not None:
             dh[:, steps.batch_index, steps.lengths - 1] += grad_h_n
-        dz = _backward_recurrence(dh, gates, cells, tanh_c, w_hh)
+        dz = backward_recurrence(dh, gates, cells, tanh_c, w_hh)
 
         grads = _per_sample_weight_grads(ctx, dz, xs, hs) if ctx.per_sample else _summed_weight_grads(ctx, dz, xs, hs)
 
