@@ -3,8 +3,9 @@
 It receives the global prior and this round's instructions in the message, trains locally (DP-SGD when
 record-level privacy is on) and replies with model arrays and the declared scalar metrics only. Rounds run with
 secure aggregation arrive as SecAgg+ messages and go to ``client.secagg_client`` (same training, masked reply). A
-simulation slot may be asked to play several users in one message; it trains them one after another from the same
-global prior and joins their replies (``client.records``).
+simulation slot may be asked to play several users in one message; it trains them together from the same global
+prior (one batched computation where the model allows, ``model.batched_training``) and joins their replies
+(``client.records``).
 
 Where the data comes from is pluggable (``client.device_data.DataSource``): ``make_client_app(source, mods=...)``
 builds the app around any source. ``app``, the product ClientApp that ``flwr run`` and every SuperNode run
@@ -26,7 +27,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from client.device_data import DataSource, device_data
 from client.device_ledger import DeviceLedger
 from client.instructions import TrainInstructions, from_config_items
-from client.local_update import DECLINE_REASONS, local_evaluation, local_update
+from client.local_update import DECLINE_REASONS, local_evaluation, local_updates
 from client.node_config import PARTITION_ID
 from client.records import from_array_record, joined_parts, slot_users, to_array_record
 from client.secagg_client import secagg_app
@@ -62,17 +63,21 @@ def _reply(msg: Message, users: list[int] | None, parts: list[RecordDict]) -> Me
     return Message(parts[0] if users is None else joined_parts(parts), reply_to=msg)
 
 
-def _train_one(source: DataSource, global_arrays: dict[str, np.ndarray], instructions: TrainInstructions,
-               node_config: dict) -> RecordDict:
-    data = source(instructions.data, node_config, instructions.device_dir)
-    ledger = DeviceLedger(data.ledger_path)
-    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id, simulated=data.synthetic)
-    content = RecordDict({"metrics": MetricRecord(update.metrics)})
-    if update.declined:
-        content["status"] = ConfigRecord({"declined": DECLINE_REASONS[update.declined]})
-    else:
-        content["arrays"] = to_array_record(update.arrays)
-    return content
+def _train_all(source: DataSource, global_arrays: dict[str, np.ndarray], instructions: TrainInstructions,
+               node_configs: list[dict]) -> list[RecordDict]:
+    """Each user's reply records; a slot's users are trained together (``client.local_update.local_updates``)."""
+    data = [source(instructions.data, config, instructions.device_dir) for config in node_configs]
+    updates = local_updates(global_arrays, instructions, [d.train for d in data], [DeviceLedger(d.ledger_path) for d in data],
+                            [d.device_id for d in data], simulated=data[0].synthetic)
+    parts = []
+    for update in updates:
+        content = RecordDict({"metrics": MetricRecord(update.metrics)})
+        if update.declined:
+            content["status"] = ConfigRecord({"declined": DECLINE_REASONS[update.declined]})
+        else:
+            content["arrays"] = to_array_record(update.arrays)
+        parts.append(content)
+    return parts
 
 
 def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientApp:
@@ -85,8 +90,7 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
         if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
             return secure(msg, context)
         instructions, global_arrays, users = _instructions(msg), _arrays(msg), slot_users(msg.content)
-        return _reply(msg, users, [_train_one(source, global_arrays, instructions, config)
-                                   for config in _node_configs(users, context)])
+        return _reply(msg, users, _train_all(source, global_arrays, instructions, _node_configs(users, context)))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

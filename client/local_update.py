@@ -11,6 +11,7 @@ OS entropy (``privacy.randomness.device_generator``), so the server can predict 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,7 +23,8 @@ from client.instructions import TrainInstructions
 from model.encoding import Examples
 from model.networks import ModelConfig, PreferenceLSTM
 from model.personalise import fit_personal_bias, personalised
-from model.training import RecordLevelDP, evaluate, train_local
+from model.batched_training import batchable, train_local_batched
+from model.training import LocalTrainResult, RecordLevelDP, evaluate, train_local
 from privacy.mechanisms import clip_update, dp_sgd_schedule, global_norm
 from privacy.randomness import device_generator
 
@@ -74,6 +76,72 @@ def client_seed(*words: int) -> int:
     return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one user's round will do, decided before training: how many examples, declined or not, DP-SGD or not."""
+
+    num_examples: int
+    declined: int
+    dp: RecordLevelDP | None
+    record_epsilon: float
+
+
+def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLedger) -> _Plan:
+    """Decline without data, or when record-level DP-SGD would take the device's ledger past its budget."""
+    record = instructions.record
+    n = min(len(examples), instructions.train.max_examples or len(examples))
+    declined = DECLINED_NO_DATA if n == 0 else DECLINED_NO
+    dp = None
+    if record is not None and n > 0:
+        sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=instructions.train.batch_size,
+                                             epochs=instructions.train.epochs)
+        after = ledger.rdp_epsilon_after(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
+        if after > record.target_epsilon:
+            declined = DECLINED_RECORD_BUDGET
+        dp = RecordLevelDP(record.noise_multiplier, record.max_grad_norm)
+    record_eps = ledger.rdp_epsilon(delta=record.delta) if record is not None else 0.0
+    return _Plan(n, declined, dp, record_eps)
+
+
+def _declined(global_arrays: dict[str, np.ndarray], plan: _Plan) -> LocalUpdate:
+    return LocalUpdate(
+        arrays={k: np.asarray(v) for k, v in global_arrays.items()},
+        metrics={"num-examples": 0, "train-loss": 0.0, "update-norm": 0.0, "clipped": 0, "declined": plan.declined,
+                 "record-epsilon": plan.record_epsilon},
+    )
+
+
+def _generators(instructions: TrainInstructions, user_id: int, plan: _Plan,
+                simulated: bool) -> tuple[torch.Generator, torch.Generator | None]:
+    """The user's augmentation/shuffling generator (from the server's seed) and, under DP-SGD, the generator of its
+    noise and Poisson batches: the device's own entropy, unless a synthetic user is told to reproduce a seeded run."""
+    generator = torch.Generator().manual_seed(client_seed(instructions.seed, instructions.round, user_id))
+    if plan.dp is None:
+        return generator, None
+    seeded = simulated and instructions.noise == "seeded"
+    return generator, device_generator(client_seed(instructions.seed, instructions.round, user_id, 1) if seeded else None)
+
+
+def _finish(global_arrays: dict[str, np.ndarray], instructions: TrainInstructions, trained: dict[str, np.ndarray],
+            result: LocalTrainResult, ledger: DeviceLedger, plan: _Plan) -> LocalUpdate:
+    """Record the DP-SGD run in the device's ledger, clip the update (new - global) under user-level DP, reply."""
+    record, record_eps = instructions.record, plan.record_epsilon
+    if record is not None and result.sample_rate is not None:
+        ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
+        ledger.save()
+        record_eps = ledger.rdp_epsilon(delta=record.delta)
+    delta = {k: trained[k] - np.asarray(global_arrays[k], dtype=np.float32) for k in trained}
+    clipped, norm, was_clipped = delta, global_norm(delta), False
+    if instructions.clipping_norm is not None:
+        clipped, norm, was_clipped = clip_update(delta, instructions.clipping_norm)
+    arrays = {k: (np.asarray(global_arrays[k], dtype=np.float32) + clipped[k]).astype(np.float32) for k in trained}
+    return LocalUpdate(
+        arrays=arrays,
+        metrics={"num-examples": plan.num_examples, "train-loss": float(result.loss), "update-norm": norm,
+                 "clipped": int(was_clipped), "declined": DECLINED_NO, "record-epsilon": record_eps},
+    )
+
+
 def local_update(
     global_arrays: dict[str, np.ndarray],
     instructions: TrainInstructions,
@@ -90,50 +158,50 @@ def local_update(
     Under user-level DP the update (new - global) is clipped here to ``instructions.clipping_norm``, so the
     reply can be summed by secure aggregation; the server clips again, which changes nothing for an honest client.
     """
-    record = instructions.record
-    n = min(len(examples), instructions.train.max_examples or len(examples))
-    declined = DECLINED_NO_DATA if n == 0 else DECLINED_NO
-    dp = None
-    if record is not None and n > 0:
-        sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=instructions.train.batch_size,
-                                             epochs=instructions.train.epochs)
-        after = ledger.rdp_epsilon_after(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
-        if after > record.target_epsilon:
-            declined = DECLINED_RECORD_BUDGET
-        dp = RecordLevelDP(record.noise_multiplier, record.max_grad_norm)
-    record_eps = ledger.rdp_epsilon(delta=record.delta) if record is not None else 0.0
-    if declined:
-        return LocalUpdate(
-            arrays={k: np.asarray(v) for k, v in global_arrays.items()},
-            metrics={"num-examples": 0, "train-loss": 0.0, "update-norm": 0.0, "clipped": 0, "declined": declined,
-                     "record-epsilon": record_eps},
-        )
-
-    seed = client_seed(instructions.seed, instructions.round, user_id)
+    plan = _plan(instructions, examples, ledger)
+    if plan.declined:
+        return _declined(global_arrays, plan)
     model = load_model(global_arrays, instructions.model)
-    torch.manual_seed(seed)  # dropout draws from torch's global generator; after the worker's model exists
-    dp_generator = None
-    if dp is not None:  # the device's own entropy, unless a synthetic user is told to reproduce a seeded run
-        seeded = simulated and instructions.noise == "seeded"
-        dp_generator = device_generator(client_seed(instructions.seed, instructions.round, user_id, 1) if seeded else None)
-    result = train_local(model, examples, instructions.train, dp=dp, generator=torch.Generator().manual_seed(seed),
-                         dp_generator=dp_generator)
-    if record is not None and result.sample_rate is not None:
-        ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
-        ledger.save()
-        record_eps = ledger.rdp_epsilon(delta=record.delta)
+    torch.manual_seed(client_seed(instructions.seed, instructions.round, user_id))  # dropout draws from torch's global generator
+    generator, dp_generator = _generators(instructions, user_id, plan, simulated)
+    result = train_local(model, examples, instructions.train, dp=plan.dp, generator=generator, dp_generator=dp_generator)
+    trained = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return _finish(global_arrays, instructions, trained, result, ledger, plan)
 
-    new = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    delta = {k: new[k] - np.asarray(global_arrays[k], dtype=np.float32) for k in new}
-    clipped, norm, was_clipped = delta, global_norm(delta), False
-    if instructions.clipping_norm is not None:
-        clipped, norm, was_clipped = clip_update(delta, instructions.clipping_norm)
-    arrays = {k: (np.asarray(global_arrays[k], dtype=np.float32) + clipped[k]).astype(np.float32) for k in new}
-    return LocalUpdate(
-        arrays=arrays,
-        metrics={"num-examples": n, "train-loss": float(result.loss), "update-norm": norm, "clipped": int(was_clipped),
-                 "declined": DECLINED_NO, "record-epsilon": record_eps},
-    )
+
+def local_updates(
+    global_arrays: dict[str, np.ndarray],
+    instructions: TrainInstructions,
+    examples: Sequence[Examples],
+    ledgers: Sequence[DeviceLedger],
+    user_ids: Sequence[int],
+    *,
+    simulated: bool = False,
+) -> list[LocalUpdate]:
+    """``local_update`` for several users (a simulation slot's message), each from ``global_arrays``, trained as one
+    batched computation (``model.batched_training``) when the model and training allow it, else one by one.
+
+    Each user's update, metrics and ledger are what ``local_update`` gives that user alone (up to float rounding).
+    """
+    if not len(examples) == len(ledgers) == len(user_ids):
+        raise ValueError(f"examples, ledgers and user_ids must be one per user; found {len(examples)}, {len(ledgers)}, "
+                         f"{len(user_ids)}.")
+    if len(user_ids) < 2 or not batchable(instructions.model, instructions.train):
+        return [local_update(global_arrays, instructions, e, ledger, user, simulated=simulated)
+                for e, ledger, user in zip(examples, ledgers, user_ids)]
+    plans = [_plan(instructions, e, ledger) for e, ledger in zip(examples, ledgers)]
+    training = [k for k, plan in enumerate(plans) if not plan.declined]
+    updates: list[LocalUpdate | None] = [_declined(global_arrays, plan) if plan.declined else None for plan in plans]
+    if training:
+        dp = plans[training[0]].dp
+        generators = [_generators(instructions, user_ids[k], plans[k], simulated) for k in training]
+        trained, results = train_local_batched(
+            load_model(global_arrays, instructions.model), [examples[k] for k in training], instructions.train, dp=dp,
+            generators=[g for g, _ in generators], dp_generators=None if dp is None else [g for _, g in generators])
+        for k, params, result in zip(training, trained, results):
+            arrays = {name: value.numpy().copy() for name, value in params.items()}
+            updates[k] = _finish(global_arrays, instructions, arrays, result, ledgers[k], plans[k])
+    return updates  # type: ignore[return-value]
 
 
 def local_evaluation(global_arrays: dict[str, np.ndarray], model_config: ModelConfig, examples: Examples,

@@ -32,6 +32,9 @@ from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, LocalTrainResult, RecordLevelDP
 from privacy.mechanisms import dp_sgd_schedule
 
+USERS_PER_BATCH = 128
+"""Users trained as one computation: more would only add memory (about 1 MB per user and step's batch)."""
+
 
 def batchable(model: ModelConfig, train: LocalTrainConfig) -> bool:
     """Whether users of this model and local training can be trained batched, each exactly as on its own."""
@@ -76,7 +79,8 @@ def train_local_batched(
     """Train one copy of ``model`` per entry of ``examples``; ``model`` itself is not changed.
 
     Returns each user's trained parameters (by name) and its ``LocalTrainResult``, in the order of ``examples``.
-    ``generators[k]`` and ``dp_generators[k]`` play the roles they play in ``train_local`` for user k.
+    ``generators[k]`` and ``dp_generators[k]`` play the roles they play in ``train_local`` for user k. At most
+    ``USERS_PER_BATCH`` users are trained at once (memory grows with them: activations are kept per user and step).
     """
     if not batchable(model.config, config):
         raise ValueError(f"these users cannot be trained batched (model.batched_training.batchable): {model.config}, "
@@ -84,8 +88,24 @@ def train_local_batched(
     if len(generators) != len(examples) or (dp is not None and (dp_generators is None or len(dp_generators) != len(examples))):
         raise ValueError(f"one generator (and with dp one dp_generator) per user is needed; found {len(examples)} users, "
                          f"{len(generators)} generators, {None if dp_generators is None else len(dp_generators)} dp_generators.")
-    users = [_user(e, config, dp, generators[k], None if dp is None else dp_generators[k])  # type: ignore[index]
-             for k, e in enumerate(examples)]
+    if tuple(name for name, _ in model.named_parameters()) != PARAMETER_NAMES:
+        raise ValueError(f"the model's parameters must be {list(PARAMETER_NAMES)} in this order; found "
+                         f"{[name for name, _ in model.named_parameters()]}.")
+    params: list[dict[str, torch.Tensor]] = []
+    results: list[LocalTrainResult] = []
+    for first in range(0, len(examples), USERS_PER_BATCH):
+        part = slice(first, first + USERS_PER_BATCH)
+        users = [_user(e, config, dp, g, None if dp_generators is None else dp_generators[first + k])
+                 for k, (e, g) in enumerate(zip(examples[part], generators[part]))]
+        trained = _train_users(model, users, config, dp)
+        params += trained
+        results += [_result(u, config) for u in users]
+    return params, results
+
+
+def _train_users(model: PreferenceLSTM, users: list[_User], config: LocalTrainConfig,
+                 dp: RecordLevelDP | None) -> list[dict[str, torch.Tensor]]:
+    """Train one chunk of users from ``model``'s parameters; returns their parameters in the order of ``users``."""
     rank = sorted(range(len(users)), key=lambda k: -users[k].steps)  # users training at step s: a prefix
     start = dict(model.named_parameters())
     params = {name: start[name].detach().unsqueeze(0).repeat(len(users), *([1] * start[name].dim()))
@@ -94,9 +114,8 @@ def train_local_batched(
         active = [users[k] for k in rank if users[k].steps > step]
         view = {name: value[: len(active)] for name, value in params.items()}
         _step(view, active, step, config, dp, model.config.residual)
-    results = [_result(u, config) for u in users]
     unranked = {k: position for position, k in enumerate(rank)}
-    return [{name: params[name][unranked[k]] for name in PARAMETER_NAMES} for k in range(len(users))], results
+    return [{name: params[name][unranked[k]] for name in PARAMETER_NAMES} for k in range(len(users))]
 
 
 def _user(examples: Examples, config: LocalTrainConfig, dp: RecordLevelDP | None, generator: torch.Generator,

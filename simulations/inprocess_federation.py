@@ -5,7 +5,7 @@ every user sampled independently with probability q (Poisson sampling), the roun
 user's reply aggregated through the run's one user-level mechanism (``privacy.user_level``: clip, sum, Gaussian
 noise z*C from ``privacy.noise``'s source, divide by the expected count qN, record the release in the ledger; then
 the Flower strategy's step). Only the transport differs: ``InProcessTransport`` runs the client's own
-``client.local_update.local_update`` on the user's examples (user-level clipping on the device, record-level DP-SGD
+``client.local_update.local_updates`` on the users' examples (a batch of users trained together) (user-level clipping on the device, record-level DP-SGD
 when configured, each device keeping its own record-level ledger). The noise multiplier is calibrated once for the
 planned rounds, as the Flower path does.
 
@@ -26,7 +26,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.device_ledger import DeviceLedger
 from client.instructions import DataInstructions, TrainInstructions
-from client.local_update import DECLINE_REASONS, LocalUpdate, local_update
+from client.local_update import DECLINE_REASONS, LocalUpdate, local_updates
+from model.batched_training import USERS_PER_BATCH
 from model.encoding import Examples
 from privacy.accounting import PrivacyLedger
 from privacy.randomness import SEEDED_WARNING
@@ -78,11 +79,14 @@ class InProcessTransport:
     def reachable(self, chosen: list[int]) -> list[int]:
         return chosen  # a call is never busy
 
-    def _local_updates(self, arrays: Arrays, instructions: TrainInstructions, users: list[int]) -> list[LocalUpdate]:
-        """Every sampled user's device trains: the one place the in-process round runs the clients."""
-        return [local_update(arrays, instructions, self.examples_of(user),
-                             self.device_ledgers.setdefault(user, DeviceLedger(None)), self.user_ids[user],
-                             simulated=True) for user in users]
+    def _local_updates(self, arrays: Arrays, instructions: TrainInstructions, users: list[int]) -> Iterator[LocalUpdate]:
+        """Every sampled user's device trains: the one place the in-process round runs the clients. A batch of users
+        at a time trains together (``local_updates``), so only that batch's examples are in memory."""
+        for first in range(0, len(users), USERS_PER_BATCH):
+            part = users[first : first + USERS_PER_BATCH]
+            yield from local_updates(arrays, instructions, [self.examples_of(user) for user in part],
+                                     [self.device_ledgers.setdefault(user, DeviceLedger(None)) for user in part],
+                                     [self.user_ids[user] for user in part], simulated=True)
 
     def train(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
               users: list[int]) -> Iterator[tuple[int, Verdict]]:
