@@ -2,19 +2,22 @@
 
 For each point (users in the population, clients expected per round) this measures, in one run:
 
-(a) the floor: the clients of round 1 (the same Poisson sample the server draws) trained back to back in this
-    process with no Flower (data generation included, one thread) before the real rounds, and a quarter as many
-    other users after them; the faster per-client time (noise only slows a measurement down), times the mean
-    clients per measured round, divided by the number of cores;
-(b) the real rounds: the ServerApp and ClientApp in Flower's simulation engine (Ray, one CPU per worker), round
+(a) the sequential floor: the clients of round 1 (the same Poisson sample the server draws) trained back to back in
+    this process with no Flower (``local_update`` user by user, data generation included, one thread) before the
+    real rounds, and a quarter as many other users after them; the faster per-client time (noise only slows a
+    measurement down), times the mean clients per measured round, divided by the number of cores;
+(b) the batched floor: the same, with all of those clients trained as one batched computation
+    (``local_updates``, ``model.batched_training``), data generation included;
+(c) the real rounds: the ServerApp and ClientApp in Flower's simulation engine (Ray, one CPU per worker), round
     time as the server measures it (sampling to checkpoint), averaged over the measured rounds;
 
 and prints wall time per round, client updates per second, peak memory (RSS of this process and all its
-descendants: Ray's processes included) and the ratio (b)/(a). ``--quick`` runs 1,000 users / 100 per round only.
-The full run adds 10,000 / 1,000 and 100,000 / 1,000 (memory must not grow with the population at the same clients
-per round). The last line is one JSON object: the 10,000 / 1,000 point (the quick point with ``--quick``).
+descendants: Ray's processes included) and the ratios (c)/(a) and (c)/(b). ``--quick`` runs 1,000 users / 100 per
+round only. The full run adds 10,000 / 1,000 and 100,000 / 1,000 (memory must not grow with the population at the
+same clients per round). The last line is one JSON object: the 10,000 / 1,000 point (the quick point with
+``--quick``).
 
-    python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 16] [--users-per-message 8]
+    python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 16] [--users-per-message K]
 """
 
 from __future__ import annotations
@@ -85,21 +88,24 @@ class PeakMemory:
         self._thread.join()
 
 
-def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float, users_per_message: int) -> list[str]:
-    return [
+def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float,
+               users_per_message: int | None) -> list[str]:
+    per_message = [] if users_per_message is None else [f"simulation.users_per_message={users_per_message}"]
+    return per_message + [
         f"population.num_users={users}", "population.eval_users=20", f"simulation.sample_rate={per_round / users}",
         f"simulation.rounds={rounds}", f"simulation.nodes={nodes}", "simulation.final_eval_clients=0",
         "simulation.central_baseline_epochs=0", "simulation.round_timeout_s=1200", "privacy.delta=1e-6",
-        f"simulation.num_cpus_per_client={cpus_per_client}", f"simulation.users_per_message={users_per_message}",
+        f"simulation.num_cpus_per_client={cpus_per_client}",
     ]
 
 
-def measure_floor(settings, sampled_users: list[int]) -> float:
-    """Seconds of local work per client: the sampled clients trained back to back in this process, one thread."""
+def measure_floor(settings, users: list[int], *, batched: bool) -> float:
+    """Seconds of local work per client: ``users`` trained in this process, one thread, their data generated first
+    (nothing cached); one after another (``local_update``) or all together (``local_updates``)."""
     from client.device_ledger import DeviceLedger
-    from client.local_update import local_update
+    from client.local_update import local_update, local_updates
     from model.networks import PreferenceLSTM
-    from simulations.simulated_device import device_examples
+    from simulations import simulated_device
     from simulations.simulated_server_app import simulated_run
 
     torch.set_num_threads(1)
@@ -107,11 +113,16 @@ def measure_floor(settings, sampled_users: list[int]) -> float:
     instructions = run._instructions(1)
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
+    simulated_device._user_examples.cache_clear()  # each floor generates its users' data itself
     started = time.perf_counter()
-    for user in sampled_users:
-        examples, _ = device_examples(instructions.data, user)
-        local_update(arrays, instructions, examples, DeviceLedger(None), user, simulated=True)
-    return (time.perf_counter() - started) / len(sampled_users)
+    if batched:
+        examples = [simulated_device.device_examples(instructions.data, user)[0] for user in users]
+        local_updates(arrays, instructions, examples, [DeviceLedger(None) for _ in users], users, simulated=True)
+    else:
+        for user in users:
+            examples, _ = simulated_device.device_examples(instructions.data, user)
+            local_update(arrays, instructions, examples, DeviceLedger(None), user, simulated=True)
+    return (time.perf_counter() - started) / len(users)
 
 
 def round_one_sample(settings) -> list[int]:
@@ -122,31 +133,34 @@ def round_one_sample(settings) -> list[int]:
 
 
 def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float = 1.0,
-                  users_per_message: int = 1) -> dict:
+                  users_per_message: int | None = None) -> dict:
     from server.server_app import compose_settings
     from simulations.run import run_federated_simulation
 
     overrides = _overrides(users, per_round, rounds, nodes, cpus_per_client, users_per_message)
     settings = compose_settings("config", overrides)
     sampled = round_one_sample(settings)
-    before = measure_floor(settings, sampled)
+    before = {batched: measure_floor(settings, sampled, batched=batched) for batched in (False, True)}
     output = Path(tempfile.mkdtemp(prefix="scale-"))
     with PeakMemory() as memory:
         metrics = run_federated_simulation(overrides, settings, output)
     taken = set(sampled)
     others = [u for u in range(users) if u not in taken][: max(1, len(sampled) // 4)]  # uncached users' data
-    after = measure_floor(settings, others)
+    after = {batched: measure_floor(settings, others, batched=batched) for batched in (False, True)}
     measured = metrics["rounds"]
     round_s = sum(r["seconds"] for r in measured) / len(measured)
     updates = sum(r["clients"] for r in measured) / len(measured)
     # Noise on a shared machine only slows a measurement down: the faster of the two is the floor's estimate.
-    floor_s = min(before, after) * updates / CORES
+    floor_s, batched_floor_s = (min(before[b], after[b]) * updates / CORES for b in (False, True))
     first = measured[0]
     return {
-        "users": users, "clients_per_round": per_round, "nodes": nodes, "users_per_message": users_per_message, "round_s": round_s, "floor_s": floor_s,
-        "ratio": round_s / floor_s if floor_s else float("inf"), "updates_per_s": updates / round_s,
+        "users": users, "clients_per_round": per_round, "nodes": nodes, "users_per_message": settings.simulation.users_per_message,
+        "round_s": round_s, "floor_s": floor_s, "batched_floor_s": batched_floor_s,
+        "ratio": round_s / floor_s if floor_s else float("inf"),
+        "ratio_batched": round_s / batched_floor_s if batched_floor_s else float("inf"), "updates_per_s": updates / round_s,
         "peak_rss_mb": memory.peak_mb, "round1_clients": first["clients"], "round1_sampled": len(sampled),
-        "floor_ms_per_client": [round(1000 * before, 1), round(1000 * after, 1)],
+        "floor_ms_per_client": [round(1000 * before[False], 1), round(1000 * after[False], 1)],
+        "batched_floor_ms_per_client": [round(1000 * before[True], 1), round(1000 * after[True], 1)],
     }
 
 
@@ -157,7 +171,8 @@ def measure_in_fresh_process(users: int, per_round: int, args: argparse.Namespac
         subprocess.run([sys.executable, __file__, "--point", f"{users}:{per_round}", "--result", str(result),
                         "--rounds", str(args.rounds), "--nodes", str(args.nodes),
                         "--cpus-per-client", str(args.cpus_per_client),
-                        "--users-per-message", str(args.users_per_message)], check=True)
+                        *([] if args.users_per_message is None else ["--users-per-message", str(args.users_per_message)])],
+                       check=True)
         return json.loads(result.read_text())
 
 
@@ -169,8 +184,8 @@ def main() -> None:
                         help="simulation.nodes: node slots playing the sampled users (default 16, as conf/; 0 = one node per user)")
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
                         help="simulation.num_cpus_per_client: Ray starts cores / this many workers (default 1)")
-    parser.add_argument("--users-per-message", type=int, default=8,
-                        help="simulation.users_per_message: at most this many sampled users per message to a slot (default 8, as conf/)")
+    parser.add_argument("--users-per-message", type=int, default=None,
+                        help="simulation.users_per_message: at most this many sampled users per message to a slot (default: conf/'s)")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # USERS:PER_ROUND, run by the parent in a fresh process
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,12 +199,15 @@ def main() -> None:
     for users, per_round in points:
         print(f"measuring {users:,} users / {per_round:,} per round (a fresh process) ...", flush=True)
         results.append(measure_in_fresh_process(users, per_round, args))
-    print(f"\n{'users':>8} {'per round':>9} {'nodes':>6} {'round s':>8} {'floor s':>8} {'ratio':>6} {'updates/s':>9} {'peak RSS MB':>11}")
+    print(f"\n{'users':>8} {'per round':>9} {'nodes':>6} {'per msg':>7} {'round s':>8} {'seq floor':>9} {'ratio':>6} "
+          f"{'batched floor':>13} {'ratio':>6} {'updates/s':>9} {'peak RSS MB':>11}")
     for r in results:
-        print(f"{r['users']:>8,} {r['clients_per_round']:>9,} {r['nodes']:>6,} {r['round_s']:>8.1f} {r['floor_s']:>8.1f} "
-              f"{r['ratio']:>6.2f} {r['updates_per_s']:>9.1f} {r['peak_rss_mb']:>11.0f}")
+        print(f"{r['users']:>8,} {r['clients_per_round']:>9,} {r['nodes']:>6,} {r['users_per_message']:>7} {r['round_s']:>8.2f} "
+              f"{r['floor_s']:>9.2f} {r['ratio']:>6.2f} {r['batched_floor_s']:>13.2f} {r['ratio_batched']:>6.2f} "
+              f"{r['updates_per_s']:>9.1f} {r['peak_rss_mb']:>11.0f}")
     last = results[1] if len(results) > 1 else results[0]
-    keys = ("users", "clients_per_round", "round_s", "floor_s", "ratio", "updates_per_s", "peak_rss_mb")
+    keys = ("users", "clients_per_round", "users_per_message", "round_s", "floor_s", "batched_floor_s", "ratio",
+            "ratio_batched", "updates_per_s", "peak_rss_mb")
     print(json.dumps({k: round(last[k], 3) if isinstance(last[k], float) else last[k] for k in keys}))
 
 
