@@ -186,7 +186,7 @@ def local_updates(
     if not len(examples) == len(ledgers) == len(user_ids):
         raise ValueError(f"examples, ledgers and user_ids must be one per user; found {len(examples)}, {len(ledgers)}, "
                          f"{len(user_ids)}.")
-    if len(user_ids) < 2 or not batchable(instructions.model, instructions.train):
+    if len(user_ids) < 2 or not batchable(instructions.model):
         return [local_update(global_arrays, instructions, e, ledger, user, simulated=simulated)
                 for e, ledger, user in zip(examples, ledgers, user_ids)]
     plans = [_plan(instructions, e, ledger) for e, ledger in zip(examples, ledgers)]

@@ -14,8 +14,9 @@ the same order), and under record-level DP-SGD the same Poisson batches and nois
 per-sample clipping over all parameters jointly as ``DPOptimizer.clip_and_accumulate`` does it, then SGD.
 
 What cannot be reproduced exactly is not batched: ``batchable`` is the one rule (a causal one-layer model without
-dropout, which would draw from torch's global generator, and plain SGD; Adam's normalised first steps amplify
-float rounding of tiny gradient entries past any useful tolerance). The caller trains the others one by one.
+dropout, which would draw from torch's global generator). The caller trains the others one by one. The optimizer
+is SGD or Adam (``torch.optim``'s updates with ``train_local``'s settings, per-user state stacked like the
+parameters).
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ USERS_PER_BATCH = 128
 """Users trained as one computation: more would only add memory (about 1 MB per user and step's batch)."""
 
 
-def batchable(model: ModelConfig, train: LocalTrainConfig) -> bool:
-    """Whether users of this model and local training can be trained batched, each exactly as on its own."""
-    return (not model.bidirectional and model.num_layers == 1 and model.dropout == 0.0 and model.head_dropout == 0.0
-            and train.optimizer == "sgd")
+def batchable(model: ModelConfig) -> bool:
+    """Whether users of this model can be trained batched, each exactly as on its own."""
+    return not model.bidirectional and model.num_layers == 1 and model.dropout == 0.0 and model.head_dropout == 0.0
 
 
 @dataclass
@@ -82,9 +82,9 @@ def train_local_batched(
     ``generators[k]`` and ``dp_generators[k]`` play the roles they play in ``train_local`` for user k. At most
     ``USERS_PER_BATCH`` users are trained at once (memory grows with them: activations are kept per user and step).
     """
-    if not batchable(model.config, config):
-        raise ValueError(f"these users cannot be trained batched (model.batched_training.batchable): {model.config}, "
-                         f"optimizer {config.optimizer!r}. Train them one by one with model.training.train_local.")
+    if not batchable(model.config):
+        raise ValueError(f"users of this model cannot be trained batched (model.batched_training.batchable): "
+                         f"{model.config}. Train them one by one with model.training.train_local.")
     if len(generators) != len(examples) or (dp is not None and (dp_generators is None or len(dp_generators) != len(examples))):
         raise ValueError(f"one generator (and with dp one dp_generator) per user is needed; found {len(examples)} users, "
                          f"{len(generators)} generators, {None if dp_generators is None else len(dp_generators)} dp_generators.")
@@ -110,10 +110,19 @@ def _train_users(model: PreferenceLSTM, users: list[_User], config: LocalTrainCo
     start = dict(model.named_parameters())
     params = {name: start[name].detach().unsqueeze(0).repeat(len(users), *([1] * start[name].dim()))
               for name in PARAMETER_NAMES}
+    moments = [{name: torch.zeros_like(value) for name, value in params.items()} for _ in range(2)] \
+        if config.optimizer == "adam" else []
     for step in range(users[rank[0]].steps if users else 0):
         active = [users[k] for k in rank if users[k].steps > step]
-        view = {name: value[: len(active)] for name, value in params.items()}
-        _step(view, active, step, config, dp, model.config.residual)
+        grads = _gradients({name: value[: len(active)] for name, value in params.items()}, active, step, config, dp,
+                           model.config.residual)
+        for name, grad in grads.items():
+            if config.weight_decay:
+                grad = grad.add(params[name][: len(active)], alpha=config.weight_decay)
+            if moments:
+                _adam(params[name][: len(active)], grad, *(m[name][: len(active)] for m in moments), step + 1, config.lr)
+            else:  # torch.optim.SGD without momentum, as train_local builds it
+                params[name][: len(active)].add_(grad, alpha=-config.lr)
     unranked = {k: position for position, k in enumerate(rank)}
     return [{name: params[name][unranked[k]] for name in PARAMETER_NAMES} for k in range(len(users))]
 
@@ -131,9 +140,10 @@ def _user(examples: Examples, config: LocalTrainConfig, dp: RecordLevelDP | None
     return _User(examples, generator, dp_generator, steps=steps, sample_rate=sample_rate)
 
 
-def _step(params: dict[str, torch.Tensor], users: list[_User], step: int, config: LocalTrainConfig,
-          dp: RecordLevelDP | None, residual: bool) -> None:
-    """One step of every user in ``users`` (aligned with the first ``len(users)`` entries of ``params``), in place."""
+def _gradients(params: dict[str, torch.Tensor], users: list[_User], step: int, config: LocalTrainConfig,
+               dp: RecordLevelDP | None, residual: bool) -> dict[str, torch.Tensor]:
+    """Step ``step``'s gradient of every user in ``users`` (aligned with ``params``): of its mean loss, or DP-SGD's
+    clipped, noised and scaled one; ``[len(users), *shape]`` by name."""
     parts = []
     for user in users:
         index = user.batch(step, config)
@@ -144,11 +154,18 @@ def _step(params: dict[str, torch.Tensor], users: list[_User], step: int, config
     for user, loss, count in zip(users, losses.tolist(), batch.counts.tolist()):
         user.total += loss if dp is not None else loss * count
         user.seen += count
-    if dp is not None:
-        grads = _clip_and_noise(grads, users, dp)
-    for name, value in params.items():  # torch.optim.SGD without momentum, as train_local builds it
-        grad = grads[name] if config.weight_decay == 0.0 else grads[name].add(value, alpha=config.weight_decay)
-        value.add_(grad, alpha=-config.lr)
+    return _clip_and_noise(grads, users, dp) if dp is not None else grads
+
+
+def _adam(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
+          lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """``torch.optim.Adam``'s update with its defaults (weight decay already in ``grad``), in place; every user in
+    the stack is at the same ``step`` (users that have finished are not in it)."""
+    exp_avg.lerp_(grad, 1 - betas[0])
+    exp_avg_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+    step_size = lr / (1 - betas[0] ** step)
+    denom = (exp_avg_sq.sqrt() / (1 - betas[1] ** step) ** 0.5).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _clip_and_noise(per_sample: dict[str, torch.Tensor], users: list[_User], dp: RecordLevelDP) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ federation releases the same model and held-out top-1 either way."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -62,15 +63,16 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float(np.max(np.abs(array(a[k]) - array(b[k])))) for k in a)
 
 
-@pytest.mark.parametrize("dp", [None, DP], ids=["sgd", "dp-sgd"])
-def test_batched_training_matches_each_users_own_train_local(users, dp):
-    model = _model()
+@pytest.mark.parametrize(("dp", "optimizer"), [(None, "sgd"), (DP, "sgd"), (None, "adam"), (DP, "adam")],
+                         ids=["sgd", "dp-sgd", "adam", "dp-adam"])
+def test_batched_training_matches_each_users_own_train_local(users, dp, optimizer):
+    model, train = _model(), replace(TRAIN, optimizer=optimizer, lr=0.3 if optimizer == "sgd" else 0.01)
     trained, results = train_local_batched(
-        model, users, TRAIN, dp=dp, generators=[torch.Generator().manual_seed(k) for k in range(len(users))],
+        model, users, train, dp=dp, generators=[torch.Generator().manual_seed(k) for k in range(len(users))],
         dp_generators=[torch.Generator().manual_seed(100 + k) for k in range(len(users))])
     for k, examples in enumerate(users):
         alone = copy.deepcopy(model)
-        result = train_local(alone, examples, TRAIN, dp=dp, generator=torch.Generator().manual_seed(k),
+        result = train_local(alone, examples, train, dp=dp, generator=torch.Generator().manual_seed(k),
                              dp_generator=torch.Generator().manual_seed(100 + k))
         own = {name: p.detach() for name, p in alone.named_parameters()}
         assert _max_difference(own, trained[k]) <= TOLERANCE
@@ -92,9 +94,8 @@ def test_more_users_than_one_batch_holds_are_trained_in_parts(users, monkeypatch
     assert all(_max_difference(a, b) <= TOLERANCE for a, b in zip(whole, parts))
 
 
-def _instructions(model: ModelConfig = PRIOR, train: LocalTrainConfig = TRAIN,
-                  record: RecordLevelInstructions | None = None) -> TrainInstructions:
-    return TrainInstructions(round=2, seed=7, model=model, train=train, data=DATA, clipping_norm=0.5, record=record,
+def _instructions(model: ModelConfig = PRIOR, record: RecordLevelInstructions | None = None) -> TrainInstructions:
+    return TrainInstructions(round=2, seed=7, model=model, train=TRAIN, data=DATA, clipping_norm=0.5, record=record,
                              noise="seeded")
 
 
@@ -126,24 +127,23 @@ def test_local_updates_match_local_update_user_by_user(users, record):
     assert any(u.metrics["clipped"] for u in batched)  # user-level clipping ran
 
 
-@pytest.mark.parametrize(("model", "train"), [
-    (PRIOR, LocalTrainConfig(optimizer="adam")),
-    (ModelConfig(bidirectional=False, hidden_size=8, num_layers=1, head_dropout=0.5), TRAIN),
-    (ModelConfig(bidirectional=False, hidden_size=8, num_layers=2, dropout=0.0, head_dropout=0.0), TRAIN),
-    (ModelConfig(bidirectional=True, hidden_size=8, num_layers=1, dropout=0.0, head_dropout=0.0), TRAIN),
-], ids=["adam", "dropout", "two-layers", "bidirectional"])
-def test_what_cannot_be_batched_exactly_is_trained_one_by_one(users, model, train):
-    """Adam, dropout (torch's global generator), more layers or directions: ``local_updates`` is ``local_update``
-    user by user, bit for bit, and ``train_local_batched`` refuses them."""
-    assert batchable(PRIOR, TRAIN) and not batchable(model, train)
+@pytest.mark.parametrize("model", [
+    ModelConfig(bidirectional=False, hidden_size=8, num_layers=1, head_dropout=0.5),
+    ModelConfig(bidirectional=False, hidden_size=8, num_layers=2, dropout=0.0, head_dropout=0.0),
+    ModelConfig(bidirectional=True, hidden_size=8, num_layers=1, dropout=0.0, head_dropout=0.0),
+], ids=["dropout", "two-layers", "bidirectional"])
+def test_what_cannot_be_batched_exactly_is_trained_one_by_one(users, model):
+    """Dropout (torch's global generator), more layers or directions: ``local_updates`` is ``local_update`` user by
+    user, bit for bit, and ``train_local_batched`` refuses them."""
+    assert batchable(PRIOR) and not batchable(model)
     arrays = {k: v.detach().numpy().copy() for k, v in _model(model).state_dict().items()}
-    instructions = _instructions(model, train)
+    instructions = _instructions(model)
     together = local_updates(arrays, instructions, users[:3], [DeviceLedger(None) for _ in range(3)], [1, 2, 3])
     for k in range(3):
         own = local_update(arrays, instructions, users[k], DeviceLedger(None), k + 1)
         assert all(np.array_equal(together[k].arrays[name], own.arrays[name]) for name in own.arrays)
     with pytest.raises(ValueError, match="cannot be trained batched"):
-        train_local_batched(_model(model), users[:2], train, generators=[torch.Generator(), torch.Generator()])
+        train_local_batched(_model(model), users[:2], TRAIN, generators=[torch.Generator(), torch.Generator()])
 
 
 def _federation(users: list[Examples], mode: str) -> InProcessFederation:
