@@ -101,9 +101,10 @@ def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_cli
 
 def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     """Seconds of local work per client: ``users`` trained in this process, one thread, their data generated first
-    (nothing cached); one after another (``local_update``) or all together (``local_updates``)."""
+    (nothing cached); one after another (``local_update``) or batched (``local_updates``)."""
     from client.device_ledger import DeviceLedger
     from client.local_update import local_update, local_updates
+    from model.batched_training import USERS_PER_BATCH
     from model.networks import PreferenceLSTM
     from simulations import simulated_device
     from simulations.simulated_server_app import simulated_run
@@ -115,9 +116,11 @@ def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
     simulated_device._user_examples.cache_clear()  # each floor generates its users' data itself
     started = time.perf_counter()
-    if batched:
-        examples = [simulated_device.device_examples(instructions.data, user)[0] for user in users]
-        local_updates(arrays, instructions, examples, [DeviceLedger(None) for _ in users], users, simulated=True)
+    if batched:  # as many users at a time as one batched computation takes: their data is all in memory
+        for first in range(0, len(users), USERS_PER_BATCH):
+            part = users[first : first + USERS_PER_BATCH]
+            examples = [simulated_device.device_examples(instructions.data, user)[0] for user in part]
+            local_updates(arrays, instructions, examples, [DeviceLedger(None) for _ in part], part, simulated=True)
     else:
         for user in users:
             examples, _ = simulated_device.device_examples(instructions.data, user)
