@@ -33,9 +33,9 @@ from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, LocalTrainResult, RecordLevelDP
 from privacy.mechanisms import dp_sgd_schedule
 
-USERS_PER_BATCH = 64
+USERS_PER_BATCH = 32
 """Users trained as one computation: past about 32 a larger batch is no faster per user (measured), and memory grows
-with it (about 1 MB per user)."""
+with it (about 1 MB of activations per user)."""
 
 
 def batchable(model: ModelConfig) -> bool:
