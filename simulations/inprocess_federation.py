@@ -5,8 +5,8 @@ every user sampled independently with probability q (Poisson sampling), the roun
 user's reply aggregated through the run's one user-level mechanism (``privacy.user_level``: clip, sum, Gaussian
 noise z*C from ``privacy.noise``'s source, divide by the expected count qN, record the release in the ledger; then
 the Flower strategy's step). Only the transport differs: ``InProcessTransport`` runs the client's own
-``client.local_update.local_updates`` on the users' examples (a batch of users trained together) (user-level clipping on the device, record-level DP-SGD
-when configured, each device keeping its own record-level ledger). The noise multiplier is calibrated once for the
+``client.local_update.local_updates`` on the users' examples, a batch of users trained together (user-level clipping
+on the device, record-level DP-SGD when configured, each device keeping its own record-level ledger). The noise multiplier is calibrated once for the
 planned rounds, as the Flower path does.
 
 Used for the closed-loop experiment's periodic retraining on the logs the loop produced (Flower's simulated clients
@@ -59,7 +59,7 @@ def server_task_identity() -> Iterator[None]:
 
 
 class InProcessTransport:
-    """A round's transport in this process: each sampled user's device is a call to the client's ``local_update``.
+    """A round's transport in this process: each sampled user's device is a call to the client's ``local_updates``.
 
     Args:
         num_users: the users sampled from (``0..num_users-1``).
