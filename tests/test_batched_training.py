@@ -14,9 +14,8 @@ import torch
 
 import client.local_update as local_update_module
 from client.device_ledger import DeviceLedger
-from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions
+from client.instructions import RecordLevelInstructions, TrainInstructions
 from client.local_update import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET, local_update, local_updates
-from client.simulated_device import device_examples
 from model.augment import AugmentConfig
 from model.batched_training import USERS_PER_BATCH, batchable, train_local_batched
 from model.encoding import Examples, empty_examples
@@ -24,13 +23,15 @@ from model.networks import ModelConfig, PreferenceLSTM
 from model.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
 from server.settings import PopulationSettings, PrivacySettings, RecordPrivacySettings, RunSettings
 from simulations.inprocess_federation import InProcessFederation
+from simulations.population import PopulationConfig
+from simulations.simulated_device import device_examples, simulated_data
 
 TOLERANCE = 1e-5
 WINDOW = 16
 PRIOR = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0, head_dropout=0.0,
                     style_embedding_dim=8, residual=True)
 """conf/model/prior.yaml, the default model."""
-DATA = DataInstructions(population_seed=5, population_size=8, population_days=14, window=WINDOW)
+DATA = simulated_data(PopulationConfig(seed=5, num_users=8, days=14), window=WINDOW)
 TRAIN = LocalTrainConfig(epochs=2, batch_size=8, lr=0.3, optimizer="sgd", weight_decay=0.01, max_examples=24,
                          augment=AugmentConfig(truncate_prob=0.5, mask_prob=0.5))
 DP = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=0.5)
