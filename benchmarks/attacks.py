@@ -13,9 +13,9 @@ defence on the server, then scores the global model on held-out users (top-1 acc
 
 Every cell runs the project's real code in this process: ``server.federation.FederatedRun`` (sampling, Flower
 Messages, ``server.replies.judge_reply``, ``server.aggregation`` (the running sum) with Flower's strategies, the privacy
-ledger, held-out scoring of ``simulations.held_out``) over ``simulations.inprocess_grid.InProcessGrid``,
+ledger, held-out scoring of ``simulations.federation.held_out``) over ``simulations.federation.inprocess_grid.InProcessGrid``,
 whose nodes call the simulation's ClientApp (``client.local_update.local_update`` and the attack mod of
-``simulations.attacks``). Only Ray's
+``simulations.federation.attacks``). Only Ray's
 worker processes are left out. Configuration is composed from conf/ with Hydra overrides and validated as usual.
 
 Prints the Markdown table (top-1, NLL in brackets), the rejected replies per attack, the baselines, the DP
@@ -43,8 +43,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import torch  # noqa: E402
 
-from client.instructions import ATTACK_KINDS  # noqa: E402
-from simulations.attacks import MALFORMED_KINDS  # noqa: E402
+from protocol.instructions import ATTACK_KINDS  # noqa: E402
+from simulations.federation.attacks import MALFORMED_KINDS  # noqa: E402
 
 DEFENCES = ("FedAvg", "FedAvg+DP", "FedMedian", "FedTrimmedAvg", "Krum")
 
@@ -78,10 +78,10 @@ def run_cell(overrides: list[str], output_dir: Path) -> dict:
     """One federation through ``FederatedRun`` over the in-process grid; returns its metrics.json content."""
     from server.federation import Progress
     from server.server_app import compose_settings
-    from simulations.inprocess_federation import server_task_identity
-    from simulations.inprocess_grid import InProcessGrid
-    from simulations.simulated_client_app import app as client_app
-    from simulations.simulated_server_app import simulated_run
+    from simulations.federation.inprocess import server_task_identity
+    from simulations.federation.inprocess_grid import InProcessGrid
+    from simulations.federation.client_app import app as client_app
+    from simulations.federation.server_app import simulated_run
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the strategies log every aggregation at INFO
     settings = compose_settings("config", overrides)

@@ -2,7 +2,7 @@
 
 SEED.md's targets: LSTM inference under 80 ms on a phone, streaming (each action updates the hidden state instead
 of re-reading the sequence), a cache so a returning user needs no recomputation, and an on-device model under
-5 MB. Here, on one CPU thread, with the default distilled device model (``model.distill.DEVICE_MODEL``, untrained
+5 MB. Here, on one CPU thread, with the default distilled device model (``model.network.distill.DEVICE_MODEL``, untrained
 weights: latency does not depend on their values):
 
 * ``observe``: ``StreamingPredictor.observe`` for each event of synthetic users' logs: encode the event, one LSTM
@@ -12,7 +12,7 @@ weights: latency does not depend on their values):
 * ``step only``: the LSTM step alone on pre-encoded features, through ``StepKernel`` (what ``observe`` uses) and
   through ``PreferenceLSTM.step`` (which runs the same kernel in inference mode; the difference is its dispatch).
 * ``ONNX Runtime step``: the same step from the exported ``.onnx`` file in ONNX Runtime
-  (``model.device_runtime.DeviceStep``, one thread): what runs on the device, without torch.
+  (``model.device.runtime.DeviceStep``, one thread): what runs on the device, without torch.
 * ``save state``: rewriting one user's state file (temporary file + rename), the part that depends on the disk.
 * ``returning user``: ``observe`` with the in-memory cache off, so every event also reads the state file.
 * ``full recompute``: the full-sequence forward over the last 256 events: what each event would cost without
@@ -39,15 +39,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.distill import DEVICE_MODEL, new_student
-from model.encoding import encode_events
-from model.events import Event
-from model.device_runtime import DeviceStep
-from model.export import export_device_model, state_dict_bytes, step_signature
-from model.step_kernel import StepKernel
-from model.stream_state import UserStreamState, save_state, state_path
-from model.streaming import StreamingPredictor
-from simulations.population import Population, PopulationConfig
+from model.device.export import export_device_model, state_dict_bytes, step_signature
+from model.device.runtime import DeviceStep
+from model.device.stream_state import UserStreamState, save_state, state_path
+from model.device.streaming import StreamingPredictor
+from model.features.encoding import encode_events
+from model.log.events import Event
+from model.network.distill import DEVICE_MODEL, new_student
+from model.network.step_kernel import StepKernel
+from simulations.population.population import Population, PopulationConfig
 
 RECOMPUTE_WINDOW = 256
 

@@ -4,7 +4,7 @@ A step is forward + backward + optimizer step on one batch of right-padded windo
 the window, like the first windows of a user's log). Three ways, same weights, one thread:
 
 1. non-private: ``PreferenceLSTM`` as it trains without privacy (mean cross-entropy, Adam): the fused recurrence of
-   ``model/per_sample_lstm.py`` with ``per_sample=False``, which replaced ``nn.LSTM`` on packed input for training
+   ``model/per_sample/lstm.py`` with ``per_sample=False``, which replaced ``nn.LSTM`` on packed input for training
    because on CPU the packed backward is slow (profiled: mostly ``slice_backward`` zero-filling). The floor. For
    reference, also ``nn.LSTM``'s fused kernel on the *unpacked* padded batch (not the same model: its reverse
    direction reads the padding).
@@ -41,9 +41,9 @@ from opacus import GradSampleModule  # noqa: E402
 from opacus.layers import DPLSTM  # noqa: E402
 from opacus.optimizers import DPOptimizer  # noqa: E402
 
-from model.encoding import FEATURE_DIM, GENRE_SLOTS  # noqa: E402
-from model.networks import PreferenceLSTM  # noqa: E402
-from model.vocab import GENRES  # noqa: E402
+from model.features.encoding import FEATURE_DIM, GENRE_SLOTS  # noqa: E402
+from model.network.networks import PreferenceLSTM  # noqa: E402
+from model.log.vocab import GENRES  # noqa: E402
 
 SHAPES = [(16, 32), (16, 64), (64, 32), (64, 64)]
 NOISE_MULTIPLIER = 1.0

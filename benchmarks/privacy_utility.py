@@ -1,6 +1,6 @@
 """Privacy against utility: the DP global prior next to every simple rule, on the same held-out points.
 
-One run trains, in this process with the project's own code (``simulations.inprocess_federation``: the ClientApp's
+One run trains, in this process with the project's own code (``simulations.federation.inprocess``: the ClientApp's
 ``local_update``, the server's clip / sum / noise / divide-by-qN and Flower's strategy, the privacy ledger):
 
 - the federated model under user-level DP (``privacy=user`` at ``--epsilon``, ``--delta``; the noise multiplier is
@@ -8,7 +8,7 @@ One run trains, in this process with the project's own code (``simulations.inpro
   ledger's);
 - the same federation without privacy (``privacy=none``);
 - the same model trained centrally, without privacy, on the pooled training points;
-- the DP model personalised on each held-out device (``model.personalise``: a personal logit offset fit to the
+- the DP model personalised on each held-out device (``model.network.personalise``: a personal logit offset fit to the
   user's own earlier points, kept only if it helps on their latest ones);
 
 and scores each, with every rule of ``simulations.yardstick``, on the ``--points`` latest prediction points of
@@ -61,15 +61,15 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     import torch
 
-    from model.personalise import fit_personal_bias
-    from model.networks import PreferenceLSTM
+    from model.network.personalise import fit_personal_bias
+    from model.network.networks import PreferenceLSTM
     from server.evaluation import central_config, train_central
     from server.server_app import compose_settings
-    from simulations.held_out import held_out_examples
-    from simulations.inprocess_federation import InProcessFederation
-    from simulations.population import Population
-    from simulations.simulated_device import device_examples, simulated_data
-    from simulations.simulated_settings import population_config
+    from simulations.federation.held_out import held_out_examples
+    from simulations.federation.inprocess import InProcessFederation
+    from simulations.population.population import Population
+    from simulations.federation.device_data import device_examples, simulated_data
+    from simulations.federation.settings import population_config
     from simulations.yardstick import model_scores, rule_rows, score_rules, summarise
 
     started = time.perf_counter()
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         plain_model, _ = federate(plain_settings, "federated non-private")
         add_model("federated non-private", plain_model)
         log(f"central non-private reference: {args.central_epochs} epoch(s) over the pooled training points ...")
-        from model.encoding import Examples
+        from model.features.encoding import Examples
         pooled = Examples.concat([examples_of(u) for u in range(args.users)], data.window)
         cache.clear()  # the pooled copy is all the central model needs (10,000 users: ~4 GB each)
         config = central_config(dp_settings.train, args.central_epochs)

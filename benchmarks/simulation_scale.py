@@ -7,7 +7,7 @@ For each point (users in the population, clients expected per round) this measur
     real rounds, and a quarter as many other users after them; the faster per-client time (noise only slows a
     measurement down), times the mean clients per measured round, divided by the number of cores;
 (b) the batched floor: the same, with all of those clients trained as one batched computation
-    (``local_updates``, ``model.batched_training``), data generation included;
+    (``local_updates``, ``model.network.batched_training``), data generation included;
 (c) the real rounds: the ServerApp and ClientApp in Flower's simulation engine (Ray, one CPU per worker), round
     time as the server measures it (sampling to checkpoint), averaged over the measured rounds;
 
@@ -104,10 +104,10 @@ def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     (nothing cached); one after another (``local_update``) or batched (``local_updates``)."""
     from client.device_ledger import DeviceLedger
     from client.local_update import local_update, local_updates
-    from model.batched_training import USERS_PER_BATCH
-    from model.networks import PreferenceLSTM
+    from model.network.batched_training import USERS_PER_BATCH
+    from model.network.networks import PreferenceLSTM
     from simulations import simulated_device
-    from simulations.simulated_server_app import simulated_run
+    from simulations.federation.server_app import simulated_run
 
     torch.set_num_threads(1)
     run = simulated_run(settings, Path(tempfile.mkdtemp(prefix="floor-")))

@@ -4,13 +4,13 @@ It receives the global prior and this round's instructions in the message, train
 record-level privacy is on) and replies with model arrays and the declared scalar metrics only. Rounds run with
 secure aggregation arrive as SecAgg+ messages and go to ``client.secagg_client`` (same training, masked reply). A
 simulation slot may be asked to play several users in one message; it trains them together from the same global
-prior (one batched computation where the model allows, ``model.batched_training``) and joins their replies
-(``client.records``).
+prior (one batched computation where the model allows, ``model.network.batched_training``) and joins their replies
+(``protocol.records``).
 
 Where the data comes from is pluggable (``client.device_data.DataSource``): ``make_client_app(source, mods=...)``
 builds the app around any source. ``app``, the product ClientApp that ``flwr run`` and every SuperNode run
 (pyproject.toml), reads the log store named by node config ``log-db``. The simulation builds its own from these same
-functions (``simulations.simulated_client_app``: synthetic user ``partition-id``, and its attacks as a client mod).
+functions (``simulations.federation.client_app``: synthetic user ``partition-id``, and its attacks as a client mod).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from client.device_data import DataSource, device_data
 from client.device_ledger import DeviceLedger
-from client.instructions import TrainInstructions, from_config_items
-from client.local_update import DECLINE_REASONS, local_evaluation, local_updates
-from client.node_config import PARTITION_ID
-from client.records import from_array_record, joined_parts, slot_users, to_array_record
+from client.local_update import local_evaluation, local_updates
 from client.secagg_client import secagg_app
+from protocol.instructions import TrainInstructions, from_config_items
+from protocol.metrics import DECLINE_REASONS
+from protocol.node_config import PARTITION_ID
+from protocol.records import from_array_record, joined_parts, slot_users, to_array_record
 
 logging.getLogger("flwr").propagate = False  # opacus calls logging.basicConfig(): without this flwr logs twice
 

@@ -5,7 +5,7 @@ product ClientApp (``client.client_app.app``) uses ``device_data``: a SuperNode 
 config (``flower-supernode --node-config``) names the device's behaviour log, ``log-db="/path/events.db"`` (a
 ``client.log_store.LogStore``); examples are cut from its events each round with the window and held-out fraction
 the server sends. The simulation's ClientApp plugs in a source for Flower's ``partition-id`` (a synthetic user,
-``simulations.simulated_device``); the product never imports it, and refuses a ``partition-id`` node config.
+``simulations.federation.device_data``); the product never imports it, and refuses a ``partition-id`` node config.
 
 The device's record-level privacy ledger (its epsilon over every round it ever trained) lives in the device's
 storage: ``ledger-path`` when the node config gives one, else next to the log (``events.db`` ->
@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.instructions import DataInstructions
 from client.log_store import LogStore, LogStoreError
-from client.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID
-from model.encoding import Examples, build_examples, split_recent
+from model.features.encoding import Examples, build_examples, split_recent
+from protocol.instructions import DataInstructions
+from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def device_data(data: DataInstructions, node_config: Mapping[str, object], devic
         raise DeviceDataError(
             f"node config sets '{PARTITION_ID}' (a synthetic user of Flower's simulation), but this ClientApp trains "
             f"on a device's own log ({LOG_DB}=PATH). Simulations run the simulation's ClientApp "
-            "(simulations.simulated_client_app, started by python -m simulations.run)."
+            "(simulations.federation.client_app, started by python -m simulations.run)."
         )
     if node_config.get(LOG_DB) in (None, ""):
         raise DeviceDataError(

@@ -19,26 +19,15 @@ import numpy as np
 import torch
 
 from client.device_ledger import DeviceLedger
-from client.instructions import TrainInstructions
-from model.encoding import Examples
-from model.networks import ModelConfig, PreferenceLSTM
-from model.personalise import fit_personal_bias, personalised
-from model.batched_training import batchable, train_local_batched
-from model.training import LocalTrainResult, RecordLevelDP, evaluate, train_local
+from model.features.encoding import Examples
+from model.network.batched_training import batchable, train_local_batched
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.personalise import fit_personal_bias, personalised
+from model.network.training import LocalTrainResult, RecordLevelDP, evaluate, train_local
 from privacy.mechanisms import clip_update, dp_sgd_schedule, global_norm
 from privacy.randomness import device_generator
-
-TRAIN_METRICS = ("num-examples", "train-loss", "update-norm", "clipped", "declined", "record-epsilon")
-"""Every train reply carries exactly these scalars."""
-EVAL_METRICS = ("num-examples", "eval-top1", "eval-nll", "personal-top1", "personal-nll")
-
-DECLINED_NO = 0
-DECLINED_RECORD_BUDGET = 1
-DECLINED_NO_DATA = 2
-DECLINE_REASONS = {
-    DECLINED_RECORD_BUDGET: "record-level privacy budget of this device would be exceeded",
-    DECLINED_NO_DATA: "no training examples on this device yet",
-}
+from protocol.instructions import TrainInstructions
+from protocol.metrics import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET
 
 
 @dataclass(frozen=True)
@@ -179,7 +168,7 @@ def local_updates(
     simulated: bool = False,
 ) -> list[LocalUpdate]:
     """``local_update`` for several users (a simulation slot's message), each from ``global_arrays``, trained as one
-    batched computation (``model.batched_training``) when the model and training allow it, else one by one.
+    batched computation (``model.network.batched_training``) when the model and training allow it, else one by one.
 
     Each user's update, metrics and ledger are what ``local_update`` gives that user alone (up to float rounding).
     """
@@ -207,7 +196,7 @@ def local_updates(
 def local_evaluation(global_arrays: dict[str, np.ndarray], model_config: ModelConfig, examples: Examples,
                      own_earlier: Examples) -> dict[str, int | float]:
     """Score the global prior on this device's own held-out recent events, and the prior personalised on the device
-    (``model.personalise``: a logit offset fit to ``own_earlier``, the device's training points); the offset itself
+    (``model.network.personalise``: a logit offset fit to ``own_earlier``, the device's training points); the offset itself
     never leaves the device, only the two scores do."""
     if len(examples) == 0:
         return {"num-examples": 0, "eval-top1": 0.0, "eval-nll": 0.0, "personal-top1": 0.0, "personal-nll": 0.0}

@@ -3,7 +3,7 @@
 Split from ``client.log_store`` so the store keeps storing and reading. An import is idempotent: a line whose event
 the store already holds (same time and canonical JSON line, up to the store's last event) is counted as already
 present, not stored again and not an error, so a log imported twice, or again after it grew, adds only its new
-lines. Any other line older than the previous accepted event breaks the time rule of ``model.time_rules``.
+lines. Any other line older than the previous accepted event breaks the time rule of ``model.log.time_rules``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from model.event_log import MAX_LINE_BYTES, parse_lines
-from model.event_parsing import EventError, event_to_json_line, parse_event
-from model.events import Event
-from model.log_file import open_log_lines
-from model.time_rules import Moment, moment_of, time_error
+from model.log.event_log import MAX_LINE_BYTES, parse_lines
+from model.log.events import Event
+from model.log.log_file import open_log_lines
+from model.log.parsing import EventError, event_to_json_line, parse_event
+from model.log.time_rules import Moment, moment_of, time_error
 
 PROGRESS_LINES = 50_000
 """An import calls its ``progress`` callback after every this many lines read."""
@@ -61,7 +61,7 @@ def _plural(count: int, noun: str) -> str:
 def canonical(event: Event) -> tuple[Event, str]:
     """(the event as it will read back, its JSON line), checked by the loader's rules. Raises EventError."""
     if not isinstance(event, Event):
-        raise TypeError(f"a log store holds model.events.Event objects. Found {type(event).__name__}.")
+        raise TypeError(f"a log store holds model.log.events.Event objects. Found {type(event).__name__}.")
     line = event_to_json_line(event)
     size = len(line.encode("utf-8"))
     if size > MAX_LINE_BYTES:

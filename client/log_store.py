@@ -3,7 +3,7 @@
 The one deletion is ``drop_after``, the repair for an event from a device clock set far ahead. Imports are
 idempotent: events already stored are recognised and counted, not stored twice.
 
-Each row keeps the event's canonical JSON line (``model.event_parsing.event_to_json_line``), so the event contract
+Each row keeps the event's canonical JSON line (``model.log.parsing.event_to_json_line``), so the event contract
 has one definition; ``ts``, ``utc_offset_min`` and ``kind`` are copies for querying. Reading re-parses every line
 with ``parse_event``, and a row that no longer parses (invalid UTF-8 included) is reported, never silently dropped.
 Opening the file, its schema checks and SQLite's failures (a damaged file is ``LogStoreError``) are in
@@ -40,11 +40,11 @@ from client.log_store_file import (
     undecodable,
 )
 from client.log_import import PROGRESS_LINES, ImportReport, canonical, new_in_time_order, parse_log_file
-from model.event_log import LoadReport
-from model.event_parsing import EventError, parse_event
-from model.events import Event
-from model.time_rules import Moment, moment_of, time_error
-from model.vocab import EVENT_KINDS, GENRES
+from model.log.event_log import LoadReport
+from model.log.events import Event
+from model.log.parsing import EventError, parse_event
+from model.log.time_rules import Moment, moment_of, time_error
+from model.log.vocab import EVENT_KINDS, GENRES
 
 __all__ = ["APPLICATION_ID", "BUSY_TIMEOUT_S", "PROGRESS_LINES", "SCHEMA_VERSION", "ImportReport", "LogStore",
            "LogStoreError", "log_stats"]
@@ -201,8 +201,8 @@ class LogStore:
 
         A line whose event the store already holds (same time and content, up to the store's last event) is counted
         in ``already_present``, not stored again, so importing a log twice, or again after it grew, appends only the
-        new lines. Any other line is rejected if ``model.event_log.parse_lines`` rejects it (an event more than
-        ``model.time_rules.FUTURE_TOLERANCE_S`` after ``now`` included), or if it is earlier than the previous
+        new lines. Any other line is rejected if ``model.log.event_log.parse_lines`` rejects it (an event more than
+        ``model.log.time_rules.FUTURE_TOLERANCE_S`` after ``now`` included), or if it is earlier than the previous
         accepted event (the store's last event, for the first). Lines are read with ``MAX_LINE_BYTES`` as limit and
         parsed before the write lock is taken, so importing a long file does not block the app's appends.
 

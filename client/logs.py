@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.log_store import ImportReport, LogStore, LogStoreError
-from model.event_log import MAX_LINE_BYTES, load_events
-from model.event_parsing import EventError, parse_time
-from model.log_file import LogFileError, open_log_lines
+from model.log.event_log import MAX_LINE_BYTES, load_events
+from model.log.log_file import LogFileError, open_log_lines
+from model.log.parsing import EventError, parse_time
 
 _PROG = "python -m client.logs"
 SHOWN_ERRORS = 20

@@ -19,13 +19,10 @@ from flwr.client.mod import secaggplus_mod
 
 from client.device_data import DataSource, device_data
 from client.device_ledger import DeviceLedger
-from client.instructions import TrainInstructions, from_config_items
 from client.local_update import local_update
 from privacy.mechanisms import clip_update
-
-ARRAY_NAMES_KEY = "secagg.array-names"
-"""FitIns config key: the comma-separated names of the arrays, in the order of the legacy Parameters list."""
-
+from protocol.instructions import TrainInstructions, from_config_items
+from protocol.records import ARRAY_NAMES_KEY
 
 class SecureUpdateError(ValueError):
     """A secure-aggregation round this device cannot take part in; the message says why."""

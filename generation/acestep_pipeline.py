@@ -18,11 +18,11 @@ from diffusers import AceStepPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from generation.conditioning import MusicRequest
+from generation.generators import GenerationResult
 from generation.pipeline_call import music_request_kwargs
 from generation.pipeline_folder import missing_parts
 from generation.wav import write_wav
-from model.conditioning import MusicRequest
-from model.generators import GenerationResult
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PIECE = re.compile(r"^(\d+)\.wav$")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from model.acestep_requests import AceStep15Request, to_v15
-from model.conditioning import MusicRequest
+from generation.acestep_requests import AceStep15Request, to_v15
+from generation.conditioning import MusicRequest
 
 INSTRUMENTAL = "[Instrumental]"
 """ACE-Step 1.5's lyrics for a piece without vocals."""

@@ -1,13 +1,13 @@
 """The ``generation`` config group: how the closed-loop experiment generates music, validated before anything runs.
 
-* ``simulated`` (default): ``model.simulated_generator`` describes each piece; no audio.
+* ``simulated`` (default): ``simulations.loop.simulated_generator`` describes each piece; no audio.
 * ``acestep_tiny``: ACE-Step 1.5's pipeline code with tiny random weights built from code
   (``generation.tiny_pipeline``): real pipeline calls and WAV files, but the audio is noise.
 * ``acestep``: ACE-Step 1.5's trained weights from ``pipeline_dir``, a diffusers-format folder the user already
   has. It is never downloaded: a missing or incomplete folder is refused here, naming every missing part.
 
 In the pipeline modes the simulated listener still reacts to the simulated descriptor of each request, not to
-the audio (``simulations.experiment_generation``).
+the audio (``simulations.loop.generation``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from generation.pipeline_folder import missing_parts
-from server.settings import ConfigError, check_range
+from validation.config import ConfigError, check_range
 
 BACKENDS = ("simulated", "acestep_tiny", "acestep")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -25,8 +25,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 from generation.acestep_pipeline import WEIGHT_NORM_WARNING
-from model.conditioning import ENERGY_MOODS, GENRE_DEFAULT_INSTRUMENTS
-from model.vocab import GENRES, INSTRUMENTS
+from generation.conditioning import ENERGY_MOODS, GENRE_DEFAULT_INSTRUMENTS
+from model.log.vocab import GENRES, INSTRUMENTS
 
 END_OF_TEXT = "<|endoftext|>"
 HIDDEN = 32

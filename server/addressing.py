@@ -3,7 +3,7 @@
 With ``simulation.nodes=0`` (and on a real deployment) every user is a node of its own: a message goes to that node
 and its reply is that user's. With node slots (``simulation.nodes > 0``) the server names the users a slot plays in
 the message's ``user`` record, up to ``simulation.users_per_message`` of them, and the reply holds each user's records
-apart (``client.records``). Either way each user's part is judged as a device's reply would be (``server.replies``).
+apart (``protocol.records``). Either way each user's part is judged as a device's reply would be (``server.replies``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from client.records import USERS_RECORD, users_record
+from protocol.records import USERS_RECORD, users_record
 from server.replies import (
     Verdict,
     evaluation_metrics,

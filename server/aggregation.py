@@ -13,10 +13,10 @@ import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
-from client.records import from_array_record, to_array_record
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.randomness import gaussian_noise
 from privacy.user_level import ClippingStats, NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
+from protocol.records import from_array_record, to_array_record
 from server.replies import ClientUpdate
 from server.settings import PrivacySettings, RunSettings, StrategySettings
 

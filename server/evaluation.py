@@ -1,12 +1,12 @@
 """Scoring the global prior on held-out examples, next to the baselines it must beat.
 
 The server scores on ``HeldOutData`` it is given: the simulation gives held-out synthetic users
-(``simulations.held_out``); a real server holds no users' data and is given none. The baselines:
+(``simulations.federation.held_out``); a real server holds no users' data and is given none. The baselines:
 - ``global_most_popular``: always predict the genre most often kept by the federation's users;
 - ``user_recent_most_frequent``: the genre the user kept most often within the window the model reads (ties go to
   the most recent; no kept segment in the window falls back to the global mode);
 - ``named_else_recent``: the genre the request's prompt names, else the user's recent favourite (the arg-max of
-  ``model.heuristic_prior``, which the residual model starts from);
+  ``model.features.heuristic_prior``, which the residual model starts from);
 - ``central_nonprivate``: the same model trained centrally, without privacy, on the federation users' pooled logs.
 """
 
@@ -18,11 +18,11 @@ from typing import Protocol
 
 import torch
 
-from model.encoding import GENRE, KIND, Examples
-from model.heuristic_prior import prior_logits
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig, evaluate, train_local
-from model.vocab import GENRES, KIND_INDEX
+from model.features.encoding import GENRE, KIND, Examples
+from model.features.heuristic_prior import prior_logits
+from model.log.vocab import GENRES, KIND_INDEX
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig, evaluate, train_local
 
 
 class HeldOutData(Protocol):

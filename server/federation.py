@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from flwr.serverapp import Grid
 
-from client.instructions import Scalar, TrainInstructions, to_config_items
-from model.encoding import Examples
-from model.networks import PreferenceLSTM
+from model.features.encoding import Examples
+from model.network.networks import PreferenceLSTM
 from privacy.randomness import SEEDED_WARNING, sampling_generator
+from protocol.instructions import Scalar, TrainInstructions, to_config_items
 from server import evaluation
 from server.addressing import Addressing
 from server.aggregation import make_strategy, strategy_state, user_level_mechanism
@@ -36,7 +36,8 @@ from server.round_report import federated_evaluation_summary, round_line, round_
 from server.run_start import data_instructions, fresh_state, resumed_state
 from server.run_state import RunState
 from server.secagg import SecureAggregator
-from server.settings import ConfigError, RunSettings
+from server.settings import RunSettings
+from validation.config import ConfigError
 
 __all__ = ["FederatedRun", "Progress"]
 
@@ -62,7 +63,7 @@ class FederatedRun:
         if settings.deployment.server_eval and held_out is None:
             raise ConfigError("deployment.server_eval=true needs held-out examples to score, and this server has none: "
                               "a real server holds no users' data (set deployment.server_eval=false); the simulation's "
-                              "ServerApp (simulations.simulated_server_app) scores on held-out synthetic users.")
+                              "ServerApp (simulations.federation.server_app) scores on held-out synthetic users.")
         self.held_out_data = held_out if settings.deployment.server_eval else None
         self.settings = settings
         self.output_dir = Path(output_dir).resolve()

@@ -13,8 +13,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from client.instructions import TrainInstructions, to_config_items
-from client.records import to_array_record
+from protocol.instructions import TrainInstructions, to_config_items
+from protocol.records import to_array_record
 from server.addressing import Addressing
 from server.grid_io import RoundChannel
 from server.replies import Verdict

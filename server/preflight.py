@@ -9,7 +9,7 @@ fails at once with exit code 2, the key, the rule and the value:
 - the model fits in this machine's memory, in every process that holds it.
 
 A simulation also checks that its synthetic population can be generated
-(``simulations.simulated_settings.check_simulation_can_start``).
+(``simulations.federation.settings.check_simulation_can_start``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from server.settings import ConfigError, RunSettings
+from server.settings import RunSettings
+from validation.config import ConfigError
 
 COPIES_PER_PROCESS = 8
 """Model-sized float32 buffers a process holds at once: weights, gradient, two Adam moments, the global model,
@@ -81,7 +82,7 @@ def model_parameters(settings: RunSettings) -> int:
     """The model's parameter count, built on PyTorch's meta device (shapes only, no memory)."""
     import torch
 
-    from model.networks import PreferenceLSTM
+    from model.network.networks import PreferenceLSTM
 
     with torch.device("meta"):
         model = PreferenceLSTM(settings.model)

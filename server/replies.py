@@ -6,7 +6,7 @@ floating-point dtype, bytes that decode to them) with finite values, and the dec
 examples than it was allowed to train on, or zero or fewer, would steer or break the weighted mean). A hostile
 client controls every byte of its reply; nothing in it may raise here.
 
-A simulation slot's reply joins several users' records (``client.records``); each user's part is judged on its own,
+A simulation slot's reply joins several users' records (``protocol.records``); each user's part is judged on its own,
 exactly as a device's reply would be, so one malformed user costs only its own update.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from client.local_update import EVAL_METRICS, TRAIN_METRICS
-from client.records import user_parts
+from protocol.metrics import EVAL_METRICS, TRAIN_METRICS
+from protocol.records import user_parts
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A round samples every candidate independently with probability q (Poisson sampli
 instructions and the global arrays through a ``Transport``, folds each user's judged reply into the run's user-level
 mechanism as it arrives (``server.aggregation.RoundSum``: clip, sum, noise, divide by qN, record; or no privacy), and
 lets the Flower strategy take its step. ``server.federation.FederatedRun`` plays it over the grid
-(``server.grid_transport``); ``simulations.inprocess_federation`` plays it by calling the client's ``local_update``.
+(``server.grid_transport``); ``simulations.federation.inprocess`` plays it by calling the client's ``local_update``.
 Under SecAgg+ the nodes' updates are summed before the server sees them, so the round releases that sum instead.
 """
 
@@ -17,8 +17,8 @@ from typing import Protocol
 import numpy as np
 from flwr.serverapp.strategy import FedAvg
 
-from client.instructions import AttackInstructions, DataInstructions, RecordLevelInstructions, TrainInstructions
 from privacy.user_level import UserLevelMechanism
+from protocol.instructions import AttackInstructions, DataInstructions, RecordLevelInstructions, TrainInstructions
 from server.aggregation import RoundSum
 from server.grid_transport import GridTransport
 from server.replies import ClientUpdate, Verdict

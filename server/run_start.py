@@ -9,18 +9,19 @@ from collections.abc import Callable, Mapping
 import torch
 from flwr.serverapp.strategy import FedAvg
 
-from client.instructions import DataInstructions, Scalar
-from model.networks import PreferenceLSTM
+from model.network.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger
+from protocol.instructions import DataInstructions, Scalar
 from server.aggregation import load_strategy_state, noise_multiplier_for
 from server.checkpoint import load_checkpoint
 from server.run_state import RunState
-from server.settings import ConfigError, RunSettings
+from server.settings import RunSettings
+from validation.config import ConfigError
 
 
 def data_instructions(settings: RunSettings, population: Mapping[str, Scalar] | None = None) -> DataInstructions:
     """How clients cut their examples; ``population``: the synthetic population a simulation's nodes play (opaque
-    entries, ``simulations.simulated_device``), none on a deployment."""
+    entries, ``simulations.federation.device_data``), none on a deployment."""
     p = settings.population
     return DataInstructions(window=p.window, eval_fraction=p.client_eval_fraction, population=dict(population or {}))
 

@@ -40,11 +40,12 @@ from flwr.server.server_config import ServerConfig
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from client.secagg_client import ARRAY_NAMES_KEY
 from privacy.user_level import ClippingStats, NoUserLevelPrivacy, UserLevelGaussian
+from protocol.records import ARRAY_NAMES_KEY
 from server.aggregation import aggregate
 from server.replies import ClientUpdate
-from server.settings import SECAGG_MODULUS_RANGE, ConfigError, SecAggSettings
+from server.settings import SECAGG_MODULUS_RANGE, SecAggSettings
+from validation.config import ConfigError
 
 Arrays = dict[str, np.ndarray]
 

@@ -2,6 +2,9 @@
 
 ``settings_from_config`` builds these dataclasses from the composed config, rejecting unknown keys and wrong
 types with the full key named (each dataclass then checks its own ranges), and checks the rules that span groups. Everything downstream receives these objects, never a raw DictConfig.
+
+Over 300 lines on purpose: one frozen dataclass per Hydra group plus the checks across groups, so the whole
+schema a run is checked against reads in one file.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from client.instructions import ATTACK_KINDS, AttackInstructions, dataclass_from_dict
-from model.networks import ModelConfig
-from model.training import LocalTrainConfig
+from model.network.networks import ModelConfig
+from model.network.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
 from privacy.errors import PrivacyConfigError
 from privacy.randomness import NOISE_SOURCES
+from protocol.instructions import ATTACK_KINDS, AttackInstructions, dataclass_from_dict
+from validation.config import ConfigError, check_range
 
 PRIVACY_MODES = ("none", "record", "user", "both")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -26,38 +30,7 @@ MEAN_STRATEGIES = ("fedavg", "fedadam")
 
 
 SEED_MAX = 2**63 - 1
-"""Largest seed: what the synthetic population (``simulations.population``) and NumPy's streams accept."""
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; raised before any training, naming the key and the allowed range."""
-
-
-def check_range(key: str, value: object, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False, high_open: bool = False, note: str = "", fix: str = "",
-                error: type[ValueError] = ConfigError) -> None:
-    """Raise ``error`` naming ``key``, the rule and ``value`` unless ``value`` is a number between ``low`` and ``high``.
-
-    Bounds are inclusive unless ``low_open`` / ``high_open``; ``None`` is no bound. NaN, ``None`` and non-numbers are
-    never in range. ``note`` follows the rule (e.g. " (0: one node per user)"), ``fix`` follows the value found.
-    E.g. ``check_range("simulation.sample_rate", 0, 0, 1, low_open=True)`` raises "simulation.sample_rate must be
-    in (0, 1]; found 0."
-    """
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if (number and (low is None or (low < value if low_open else low <= value))
-            and (high is None or (value < high if high_open else value <= high))):
-        return
-    if low is not None and high is not None:
-        rule = f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
-    elif low is not None:
-        rule = f"{'>' if low_open else '>='} {_bound(low)}"
-    else:
-        rule = f"{'<' if high_open else '<='} {_bound(high)}"
-    raise error(f"{key} must be {rule}{note}; found {value!r}." + (f" {fix}" if fix else ""))
-
-
-def _bound(bound: float | None) -> str:
-    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+"""Largest seed: what the synthetic population (``simulations.population.population``) and NumPy's streams accept."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +39,7 @@ class PopulationSettings:
 
     ``world`` describes the synthetic users' world. The server's schema keeps it as plain data it never reads; the
     simulation's schema (``simulations.settings.SimulatedRunSettings``) types and validates it as a
-    ``simulations.world.World``, so the server needs no synthetic-world types.
+    ``simulations.population.world.World``, so the server needs no synthetic-world types.
     """
 
     seed: int = 0
@@ -162,7 +135,7 @@ class StrategySettings:
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Simulation only: ``fraction`` of the synthetic users are malicious and play ``kind`` (``simulations/attacks.py``)."""
+    """Simulation only: ``fraction`` of the synthetic users are malicious and play ``kind`` (``simulations/federation/attacks.py``)."""
 
     kind: str = "none"
     fraction: float = 0.0

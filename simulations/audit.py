@@ -11,7 +11,7 @@ such mechanism has TPR <= e^epsilon * FPR + delta (Kairouz, Oh & Viswanath 2015)
 epsilon would mean the accounting, or the code, is wrong.
 
 Training is the federated code path in one process, without Flower's messaging
-(``simulations.inprocess_federation.InProcessFederation``): each round samples every user independently with
+(``simulations.federation.inprocess.InProcessFederation``): each round samples every user independently with
 probability q (Poisson), runs the client's own ``client.local_update.local_update`` on that
 user's examples (clipping on the device under user-level DP) and the server's ``server.aggregation.aggregate``
 (clip, sum, Gaussian noise z*C, divide by the expected count, FedAvg's step), with z from
@@ -25,6 +25,9 @@ trial k of both worlds). The server's noise comes from ``noise``: fresh OS entro
 (``secure``, the default, what a real attacker faces), or the trial's seeded stream (``seeded``: trial k of both
 worlds then differs only by the canary). The statistics are
 ``privacy.audit_bounds``.
+
+Over 300 lines on purpose: the audit's game in one place (the canary, the trainings with and without it, the
+attack's scores and the bound), so what is measured can be read against the papers above.
 """
 
 from __future__ import annotations
@@ -39,25 +42,25 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from client.instructions import DataInstructions
 from client.local_update import load_model
-from model.encoding import Examples, build_examples, empty_examples
-from model.events import Event
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig, evaluate
-from model.vocab import GENRES
+from model.features.encoding import Examples, build_examples, empty_examples
+from model.log.events import Event
+from model.log.vocab import GENRES
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig, evaluate
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.audit_bounds import EpsilonBound, epsilon_lower_bound, roc_auc
+from protocol.instructions import DataInstructions
 from server.settings import (
     PopulationSettings,
     PrivacySettings,
     RunSettings,
     StrategySettings,
 )
-from simulations.held_out import held_out_examples
-from simulations.inprocess_federation import InProcessFederation
-from simulations.population import PopulationConfig
-from simulations.simulated_device import device_examples, simulated_data
+from simulations.federation.device_data import device_examples, simulated_data
+from simulations.federation.held_out import held_out_examples
+from simulations.federation.inprocess import InProcessFederation
+from simulations.population.population import PopulationConfig
 
 Arrays = dict[str, np.ndarray]
 

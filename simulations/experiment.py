@@ -1,13 +1,13 @@
 """Closed-loop experiment entry point: ``python -m simulations.experiment [hydra overrides]``.
 
 Composes ``conf/experiment.yaml``, pre-trains the global models on the historic federation
-(``simulations.pretraining``), then serves the same new users with every policy (``simulations.policies``) for the
-configured days (``simulations.closed_loop``), retraining the personalised policies' models from the loop's logs.
+(``simulations.loop.pretraining``), then serves the same new users with every policy (``simulations.loop.policies``) for the
+configured days (``simulations.loop.closed_loop``), retraining the personalised policies' models from the loop's logs.
 Writes ``experiment.json``, ``experiment.png`` (the seed's table with intervals) and ``cold_start.png`` into
 Hydra's output directory and prints the table. By default generation is simulated: the generator describes what
-ACE-Step would play (``model.simulated_generator``) and no audio is produced. ``generation=acestep_tiny`` (or
+ACE-Step would play (``simulations.loop.simulated_generator``) and no audio is produced. ``generation=acestep_tiny`` (or
 ``generation=acestep generation.pipeline_dir=PATH``) also runs ACE-Step 1.5's pipeline for every request and writes
-the audio on the device (``simulations.experiment_generation``); reactions still come from the descriptors, so no
+the audio on the device (``simulations.loop.generation``); reactions still come from the descriptors, so no
 figure here is about ACE-Step's output. Examples::
 
     python -m simulations.experiment experiment.users=5000 experiment.days=14
@@ -35,22 +35,22 @@ from omegaconf import DictConfig  # noqa: E402
 
 from privacy.randomness import SEEDED_WARNING  # noqa: E402
 from server.report import write_json  # noqa: E402
-from server.settings import ConfigError  # noqa: E402
-from simulations.closed_loop import ClosedLoop, build_cohort  # noqa: E402
-from simulations.experiment_generation import LoopGeneration  # noqa: E402
-from simulations.experiment_report import (  # noqa: E402
+from validation.config import ConfigError  # noqa: E402
+from simulations.loop.closed_loop import ClosedLoop, build_cohort  # noqa: E402
+from simulations.loop.generation import LoopGeneration  # noqa: E402
+from simulations.loop.report import (  # noqa: E402
     cold_start_curve,
     format_table,
     plot_cold_start,
     plot_table,
     policy_table,
 )
-from simulations.experiment_settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
-from simulations.judging import __doc__ as JUDGING_DOC  # noqa: E402
-from simulations.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy  # noqa: E402
-from simulations.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
-from simulations.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
-from simulations.simulated_settings import world_of  # noqa: E402
+from simulations.loop.settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
+from simulations.loop.judging import __doc__ as JUDGING_DOC  # noqa: E402
+from simulations.loop.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy  # noqa: E402
+from simulations.loop.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
+from simulations.loop.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
+from simulations.federation.settings import world_of  # noqa: E402
 
 DEFINITIONS = {
     "first_satisfaction": "share of requests whose first generated piece reached the user's keep threshold",

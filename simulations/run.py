@@ -1,9 +1,9 @@
 """Federated simulation entry point: ``python -m simulations.run [hydra overrides]``.
 
 Composes ``conf/config.yaml`` with your overrides and validates it before anything starts (schema, then
-``simulations.simulated_settings.check_simulation_can_start``: checkpoint file, population, privacy budget, model size
+``simulations.federation.settings.check_simulation_can_start``: checkpoint file, population, privacy budget, model size
 against memory), exiting 2 with the reason; then runs the simulation's ServerApp and ClientApp
-(``simulations.simulated_server_app``, ``simulations.simulated_client_app``: the product's apps with the synthetic
+(``simulations.federation.server_app``, ``simulations.federation.client_app``: the product's apps with the synthetic
 population, its held-out users and the attack mod plugged in) in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
 CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic users the server samples (or one
 SuperNode per user with ``simulation.nodes=0``). Everything the run writes (metrics.json, checkpoint.pt, run.log,
@@ -62,8 +62,8 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    from simulations.simulated_client_app import app as client_app
-    from simulations.simulated_server_app import app as server_app
+    from simulations.federation.client_app import app as client_app
+    from simulations.federation.server_app import app as server_app
 
     quiet_known_warnings()
 
@@ -115,7 +115,7 @@ def main(cfg: DictConfig) -> None:
     _task_started = True
     for noisy in ("alembic", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from simulations.simulated_settings import check_simulation_can_start, simulated_settings
+    from simulations.federation.settings import check_simulation_can_start, simulated_settings
 
     try:
         settings = simulated_settings(cfg)

@@ -1,11 +1,11 @@
 """Device logs for a test federation: each node's SQLite log store filled with one synthetic user's events.
 
 A real device fills its log as its user listens (``client.log_store``); for trying a deployment on one machine,
-``seed_device_logs`` writes ``DIR/node-1/events.db``, ``DIR/node-2/events.db``, ... from ``simulations.population``
+``seed_device_logs`` writes ``DIR/node-1/events.db``, ``DIR/node-2/events.db``, ... from ``simulations.population.population``
 (user ``first_user + i`` for node ``i + 1``), in one transaction per log.
 
-Its command line is the deploy tool's ``seed-logs`` subcommand (same flags, parsed by ``server.deploy.cli``):
-``python -m server.deploy seed-logs ...`` runs ``python -m simulations.seed_logs ...``, so the synthetic-user
+Its command line is the deploy tool's ``seed-logs`` subcommand (same flags, parsed by ``launch.cli``):
+``python -m launch seed-logs ...`` runs ``python -m simulations.seed_logs ...``, so the synthetic-user
 generator stays out of the server's imports.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.log_store import LogStore
-from simulations.population import Population, PopulationConfig
+from simulations.population.population import Population, PopulationConfig
 
 LOG_FILE = "events.db"
 
@@ -45,7 +45,7 @@ def seed_device_logs(folder: str | os.PathLike[str], *, devices: int, seed: int 
     """Write ``devices`` log stores of synthetic users ``first_user ..``; nodes are named ``node-1`` ...
 
     Raises:
-        SeedError: if ``devices`` < 1, ``days`` or the user ids are outside what ``simulations.population``
+        SeedError: if ``devices`` < 1, ``days`` or the user ids are outside what ``simulations.population.population``
             generates, or a log already holds events (seeding twice would mix two users).
     """
     if devices < 1:
@@ -72,7 +72,7 @@ def seed_device_logs(folder: str | os.PathLike[str], *, devices: int, seed: int 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m simulations.seed_logs --out DIR [--devices N --seed S --days D --first-user U]``; exit 2 with
     ``error: ...`` on logs that cannot be seeded."""
-    from server.deploy.cli import build_parser  # the flags and their help, defined once with the deploy tool's
+    from launch.cli import build_parser  # the flags and their help, defined once with the deploy tool's
 
     args = build_parser().parse_args(["seed-logs", *(sys.argv[1:] if argv is None else argv)])
     try:

@@ -1,12 +1,12 @@
 """The honest yardstick: every simple rule a learned model must beat, scored on the same held-out points.
 
-For the held-out synthetic users' latest prediction points (the ones ``simulations.held_out.held_out_examples``
+For the held-out synthetic users' latest prediction points (the ones ``simulations.federation.held_out.held_out_examples``
 scores), with 95 % intervals from a bootstrap over users (one user's points are not independent):
 
 - ``global_most_popular``: the genre the federation keeps most;
 - ``recent_most_frequent``: the genre the user kept most in the window the model reads;
 - ``named_else_recent``: the genre the prompt names, else the recent favourite (the intent-aware heuristic, and
-  the arg-max of ``model.heuristic_prior``: what the residual model starts from);
+  the arg-max of ``model.features.heuristic_prior``: what the residual model starts from);
 - ``told_mood_map`` (reference, not a fair competitor): like ``named_else_recent``, but a prompt naming a mood
   picks the user's most frequent recent genre *of that mood*, using the simulator's own mood→genre map
   (the population world's ``genre_moods``), which no device knows;
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.encoding import prediction_points
-from model.events import Event
-from model.prompt_intent import CALM_MOODS, ENERGETIC_MOODS, parse_prompt
-from model.vocab import GENRE_INDEX, GENRES
-from simulations.population import Population
-from simulations.world import World
+from model.features.encoding import prediction_points
+from model.features.prompt_intent import CALM_MOODS, ENERGETIC_MOODS, parse_prompt
+from model.log.events import Event
+from model.log.vocab import GENRE_INDEX, GENRES
+from simulations.population.population import Population
+from simulations.population.world import World
 
 MOOD_GROUP_OF_TAG = {**{tag: "calm" for tag in CALM_MOODS}, **{tag: "energetic" for tag in ENERGETIC_MOODS}}
 """How the prompt parser's mood tags map to the simulator's three moods; "focused" is the simulator's "steady"."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.events import Event
+from model.log.events import Event
 
 T0 = 1_788_739_200  # 2026-09-07 00:00:00 UTC, a Monday
 

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from generation.acestep_pipeline import AceStepPipelineGenerator, PipelineUnavailable, load_pipeline
+from generation.acestep_requests import AceStep15Request, to_v15
+from generation.conditioning import build_request
+from generation.generators import Generator
 from generation.pipeline_call import music_request_kwargs, pipeline_kwargs
 from generation.pipeline_folder import missing_parts
 from generation.tiny_pipeline import build_tiny_pipeline, save_tiny_pipeline
-from model.acestep_requests import AceStep15Request, to_v15
-from model.conditioning import build_request
-from model.generators import Generator
-from model.recent_choices import RecentChoices
-from model.vocab import GENRES
-from simulations.closed_loop import Edits, edited_request
-from simulations.experiment_settings import LoopSettings
-from simulations.policies import Conditioning
+from model.features.recent_choices import RecentChoices
+from model.log.vocab import GENRES
+from simulations.loop.closed_loop import Edits, edited_request
+from simulations.loop.policies import Conditioning
+from simulations.loop.settings import LoopSettings
 
 DURATION = 10.0  # ACE-Step 1.5's shortest piece
 

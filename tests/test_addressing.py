@@ -3,8 +3,8 @@
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from client.local_update import TRAIN_METRICS
-from client.records import USERS_RECORD, joined_parts, slot_users
+from protocol.metrics import TRAIN_METRICS
+from protocol.records import USERS_RECORD, joined_parts, slot_users
 from server.addressing import Addressing
 
 SLOTS, OWN_NODES = Addressing(slots=True, users_per_message=5), Addressing(slots=False, users_per_message=5)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from client.local_update import TRAIN_METRICS
-from client.records import to_array_record
 from privacy.user_level import NoUserLevelPrivacy
+from protocol.metrics import TRAIN_METRICS
+from protocol.records import to_array_record
 from server.aggregation import aggregate, make_strategy
 from server.replies import ClientUpdate, judge_reply
 from server.settings import StrategySettings

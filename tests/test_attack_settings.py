@@ -2,8 +2,9 @@
 
 import pytest
 
-from client.instructions import AttackInstructions
-from server.settings import ConfigError, settings_from_config
+from protocol.instructions import AttackInstructions
+from server.settings import settings_from_config
+from validation.config import ConfigError
 
 
 @pytest.mark.parametrize("kind", ["scale", "sign_flip", "nan_arrays", "missing_array", "extra_array", "label_flip"])

@@ -1,4 +1,4 @@
-"""Hostile simulated clients (simulations/attacks.py): who is malicious, what each attack sends, that the server's
+"""Hostile simulated clients (simulations/federation/attacks.py): who is malicious, what each attack sends, that the server's
 reply checks reject the malformed ones from the simulation's ClientApp (the attack mod around the product's
 functions), and that a device's ClientApp never attacks."""
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from simulations.attacks import (
+from simulations.federation.attacks import (
     ATTACK_KINDS,
     EXTRA_ARRAY_NAME,
     LABEL_PERMUTATION,
@@ -18,14 +18,14 @@ from simulations.attacks import (
     is_malicious,
 )
 from client.client_app import app as device_app
-from client.instructions import AttackInstructions, from_config_items, to_config_items
-from client.records import user_parts
-from model.encoding import Examples
-from model.networks import PreferenceLSTM
-from model.vocab import GENRES
+from model.features.encoding import Examples
+from model.log.vocab import GENRES
+from model.network.networks import PreferenceLSTM
+from protocol.instructions import AttackInstructions, from_config_items, to_config_items
+from protocol.records import user_parts
 from server.replies import judge_reply
+from simulations.federation.client_app import app
 from simulations.seed_logs import seed_device_logs
-from simulations.simulated_client_app import app
 from tests.test_client_app import _context, _instructions, _message, _slot_message
 
 GLOBAL = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.ones(2, dtype=np.float32)}

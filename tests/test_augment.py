@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.augment import AugmentConfig, augment_batch
+from model.features.augment import AugmentConfig, augment_batch
 
 
 def _batch():

@@ -1,4 +1,4 @@
-"""Batched local training (``model.batched_training``, ``client.local_update.local_updates``) gives each user exactly
+"""Batched local training (``model.network.batched_training``, ``client.local_update.local_updates``) gives each user exactly
 the update its own sequential ``train_local`` / ``local_update`` gives (within 1e-5), under plain SGD and
 record-level DP-SGD with seeded noise; configurations it cannot reproduce are trained one by one; and an in-process
 federation releases the same model and held-out top-1 either way."""
@@ -14,17 +14,18 @@ import torch
 
 import client.local_update as local_update_module
 from client.device_ledger import DeviceLedger
-from client.instructions import RecordLevelInstructions, TrainInstructions
-from client.local_update import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET, local_update, local_updates
-from model.augment import AugmentConfig
-from model.batched_training import USERS_PER_BATCH, batchable, train_local_batched
-from model.encoding import Examples, empty_examples
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
+from client.local_update import local_update, local_updates
+from model.features.augment import AugmentConfig
+from model.features.encoding import Examples, empty_examples
+from model.network.batched_training import USERS_PER_BATCH, batchable, train_local_batched
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
+from protocol.instructions import RecordLevelInstructions, TrainInstructions
+from protocol.metrics import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET
 from server.settings import PopulationSettings, PrivacySettings, RecordPrivacySettings, RunSettings
-from simulations.inprocess_federation import InProcessFederation
-from simulations.population import PopulationConfig
-from simulations.simulated_device import device_examples, simulated_data
+from simulations.federation.device_data import device_examples, simulated_data
+from simulations.federation.inprocess import InProcessFederation
+from simulations.population.population import PopulationConfig
 
 TOLERANCE = 1e-5
 WINDOW = 16
@@ -89,7 +90,7 @@ def test_more_users_than_one_batch_holds_are_trained_in_parts(users, monkeypatch
     model = _model()
     generators = lambda: [torch.Generator().manual_seed(k) for k in range(len(users))]  # noqa: E731
     whole, _ = train_local_batched(model, users, TRAIN, generators=generators())
-    monkeypatch.setattr("model.batched_training.USERS_PER_BATCH", 2)
+    monkeypatch.setattr("model.network.batched_training.USERS_PER_BATCH", 2)
     parts, _ = train_local_batched(model, users, TRAIN, generators=generators())
     assert USERS_PER_BATCH > len(users)
     assert all(_max_difference(a, b) <= TOLERANCE for a, b in zip(whole, parts))

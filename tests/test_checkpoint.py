@@ -12,8 +12,9 @@ from privacy.accounting import PrivacyLedger
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.federation import Progress
 from server.preflight import check_checkpoint_file
-from server.settings import ConfigError, settings_from_config
-from simulations.simulated_server_app import simulated_run
+from server.settings import settings_from_config
+from simulations.federation.server_app import simulated_run
+from validation.config import ConfigError
 
 FIELDS = {"format_version", "round", "arrays", "ledger", "noise_multiplier", "strategy_state", "device_dir",
           "record_epsilon", "rounds", "settings"}

@@ -8,16 +8,16 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client.instructions import (DataInstructions, RecordLevelInstructions, TrainInstructions, from_config_items,
+from protocol.instructions import (DataInstructions, RecordLevelInstructions, TrainInstructions, from_config_items,
                                  to_config_items)
-from client.local_update import DECLINED_RECORD_BUDGET, EVAL_METRICS, TRAIN_METRICS
-from client.records import USERS_RECORD, slot_users, to_array_record, user_parts, users_record
-from simulations.population import PopulationConfig
-from simulations.simulated_client_app import app
-from simulations.simulated_device import device_examples, population, population_of, simulated_data
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
-from simulations.world import PromptMix, World
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
+from protocol.metrics import DECLINED_RECORD_BUDGET, EVAL_METRICS, TRAIN_METRICS
+from protocol.records import USERS_RECORD, slot_users, to_array_record, user_parts, users_record
+from simulations.federation.client_app import app
+from simulations.federation.device_data import device_examples, population, population_of, simulated_data
+from simulations.population.population import PopulationConfig
+from simulations.population.world import PromptMix, World
 
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)

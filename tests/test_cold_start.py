@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.cold_start import (
+from generation.cold_start import (
     ExplorationConfig,
     Questionnaire,
     choose_genre,
@@ -14,9 +14,9 @@ from model.cold_start import (
     questionnaire_distribution,
     starting_preference,
 )
-from model.encoding import empty_examples
-from model.networks import ModelConfig, PreferenceLSTM
-from model.vocab import GENRE_INDEX, GENRES
+from model.features.encoding import empty_examples
+from model.log.vocab import GENRE_INDEX, GENRES
+from model.network.networks import ModelConfig, PreferenceLSTM
 
 FLAT = np.full(len(GENRES), 1.0 / len(GENRES))
 JAZZ_LOVER = Questionnaire(favourite_genres=("jazz",), listening_time="evening", tempo="slow")

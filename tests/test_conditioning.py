@@ -7,15 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from model.acestep_requests import AceStep15Request, to_v15
-from model.conditioning import ConditioningConfig, build_request
-from model.events import Event
-from model.networks import ModelConfig, PreferenceLSTM
-from model.prompt_intent import MAX_PROMPT_CHARS, parse_prompt
-from model.recent_choices import RecentChoices, summarise_recent
-from model.simulated_generator import SimulatedGenerator
-from model.streaming import StreamingPredictor
-from model.vocab import GENRE_INDEX, GENRES
+from generation.acestep_requests import AceStep15Request, to_v15
+from generation.conditioning import ConditioningConfig, build_request
+from model.device.streaming import StreamingPredictor
+from model.features.prompt_intent import MAX_PROMPT_CHARS, parse_prompt
+from model.features.recent_choices import RecentChoices, summarise_recent
+from model.log.events import Event
+from model.log.vocab import GENRE_INDEX, GENRES
+from model.network.networks import ModelConfig, PreferenceLSTM
+from simulations.loop.simulated_generator import SimulatedGenerator
 from tests.helpers import T0, kept
 
 

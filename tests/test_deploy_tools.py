@@ -16,16 +16,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from server.deploy import cli
-from server.deploy.certs import (
+from launch import cli
+from launch.certs import (
     CertificateError, certificate_hosts, check_superlink_tls, generate_node_key, generate_server_certificates,
     server_certificates,
 )
-from server.deploy.commands import (
+from launch.commands import (
     CommandError, flower_environment, node_config_text, superlink_command, supernode_command, write_run_config,
 )
-from server.deploy.connection import write_connection
-from server.deploy.processes import PortInUseError, descendants, ensure_port_free, free_port, is_alive, start
+from launch.connection import write_connection
+from launch.processes import PortInUseError, descendants, ensure_port_free, free_port, is_alive, start
 
 
 # ------------------------------------------------------------------------------------------------ certificates
@@ -70,7 +70,7 @@ def test_node_names_cannot_escape_the_key_folder(tmp_path):
 
 
 def test_missing_tls_files_are_named_with_how_to_create_them(tmp_path):
-    with pytest.raises(CertificateError, match=r"ca\.pem.*server\.pem.*server\.key.*server\.deploy certs"):
+    with pytest.raises(CertificateError, match=r"ca\.pem.*server\.pem.*server\.key.*python -m launch certs"):
         server_certificates(tmp_path).check()
 
 
@@ -148,7 +148,7 @@ def test_stopping_a_process_stops_what_it_spawned_in_another_session(tmp_path):
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.deploy", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_refuses_to_start_a_superlink_without_certificates(tmp_path):

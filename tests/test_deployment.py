@@ -1,4 +1,4 @@
-"""A real federation on 127.0.0.1, driven through ``python -m server.deploy`` as an operator would.
+"""A real federation on 127.0.0.1, driven through ``python -m launch`` as an operator would.
 
 One SuperLink with TLS and SuperNode authentication, three SuperNodes each training on its own SQLite log of a
 synthetic user, and one node whose key was never registered. The runs, in order:
@@ -27,9 +27,9 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from model.networks import PreferenceLSTM
+from model.network.networks import PreferenceLSTM
 from server.checkpoint import load_checkpoint
-from server.deploy.processes import (
+from launch.processes import (
     ManagedProcess, PortInUseError, command_line, descendants, ensure_port_free, free_port, is_alive, start,
 )
 from server.server_app import compose_settings
@@ -49,7 +49,7 @@ RUN_B = COMMON + ["simulation.rounds=4", "privacy.target_epsilon=40", "simulatio
 
 
 def deploy(*args: object) -> list[str]:
-    return [sys.executable, "-m", "server.deploy", *map(str, args)]
+    return [sys.executable, "-m", "launch", *map(str, args)]
 
 
 def _lines(path: Path) -> list[str]:

@@ -9,13 +9,13 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import app
 from client.device_data import DeviceDataError, device_data
-from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from client.log_store import LogStore
-from client.records import to_array_record
-from simulations.population import PopulationConfig
-from simulations.simulated_device import device_examples, simulated_data, simulated_device_data
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
+from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from protocol.records import to_array_record
+from simulations.federation.device_data import device_examples, simulated_data, simulated_device_data
+from simulations.population.population import PopulationConfig
 from simulations.seed_logs import SeedError, seed_device_logs
 
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
@@ -61,7 +61,7 @@ def test_the_simulations_data_source_reads_a_log_db_as_a_device_does(tmp_path):
 
 
 def test_a_devices_data_source_refuses_a_synthetic_user_and_names_the_simulations_app():
-    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.simulated_client_app"):
+    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.federation.client_app"):
         device_data(DATA, {"partition-id": 4})
 
 

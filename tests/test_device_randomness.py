@@ -13,14 +13,14 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import app as device_app
-from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
-from client.records import to_array_record
-from simulations.population import PopulationConfig
-from simulations.simulated_device import simulated_data
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
+from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from protocol.records import to_array_record
+from simulations.federation.client_app import app as simulation_app
+from simulations.federation.device_data import simulated_data
+from simulations.population.population import PopulationConfig
 from simulations.seed_logs import seed_device_logs
-from simulations.simulated_client_app import app as simulation_app
 
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.device_runtime import DeviceModelMismatch, DeviceStep
-from model.distill import DEVICE_MODEL, new_student
-from model.encoding import encode_events
-from model.export import export_device_model, step_signature
-from model.networks import ModelConfig, PreferenceLSTM
-from model.vocab import GENRES
-from simulations.population import Population, PopulationConfig
+from model.device.export import export_device_model, step_signature
+from model.device.runtime import DeviceModelMismatch, DeviceStep
+from model.features.encoding import encode_events
+from model.log.vocab import GENRES
+from model.network.distill import DEVICE_MODEL, new_student
+from model.network.networks import ModelConfig, PreferenceLSTM
+from simulations.population.population import Population, PopulationConfig
 
 TOLERANCE = 1e-5
 TWO_LAYERS = ModelConfig(bidirectional=False, hidden_size=16, num_layers=2, dropout=0.0, head_dropout=0.0)

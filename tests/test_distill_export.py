@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.distill import (
+from model.network.distill import (
     DEVICE_MODEL,
     DistillConfig,
     agreement,
@@ -13,11 +13,11 @@ from model.distill import (
     distillation_loss,
     new_student,
 )
-from model.encoding import Examples, build_examples
-from model.export import state_dict_bytes
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig, train_local
-from simulations.population import Population, PopulationConfig
+from model.device.export import state_dict_bytes
+from model.features.encoding import Examples, build_examples
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig, train_local
+from simulations.population.population import Population, PopulationConfig
 
 WINDOW = 32
 

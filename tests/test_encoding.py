@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoding import (
+from model.features.encoding import (
     BPM,
     FEATURE_DIM,
     GENRE,
@@ -16,8 +16,8 @@ from model.encoding import (
     encode_events,
     split_recent,
 )
-from model.events import Event
-from model.vocab import GENRE_INDEX, INSTRUMENT_INDEX, KIND_INDEX
+from model.log.events import Event
+from model.log.vocab import GENRE_INDEX, INSTRUMENT_INDEX, KIND_INDEX
 from tests.helpers import T0, kept, redone, request
 
 

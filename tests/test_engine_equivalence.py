@@ -14,17 +14,17 @@ import pytest
 
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
-from simulations.simulated_device import device_examples
 from privacy.accounting import PrivacyLedger
 from server.aggregation import aggregate, user_level_mechanism
 from server.checkpoint import load_checkpoint
 from server.federation import Progress
 from server.replies import ClientUpdate
 from server.settings import settings_from_config
-from simulations.held_out import held_out_examples
-from simulations.inprocess_federation import server_task_identity
+from simulations.federation.device_data import device_examples
+from simulations.federation.held_out import held_out_examples
+from simulations.federation.inprocess import server_task_identity
+from simulations.federation.server_app import simulated_run
 from simulations.run import run_federated_simulation
-from simulations.simulated_server_app import simulated_run
 
 OVERRIDES = ["population=small", "population.num_users=24", "population.eval_users=6", "population.days=10",
              "simulation.sample_rate=0.5", "simulation.rounds=3", "simulation.nodes=3", "simulation.users_per_message=5",

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from model.event_log import MAX_LINE_BYTES, LoadReport, load_events, parse_lines, write_events
-from model.log_file import LogFileError
-from model.event_parsing import MAX_PROMPT_CHARS, MISSING, EventError, parse_event
-from model.events import Event
-from model.time_rules import FUTURE_TOLERANCE_S
-from model.vocab import EVENT_KINDS
+from model.log.event_log import MAX_LINE_BYTES, LoadReport, load_events, parse_lines, write_events
+from model.log.events import Event
+from model.log.log_file import LogFileError
+from model.log.parsing import MAX_PROMPT_CHARS, MISSING, EventError, parse_event
+from model.log.time_rules import FUTURE_TOLERANCE_S
+from model.log.vocab import EVENT_KINDS
 
 LINES = [  # one event per kind, in time order
     '{"time": "2026-11-02T21:13:50+01:00", "kind": "generation_requested", "prompt": "something relaxing"}',

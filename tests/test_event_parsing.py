@@ -1,4 +1,4 @@
-"""Every rule of ``model.event_parsing``: each bad value is rejected naming its field, the value and the rule.
+"""Every rule of ``model.log.parsing``: each bad value is rejected naming its field, the value and the rule.
 
 Rule tests go through ``parse_lines`` with the bad object on line 2 (after a blank line), so each also checks that the
 error carries its line number and source.
@@ -14,16 +14,16 @@ from datetime import datetime, timezone
 
 import pytest
 
-from model.event_log import parse_lines
-from model.event_parsing import (
+from model.log.event_log import parse_lines
+from model.log.parsing import (
     MAX_PROMPT_CHARS,
     MISSING,
     EventError,
     event_to_json_line,
     parse_event,
 )
-from model.events import FIELDS_BY_KIND, Event
-from model.vocab import EVENT_KINDS
+from model.log.events import FIELDS_BY_KIND, Event
+from model.log.vocab import EVENT_KINDS
 
 TIME = "2026-11-02T21:14:05+01:00"
 VALID: dict[str, dict] = {

@@ -10,9 +10,9 @@ import wave
 import pytest
 from hydra import compose, initialize_config_dir
 
-from server.settings import ConfigError
 from simulations.experiment import run_experiment
-from simulations.experiment_settings import experiment_settings_from_config
+from simulations.loop.settings import experiment_settings_from_config
+from validation.config import ConfigError
 from tests.conftest import ROOT
 
 TINY_LOOP = [

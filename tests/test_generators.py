@@ -7,14 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from model.conditioning import MusicRequest
-from model.generators import Generator
-from model.simulated_generator import (
+from generation.conditioning import MusicRequest
+from generation.generators import Generator
+from simulations.loop.simulated_generator import (
     GENRE_NEIGHBOURS,
     AdherenceNoise,
     SimulatedGenerator,
 )
-from model.vocab import GENRE_INDEX
+from model.log.vocab import GENRE_INDEX
 
 JAZZ = MusicRequest(genres=("jazz",), genre_weights=(1.0,), bpm=96, instruments=("piano", "bass", "saxophone"),
                     moods=("calm",))

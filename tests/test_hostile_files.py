@@ -19,9 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client.log_store import LogStore
-from model.event_log import load_events
-from model.log_file import LogFileError
-from model.time_rules import FUTURE_TOLERANCE_S
+from model.log.event_log import load_events
+from model.log.log_file import LogFileError
+from model.log.time_rules import FUTURE_TOLERANCE_S
 from tests.test_hostile_inputs import (
     FAST,
     FEW,

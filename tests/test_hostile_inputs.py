@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from client.instructions import (
+from protocol.instructions import (
     DataInstructions,
     InstructionError,
     RecordLevelInstructions,
@@ -41,13 +41,14 @@ from client.instructions import (
     to_config_items,
 )
 from client.log_store import LogStore, LogStoreError
-from model.event_log import MAX_LINE_BYTES, load_events, parse_lines, write_events
-from model.event_parsing import MAX_PROMPT_CHARS, EventError, event_to_json_line, parse_event
-from model.events import FIELDS_BY_KIND, Event
-from model.log_file import head_problem
-from model.vocab import BPM_DIRECTIONS, BPM_MAX, BPM_MIN, EVENT_KINDS, GENRES, INSTRUMENTS
+from model.log.event_log import MAX_LINE_BYTES, load_events, parse_lines, write_events
+from model.log.events import FIELDS_BY_KIND, Event
+from model.log.log_file import head_problem
+from model.log.parsing import MAX_PROMPT_CHARS, EventError, event_to_json_line, parse_event
+from model.log.vocab import BPM_DIRECTIONS, BPM_MAX, BPM_MIN, EVENT_KINDS, GENRES, INSTRUMENTS
 from privacy.errors import PrivacyConfigError
-from server.settings import ConfigError, RunSettings, settings_from_config
+from server.settings import RunSettings, settings_from_config
+from validation.config import ConfigError
 from tests.conftest import ROOT
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from client.local_update import TRAIN_METRICS
 from privacy.user_level import NoUserLevelPrivacy
+from protocol.metrics import TRAIN_METRICS
 from server.aggregation import aggregate, make_strategy
 from server.replies import ClientUpdate, judge_reply
 from server.settings import StrategySettings
@@ -95,7 +95,7 @@ def test_a_malformed_evaluation_reply_is_refused_not_raised(flower_task_identity
 
 
 def _slot_reply(parts: list[RecordDict]) -> Message:
-    from client.records import joined_parts
+    from protocol.records import joined_parts
 
     return Message(joined_parts(parts), dst_node_id=0, message_type="train")
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from simulations.attacks import is_malicious
 from server.checkpoint import load_checkpoint
+from simulations.federation.attacks import is_malicious
 from tests.test_federated_run import _run
 
 

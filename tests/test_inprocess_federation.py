@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-import server.aggregation
-from client.instructions import DataInstructions
-from simulations.population import PopulationConfig
-from simulations.simulated_device import device_examples, simulated_data
-from model.encoding import empty_examples
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
+from model.features.encoding import empty_examples
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
 from privacy.accounting import PrivacyLedger
+from protocol.instructions import DataInstructions
 from server.settings import PopulationSettings, PrivacySettings, RunSettings
-from simulations.inprocess_federation import InProcessFederation
+from simulations.federation.device_data import device_examples, simulated_data
+from simulations.federation.inprocess import InProcessFederation
+from simulations.population.population import PopulationConfig
+import server.aggregation
 
 WINDOW = 16
 MODEL = ModelConfig(bidirectional=False, hidden_size=8, num_layers=1)

@@ -2,12 +2,12 @@
 
 import torch
 
-from model.encoding import Examples, build_examples
-from model.networks import ModelConfig
-from model.training import LocalTrainConfig
+from model.features.encoding import Examples, build_examples
+from model.network.networks import ModelConfig
+from model.network.training import LocalTrainConfig
 from server.evaluation import global_mode_top1, recent_mode_top1, score, train_central
-from simulations.population import Population, PopulationConfig
-from simulations.world import World
+from simulations.population.population import Population, PopulationConfig
+from simulations.population.world import World
 
 WINDOW = 32
 

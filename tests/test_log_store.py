@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from client.log_store import APPLICATION_ID, PROGRESS_LINES, SCHEMA_VERSION, LogStore, LogStoreError
-from model.log_file import LogFileError
-from model.event_parsing import EventError
-from model.events import Event
-from model.vocab import EVENT_KINDS, GENRES
+from model.log.events import Event
+from model.log.log_file import LogFileError
+from model.log.parsing import EventError
+from model.log.vocab import EVENT_KINDS, GENRES
 from tests.helpers import T0, kept, redone, request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,8 +381,8 @@ def test_import_of_a_missing_file_raises_oserror_and_bad_mode_valueerror(db, tmp
 _APPENDER = """
 import sys
 from client.log_store import LogStore
-from model.events import Event
-from model.vocab import EVENT_KINDS, GENRES
+from model.log.events import Event
+from model.log.vocab import EVENT_KINDS, GENRES
 store = LogStore.open(sys.argv[1])
 for i in range(int(sys.argv[2])):
     store.append(Event(ts=float(sys.argv[3]) + float(sys.argv[4]) * i, utc_offset_min=60, kind="bpm_set",

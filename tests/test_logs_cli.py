@@ -13,7 +13,7 @@ import pytest
 
 from client.log_store import PROGRESS_LINES, LogStore
 from client.logs import SHOWN_ERRORS
-from model.event_log import parse_lines
+from model.log.event_log import parse_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("import", "validate", "stats", "drop")

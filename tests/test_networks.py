@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model.encoding import FEATURE_DIM
-from model.networks import ModelConfig, PreferenceLSTM
+from model.features.encoding import FEATURE_DIM
+from model.network.networks import ModelConfig, PreferenceLSTM
 
 
 def _windows(batch=5, window=12, seed=0):

@@ -13,19 +13,19 @@ import pytest
 import torch
 from scipy import stats
 
-from client.instructions import DataInstructions
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
-from simulations.population import PopulationConfig
-from simulations.simulated_device import device_examples, simulated_data
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
 from privacy.accounting import PrivacyLedger
 from privacy.mechanisms import clip_update
 from privacy.randomness import SEEDED_WARNING, SecureNoise, SeededNoise, secure_gaussian
 from privacy.user_level import UserLevelGaussian
+from protocol.instructions import DataInstructions
 from server.settings import PopulationSettings, PrivacySettings, RunSettings
-from simulations.inprocess_federation import InProcessFederation
+from simulations.federation.device_data import device_examples, simulated_data
+from simulations.federation.inprocess import InProcessFederation
+from simulations.population.population import PopulationConfig
 
 FALSE_ALARM = 1e-6
 MODEL = ModelConfig(bidirectional=False, hidden_size=8, num_layers=1, dropout=0.0, head_dropout=0.0)

@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from model.event_parsing import event_to_json_line, parse_event
-from model.vocab import GENRE_INDEX, GENRES, INSTRUMENTS
-from simulations.population import Population, PopulationConfig
-from simulations.world import World
-from simulations.sessions import APP_DEFAULT_GENRE, GenerationRequest, Segment
-from simulations.taste import WEEKEND_BONUS
+from model.log.parsing import event_to_json_line, parse_event
+from model.log.vocab import GENRE_INDEX, GENRES, INSTRUMENTS
+from simulations.population.population import Population, PopulationConfig
+from simulations.population.sessions import APP_DEFAULT_GENRE, GenerationRequest, Segment
+from simulations.population.taste import WEEKEND_BONUS
+from simulations.population.world import World
 
 SMALL = PopulationConfig(num_users=50, days=14)
 HOUR, DAY = 3600, 86_400
@@ -235,7 +235,7 @@ def test_user_id_must_be_an_integer():
     ("seed", -1), ("seed", 1.5), ("num_users", 0), ("num_users", True), ("days", 0), ("days", 400),
 ])
 def test_config_validation_names_field_value_and_range(field, value):
-    with pytest.raises(ValueError, match=rf"^{field} must be .* in range \[.*\]\. Found {value!r}\.$"):
+    with pytest.raises(ValueError, match=rf"^{field} must be .*\[.*\]; found {value!r}\.$"):
         PopulationConfig(**{field: value})
 
 
@@ -244,7 +244,7 @@ def test_config_validation_names_field_value_and_range(field, value):
     ("weekend_habit_prob", "0.5"),
 ])
 def test_world_validation_names_field_value_and_range(field, value):
-    with pytest.raises(ValueError, match=rf"^{field} must be .* in range \[.*\]\. Found {value!r}\.$"):
+    with pytest.raises(ValueError, match=rf"^{field} must be .*\[.*\]; found {value!r}\.$"):
         World(**{field: value})
 
 

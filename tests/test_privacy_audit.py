@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulations.simulated_device import population
-from model.event_log import load_events, write_events
-from model.vocab import GENRES
+from model.log.event_log import load_events, write_events
+from model.log.vocab import GENRES
+from simulations.federation.device_data import population
 from simulations.audit import (
     CANARY_BPM,
     CANARY_INSTRUMENT,

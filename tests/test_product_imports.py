@@ -1,8 +1,8 @@
 """The product path never contains the synthetic-user generator: nothing under client/ or server/ imports simulations/.
 
 Synthetic users, their held-out evaluation, seed-logs and the attacks live in ``simulations/`` and are plugged into
-the product's ClientApp and ServerApp by the simulation (``simulations.simulated_client_app``,
-``simulations.simulated_server_app``). Checked twice: statically, on the syntax tree of every module (an import
+the product's ClientApp and ServerApp by the simulation (``simulations.federation.client_app``,
+``simulations.federation.server_app``). Checked twice: statically, on the syntax tree of every module (an import
 hidden in a function counts too), and by loading the product apps in a fresh interpreter.
 """
 
@@ -48,15 +48,15 @@ def test_no_module_under_client_or_server_imports_simulations():
 
 
 def test_the_check_catches_every_form_of_import():
-    for source in ("import simulations", "import simulations.population as p", "from simulations.world import World",
+    for source in ("import simulations", "import simulations.population.population as p", "from simulations.population.world import World",
                    "def f():\n    from simulations import attacks\n", "importlib.import_module('simulations.seed_logs')",
-                   "__import__('simulations.world')"):
+                   "__import__('simulations.population.world')"):
         assert imports_forbidden(source), source
-    assert not imports_forbidden("import simulationsx\nfrom client.records import slot_users\nfrom . import simulations")
+    assert not imports_forbidden("import simulationsx\nfrom protocol.records import slot_users\nfrom . import simulations")
 
 
 def test_loading_the_product_apps_loads_no_simulations_module():
-    code = ("import sys, client.client_app, server.server_app, server.deploy.cli; "
+    code = ("import sys, client.client_app, server.server_app, launch.cli; "
             f"print(sorted(m for m in sys.modules if m == {FORBIDDEN!r} or m.startswith({FORBIDDEN + '.'!r})))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoding import EXCLUDED_GENRES, FEATURE_DIM, NAMED_GENRES, RECENT, Examples, build_examples, encode_events
-from model.events import Event
-from model.heuristic_prior import prior_logits
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig, evaluate, train_local
-from model.personalise import PersonaliseConfig, fit_personal_bias, personalised
-from model.vocab import GENRE_INDEX
-from simulations.population import Population, PopulationConfig
+from model.features.encoding import EXCLUDED_GENRES, FEATURE_DIM, NAMED_GENRES, RECENT, Examples, build_examples, encode_events
+from model.features.heuristic_prior import prior_logits
+from model.log.events import Event
+from model.log.vocab import GENRE_INDEX
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.personalise import PersonaliseConfig, fit_personal_bias, personalised
+from model.network.training import LocalTrainConfig, evaluate, train_local
+from simulations.population.population import Population, PopulationConfig
 from simulations.yardstick import score_rules
 
 RESIDUAL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0, head_dropout=0.0,

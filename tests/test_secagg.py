@@ -9,18 +9,20 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from client.instructions import DataInstructions, TrainInstructions, to_config_items
-from client.secagg_client import ARRAY_NAMES_KEY, SecAggClient, SecureUpdateError
-from simulations.population import PopulationConfig
-from simulations.simulated_device import simulated_data, simulated_device_data
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
+from client.secagg_client import SecAggClient, SecureUpdateError
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
 from privacy.mechanisms import clip_update, global_norm
+from protocol.instructions import DataInstructions, TrainInstructions, to_config_items
+from protocol.records import ARRAY_NAMES_KEY
 from server.aggregation import aggregate, make_strategy
 from server.checkpoint import load_checkpoint
 from server.replies import ClientUpdate
 from server.secagg import SecureAggregator, SecureSum, add_noise_and_step, quantisation_clipping_range, quantisation_error_bound
-from server.settings import ConfigError, SecAggSettings, StrategySettings, settings_from_config
+from server.settings import SecAggSettings, StrategySettings, settings_from_config
+from simulations.federation.device_data import simulated_data, simulated_device_data
+from simulations.population.population import PopulationConfig
+from validation.config import ConfigError
 from tests.helpers import gaussian_mechanism
 
 DATA = simulated_data(PopulationConfig(seed=0, num_users=20, days=7), window=16)
@@ -165,7 +167,7 @@ class InProcessGrid:
     def send_and_receive(self, messages, *, timeout=None):
         from flwr.app import Error, Message
 
-        from simulations.simulated_client_app import app
+        from simulations.federation.client_app import app
 
         replies = []
         for sent in messages:
@@ -291,8 +293,8 @@ def plain_and_secure_runs(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     import server.round
-    from simulations.simulated_client_app import app as client_app
-    from simulations.simulated_server_app import simulated_run
+    from simulations.federation.client_app import app as client_app
+    from simulations.federation.server_app import simulated_run
     from tests.conftest import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from server.settings import ConfigError, settings_from_config
+from server.settings import settings_from_config
+from validation.config import ConfigError
 from tests.conftest import ROOT
 
 

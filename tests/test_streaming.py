@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoding import EventEncoder, encode_events
-from model.networks import ModelConfig, PreferenceLSTM
-from model.step_kernel import StepKernel
-from model.stream_state import StaleStateError, check_user_id, load_state, state_path
-from model.streaming import StreamingPredictor
-from simulations.population import Population, PopulationConfig
+from model.device.stream_state import StaleStateError, check_user_id, load_state, state_path
+from model.device.streaming import StreamingPredictor
+from model.features.encoding import EventEncoder, encode_events
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.step_kernel import StepKernel
+from simulations.population.population import Population, PopulationConfig
 
 CAUSAL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=2)
 
@@ -186,9 +186,9 @@ _CRASHING_DEVICE = """
 import os, signal, sys
 import torch
 from client.log_store import LogStore
-from model.networks import ModelConfig, PreferenceLSTM
-from model.streaming import StreamingPredictor
-from simulations.population import Population, PopulationConfig
+from model.device.streaming import StreamingPredictor
+from model.network.networks import ModelConfig, PreferenceLSTM
+from simulations.population.population import Population, PopulationConfig
 
 db, cache, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 events = Population(PopulationConfig(num_users=1, days=10, seed=3)).user(0).events()[:count]

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from model.encoding import FEATURE_DIM, Examples
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
+from model.features.encoding import FEATURE_DIM, Examples
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
 
 NO_DROPOUT = ModelConfig(dropout=0.0, head_dropout=0.0)
 

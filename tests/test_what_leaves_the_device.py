@@ -1,6 +1,6 @@
 """What leaves the device: every reply a client sends holds the model's arrays, the declared scalars, a decline reason.
 
-A Flower client mod (``Recorder``) sits around the simulation's ClientApp (``simulations.simulated_client_app.app``:
+A Flower client mod (``Recorder``) sits around the simulation's ClientApp (``simulations.federation.client_app.app``:
 the product ClientApp's functions, synthetic users and the attack mod) and records every outgoing reply:
 its records (names, types, keys, values or array shapes) and its exact wire bytes (Flower's protobuf encoding, the
 metadata included). Two sources of replies are checked against the same rules:
@@ -34,10 +34,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
-import simulations.simulated_client_app
-from client.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
-from client.local_update import DECLINE_REASONS, EVAL_METRICS, TRAIN_METRICS
-from client.records import (
+from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from protocol.metrics import DECLINE_REASONS, EVAL_METRICS, TRAIN_METRICS
+import simulations.federation.client_app
+from protocol.records import (
     USER_RECORD_NAMES,
     USERS_RECORD,
     joined_parts,
@@ -46,13 +46,13 @@ from client.records import (
     user_parts,
     users_record,
 )
-from simulations.population import PopulationConfig
-from simulations.simulated_device import device_examples, population, simulated_data
-from model.events import FIELDS_BY_KIND
-from model.networks import ModelConfig, PreferenceLSTM
-from model.training import LocalTrainConfig
+from model.log.events import FIELDS_BY_KIND
+from model.network.networks import ModelConfig, PreferenceLSTM
+from model.network.training import LocalTrainConfig
+from simulations.federation.device_data import device_examples, population, simulated_data
+from simulations.population.population import PopulationConfig
 
-REAL_APP = simulations.simulated_client_app.app
+REAL_APP = simulations.federation.client_app.app
 """The ClientApp every simulated device runs; in a Ray worker this module is imported afresh and finds the same one."""
 EVENT_FIELD_NAMES = {"time", "kind", *itertools.chain.from_iterable(FIELDS_BY_KIND.values())}
 
@@ -199,7 +199,7 @@ def recorded_run(tmp_path_factory):
         settings = settings_from_config(compose(config_name="config", overrides=TINY))
     base = tmp_path_factory.mktemp("recorded")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(simulations.simulated_client_app, "app", recording_app(base / "replies"))
+        patch.setattr(simulations.federation.client_app, "app", recording_app(base / "replies"))
         metrics = run_federated_simulation(TINY, settings, base / "run")
     return metrics, load_records(base / "replies"), settings
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from client.instructions import TrainInstructions, from_config_items, to_config_items
-from model.vocab import GENRES
-from server.settings import ConfigError
-from simulations.loop_user import draw_prompt
-from simulations.population import Population, PopulationConfig
-from simulations.pretraining import flower_overrides
-from simulations.sessions import MOOD_PROMPTS, VAGUE_PROMPTS
-from simulations.simulated_device import population_of, simulated_data
-from simulations.simulated_settings import simulated_settings
-from simulations.world import MOODS, GenreLogits, GenreMoods, Persona, World
+from model.log.vocab import GENRES
+from protocol.instructions import TrainInstructions, from_config_items, to_config_items
+from simulations.federation.device_data import population_of, simulated_data
+from simulations.federation.settings import simulated_settings
+from simulations.loop.pretraining import flower_overrides
+from simulations.loop.user import draw_prompt
+from simulations.population.population import Population, PopulationConfig
+from simulations.population.sessions import MOOD_PROMPTS, VAGUE_PROMPTS
+from simulations.population.world import MOODS, GenreLogits, GenreMoods, Persona, World
+from validation.config import ConfigError
 from tests.conftest import ROOT
 
 TODAY_FINGERPRINTS = [((0, 28, 7), "08439f158fbc067a", 372), ((3, 14, 1), "14a12ed50b109d62", 268)]
@@ -92,7 +92,7 @@ def test_a_persona_table_of_jazz_lovers_makes_jazz_the_common_want():
     (["population.world.personas.0.popularity=0"], "population.world.personas.0: popularity must be a positive"),
     (["population.world.genre_moods.jazz=sleepy"], "population.world.genre_moods: jazz must be one of"),
     (["population.world.personas=[]"], "population.world: personas must list at least 3"),
-    (["population.world.switch_prob=2"], "population.world: switch_prob must be a number in range [0.0, 1.0]"),
+    (["population.world.switch_prob=2"], "population.world: switch_prob must be in [0, 1]; found 2"),
     (["population.world.drift_strength=fast"], "population.world.drift_strength must be of type float"),
 ])
 def test_impossible_worlds_fail_validation_naming_the_key(compose_config, overrides, message):

@@ -1,0 +1,1 @@
+"""On-device inference: streaming predictions, their saved state, ONNX export and runtime."""

@@ -1,0 +1,1 @@
+"""From events to the network's inputs, and the simple heuristics computed on them."""

@@ -1,0 +1,1 @@
+"""The behaviour log: events, their vocabulary, parsing, ordering rules and files."""

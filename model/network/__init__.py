@@ -1,0 +1,1 @@
+"""The preference LSTM, its local training (plain or DP-SGD) and on-device personalisation."""

@@ -1,0 +1,1 @@
+"""The client <-> server contract: instructions, record layout, node-config keys."""

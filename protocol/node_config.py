@@ -1,0 +1,12 @@
+"""The node config keys a device's SuperNode is started with (``flower-supernode --node-config``).
+
+Kept apart from ``client.device_data`` so that tools which only start nodes (``python -m launch``) need
+not import torch.
+"""
+
+LOG_DB = "log-db"
+"""Path of the device's behaviour log, a ``client.log_store.LogStore`` SQLite file."""
+PARTITION_ID = "partition-id"
+"""Instead of a log: train on this synthetic user (Flower's simulation sets it)."""
+LEDGER_PATH = "ledger-path"
+"""Where the device keeps its record-level privacy ledger (default: next to the log)."""

@@ -1,0 +1,63 @@
+"""How model arrays and a node slot's several users travel in Flower messages (used by client and server alike).
+
+A simulation slot may play several sampled users per message (``simulation.users_per_message``): the message names
+them in its ``user`` record (``user-ids``), and the reply holds each user's records under its position in that list,
+``metrics.0``, ``arrays.0`` (or ``status.0``), ``metrics.1``, ... ``user_parts`` cuts such a reply back into one
+record dict per user, laid out as a device's own reply, so each user's update is checked on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+USERS_RECORD = "user"
+"""The config record naming the users a simulation slot plays, under ``USER_IDS``."""
+USER_IDS = "user-ids"
+USER_RECORD_NAMES = ("metrics", "arrays", "status")
+"""The records one user's reply may hold."""
+
+
+ARRAY_NAMES_KEY = "secagg.array-names"
+"""SecAgg+ FitIns config key: the comma-separated names of the arrays, in the order of the legacy Parameters list."""
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def users_record(users: Sequence[int]) -> ConfigRecord:
+    return ConfigRecord({USER_IDS: [int(u) for u in users]})
+
+
+def slot_users(content: RecordDict) -> list[int] | None:
+    """The users a slot message asks to play, or None for a message to a device (it trains on its own data).
+
+    Raises:
+        ValueError: if the record is there but does not hold a non-empty list of whole numbers.
+    """
+    if USERS_RECORD not in content.config_records:
+        return None
+    users = content.config_records[USERS_RECORD].get(USER_IDS)
+    if not isinstance(users, list) or not users or not all(isinstance(u, int) and not isinstance(u, bool) for u in users):
+        raise ValueError(f"the '{USERS_RECORD}' record must hold '{USER_IDS}', a non-empty list of whole numbers; found {users!r}.")
+    return users
+
+
+def joined_parts(parts: Sequence[RecordDict]) -> RecordDict:
+    """One reply holding each user's records under its position: ``metrics.0``, ``arrays.0``, ``metrics.1``, ..."""
+    return RecordDict({f"{name}.{i}": record for i, part in enumerate(parts) for name, record in part.items()})
+
+
+def user_parts(content: RecordDict, count: int) -> list[RecordDict]:
+    """Each of ``count`` users' records from a joined reply, under their plain names (absent ones stay absent)."""
+    return [
+        RecordDict({name: content[f"{name}.{i}"] for name in USER_RECORD_NAMES if f"{name}.{i}" in content})
+        for i in range(count)
+    ]

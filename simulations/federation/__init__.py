@@ -1,0 +1,1 @@
+"""The simulated federation: its Flower apps, synthetic devices, held-out users, attacks, the in-process driver."""

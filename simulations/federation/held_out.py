@@ -1,0 +1,90 @@
+"""Held-out synthetic users for the server's scoring, and the baselines computed from the federation users' logs.
+
+Held-out users (ids ``num_users .. num_users + eval_users - 1`` of the synthetic population) never train.
+``SyntheticHeldOut`` is the ``server.evaluation.HeldOutData`` the simulation's ServerApp gives ``FederatedRun``;
+the scoring itself and the baselines' rules are ``server.evaluation``'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from model.features.encoding import Examples
+from protocol.instructions import DataInstructions
+from server.evaluation import (
+    central_config,
+    global_mode_top1,
+    named_else_recent_top1,
+    recent_mode_top1,
+    score,
+    train_central,
+)
+from server.settings import RunSettings
+from simulations.federation.device_data import device_examples
+
+
+def held_out_examples(data: DataInstructions, user_ids: range, points_per_user: int) -> Examples:
+    """The ``points_per_user`` most recent prediction points of each held-out user (with their full history
+    window: these users never train). Recent points score the model where tastes have drifted furthest."""
+    parts = []
+    for uid in user_ids:
+        train, recent = device_examples(data, uid)
+        both = Examples.concat([train, recent], data.window)
+        parts.append(both.subset(slice(max(0, len(both) - points_per_user), len(both))))
+    return Examples.concat(parts, data.window)
+
+
+def federation_examples(data: DataInstructions, user_ids: range, max_per_user: int = 0) -> Examples:
+    """The training parts of the federation users' logs (each capped to its ``max_per_user`` most recent points,
+    as the clients train), pooled: what a central server would have seen."""
+    parts = []
+    for uid in user_ids:
+        train = device_examples(data, uid)[0]
+        if max_per_user:
+            train = train.subset(slice(max(0, len(train) - max_per_user), len(train)))
+        parts.append(train)
+    return Examples.concat(parts, data.window)
+
+
+def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples,
+              report: Callable[[str], None]) -> dict[str, float | None]:
+    """The baselines' held-out top-1, from the logs of the first ``simulation.baseline_users`` federation users
+    (users are drawn independently, so the first N are a sample); ``report`` gets a line on the central model."""
+    cap, total = settings.simulation.baseline_users, settings.population.num_users
+    pooled = federation_examples(data, range(min(cap, total) if cap else total), settings.train.max_examples)
+    mode, global_top1 = global_mode_top1(pooled.targets, held_out)
+    out: dict[str, float | None] = {
+        "global_most_popular": global_top1,
+        "user_recent_most_frequent": recent_mode_top1(held_out, mode),
+        "named_else_recent": named_else_recent_top1(held_out),
+        "central_nonprivate": None,
+    }
+    epochs = settings.simulation.central_baseline_epochs
+    if epochs > 0:
+        started = time.perf_counter()
+        report(f"central non-private baseline: training on {len(pooled)} pooled examples for {epochs} epoch(s) ...")
+        config = central_config(settings.train, epochs)
+        central = train_central(pooled, settings.model, config, settings.seed)
+        out["central_nonprivate"] = score(central, held_out)["top1"]
+        report(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
+    return out
+
+
+class SyntheticHeldOut:
+    """The held-out synthetic users of a run (``server.evaluation.HeldOutData``).
+
+    Args:
+        settings: the run (its population's sizes, training and baseline settings).
+        data: the data instructions the run sends, which describe its synthetic population.
+    """
+
+    def __init__(self, settings: RunSettings, data: DataInstructions) -> None:
+        self.settings, self.data = settings, data
+
+    def examples(self) -> Examples:
+        p = self.settings.population
+        return held_out_examples(self.data, range(p.num_users, p.num_users + p.eval_users), p.eval_points_per_user)
+
+    def baselines(self, held_out: Examples, report: Callable[[str], None]) -> dict[str, float | None]:
+        return baselines(self.settings, self.data, held_out, report)

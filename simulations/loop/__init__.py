@@ -1,0 +1,1 @@
+"""The closed-loop experiment's parts: policies, the simulated generator, judging, retraining, reports."""

@@ -1,0 +1,1 @@
+"""Synthetic users whose tastes drift: the world, personas, sessions and their event logs."""

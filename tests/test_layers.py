@@ -1,0 +1,67 @@
+"""The tree's layers: every import (at the top of a module or inside a function) points down, never up.
+
+Order, bottom first: storage and validation, privacy, model (log < features < per_sample < network < device),
+generation, protocol, then client and server side by side (they meet only in protocol), then launch (the
+operator's tool that starts both), then simulations. Neither the product (client, server) nor any lower layer
+imports simulations. A violation names the file, the line and the module it imports.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = [("storage", "validation"), "privacy", "model.log", "model.features", "model.per_sample", "model.network", "model.device",
+          "generation", "protocol", ("client", "server"), "launch", "simulations"]
+
+
+def _rank(module: str) -> int | None:
+    """The layer of a dotted module name of this project; None for third-party modules."""
+    for rank, layer in enumerate(LAYERS):
+        for name in (layer if isinstance(layer, tuple) else (layer,)):
+            if module == name or module.startswith(name + "."):
+                return rank
+    return None
+
+
+def _layer_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+SOURCES = sorted(p for top in ("storage", "validation", "privacy", "model", "generation", "protocol", "client", "server", "launch", "simulations")
+                 for p in (ROOT / top).rglob("*.py") if p.parent != ROOT / "model")  # model/ itself: sub-packages only
+
+
+def test_the_layers_cover_every_package() -> None:
+    unplaced = sorted({_layer_of(p) for p in SOURCES if _rank(_layer_of(p)) is None})
+    assert not unplaced, f"modules in no layer (add their package to LAYERS): {unplaced}"
+
+
+def test_imports_point_down() -> None:
+    upward = [f"{path.relative_to(ROOT)}:{line} imports {module}" for path in SOURCES
+              for line, module in _imports(path)
+              if (rank := _rank(module)) is not None and rank > _rank(_layer_of(path))]
+    assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)
+
+
+def test_client_and_server_meet_only_in_protocol() -> None:
+    crossing = []
+    for path in SOURCES:
+        top = path.relative_to(ROOT).parts[0]
+        if top in ("client", "server"):
+            other = "server" if top == "client" else "client"
+            crossing += [f"{path.relative_to(ROOT)}:{line} imports {module}" for line, module in _imports(path)
+                         if module == other or module.startswith(other + ".")]
+    assert not crossing, "client and server import each other:\n" + "\n".join(crossing)

@@ -1,0 +1,1 @@
+"""Rules every settings dataclass states its bounds with, so each bad value gets the same clear message."""
