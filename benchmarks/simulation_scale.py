@@ -106,7 +106,7 @@ def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     from client.local_update import local_update, local_updates
     from model.network.batched_training import USERS_PER_BATCH
     from model.network.networks import PreferenceLSTM
-    from simulations import simulated_device
+    from simulations.federation import device_data
     from simulations.federation.server_app import simulated_run
 
     torch.set_num_threads(1)
@@ -114,16 +114,16 @@ def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     instructions = run._instructions(1)
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
-    simulated_device._user_examples.cache_clear()  # each floor generates its users' data itself
+    device_data._user_examples.cache_clear()  # each floor generates its users' data itself
     started = time.perf_counter()
     if batched:  # as many users at a time as one batched computation takes: their data is all in memory
         for first in range(0, len(users), USERS_PER_BATCH):
             part = users[first : first + USERS_PER_BATCH]
-            examples = [simulated_device.device_examples(instructions.data, user)[0] for user in part]
+            examples = [device_data.device_examples(instructions.data, user)[0] for user in part]
             local_updates(arrays, instructions, examples, [DeviceLedger(None) for _ in part], part, simulated=True)
     else:
         for user in users:
-            examples, _ = simulated_device.device_examples(instructions.data, user)
+            examples, _ = device_data.device_examples(instructions.data, user)
             local_update(arrays, instructions, examples, DeviceLedger(None), user, simulated=True)
     return (time.perf_counter() - started) / len(users)
 
