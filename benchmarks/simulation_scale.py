@@ -17,7 +17,7 @@ round only. The full run adds 10,000 / 1,000 and 100,000 / 1,000 (memory must no
 same clients per round). The last line is one JSON object: the 10,000 / 1,000 point (the quick point with
 ``--quick``).
 
-    python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 16] [--users-per-message K]
+    python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 4] [--users-per-message K]
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only 1,000 users / 100 per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds measured per point (default 2)")
-    parser.add_argument("--nodes", type=int, default=16,
-                        help="simulation.nodes: node slots playing the sampled users (default 16, as conf/; 0 = one node per user)")
+    parser.add_argument("--nodes", type=int, default=4,
+                        help="simulation.nodes: node slots playing the sampled users (default 4, as conf/; 0 = one node per user)")
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
                         help="simulation.num_cpus_per_client: Ray starts cores / this many workers (default 1)")
     parser.add_argument("--users-per-message", type=int, default=None,
