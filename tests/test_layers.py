@@ -30,18 +30,36 @@ def _layer_of(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
+def imported_modules(source: str) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``source``: ``import a.b``, ``from a.b import c`` (anywhere, functions
+    included), and ``importlib.import_module("a.b")`` or ``__import__("a.b")`` with a literal name."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
     return found
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    return imported_modules(path.read_text())
 
 
 SOURCES = sorted(p for top in ("storage", "validation", "privacy", "model", "generation", "protocol", "client", "server", "launch", "simulations")
                  for p in (ROOT / top).rglob("*.py") if p.parent != ROOT / "model")  # model/ itself: sub-packages only
+
+
+def test_the_walk_finds_every_form_of_import() -> None:
+    for source in ("import simulations", "import simulations.population.population as p",
+                   "from simulations.population.world import World", "def f():\n    from simulations import attacks\n",
+                   "importlib.import_module('simulations.seed_logs')", "__import__('simulations.population.world')"):
+        assert [m for _, m in imported_modules(source) if _rank(m) == _rank("simulations")], source
+    assert not [m for _, m in imported_modules("import simulationsx\nfrom . import simulations") if _rank(m) is not None]
 
 
 def test_the_layers_cover_every_package() -> None:
