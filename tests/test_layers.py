@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 LAYERS = [("storage", "validation"), "privacy", "model.log", "model.features", "model.per_sample", "model.network", "model.device",
           "generation", "protocol", ("client", "server"), "launch", "simulations"]
 
