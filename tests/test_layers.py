@@ -12,6 +12,7 @@ import ast
 from pathlib import Path
 
 from tests.conftest import ROOT
+
 LAYERS = [("storage", "validation"), "privacy", "model.log", "model.features", "model.per_sample", "model.network", "model.device",
           "generation", "protocol", ("client", "server"), "launch", "simulations"]
 
