@@ -13,7 +13,7 @@ The server scores on ``HeldOutData`` it is given: the simulation gives held-out 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -25,13 +25,29 @@ from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, evaluate, train_local
 
 
+@dataclass(frozen=True)
+class Baselines:
+    """Each baseline's held-out top-1 by name (None: not computed), and lines saying how they were computed."""
+
+    top1: dict[str, float | None]
+    notes: tuple[str, ...] = ()
+
+
+class PendingBaselines(Protocol):
+    """Baselines being computed while the rounds run (they depend on the configuration alone)."""
+
+    def result(self) -> Baselines: ...
+
+    def cancel(self) -> None: ...
+
+
 class HeldOutData(Protocol):
     """Examples no client trains on, which the server scores the global model on each round, and the baselines the
-    model must beat on them (reported at the end of the run)."""
+    model must beat on them (started with the run, reported at its end)."""
 
     def examples(self) -> Examples: ...
 
-    def baselines(self, held_out: Examples, report: Callable[[str], None]) -> dict[str, float | None]: ...
+    def baselines(self, held_out: Examples) -> PendingBaselines: ...
 
 
 def global_mode_top1(train_targets: torch.Tensor, examples: Examples) -> tuple[int, float]:

@@ -25,7 +25,7 @@ from server import evaluation
 from server.addressing import Addressing
 from server.aggregation import make_strategy, strategy_state, user_level_mechanism
 from server.checkpoint import Checkpoint, save_checkpoint
-from server.evaluation import HeldOutData
+from server.evaluation import HeldOutData, PendingBaselines
 from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.grid_transport import GridTransport
 from server.privacy_report import privacy_report
@@ -102,13 +102,25 @@ class FederatedRun:
             on_reply=self.progress.clients)
 
     def run(self, grid: Grid) -> dict:
-        """Train for the configured rounds (or until the budget stops it); returns the metrics written."""
-        s, sim, deployment = self.settings, self.settings.simulation, self.settings.deployment
-        if s.resume:
-            state, self.device_dir = resumed_state(s, self.strategy)
+        """Train for the configured rounds (or until the budget stops it); returns the metrics written. The baselines
+        are started first, so they are computed while the rounds run."""
+        if self.settings.resume:
+            state, self.device_dir = resumed_state(self.settings, self.strategy)
         else:
             state = self._fresh_state()
-        held_out = self.held_out_data.examples() if self.held_out_data is not None else None
+        held_out, baselines = None, None
+        if self.held_out_data is not None:
+            held_out = self.held_out_data.examples()
+            baselines = self.held_out_data.baselines(held_out)
+        try:
+            return self._run_rounds(state, grid, held_out, baselines)
+        finally:
+            if baselines is not None:
+                baselines.cancel()
+
+    def _run_rounds(self, state: RunState, grid: Grid, held_out: Examples | None,
+                    baselines: PendingBaselines | None) -> dict:
+        s, sim, deployment = self.settings, self.settings.simulation, self.settings.deployment
         node_ids = wait_for_nodes(grid, deployment.min_nodes or s.simulated_nodes, timeout_s=sim.node_wait_s)
         # N of the sampling rate: the simulated users in slot mode, otherwise the connected nodes.
         self.federated_round = self._round(state, s.population.num_users if sim.nodes else len(node_ids))
@@ -137,7 +149,7 @@ class FederatedRun:
             if not self._budget_allows_next_round(state):
                 break
             self._run_round(state, state.round + 1, transport, held_out)
-        return self._finish(state, transport, held_out, time.perf_counter() - started)
+        return self._finish(state, transport, held_out, baselines, time.perf_counter() - started)
 
     def _budget_allows_next_round(self, state: RunState) -> bool:
         after = self.federated_round.mechanism.epsilon_if_next_passes_budget()
@@ -200,10 +212,16 @@ class FederatedRun:
         replies = transport.evaluate(state.arrays, self._instructions(state.round), picked)
         return {} if replies is None else federated_evaluation_summary(*replies)
 
-    def _finish(self, state: RunState, transport: GridTransport, held_out: Examples | None, seconds: float) -> dict:
+    def _finish(self, state: RunState, transport: GridTransport, held_out: Examples | None,
+                pending: PendingBaselines | None, seconds: float) -> dict:
         final_scores = self._score(state.arrays, held_out)
         federated = self._federated_evaluation(state, transport)
-        baselines = self.held_out_data.baselines(held_out, self.progress.line) if self.held_out_data is not None else {}
+        baselines: dict[str, float | None] = {}
+        if pending is not None:
+            result = pending.result()
+            baselines = result.top1
+            for note in result.notes:
+                self.progress.line(note)
         coordinates = sum(int(np.asarray(a).size) for a in state.arrays.values())
         metrics = {
             "rounds": state.rounds,

@@ -8,11 +8,11 @@ the scoring itself and the baselines' rules are ``server.evaluation``'s.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from model.features.encoding import Examples
 from protocol.instructions import DataInstructions
 from server.evaluation import (
+    Baselines,
     central_config,
     global_mode_top1,
     named_else_recent_top1,
@@ -21,6 +21,7 @@ from server.evaluation import (
     train_central,
 )
 from server.settings import RunSettings
+from simulations.federation.background import BackgroundCall
 from simulations.federation.device_data import device_examples
 
 
@@ -47,28 +48,26 @@ def federation_examples(data: DataInstructions, user_ids: range, max_per_user: i
     return Examples.concat(parts, data.window)
 
 
-def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples,
-              report: Callable[[str], None]) -> dict[str, float | None]:
+def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples) -> Baselines:
     """The baselines' held-out top-1, from the logs of the first ``simulation.baseline_users`` federation users
-    (users are drawn independently, so the first N are a sample); ``report`` gets a line on the central model."""
+    (users are drawn independently, so the first N are a sample), with a note on the central model."""
     cap, total = settings.simulation.baseline_users, settings.population.num_users
+    started = time.perf_counter()
     pooled = federation_examples(data, range(min(cap, total) if cap else total), settings.train.max_examples)
     mode, global_top1 = global_mode_top1(pooled.targets, held_out)
-    out: dict[str, float | None] = {
+    top1: dict[str, float | None] = {
         "global_most_popular": global_top1,
         "user_recent_most_frequent": recent_mode_top1(held_out, mode),
         "named_else_recent": named_else_recent_top1(held_out),
         "central_nonprivate": None,
     }
     epochs = settings.simulation.central_baseline_epochs
-    if epochs > 0:
-        started = time.perf_counter()
-        report(f"central non-private baseline: training on {len(pooled)} pooled examples for {epochs} epoch(s) ...")
-        config = central_config(settings.train, epochs)
-        central = train_central(pooled, settings.model, config, settings.seed)
-        out["central_nonprivate"] = score(central, held_out)["top1"]
-        report(f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s), {time.perf_counter() - started:.0f} s")
-    return out
+    if epochs <= 0:
+        return Baselines(top1)
+    central = train_central(pooled, settings.model, central_config(settings.train, epochs), settings.seed)
+    top1["central_nonprivate"] = score(central, held_out)["top1"]
+    return Baselines(top1, (f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s); "
+                            f"baselines computed beside the rounds in {time.perf_counter() - started:.0f} s",))
 
 
 class SyntheticHeldOut:
@@ -86,5 +85,7 @@ class SyntheticHeldOut:
         p = self.settings.population
         return held_out_examples(self.data, range(p.num_users, p.num_users + p.eval_users), p.eval_points_per_user)
 
-    def baselines(self, held_out: Examples, report: Callable[[str], None]) -> dict[str, float | None]:
-        return baselines(self.settings, self.data, held_out, report)
+    def baselines(self, held_out: Examples) -> BackgroundCall[Baselines]:
+        """``baselines`` started in a low-priority process of its own, so they cost the run no wall time when the
+        rounds leave a core idle (``simulations.federation.background``)."""
+        return BackgroundCall(baselines, self.settings, self.data, held_out)

@@ -1,0 +1,74 @@
+"""A function call run in a separate, low-priority process, collected later: work the run needs only at its end.
+
+The simulation's baselines depend on the configuration alone (``simulations.federation.held_out``), yet pooling the
+federation users' logs and training the central model cost several seconds of one core; run after the rounds, they
+are the run's last ~10 s. ``BackgroundCall`` starts them beside the rounds in a fresh interpreter (``spawn``: the
+parent holds Ray's and Flower's threads, which ``fork`` must not copy) at a lower CPU priority (``nice``), so they
+take the cores the rounds leave idle rather than slowing the rounds down. ``result()`` waits for the value (or
+raises the child's error, or says how the child died); ``cancel()`` stops the child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+NICENESS = 10
+"""How much lower the child's CPU priority is than the run's (Linux ``nice``): it runs when the rounds leave a core."""
+
+
+def _call_and_send(send: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    os.nice(NICENESS)
+    try:
+        outcome = ("value", function(*args))
+    except BaseException:  # the parent re-raises it with the child's traceback
+        outcome = ("error", traceback.format_exc())
+    send.send(outcome)
+    send.close()
+
+
+class BackgroundCall(Generic[T]):
+    """``function(*args)`` running in a spawned child process at lower priority (``function`` and ``args`` must
+    pickle: a module-level function and plain data)."""
+
+    def __init__(self, function: Callable[..., T], *args: Any) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_call_and_send, args=(send, function, args), daemon=True,
+                                         name=f"background {getattr(function, '__name__', 'call')}")
+        self._process.start()
+        send.close()  # the child holds the only sending end: if it dies, the pipe reports end of file
+
+    def result(self) -> T:
+        """The call's value, once the child has computed it.
+
+        Raises:
+            RuntimeError: if the call raised (with the child's traceback) or the child died without an answer.
+        """
+        try:
+            wait([self._receive, self._process.sentinel])
+            try:
+                kind, payload = self._receive.recv()
+            except EOFError:
+                self._process.join()
+                raise RuntimeError(f"the {self._process.name} process ended without a result (exit code "
+                                   f"{self._process.exitcode}; a negative code is the signal that killed it, e.g. "
+                                   "-9 when the machine ran out of memory)") from None
+        finally:
+            self.cancel()
+        if kind == "error":
+            raise RuntimeError(f"the {self._process.name} process failed:\n{payload}")
+        return payload
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (a run that ends early need not wait for work it will not report)."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+        self._receive.close()

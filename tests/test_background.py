@@ -1,0 +1,48 @@
+"""``BackgroundCall`` returns the child's value, raises its error with its traceback, says how a dead child died,
+and stops a child that is no longer wanted."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from simulations.federation.background import NICENESS, BackgroundCall
+
+
+def _value_and_niceness(x: int) -> tuple[int, int]:
+    return x * 2, os.nice(0)
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_the_value_comes_back_from_a_child_of_lower_priority():
+    value, niceness = BackgroundCall(_value_and_niceness, 21).result()
+    assert value == 42 and niceness == min(os.nice(0) + NICENESS, 19)  # Linux caps niceness at 19
+
+
+def test_an_error_in_the_child_is_raised_with_its_traceback():
+    with pytest.raises(RuntimeError, match=r"(?s)failed:.*ValueError: the pooled logs are gone"):
+        BackgroundCall(_raise, "the pooled logs are gone").result()
+
+
+def test_a_child_killed_without_an_answer_is_reported_with_its_exit_code():
+    with pytest.raises(RuntimeError, match=r"ended without a result \(exit code -9"):
+        BackgroundCall(_die).result()
+
+
+def test_cancel_stops_the_child_at_once():
+    call = BackgroundCall(_sleep, 60.0)
+    started = time.perf_counter()
+    call.cancel()
+    assert time.perf_counter() - started < 10 and not call._process.is_alive()
