@@ -8,11 +8,14 @@ For each point (users in the population, clients expected per round) this measur
     measurement down), times the mean clients per measured round, divided by the number of cores;
 (b) the batched floor: the same, with all of those clients trained as one batched computation
     (``local_updates``, ``model.network.batched_training``), data generation included;
+(b') the parallel batched floor: (b) with every core busy at once, one process per core training its share of the
+    clients, started together: the cores share memory bandwidth and caches, which (b) divided by the cores does
+    not see, so (c)/(b') is what Flower and the server themselves cost;
 (c) the real rounds: the ServerApp and ClientApp in Flower's simulation engine (Ray, one CPU per worker), round
     time as the server measures it (sampling to checkpoint), averaged over the measured rounds;
 
 and prints wall time per round, client updates per second, peak memory (RSS of this process and all its
-descendants: Ray's processes included) and the ratios (c)/(a) and (c)/(b). ``--quick`` runs 1,000 users / 100 per
+descendants: Ray's processes included) and the ratios (c)/(a), (c)/(b) and (c)/(b'). ``--quick`` runs 1,000 users / 100 per
 round only. The full run adds 10,000 / 1,000 and 100,000 / 1,000 (memory must not grow with the population at the
 same clients per round). The last line is one JSON object: the 10,000 / 1,000 point (the quick point with
 ``--quick``).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -99,9 +103,10 @@ def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_cli
     ]
 
 
-def measure_floor(settings, users: list[int], *, batched: bool) -> float:
+def measure_floor(settings, users: list[int], *, batched: bool, start_together=None) -> float:
     """Seconds of local work per client: ``users`` trained in this process, one thread, their data generated first
-    (nothing cached); one after another (``local_update``) or batched (``local_updates``)."""
+    (nothing cached); one after another (``local_update``) or batched (``local_updates``). With ``start_together``
+    (a multiprocessing barrier) the clock starts when every process sharing it is ready."""
     from client.device_ledger import DeviceLedger
     from client.local_update import local_update, local_updates
     from model.network.batched_training import USERS_PER_BATCH
@@ -115,6 +120,8 @@ def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
     device_data._user_examples.cache_clear()  # each floor generates its users' data itself
+    if start_together is not None:
+        start_together.wait()
     started = time.perf_counter()
     if batched:  # as many users at a time as one batched computation takes: their data is all in memory
         for first in range(0, len(users), USERS_PER_BATCH):
@@ -128,11 +135,35 @@ def measure_floor(settings, users: list[int], *, batched: bool) -> float:
     return (time.perf_counter() - started) / len(users)
 
 
+def _floor_share(settings, users: list[int], start_together, seconds) -> None:
+    seconds.put(measure_floor(settings, users, batched=True, start_together=start_together) * len(users))
+
+
+def measure_parallel_floor(settings, users: list[int]) -> float:
+    """Seconds per client of the whole machine: ``users`` split over one process per core, each training its share
+    batched (``measure_floor``), their clocks started together; the slowest share decides."""
+    context = multiprocessing.get_context("spawn")
+    start_together, seconds = context.Barrier(CORES), context.Queue()
+    shares = [users[core::CORES] for core in range(CORES)]
+    processes = [context.Process(target=_floor_share, args=(settings, share, start_together, seconds)) for share in shares]
+    for process in processes:
+        process.start()
+    slowest = max(seconds.get() for _ in processes)
+    for process in processes:
+        process.join()
+    return slowest / len(users)
+
+
 def round_one_sample(settings) -> list[int]:
     """The users the server samples in round 1 (same generator, same seed)."""
     rng = np.random.default_rng([settings.seed, 0])
     users = settings.population.num_users
     return [int(u) for u in np.nonzero(rng.random(users) < settings.simulation.sample_rate)[0]]
+
+
+def updates_of(metrics: dict) -> float:
+    """Mean client updates per measured round."""
+    return sum(r["clients"] for r in metrics["rounds"]) / len(metrics["rounds"])
 
 
 def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float = 1.0,
@@ -144,15 +175,17 @@ def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_
     settings = compose_settings("config", overrides)
     sampled = round_one_sample(settings)
     before = {batched: measure_floor(settings, sampled, batched=batched) for batched in (False, True)}
+    parallel_before = measure_parallel_floor(settings, sampled)
     output = Path(tempfile.mkdtemp(prefix="scale-"))
     with PeakMemory() as memory:
         metrics = run_federated_simulation(overrides, settings, output)
     taken = set(sampled)
     others = [u for u in range(users) if u not in taken][: max(1, len(sampled) // 4)]  # uncached users' data
     after = {batched: measure_floor(settings, others, batched=batched) for batched in (False, True)}
+    parallel_s = min(parallel_before, measure_parallel_floor(settings, others)) * updates_of(metrics)
     measured = metrics["rounds"]
     round_s = sum(r["seconds"] for r in measured) / len(measured)
-    updates = sum(r["clients"] for r in measured) / len(measured)
+    updates = updates_of(metrics)
     # Noise on a shared machine only slows a measurement down: the faster of the two is the floor's estimate.
     floor_s, batched_floor_s = (min(before[b], after[b]) * updates / CORES for b in (False, True))
     first = measured[0]
@@ -160,7 +193,9 @@ def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_
         "users": users, "clients_per_round": per_round, "nodes": nodes, "users_per_message": settings.simulation.users_per_message,
         "round_s": round_s, "floor_s": floor_s, "batched_floor_s": batched_floor_s,
         "ratio": round_s / floor_s if floor_s else float("inf"),
-        "ratio_batched": round_s / batched_floor_s if batched_floor_s else float("inf"), "updates_per_s": updates / round_s,
+        "ratio_batched": round_s / batched_floor_s if batched_floor_s else float("inf"),
+        "parallel_floor_s": parallel_s, "ratio_parallel": round_s / parallel_s if parallel_s else float("inf"),
+        "updates_per_s": updates / round_s,
         "peak_rss_mb": memory.peak_mb, "round1_clients": first["clients"], "round1_sampled": len(sampled),
         "floor_ms_per_client": [round(1000 * before[False], 1), round(1000 * after[False], 1)],
         "batched_floor_ms_per_client": [round(1000 * before[True], 1), round(1000 * after[True], 1)],
@@ -203,14 +238,15 @@ def main() -> None:
         print(f"measuring {users:,} users / {per_round:,} per round (a fresh process) ...", flush=True)
         results.append(measure_in_fresh_process(users, per_round, args))
     print(f"\n{'users':>8} {'per round':>9} {'nodes':>6} {'per msg':>7} {'round s':>8} {'seq floor':>9} {'ratio':>6} "
-          f"{'batched floor':>13} {'ratio':>6} {'updates/s':>9} {'peak RSS MB':>11}")
+          f"{'batched floor':>13} {'ratio':>6} {'parallel floor':>14} {'ratio':>6} {'updates/s':>9} {'peak RSS MB':>11}")
     for r in results:
         print(f"{r['users']:>8,} {r['clients_per_round']:>9,} {r['nodes']:>6,} {r['users_per_message']:>7} {r['round_s']:>8.2f} "
               f"{r['floor_s']:>9.2f} {r['ratio']:>6.2f} {r['batched_floor_s']:>13.2f} {r['ratio_batched']:>6.2f} "
+              f"{r['parallel_floor_s']:>14.2f} {r['ratio_parallel']:>6.2f} "
               f"{r['updates_per_s']:>9.1f} {r['peak_rss_mb']:>11.0f}")
     last = results[1] if len(results) > 1 else results[0]
     keys = ("users", "clients_per_round", "users_per_message", "round_s", "floor_s", "batched_floor_s", "ratio",
-            "ratio_batched", "updates_per_s", "peak_rss_mb")
+            "ratio_batched", "parallel_floor_s", "ratio_parallel", "updates_per_s", "peak_rss_mb")
     print(json.dumps({k: round(last[k], 3) if isinstance(last[k], float) else last[k] for k in keys}))
 
 
