@@ -9,6 +9,7 @@ generator in its place.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -96,11 +97,14 @@ SegmentGenerator = Callable[[GenerationRequest], Segment]
 def default_generator(request: GenerationRequest) -> Segment:
     """The unpersonalised app: the chosen style (else pop) at its default tempo and instruments, user edits applied."""
     genre = request.style or APP_DEFAULT_GENRE
-    return Segment(genre, request.bpm or GENRE_BPM[genre], _apply_toggles(GENRE_INSTRUMENTS[genre], request.toggles))
+    return Segment(genre, request.bpm or GENRE_BPM[genre], _apply_toggles(genre, request.toggles))
 
 
-def _apply_toggles(defaults: tuple[str, ...], toggles: Sequence[tuple[str, bool]]) -> tuple[str, ...]:
-    playing = set(defaults)
+@functools.lru_cache(maxsize=4096)
+def _apply_toggles(genre: str, toggles: tuple[tuple[str, bool], ...]) -> tuple[str, ...]:
+    """The instruments playing in ``genre``'s default instrumentation after the user's switches, in ``INSTRUMENTS``
+    order. Cached: the same few (style, switches) pairs come back in request after request."""
+    playing = set(GENRE_INSTRUMENTS[genre])
     for instrument, enabled in toggles:
         if enabled:
             playing.add(instrument)
@@ -182,14 +186,15 @@ class _Request:
 
     def toggle_instrument(self) -> None:
         """Switch one instrument, chosen in proportion to how much its state disagrees with the user's liking."""
-        playing = _apply_toggles(GENRE_INSTRUMENTS[self.style or APP_DEFAULT_GENRE], self.toggles)
-        on = np.array([name in playing for name in INSTRUMENTS])
-        disagreement = np.where(on, 1.0 - self.taste.instrument_probs, self.taste.instrument_probs)
-        index = _draw(self.rng, disagreement.tolist())
-        if on[index] and len(playing) == 1:
+        playing = _apply_toggles(self.style or APP_DEFAULT_GENRE, tuple(self.toggles))
+        disagreement = [1.0 - prob if name in playing else prob
+                        for name, prob in zip(INSTRUMENTS, self.taste.instrument_probs.tolist())]
+        instrument = INSTRUMENTS[_draw(self.rng, disagreement)]
+        enabled = instrument not in playing
+        if not enabled and len(playing) == 1:
             return  # never silence the piece
-        self.toggles.append((INSTRUMENTS[index], not on[index]))
-        self.emit("instrument_toggled", (2, 10), instrument=INSTRUMENTS[index], enabled=bool(not on[index]))
+        self.toggles.append((instrument, enabled))
+        self.emit("instrument_toggled", (2, 10), instrument=instrument, enabled=enabled)
 
 
 def play_request(rng: np.random.Generator, *, taste: Taste, ts: int, utc_offset_min: int,
