@@ -100,9 +100,12 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max())
-    return exp / exp.sum()
+def _softmax(logits: list[float]) -> np.ndarray:
+    """Probabilities from logits, shifted by their maximum so that ``exp`` cannot overflow."""
+    top = max(logits)
+    exp = np.exp([logit - top for logit in logits])
+    exp /= exp.sum()
+    return exp
 
 
 def _persona_phase(personas: Sequence[Persona], weights: np.ndarray, noise: np.ndarray, bpm_offset: float,
@@ -156,9 +159,13 @@ class HiddenTaste:
         knot = min(max(local_day / DAYS_PER_KNOT, 0.0), len(self.drift_knots) - 1.0)
         low = min(int(knot), len(self.drift_knots) - 2)
         frac = knot - low
-        drift = (1.0 - frac) * self.drift_knots[low] + frac * self.drift_knots[low + 1]
         night = self.rhythm * night_ness(hour)
-        logits = phase.genre_logits + drift + night * self.night_shift
+        # genre_logits + drift + night * night_shift, the drift interpolated between two weekly knots; on plain
+        # floats, which for eight genres are cheaper than arrays and round exactly alike.
+        drift_low, drift_high = self.drift_knots[low:low + 2].tolist()
+        night_shift = self.night_shift.tolist()
+        logits = [base + ((1.0 - frac) * d0 + frac * d1) + night * shift
+                  for base, d0, d1, shift in zip(phase.genre_logits.tolist(), drift_low, drift_high, night_shift)]
         if self.weekend_genre is not None and weekday >= 5:
             logits[self.weekend_genre] += WEEKEND_BONUS
         return Taste(
