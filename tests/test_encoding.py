@@ -12,12 +12,16 @@ from model.features.encoding import (
     KIND,
     NO_GENRE,
     TIME,
+    EventEncoder,
     build_examples,
     encode_events,
+    encode_log,
     split_recent,
+    windows,
 )
 from model.log.events import Event
 from model.log.vocab import GENRE_INDEX, INSTRUMENT_INDEX, KIND_INDEX
+from simulations.population.population import Population, PopulationConfig
 from tests.helpers import T0, kept, redone, request
 
 
@@ -78,3 +82,26 @@ def test_split_recent_holds_out_the_latest_prediction_points():
 def test_window_must_be_positive():
     with pytest.raises(ValueError, match="window"):
         build_examples([request(T0)], window=0)
+
+
+def test_a_log_encodes_to_the_same_rows_whole_in_pieces_and_one_event_at_a_time():
+    population = Population(PopulationConfig(seed=3, num_users=3, days=7))
+    for user in range(3):
+        events = population.user(user).events()
+        whole = encode_events(events)
+        pieces, one_by_one = EventEncoder(), EventEncoder()
+        cuts = [0, 1, 2, len(events) // 3, len(events) // 2, len(events)]
+        in_pieces = np.concatenate([pieces.encode_all(events[a:b]) for a, b in zip(cuts, cuts[1:])])
+        np.testing.assert_array_equal(in_pieces, whole)
+        np.testing.assert_array_equal(np.stack([one_by_one.encode(event) for event in events]), whole)
+        assert pieces.last_ts == one_by_one.last_ts and np.array_equal(pieces.recent, one_by_one.recent)
+
+
+def test_examples_cut_from_an_encoded_log_share_no_memory_with_it():
+    events = [request(T0), kept(T0 + 10, "jazz"), request(T0 + 100), kept(T0 + 110, "folk")]
+    log = encode_log(events)
+    first = windows(log, 4)
+    for tensor in (first.x, first.lengths, first.targets, first.times):
+        tensor.zero_()
+    again = windows(log, 4)
+    assert again.targets.tolist() == [GENRE_INDEX["jazz"], GENRE_INDEX["folk"]] and again.x.abs().sum() > 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from typing import Sequence
 
 import numpy as np
@@ -56,6 +57,8 @@ EXCLUDED_GENRES = slice(NAMED_GENRES.stop, NAMED_GENRES.stop + len(GENRES))
 RECENT = slice(REQUEST.stop, REQUEST.stop + len(GENRES))
 FEATURE_DIM = RECENT.stop
 GENRE_SLOTS = GENRE.stop
+_LINE_UP = slice(INSTRUMENT_SLOTS.start, INSTRUMENT_SLOTS.stop - 1)
+_TOGGLE = INSTRUMENT_SLOTS.stop - 1
 
 RECENT_DECAY = 0.85
 """Per kept segment, the weight left to every earlier keep in ``RECENT``: the 7th-latest keep counts ~1/3."""
@@ -63,16 +66,22 @@ RECENT_DECAY = 0.85
 _GAP_SCALE = math.log1p(24.0 * 28)  # a four-week gap encodes as ~1.0
 _MOOD_INDEX = {name: i for i, name in enumerate(MOODS)}
 _TEMPO_INDEX = {name: i for i, name in enumerate(TEMPOS)}
+_GENRE_CODE: dict[str | None, int] = {**GENRE_INDEX, None: NO_GENRE}
+_KEPT = KIND_INDEX["segment_kept"]
+_REQUESTED = KIND_INDEX["generation_requested"]
+_EVENT_FIELDS = attrgetter("ts", "utc_offset_min", "kind", "genre", "bpm", "direction", "instrument", "instruments")
+"""The fields ``encode_all`` reads of every event (``enabled`` and ``prompt`` only matter with a toggle, a request)."""
 
 
 @lru_cache(maxsize=4096)
-def request_features(prompt: str) -> tuple[float, ...]:
-    """The ``REQUEST`` slice of a prompt (see the module docstring); cached, as people repeat their requests.
+def request_features(prompt: str) -> np.ndarray:
+    """The ``REQUEST`` slice of a prompt (see the module docstring), float32 and read-only; cached, as people repeat
+    their requests.
 
     The cache lives in the device's own process memory; the text is never written anywhere.
     """
     intent = parse_prompt(prompt)
-    out = [0.0] * (REQUEST.stop - REQUEST.start)
+    out = np.zeros(REQUEST.stop - REQUEST.start, dtype=np.float32)
     moods_at = 2 * len(GENRES)
     tempos_at = moods_at + len(MOODS)
     instruments_at = tempos_at + len(TEMPOS)
@@ -86,12 +95,18 @@ def request_features(prompt: str) -> tuple[float, ...]:
         out[tempos_at + _TEMPO_INDEX[intent.tempo]] = 1.0
     for name in intent.instruments:
         out[instruments_at + INSTRUMENT_INDEX[name]] = 1.0
-    return tuple(out)
+    out.flags.writeable = False
+    return out
 
 
 @dataclass
 class EventEncoder:
-    """Encodes one user's events in time order, one at a time, carrying what a row depends on besides its event.
+    """Encodes one user's events in time order, carrying what a row depends on besides its event.
+
+    Two ways give the same rows (tests prove it on whole logs): ``encode`` reads one event at a time, ~2 us each (a
+    device's stream); ``encode_all`` reads a batch column group by column group, one indexed write per group instead
+    of one per event and field (a whole log, ~1.7 times faster per event). They share their formulas (``_tempo``,
+    ``_angles``, ``_after_keep`` ...) and do the same float operations in the same order.
 
     Attributes:
         last_ts: UTC seconds of the previous event, ``None`` before the first.
@@ -101,56 +116,130 @@ class EventEncoder:
     last_ts: float | None = None
     recent: np.ndarray = field(default_factory=lambda: np.zeros(len(GENRES), dtype=np.float32))
 
-    def encode(self, event: Event, row: np.ndarray | None = None) -> np.ndarray:
-        """The features ``[FEATURE_DIM]`` of ``event`` (written into ``row`` when given), then advance."""
-        if row is None:
-            row = np.zeros(FEATURE_DIM, dtype=np.float32)
-        _encode_row(row, event, self.last_ts)
+    def encode(self, event: Event) -> np.ndarray:
+        """The features ``[FEATURE_DIM]`` of ``event``, then advance."""
+        row = np.zeros(FEATURE_DIM, dtype=np.float32)
+        row[GENRE.start + _GENRE_CODE[event.genre]] = 1.0
+        if event.bpm is not None:
+            row[BPM.start] = _tempo(event.bpm)
+            row[BPM.start + 1] = 1.0
+        if event.direction is not None:
+            row[_direction_column(event.direction)] = 1.0
+        if event.instruments:
+            row[_LINE_UP] = _multi_hot(event.instruments)
+        if event.instrument is not None:
+            row[INSTRUMENT_SLOTS.start + INSTRUMENT_INDEX[event.instrument]] = 1.0
+            row[_TOGGLE] = 1.0 if event.enabled else -1.0
+        row[KIND.start + KIND_INDEX[event.kind]] = 1.0
+        hour_angle, day_angle = _angles(event.ts + 60.0 * event.utc_offset_min)
+        gap_hours = 0.0 if self.last_ts is None else max(event.ts - self.last_ts, 0.0) / 3600.0
+        row[TIME] = (math.sin(hour_angle), math.cos(hour_angle), math.sin(day_angle), math.cos(day_angle),
+                     math.log1p(gap_hours) / _GAP_SCALE)
+        if event.kind == "generation_requested" and event.prompt:
+            row[REQUEST] = request_features(event.prompt)
         if event.kind == "segment_kept" and event.genre is not None:
-            self.recent = self.recent * np.float32(RECENT_DECAY)
-            self.recent[GENRE_INDEX[event.genre]] += 1.0
+            self.recent = _after_keep(self.recent, GENRE_INDEX[event.genre])
         row[RECENT] = self.recent
         self.last_ts = event.ts
         return row
 
+    def encode_all(self, events: Sequence[Event]) -> np.ndarray:
+        """The features ``[len(events), FEATURE_DIM]`` of ``events`` (oldest first), then advance past them."""
+        out = np.zeros((len(events), FEATURE_DIM), dtype=np.float32)
+        if not events:
+            return out
+        ts, offsets, kinds, genres, bpms, directions, instruments, line_ups = zip(*map(_EVENT_FIELDS, events))
+        every = np.arange(len(events))
+        genre_codes = np.fromiter(map(_GENRE_CODE.__getitem__, genres), np.intp, len(events))
+        kind_codes = np.fromiter(map(KIND_INDEX.__getitem__, kinds), np.intp, len(events))
+        out[every, GENRE.start + genre_codes] = 1.0
+        rows = [row for row, bpm in enumerate(bpms) if bpm is not None]
+        out[rows, BPM.start] = _tempo(np.array([bpms[row] for row in rows], dtype=np.float64))
+        out[rows, BPM.start + 1] = 1.0
+        rows = [row for row, direction in enumerate(directions) if direction is not None]
+        out[rows, [_direction_column(directions[row]) for row in rows]] = 1.0
+        rows = [row for row, names in enumerate(line_ups) if names]
+        if rows:
+            out[rows, _LINE_UP] = np.concatenate([_multi_hot(line_ups[row]) for row in rows]).reshape(len(rows), -1)
+        rows = [row for row, name in enumerate(instruments) if name is not None]
+        out[rows, [INSTRUMENT_SLOTS.start + INSTRUMENT_INDEX[instruments[row]] for row in rows]] = 1.0
+        out[rows, _TOGGLE] = [1.0 if events[row].enabled else -1.0 for row in rows]
+        out[every, KIND.start + kind_codes] = 1.0
+        out[:, TIME] = _time_columns(ts, offsets, self.last_ts)
+        requests = np.flatnonzero(kind_codes == _REQUESTED).tolist()
+        prompts = [events[row].prompt for row in requests]
+        rows = [row for row, prompt in zip(requests, prompts) if prompt]
+        if rows:
+            out[rows, REQUEST] = np.concatenate([request_features(p) for p in prompts if p]).reshape(len(rows), -1)
+        kept = (kind_codes == _KEPT) & (genre_codes != NO_GENRE)
+        kept_genres = genre_codes[kept].tolist()
+        counts = np.empty((len(kept_genres) + 1, len(GENRES)), dtype=np.float32)  # after each keep, in order
+        counts[0] = self.recent
+        after = list(counts)
+        for before, now, genre in zip(after, after[1:], kept_genres):
+            _after_keep(before, genre, out=now)
+        out[:, RECENT] = counts[np.cumsum(kept)]
+        self.recent, self.last_ts = counts[-1].copy(), ts[-1]
+        return out
+
 
 def encode_events(events: Sequence[Event]) -> np.ndarray:
     """Encode a user's chronologically ordered events into a float32 array ``[len(events), FEATURE_DIM]``."""
-    out = np.zeros((len(events), FEATURE_DIM), dtype=np.float32)
-    encoder = EventEncoder()
-    for row, event in zip(out, events):
-        encoder.encode(event, row)
+    return EventEncoder().encode_all(events)
+
+
+def _tempo(bpm: float | np.ndarray) -> float | np.ndarray:
+    """The normalised tempo of ``bpm`` (a number or an array of them)."""
+    return (bpm - BPM_MIN) / (BPM_MAX - BPM_MIN)
+
+
+def _direction_column(direction: str) -> int:
+    return BPM.start + (2 if direction == "up" else 3)
+
+
+@lru_cache(maxsize=1024)
+def _multi_hot(names: tuple[str, ...]) -> np.ndarray:
+    """The ``_LINE_UP`` columns of a segment's instruments, float32 and read-only; cached, as line-ups repeat."""
+    out = np.zeros(_LINE_UP.stop - _LINE_UP.start, dtype=np.float32)
+    out[[INSTRUMENT_INDEX[name] for name in names]] = 1.0
+    out.flags.writeable = False
     return out
 
 
-def _encode_row(row: np.ndarray, event: Event, previous_ts: float | None) -> None:
-    """Fill every slice of ``row`` but ``RECENT`` for ``event``, the previous event being at ``previous_ts``."""
-    row[GENRE.start + (GENRE_INDEX[event.genre] if event.genre is not None else NO_GENRE)] = 1.0
-    if event.bpm is not None:
-        row[BPM.start] = (event.bpm - BPM_MIN) / (BPM_MAX - BPM_MIN)
-        row[BPM.start + 1] = 1.0
-    if event.direction is not None:
-        row[BPM.start + 2 + (0 if event.direction == "up" else 1)] = 1.0
-    for name in event.instruments or ():
-        row[INSTRUMENT_SLOTS.start + INSTRUMENT_INDEX[name]] = 1.0
-    if event.instrument is not None:
-        row[INSTRUMENT_SLOTS.start + INSTRUMENT_INDEX[event.instrument]] = 1.0
-        row[INSTRUMENT_SLOTS.stop - 1] = 1.0 if event.enabled else -1.0
-    row[KIND.start + KIND_INDEX[event.kind]] = 1.0
-    local = event.ts + 60.0 * event.utc_offset_min
+def _angles(local: float | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """(hour of day, day of week) as angles of the local time ``local`` (seconds; a number or an array of them)."""
     hour_angle = 2.0 * math.pi * (local % 86400.0) / 86400.0
     # 1970-01-01 was a Thursday: +3 makes Monday = 0.
     day_angle = 2.0 * math.pi * (((local // 86400.0) + 3) % 7 + (local % 86400.0) / 86400.0) / 7.0
-    gap_hours = 0.0 if previous_ts is None else max(event.ts - previous_ts, 0.0) / 3600.0
-    row[TIME] = (
-        math.sin(hour_angle),
-        math.cos(hour_angle),
-        math.sin(day_angle),
-        math.cos(day_angle),
-        math.log1p(gap_hours) / _GAP_SCALE,
-    )
-    if event.kind == "generation_requested" and event.prompt:
-        row[REQUEST] = request_features(event.prompt)
+    return hour_angle, day_angle
+
+
+def _time_columns(ts: Sequence[float], offsets: Sequence[int], previous_ts: float | None) -> np.ndarray:
+    """The ``TIME`` columns of events at ``ts`` (the one before at ``previous_ts``), float64 ``[len(ts), 5]``.
+
+    The angles and gaps are computed for all events at once (the same float64 operations as ``encode``'s); the
+    sines, cosines and logarithms are ``math``'s, one call per event like ``encode``'s, as numpy's may differ in the
+    last bit.
+    """
+    utc = np.array(ts, dtype=np.float64)
+    hour_angle, day_angle = _angles(utc + 60.0 * np.array(offsets, dtype=np.float64))
+    gap = np.empty_like(utc)
+    gap[0] = 0.0 if previous_ts is None else utc[0] - previous_ts
+    np.subtract(utc[1:], utc[:-1], out=gap[1:])
+    gap_hours = np.maximum(gap, 0.0) / 3600.0
+    columns = np.empty((len(ts), TIME.stop - TIME.start), dtype=np.float64)
+    for column, (function, values) in enumerate(((math.sin, hour_angle), (math.cos, hour_angle), (math.sin, day_angle),
+                                                 (math.cos, day_angle), (math.log1p, gap_hours))):
+        columns[:, column] = np.fromiter(map(function, values.tolist()), np.float64, len(ts))
+    columns[:, -1] /= _GAP_SCALE
+    return columns
+
+
+def _after_keep(recent: np.ndarray, genre: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The ``RECENT`` counts after a kept segment of ``genre``, written into ``out`` (a new array if none)."""
+    out = np.multiply(recent, np.float32(RECENT_DECAY), out=out)
+    out[genre] += 1.0
+    return out
 
 
 @dataclass
@@ -212,6 +301,57 @@ def prediction_points(events: Sequence[Event]) -> list[tuple[int, int]]:
     return points
 
 
+@dataclass(frozen=True)
+class EncodedLog:
+    """One user's log in the compact form its examples are cut from: ``build_examples`` is ``windows(encode_log(
+    events), window)``. Each event is in up to ``window`` examples, so this is ~7 times smaller at ``window`` 32.
+
+    Attributes:
+        features: float32 ``[n, FEATURE_DIM]``, the encoded events up to the last prediction point (the later ones
+            are in no window).
+        rows: int64 ``[P]``, the row of each prediction point (``prediction_points``) in ``features``, in time order.
+        targets: int64 ``[P]``, the genre index each point predicts.
+        times: float64 ``[P]``, the UTC time of each point.
+    """
+
+    features: np.ndarray
+    rows: np.ndarray
+    targets: np.ndarray
+    times: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes + self.rows.nbytes + self.targets.nbytes + self.times.nbytes
+
+
+def encode_log(events: Sequence[Event]) -> EncodedLog:
+    """The compact form of one user's log, oldest event first (see ``EncodedLog``)."""
+    points = prediction_points(events)
+    rows = np.array([row for row, _ in points], dtype=np.int64)
+    end = int(rows[-1]) + 1 if points else 0
+    return EncodedLog(encode_events(events[:end]), rows, np.array([genre for _, genre in points], dtype=np.int64),
+                      np.array([events[row].ts for row, _ in points], dtype=np.float64))
+
+
+def windows(log: EncodedLog, window: int) -> Examples:
+    """One example per prediction point of ``log``: the last ``window`` events (request included) up to it.
+
+    The windows are gathered with one index array ``[P, window]`` (short ones repeat their last row, then are
+    zeroed past their length); the examples share no memory with ``log``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be a positive number of events; found {window}.")
+    if len(log.rows) == 0:
+        return empty_examples(window)
+    steps = np.arange(window)
+    starts = np.maximum(log.rows - (window - 1), 0)
+    lengths = log.rows + 1 - starts
+    x = np.take(log.features, np.minimum(starts[:, None] + steps, log.rows[:, None]), axis=0)
+    x[steps >= lengths[:, None]] = 0.0
+    return Examples(torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(log.targets.copy()),
+                    torch.from_numpy(log.times.copy()))
+
+
 def build_examples(events: Sequence[Event], window: int) -> Examples:
     """One example per prediction point (``prediction_points``).
 
@@ -219,23 +359,7 @@ def build_examples(events: Sequence[Event], window: int) -> Examples:
         events: one user's log, oldest first.
         window: the most recent events (request included) a prediction may read.
     """
-    if window < 1:
-        raise ValueError(f"window must be a positive number of events; found {window}.")
-    points = prediction_points(events)
-    n = len(points)
-    if n == 0:
-        return empty_examples(window)
-    encoded = encode_events(events)
-    x = np.zeros((n, window, FEATURE_DIM), dtype=np.float32)
-    lengths = np.zeros(n, dtype=np.int64)
-    for k, (row, _) in enumerate(points):
-        start = max(0, row - window + 1)
-        length = row + 1 - start
-        x[k, :length] = encoded[start : row + 1]
-        lengths[k] = length
-    times = np.array([events[row].ts for row, _ in points], dtype=np.float64)
-    targets = torch.tensor([genre for _, genre in points])
-    return Examples(torch.from_numpy(x), torch.from_numpy(lengths), targets, torch.from_numpy(times))
+    return windows(encode_log(events), window)
 
 
 def split_recent(examples: Examples, eval_fraction: float) -> tuple[Examples, Examples]:
