@@ -119,7 +119,7 @@ def measure_floor(settings, users: list[int], *, batched: bool, start_together=N
     instructions = run._instructions(1)
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
-    device_data._user_examples.cache_clear()  # each floor generates its users' data itself
+    device_data._encoded_logs.clear()  # each floor generates its users' data itself
     if start_together is not None:
         start_together.wait()
     started = time.perf_counter()

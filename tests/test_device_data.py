@@ -14,7 +14,14 @@ from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
 from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from protocol.records import to_array_record
-from simulations.federation.device_data import device_examples, simulated_data, simulated_device_data
+from model.features.encoding import build_examples, split_recent
+from simulations.federation.device_data import (
+    _EncodedLogs,
+    device_examples,
+    population_from,
+    simulated_data,
+    simulated_device_data,
+)
 from simulations.population.population import PopulationConfig
 from simulations.seed_logs import SeedError, seed_device_logs
 
@@ -110,6 +117,24 @@ def test_an_empty_log_gives_no_examples(tmp_path):
     LogStore.open(path).close()
     data = device_data(DATA, {"log-db": str(path)})
     assert len(data.train) == 0 and len(data.held_out) == 0
+
+
+def test_a_synthetic_users_examples_are_the_same_on_every_call_and_built_from_its_events():
+    events = population_from(POPULATION).user(6).events()
+    expected = split_recent(build_examples(events, DATA.window), DATA.eval_fraction)
+    for _ in range(2):  # built, then cut again from the cached encoded log
+        train, held_out = device_examples(DATA, 6)
+        assert _same_examples(train, expected[0]) and _same_examples(held_out, expected[1])
+
+
+def test_the_encoded_log_cache_stays_within_its_memory_and_lets_the_least_recently_used_go():
+    sizes = [_EncodedLogs(budget=2**40).get(POPULATION, user).nbytes for user in range(4)]
+    cache = _EncodedLogs(budget=sum(sizes) - 1)  # room for any three of the four users
+    first = [cache.get(POPULATION, user) for user in range(3)]
+    assert cache.get(POPULATION, 0) is first[0]  # a hit, now the most recently used
+    cache.get(POPULATION, 3)  # over budget: user 1, the least recently used, leaves
+    assert cache.nbytes == sum(sizes) - sizes[1] <= cache.budget
+    assert cache.get(POPULATION, 0) is first[0] and cache.get(POPULATION, 1) is not first[1]
 
 
 # ------------------------------------------------------------------------------------------- through the app

@@ -9,12 +9,16 @@ The server describes the synthetic population in every message (``DataInstructio
 ``simulated_device_data`` is the ``client.device_data.DataSource`` of the simulation's ClientApp
 (``simulations.federation.client_app``): node config ``partition-id=N`` (set by Flower's simulation, or per user by
 a node slot) plays synthetic user N; ``log-db`` is read as on a device. Everything is cached per worker process
-with bounded size, so a worker that serves thousands of users keeps only the most recent ones (memory grows with
-the clients of a round, not with the population).
+with bounded size, so a worker that serves thousands of users keeps only the most recent ones. A user is kept in
+its compact form (``model.features.encoding.EncodedLog``: encoded events and prediction points, within
+``USER_CACHE_BYTES`` in all) and its windows are cut anew on each use: they repeat each event up to ``window``
+times, so the same memory holds ~7 times as many users as it would hold windows.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -28,13 +32,15 @@ from protocol.instructions import (
     flat_items,
     nested_items,
 )
-from model.features.encoding import Examples, build_examples, split_recent
+from model.features.encoding import EncodedLog, Examples, encode_log, split_recent, windows
 from protocol.node_config import LOG_DB, PARTITION_ID
 from simulations.federation.attacks import poisoned_training_examples
 from simulations.population.population import Population, PopulationConfig
 from simulations.population.world import World
 
-USERS_CACHED_PER_WORKER = 256
+USER_CACHE_BYTES = 150 * 2**20
+"""Memory for the encoded logs of the users a worker played (``_EncodedLogs``). A 28-day log is ~0.13 MB, so ~1,250
+users fit: a default run's whole population (1,000), so each worker builds a user once, however rounds are spread."""
 
 
 def population_items(config: PopulationConfig) -> dict[str, Scalar]:
@@ -74,16 +80,47 @@ def population(seed: int, size: int, days: int, world: World = World()) -> Popul
     return population_from(PopulationConfig(seed=seed, num_users=size, days=days, world=world))
 
 
-@lru_cache(maxsize=USERS_CACHED_PER_WORKER)
-def _user_examples(config: PopulationConfig, user_id: int, window: int, eval_fraction: float) -> tuple[Examples, Examples]:
-    events = population_from(config).user(user_id).events()
-    return split_recent(build_examples(events, window), eval_fraction)
+class _EncodedLogs:
+    """The encoded logs of the users a worker played last, least recently used first out, within ``budget`` bytes
+    (the newest one stays even if larger). Safe to share between threads."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self._logs: OrderedDict[tuple[PopulationConfig, int], EncodedLog] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config: PopulationConfig, user_id: int) -> EncodedLog:
+        """User ``user_id``'s encoded log, generated and encoded if not kept."""
+        key = (config, user_id)
+        with self._lock:
+            log = self._logs.get(key)
+            if log is not None:
+                self._logs.move_to_end(key)
+                return log
+        log = encode_log(population_from(config).user(user_id).events())
+        with self._lock:
+            if key not in self._logs:
+                self._logs[key] = log
+                self.nbytes += log.nbytes
+            while self.nbytes > self.budget and len(self._logs) > 1:
+                self.nbytes -= self._logs.popitem(last=False)[1].nbytes
+        return log
+
+    def clear(self) -> None:
+        with self._lock:
+            self._logs.clear()
+            self.nbytes = 0
+
+
+_encoded_logs = _EncodedLogs(USER_CACHE_BYTES)
 
 
 def device_examples(data: DataInstructions, user_id: int) -> tuple[Examples, Examples]:
     """(training examples, most recent held-out examples) of simulated user ``user_id`` of the population ``data``
-    describes."""
-    return _user_examples(population_of(data), user_id, data.window, data.eval_fraction)
+    describes; new tensors on each call, cut from the user's cached encoded log."""
+    log = _encoded_logs.get(population_of(data), user_id)
+    return split_recent(windows(log, data.window), data.eval_fraction)
 
 
 def _partition_id(value: object) -> int:
