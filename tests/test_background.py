@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from simulations.federation.background import NICENESS, BackgroundCall
+from simulations.federation.background import BackgroundCall
 
 
-def _value_and_niceness(x: int) -> tuple[int, int]:
-    return x * 2, os.nice(0)
+def _value_and_policy(x: int) -> tuple[int, int]:
+    return x * 2, os.sched_getscheduler(0)
 
 
 def _raise(message: str) -> None:
@@ -26,9 +26,9 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def test_the_value_comes_back_from_a_child_of_lower_priority():
-    value, niceness = BackgroundCall(_value_and_niceness, 21).result()
-    assert value == 42 and niceness == min(os.nice(0) + NICENESS, 19)  # Linux caps niceness at 19
+def test_the_value_comes_back_from_a_child_that_runs_only_on_idle_cores():
+    value, policy = BackgroundCall(_value_and_policy, 21).result()
+    assert value == 42 and policy == os.SCHED_IDLE
 
 
 def test_an_error_in_the_child_is_raised_with_its_traceback():

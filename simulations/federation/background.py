@@ -3,8 +3,8 @@
 The simulation's baselines depend on the configuration alone (``simulations.federation.held_out``), yet pooling the
 federation users' logs and training the central model cost several seconds of one core; run after the rounds, they
 are the run's last ~10 s. ``BackgroundCall`` starts them beside the rounds in a fresh interpreter (``spawn``: the
-parent holds Ray's and Flower's threads, which ``fork`` must not copy) at a lower CPU priority (``nice``), so they
-take the cores the rounds leave idle rather than slowing the rounds down. ``result()`` waits for the value (or
+parent holds Ray's and Flower's threads, which ``fork`` must not copy) at the lowest CPU priority
+(``lowest_priority``), so they take the cores the rounds leave idle rather than slowing the rounds down. ``result()`` waits for the value (or
 raises the child's error, or says how the child died); ``cancel()`` stops the child.
 """
 
@@ -19,12 +19,17 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-NICENESS = 10
-"""How much lower the child's CPU priority is than the run's (Linux ``nice``): it runs when the rounds leave a core."""
+def lowest_priority() -> None:
+    """Run this process only on a core nothing else wants: Linux's ``SCHED_IDLE`` policy (Ray's workers, which train
+    the rounds, run at niceness 15, so no niceness of ours would stay below them); elsewhere the largest niceness."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 def _call_and_send(send: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    os.nice(NICENESS)
+    lowest_priority()
     try:
         outcome = ("value", function(*args))
     except BaseException:  # the parent re-raises it with the child's traceback
