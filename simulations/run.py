@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# One math thread per process (before torch is imported; inherited by the baselines' process): the cores belong to
+# Ray's workers, one per core, and a second thread in this process only contends with them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

@@ -74,8 +74,9 @@ def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples)
         return Baselines(top1)
     central = train_central(pooled, settings.model, central_config(settings.train, epochs), settings.seed)
     top1["central_nonprivate"] = score(central, held_out)["top1"]
-    return Baselines(top1, (f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s); "
-                            f"baselines computed beside the rounds in {time.perf_counter() - started:.0f} s",))
+    return Baselines(top1, (f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s); the "
+                            f"baselines were ready {time.perf_counter() - started:.0f} s after the run began (computed "
+                            "on the cores the rounds left idle)",))
 
 
 class SyntheticHeldOut:
