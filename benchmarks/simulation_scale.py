@@ -98,7 +98,9 @@ def _overrides(users: int, per_round: int, rounds: int, nodes: int, cpus_per_cli
     return per_message + [
         f"population.num_users={users}", "population.eval_users=20", f"simulation.sample_rate={per_round / users}",
         f"simulation.rounds={rounds}", f"simulation.nodes={nodes}", "simulation.final_eval_clients=0",
-        "simulation.central_baseline_epochs=0", "simulation.round_timeout_s=1200", "privacy.delta=1e-6",
+        # The baselines (computed beside the rounds) are not measured here: pool few users' logs for them.
+        "simulation.central_baseline_epochs=0", "simulation.baseline_users=20", "simulation.round_timeout_s=1200",
+        "privacy.delta=1e-6",
         f"simulation.num_cpus_per_client={cpus_per_client}",
     ]
 
