@@ -147,7 +147,8 @@ def measure_parallel_floor(settings, users: list[int]) -> float:
     context = multiprocessing.get_context("spawn")
     start_together, seconds = context.Barrier(CORES), context.Queue()
     shares = [users[core::CORES] for core in range(CORES)]
-    processes = [context.Process(target=_floor_share, args=(settings, share, start_together, seconds)) for share in shares]
+    processes = [context.Process(target=_floor_share, args=(settings, share, start_together, seconds))
+                 for share in shares]
     for process in processes:
         process.start()
     slowest = max(seconds.get() for _ in processes)

@@ -2,10 +2,10 @@
 
 The simulation's baselines depend on the configuration alone (``simulations.federation.held_out``), yet pooling the
 federation users' logs and training the central model cost several seconds of one core; run after the rounds, they
-are the run's last ~10 s. ``BackgroundCall`` starts them beside the rounds in a fresh interpreter (``spawn``: the
+were the run's last ~10 s. ``BackgroundCall`` starts them beside the rounds in a fresh interpreter (``spawn``: the
 parent holds Ray's and Flower's threads, which ``fork`` must not copy) at the lowest CPU priority
-(``lowest_priority``), so they take the cores the rounds leave idle rather than slowing the rounds down. ``result()`` waits for the value (or
-raises the child's error, or says how the child died); ``cancel()`` stops the child.
+(``lowest_priority``), so they run mostly on the core time the rounds leave idle. ``result()`` waits for the value
+(or raises the child's error, or says how the child died); ``cancel()`` stops the child.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+
 def lowest_priority() -> None:
-    """Run this process only on a core nothing else wants: Linux's ``SCHED_IDLE`` policy (Ray's workers, which train
-    the rounds, run at niceness 15, so no niceness of ours would stay below them); elsewhere the largest niceness."""
+    """Give this process the smallest share of a busy core: Linux's ``SCHED_IDLE`` policy, else the largest niceness.
+
+    Ray runs its workers, which train the rounds, at niceness 15, so a niceness of ours would outrank them; against
+    them an idle-policy process still gets a small share (weight 3 to their 36), about 8% of a busy core.
+    """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):

@@ -54,7 +54,8 @@ def federation_examples(data: DataInstructions, user_ids: range, max_per_user: i
 def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples) -> Baselines:
     """The baselines' held-out top-1, from the logs of the first ``simulation.baseline_users`` federation users
     (users are drawn independently, so the first N are a sample), with a note on the central model. Only the
-    central model needs the pooled windows (~0.4 MB a user by default); the other baselines read the pooled targets alone."""
+    central model needs the pooled windows (~0.4 MB a user by default); the other baselines read the pooled targets
+    alone."""
     cap, total = settings.simulation.baseline_users, settings.population.num_users
     users, epochs = range(min(cap, total) if cap else total), settings.simulation.central_baseline_epochs
     started = time.perf_counter()
