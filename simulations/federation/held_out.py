@@ -77,7 +77,7 @@ def baselines(settings: RunSettings, data: DataInstructions, held_out: Examples)
     top1["central_nonprivate"] = score(central, held_out)["top1"]
     return Baselines(top1, (f"central non-private baseline: {len(pooled)} pooled examples, {epochs} epoch(s); the "
                             f"baselines were ready {time.perf_counter() - started:.0f} s after the run began (computed "
-                            "on the cores the rounds left idle)",))
+                            "beside the rounds at the lowest CPU priority)",))
 
 
 class SyntheticHeldOut:
