@@ -31,6 +31,9 @@ MEAN_STRATEGIES = ("fedavg", "fedadam")
 
 SEED_MAX = 2**63 - 1
 """Largest seed: what the synthetic population (``simulations.population.population``) and NumPy's streams accept."""
+MAX_POPULATION = 10**10
+"""Largest population a run may describe (more than there are people): a bound that keeps the privacy checks'
+arithmetic (``1 / population.num_users``) in floating point."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,8 @@ class PopulationSettings:
 
     def __post_init__(self) -> None:
         check_range("population.seed", self.seed, 0, SEED_MAX)
-        check_range("population.num_users", self.num_users, 1)
-        check_range("population.eval_users", self.eval_users, 0)
+        check_range("population.num_users", self.num_users, 1, MAX_POPULATION)
+        check_range("population.eval_users", self.eval_users, 0, MAX_POPULATION)
         check_range("population.days", self.days, 1)
         check_range("population.window", self.window, 1, note=" event")
         check_range("population.eval_points_per_user", self.eval_points_per_user, 1)

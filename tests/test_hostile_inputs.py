@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from protocol.instructions import (
@@ -530,6 +530,7 @@ CONFIG_VALUES = (st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.i
 @FAST
 @given(edits=st.lists(st.tuples(st.sampled_from(CONFIG_PATHS) | st.lists(st.text(max_size=5), min_size=1, max_size=3)
                                 .map(tuple), CONFIG_VALUES), min_size=1, max_size=3))
+@example(edits=[(("population", "num_users"), 10**400)])  # once overflowed 1 / num_users in the privacy checks
 def test_any_edited_config_gives_settings_or_a_config_error_naming_the_key(edits):
     cfg = copy.deepcopy(BASE_CONFIG)
     for path, value in edits:
