@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,7 +141,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
                 raise LogStoreError(f"{path} is not a log store: it is an empty SQLite database or a file of "
                                     f"{path.stat().st_size} byte(s); it was left unchanged. Open it with create=True "
                                     "(or import a log into it) to start a new store there.")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _journal_mode_wal(conn)
             conn.execute("BEGIN IMMEDIATE")
             if _header(conn) == (0, 0, 0):  # another process may have created it while we waited for the lock
                 for statement in _SCHEMA:
@@ -165,10 +166,24 @@ def _prepare(conn: sqlite3.Connection, path: Path, create: bool) -> None:
                             "It was left unchanged. Restore the file from a backup, or salvage its readable rows into "
                             f"a new store: sqlite3 {path} .recover | sqlite3 {path}.recovered")
     with sqlite_errors(path):
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _journal_mode_wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
     if mode != "wal":
         raise LogStoreError(f"{path}: the log store needs journal_mode WAL for durable appends; SQLite gave {mode!r}.")
+
+
+def _journal_mode_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode = WAL``, retried for up to ``BUSY_TIMEOUT_S`` while another process holds the lock it
+    needs; returns the mode SQLite reports. SQLite answers "database is locked" at once here instead of waiting
+    when two processes open a new store together (its busy handler is not called where waiting could deadlock)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
