@@ -40,6 +40,7 @@ def held_out_examples(data: DataInstructions, user_ids: range, points_per_user: 
 
 
 def _federation_parts(data: DataInstructions, user_ids: range, max_per_user: int) -> Iterator[Examples]:
+    """Each federation user's training examples, capped to its ``max_per_user`` most recent points (0: all)."""
     for uid in user_ids:
         train = device_examples(data, uid)[0]
         yield train.subset(slice(max(0, len(train) - max_per_user), len(train))) if max_per_user else train
