@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from model.features.encoding import EXCLUDED_GENRES, FEATURE_DIM, NAMED_GENRES, RECENT, Examples, build_examples, encode_events
 from model.features.heuristic_prior import prior_logits
@@ -98,6 +99,24 @@ def test_personal_bias_moves_towards_the_users_own_genre_and_stays_on_the_device
     assert torch.equal(model.head.bias, torch.zeros(8))  # the global model is unchanged
     with torch.no_grad():
         assert int(personal(x[:1], torch.ones(1, dtype=torch.int64)).argmax()) == GENRE_INDEX["folk"]
+
+
+def test_personal_bias_is_the_offset_torch_optim_sgd_reaches():
+    """The fit writes SGD's step out (no torch.optim import on the device); its answer is SGD's, bit for bit."""
+    torch.manual_seed(1)
+    model = PreferenceLSTM(RESIDUAL).eval()
+    n, config = 40, PersonaliseConfig(steps=30, holdout_fraction=0.0)
+    examples = Examples(torch.randn(n, 3, FEATURE_DIM), torch.full((n,), 3, dtype=torch.int64),
+                        torch.randint(0, 8, (n,)), torch.arange(n, dtype=torch.float64))
+    with torch.no_grad():
+        logits = model(examples.x, examples.lengths)
+    bias = torch.zeros(8, requires_grad=True)
+    optimizer = torch.optim.SGD([bias], lr=config.lr)
+    for _ in range(config.steps):
+        optimizer.zero_grad()
+        (F.cross_entropy(logits + bias, examples.targets) + config.l2 * bias.square().sum()).backward()
+        optimizer.step()
+    assert torch.equal(fit_personal_bias(model, examples, config), bias.detach())
 
 
 def test_personal_bias_is_dropped_when_the_users_latest_points_disagree():
