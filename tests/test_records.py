@@ -1,4 +1,5 @@
-"""``protocol.records.array_like`` decodes what Flower's ``Array.numpy`` decodes, and leaves anything unexpected to it."""
+"""``protocol.records``: ``to_array_record`` builds the ``Array``s Flower builds, and ``array_like`` decodes what Flower's
+``Array.numpy`` decodes, leaving anything unexpected to it."""
 
 import io
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from protocol.records import array_like
+from protocol.records import array_like, to_array_record
 
 REFERENCE = np.arange(12, dtype=np.float32).reshape(3, 4)
 
@@ -58,3 +59,16 @@ def test_truncated_bytes_raise_as_flower_raises(cut):
 def test_extra_bytes_after_the_data_go_to_flower():
     data = _saved(REFERENCE) + b"\0" * 4
     np.testing.assert_array_equal(array_like(_array_with_bytes(data), REFERENCE), _array_with_bytes(data).numpy())
+
+
+@pytest.mark.parametrize("value", [
+    REFERENCE, np.arange(6, dtype=np.float64).reshape(2, 3).T, np.zeros((0, 5), dtype=np.float32),
+    np.array([True, False]), np.arange(4, dtype=">i4"), np.zeros(3, dtype=[("a", "<f4"), ("b", "<i2")]),
+    np.ones((2, 2, 2), dtype=np.int8), np.array(2.5, dtype=np.float32),
+], ids=["float32", "transposed-float64", "empty", "bool", "big-endian", "structured", "int8-3d", "scalar"])
+def test_to_array_record_holds_what_flowers_array_holds(value):
+    expected = Array(np.ascontiguousarray(value))
+    built = to_array_record({"x": value})["x"]
+    assert (built.dtype, built.shape, built.stype, built.data) == (expected.dtype, expected.shape, expected.stype,
+                                                                   expected.data)
+    np.testing.assert_array_equal(built.numpy(), value)
