@@ -1,5 +1,5 @@
-"""``BackgroundCall`` returns the child's value, raises its error with its traceback, says how a dead child died,
-and stops a child that is no longer wanted."""
+"""``BackgroundCall`` returns the child's value, reads its call only at idle priority, raises its error with its
+traceback, says how a dead child died, and stops a child that is no longer wanted."""
 
 import os
 import signal
@@ -29,6 +29,22 @@ def _sleep(seconds: float) -> None:
 def test_the_value_comes_back_from_a_child_that_runs_only_on_idle_cores():
     value, policy = BackgroundCall(_value_and_policy, 21).result()
     assert value == 42 and policy == os.SCHED_IDLE
+
+
+class _PolicyWhenUnpickled:
+    """Unpickles to the scheduling policy of the process unpickling it (what importing the call's modules runs at)."""
+
+    def __reduce__(self):
+        return os.sched_getscheduler, (0,)
+
+
+def _identity(x: int) -> int:
+    return x
+
+
+def test_the_child_reads_its_call_at_idle_priority():
+    """Unpickling the call imports its modules (torch: seconds of CPU); that must not outrank the rounds either."""
+    assert BackgroundCall(_identity, _PolicyWhenUnpickled()).result() == os.SCHED_IDLE
 
 
 def test_an_error_in_the_child_is_raised_with_its_traceback():

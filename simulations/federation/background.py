@@ -15,6 +15,7 @@ import os
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,9 +33,14 @@ def lowest_priority() -> None:
         os.nice(19)
 
 
-def _call_and_send(send: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _call_and_send(receive: Connection, send: Connection) -> None:
+    """The child: take the pickled call at once (the parent's send never waits on an idle-priority reader), lower its
+    priority, and only then unpickle it (which imports the function's modules, torch among them: seconds of CPU that
+    must not outrank the rounds), make the call and send back its outcome."""
+    call = receive.recv_bytes()
     lowest_priority()
     try:
+        function, args = ForkingPickler.loads(call)
         outcome = ("value", function(*args))
     except BaseException:  # the parent re-raises it with the child's traceback
         outcome = ("error", traceback.format_exc())
@@ -49,10 +55,14 @@ class BackgroundCall(Generic[T]):
     def __init__(self, function: Callable[..., T], *args: Any) -> None:
         context = multiprocessing.get_context("spawn")
         self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_call_and_send, args=(send, function, args), daemon=True,
+        call_receive, call_send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_call_and_send, args=(call_receive, send), daemon=True,
                                          name=f"background {getattr(function, '__name__', 'call')}")
         self._process.start()
         send.close()  # the child holds the only sending end: if it dies, the pipe reports end of file
+        call_receive.close()
+        call_send.send((function, args))
+        call_send.close()
 
     def result(self) -> T:
         """The call's value, once the child has computed it.
