@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from protocol.metrics import EVAL_METRICS, TRAIN_METRICS
 from protocol.records import array_like, user_parts
@@ -29,10 +29,13 @@ class ClientUpdate:
     metrics: dict[str, float]
 
 
-def _problem(content: RecordDict, reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
-    if len(content.metric_records) != 1:
-        return f"expected one MetricRecord, found {len(content.metric_records)}"
-    metrics = next(iter(content.metric_records.values()))
+def _problem(metric_records: dict[str, MetricRecord], array_records: dict[str, ArrayRecord],
+             reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
+    """Why a reply's records (``RecordDict.metric_records`` and ``array_records``, each built anew on every access,
+    so read once) cannot be aggregated, or None."""
+    if len(metric_records) != 1:
+        return f"expected one MetricRecord, found {len(metric_records)}"
+    metrics = next(iter(metric_records.values()))
     if set(metrics) != set(TRAIN_METRICS):
         return f"metrics {sorted(metrics)} are not the declared {sorted(TRAIN_METRICS)}"
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
@@ -43,9 +46,9 @@ def _problem(content: RecordDict, reference: dict[str, np.ndarray], max_examples
     if examples != int(examples) or examples < 1 or (max_examples is not None and examples > max_examples):
         cap = f"at most train.max_examples = {max_examples}" if max_examples is not None else "no cap set"
         return f"num-examples must be a whole number >= 1 ({cap}); found {examples}"
-    if len(content.array_records) != 1:
-        return f"expected one ArrayRecord, found {len(content.array_records)}"
-    arrays = next(iter(content.array_records.values()))
+    if len(array_records) != 1:
+        return f"expected one ArrayRecord, found {len(array_records)}"
+    arrays = next(iter(array_records.values()))
     if set(arrays) != set(reference):
         return f"array names differ from the global model's (missing {sorted(set(reference) - set(arrays))[:3]}, extra {sorted(set(arrays) - set(reference))[:3]})"
     for name, array in arrays.items():
@@ -84,13 +87,14 @@ class Verdict:
 
 
 def _judge_content(content: RecordDict, reference: dict[str, np.ndarray], max_examples: int | None) -> Verdict:
-    problem = _problem(content, reference, max_examples)
+    metric_records, array_records = content.metric_records, content.array_records
+    problem = _problem(metric_records, array_records, reference, max_examples)
     if problem is not None:
         return Verdict("rejected", problem)
-    metrics = dict(next(iter(content.metric_records.values())))
+    metrics = dict(next(iter(metric_records.values())))
     if metrics["declined"]:
         return Verdict("declined", str(content.config_records.get("status", {}).get("declined", "no reason given")))
-    arrays, why = _decoded(next(iter(content.array_records.values())), reference)
+    arrays, why = _decoded(next(iter(array_records.values())), reference)
     if arrays is None:
         return Verdict("rejected", why)
     return Verdict("update", arrays={k: a.astype(np.float32, copy=False) for k, a in arrays.items()}, metrics=metrics)
