@@ -22,6 +22,7 @@ from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
 from protocol.instructions import RecordLevelInstructions, TrainInstructions
 from protocol.metrics import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET
+from server.evaluation import train_central
 from server.settings import PopulationSettings, PrivacySettings, RecordPrivacySettings, RunSettings
 from simulations.federation.device_data import device_examples, simulated_data
 from simulations.federation.inprocess import InProcessFederation
@@ -94,6 +95,20 @@ def test_more_users_than_one_batch_holds_are_trained_in_parts(users, monkeypatch
     parts, _ = train_local_batched(model, users, TRAIN, generators=generators())
     assert USERS_PER_BATCH > len(users)
     assert all(_max_difference(a, b) <= TOLERANCE for a, b in zip(whole, parts))
+
+
+@pytest.mark.parametrize("model_config", [PRIOR, replace(PRIOR, bidirectional=True)], ids=["batched", "one-by-one"])
+def test_the_central_reference_is_the_model_train_local_trains(users, model_config):
+    """``train_central`` takes batched training's path when the model allows it: the model ``train_local`` trains."""
+    pooled = Examples.concat([e for e in users if len(e)], WINDOW)
+    config = LocalTrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam", max_examples=0)
+    central = train_central(pooled, model_config, config, seed=3)
+    torch.manual_seed(3)
+    reference = PreferenceLSTM(model_config)
+    start = copy.deepcopy(reference.state_dict())
+    train_local(reference, pooled, config, generator=torch.Generator().manual_seed(3))
+    assert _max_difference(dict(central.named_parameters()), dict(reference.named_parameters())) <= TOLERANCE
+    assert _max_difference(dict(central.named_parameters()), start) > 1e-3  # it trained
 
 
 def _instructions(model: ModelConfig = PRIOR, record: RecordLevelInstructions | None = None) -> TrainInstructions:
