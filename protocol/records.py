@@ -38,7 +38,7 @@ def _saved_array(value: np.ndarray) -> Array:
     dtype = value.dtype
     if dtype.fields is not None or dtype.hasobject or not dtype.isnative:
         return Array(value)
-    return Array(dtype=str(dtype), shape=tuple(int(n) for n in value.shape), stype="numpy.ndarray",
+    return Array(dtype=str(dtype), shape=value.shape, stype="numpy.ndarray",
                  data=_npy_header(dtype.str, value.shape) + value.tobytes())
 
 
