@@ -97,7 +97,7 @@ def summarise(metrics: dict) -> dict:
         "top1": metrics["final"]["eval_top1"], "nll": metrics["final"]["eval_nll"],
         "initial_top1": metrics["initial"]["eval_top1"], "initial_nll": metrics["initial"]["eval_nll"],
         "rejected": sum(r["rejected"] for r in rounds), "failed": sum(r["failed"] for r in rounds),
-        "updates": sum(r["clients"] for r in rounds), "epsilon": user["epsilon"] if user else None,
+        "updates": sum(r["replies"] for r in rounds), "epsilon": user["epsilon"] if user else None,
         "noise_multiplier": user["noise_multiplier"] if user else None, "baselines": metrics["final"]["baselines"],
     }
 

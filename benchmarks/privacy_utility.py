@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
                                   planned_rounds=args.rounds, stream=0)
         for _ in range(args.rounds):
             row = fed.round(examples_of)
-            log(f"  {label} round {row['round']}: {row['clients']} clients, loss {row['train_loss']:.3f}, "
-                f"clipped {row['clipped_fraction']:.2f}, epsilon {row['epsilon']}")
+            clip = f", C {row['clipping_norm']:.3g}" if row["clipping_norm"] is not None else ""
+            log(f"  {label} round {row['round']}: {row['replies']} clients, ~{row['participants']:.0f} trained, loss "
+                f"{row['train_loss']:.3f}, unclipped {row['unclipped_fraction']:.2f}{clip}, epsilon {row['epsilon']}")
         model = PreferenceLSTM(settings.model)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in fed.arrays.items()})
         return model, fed

@@ -166,7 +166,7 @@ def round_one_sample(settings) -> list[int]:
 
 def updates_of(metrics: dict) -> float:
     """Mean client updates per measured round."""
-    return sum(r["clients"] for r in metrics["rounds"]) / len(metrics["rounds"])
+    return sum(r["replies"] for r in metrics["rounds"]) / len(metrics["rounds"])
 
 
 def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_client: float = 1.0,
@@ -199,7 +199,7 @@ def measure_point(users: int, per_round: int, rounds: int, nodes: int, cpus_per_
         "ratio_batched": round_s / batched_floor_s if batched_floor_s else float("inf"),
         "parallel_floor_s": parallel_s, "ratio_parallel": round_s / parallel_s if parallel_s else float("inf"),
         "updates_per_s": updates / round_s,
-        "peak_rss_mb": memory.peak_mb, "round1_clients": first["clients"], "round1_sampled": len(sampled),
+        "peak_rss_mb": memory.peak_mb, "round1_clients": first["replies"], "round1_sampled": len(sampled),
         "floor_ms_per_client": [round(1000 * before[False], 1), round(1000 * after[False], 1)],
         "batched_floor_ms_per_client": [round(1000 * before[True], 1), round(1000 * after[True], 1)],
     }

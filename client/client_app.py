@@ -1,11 +1,15 @@
 """The Flower ClientApp: one device training the preference LSTM on its private log.
 
 It receives the global prior and this round's instructions in the message, trains locally (DP-SGD when
-record-level privacy is on) and replies with model arrays and the declared scalar metrics only. Rounds run with
-secure aggregation arrive as SecAgg+ messages and go to ``client.secagg_client`` (same training, masked reply). A
-simulation slot may be asked to play several users in one message; it trains them together from the same global
-prior (one batched computation where the model allows, ``model.network.batched_training``) and joins their replies
-(``protocol.records``).
+record-level privacy is on) and replies with its bounded contribution only (``protocol.reply_layout``: the update
+and three bounded statistics; evaluation: five bounded scores). Rounds run with secure aggregation arrive as SecAgg+
+messages and go to ``client.secagg_client`` (same training, masked reply). A simulation slot may be asked to play
+several users in one message; it trains them together from the same global prior (one batched computation where
+the model allows, ``model.network.batched_training``) and joins their replies (``protocol.records``).
+
+Whatever goes wrong, the reply is an error with a fixed reason code (``protocol.reply_layout.REASON_CODES``): the
+exception, its text and the traceback stay in the device's own log. Flower would otherwise send the exception's
+text, which can name the log's path or a value from it.
 
 Where the data comes from is pluggable (``client.device_data.DataSource``): ``make_client_app(source, mods=...)``
 builds the app around any source. ``app``, the product ClientApp that ``flwr run`` and every SuperNode run
@@ -15,23 +19,27 @@ functions (``simulations.federation.client_app``: synthetic user ``partition-id`
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
+from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from client.device_data import DataSource, device_data
+from client.device_data import DataSource, DeviceDataError, device_data
 from client.device_ledger import DeviceLedger
 from client.local_update import local_evaluation, local_updates
 from client.secagg_client import secagg_app
-from protocol.instructions import TrainInstructions, from_config_items
-from protocol.metrics import DECLINE_REASONS
+from protocol.instructions import InstructionError, TrainInstructions, from_config_items
 from protocol.node_config import PARTITION_ID
 from protocol.records import from_array_record, joined_parts, slot_users, to_array_record
+from protocol.reply_layout import CONTRIBUTION, EVALUATION, SCORES_ARRAY, STATISTICS_ARRAY
+
+logger = logging.getLogger(__name__)
 
 logging.getLogger("flwr").propagate = False  # opacus calls logging.basicConfig(): without this flwr logs twice
 
@@ -70,15 +78,32 @@ def _train_all(source: DataSource, global_arrays: dict[str, np.ndarray], instruc
     data = [source(instructions.data, config, instructions.device_dir) for config in node_configs]
     updates = local_updates(global_arrays, instructions, [d.train for d in data], [DeviceLedger(d.ledger_path) for d in data],
                             [d.device_id for d in data], simulated=data[0].synthetic)
-    parts = []
-    for update in updates:
-        content = RecordDict({"metrics": MetricRecord(update.metrics)})
-        if update.declined:
-            content["status"] = ConfigRecord({"declined": DECLINE_REASONS[update.declined]})
-        else:
-            content["arrays"] = to_array_record(update.arrays)
-        parts.append(content)
-    return parts
+    return [RecordDict({CONTRIBUTION: to_array_record({**u.update, STATISTICS_ARRAY: u.statistics})}) for u in updates]
+
+
+def reason_code(error: Exception) -> str:
+    """The reason code an error reply carries for ``error`` (``protocol.reply_layout.REASON_CODES``)."""
+    if isinstance(error, DeviceDataError):
+        return "device-data"
+    if isinstance(error, (InstructionError, KeyError, ValueError)):
+        return "bad-instructions"
+    return "internal"
+
+
+def refusing_with_codes(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """``handler``, but any exception becomes an error reply carrying only its reason code; the exception and its
+    traceback go to this device's log."""
+
+    @functools.wraps(handler)
+    def guarded(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as error:  # noqa: BLE001 - every failure must become a reason code, never text
+            code = reason_code(error)
+            logger.error("replying with error code %r", code, exc_info=error)
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=code), reply_to=msg)
+
+    return guarded
 
 
 def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientApp:
@@ -87,6 +112,7 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
     secure = secagg_app(source)
 
     @app.train()
+    @refusing_with_codes
     def train(msg: Message, context: Context) -> Message:
         if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
             return secure(msg, context)
@@ -94,13 +120,14 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
         return _reply(msg, users, _train_all(source, global_arrays, instructions, _node_configs(users, context)))
 
     @app.evaluate()
+    @refusing_with_codes
     def evaluate(msg: Message, context: Context) -> Message:
         instructions, global_arrays, users = _instructions(msg), _arrays(msg), slot_users(msg.content)
         parts = []
         for config in _node_configs(users, context):
             data = source(instructions.data, config, instructions.device_dir)
-            metrics = local_evaluation(global_arrays, instructions.model, data.held_out, data.train)
-            parts.append(RecordDict({"metrics": MetricRecord(metrics)}))
+            scores = local_evaluation(global_arrays, instructions.model, data.held_out, data.train)
+            parts.append(RecordDict({EVALUATION: to_array_record({SCORES_ARRAY: scores})}))
         return _reply(msg, users, parts)
 
     @app.query("ping")

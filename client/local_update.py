@@ -1,7 +1,10 @@
-"""One client's round: load the global prior, train on the private log, return only weights and scalar metrics.
+"""One client's round: load the global prior, train on the private log, return only its bounded contribution.
 
 Framework-free (numpy in, numpy out) so the Message-API ClientApp and the secure-aggregation client share it.
-Nothing derived from single events leaves: the reply is the model and the declared scalar metrics below.
+What leaves is ``privacy.contribution``'s vector: the update (new weights minus the global prior; clipped to the
+user-level norm C when user-level DP is on) and three bounded statistics (participated, unclipped, loss), which the
+server only ever reports from the noisy sum. A device that declines (no data, its record-level budget) sends the
+all-zero contribution; why it declined stays on the device. No example count, loss, norm or epsilon is sent alone.
 
 Randomness: the seed the server sends (with the round and the user id) drives dropout, augmentation and plain
 shuffling only, which protect nothing. Record-level DP-SGD's noise and Poisson batches come from this device's own
@@ -12,6 +15,8 @@ OS entropy (``privacy.randomness.device_generator``), so the server can predict 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import enum
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,20 +29,31 @@ from model.network.batched_training import batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.personalise import fit_personal_bias, personalised
 from model.network.training import LocalTrainResult, RecordLevelDP, evaluate, train_local
-from privacy.mechanisms import clip_update, dp_sgd_schedule, global_norm
+from privacy.contribution import LOSS_BOUND, DeviceStatistics, encode_statistics, zero_statistics
+from privacy.mechanisms import clip_update, dp_sgd_schedule
 from privacy.randomness import device_generator
 from protocol.instructions import TrainInstructions
-from protocol.metrics import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET
+from protocol.reply_layout import EVAL_SCORES
+
+logger = logging.getLogger(__name__)
+
+
+class Decline(enum.IntEnum):
+    """Why a device sends the all-zero contribution this round. Kept on the device (its log), never sent."""
+
+    NO = 0
+    NO_DATA = 1
+    RECORD_BUDGET = 2
 
 
 @dataclass(frozen=True)
 class LocalUpdate:
-    arrays: dict[str, np.ndarray]
-    metrics: dict[str, int | float]
+    """A device's contribution: ``update`` (float32, per model array) and ``statistics`` (``privacy.contribution``),
+    and, for the device alone, why it declined."""
 
-    @property
-    def declined(self) -> int:
-        return int(self.metrics["declined"])
+    update: dict[str, np.ndarray]
+    statistics: np.ndarray
+    declined: Decline = Decline.NO
 
 
 @lru_cache(maxsize=2)
@@ -70,34 +86,31 @@ class _Plan:
     """What one user's round will do, decided before training: how many examples, declined or not, DP-SGD or not."""
 
     num_examples: int
-    declined: int
+    declined: Decline
     dp: RecordLevelDP | None
-    record_epsilon: float
 
 
 def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLedger) -> _Plan:
     """Decline without data, or when record-level DP-SGD would take the device's ledger past its budget."""
     record = instructions.record
     n = min(len(examples), instructions.train.max_examples or len(examples))
-    declined = DECLINED_NO_DATA if n == 0 else DECLINED_NO
+    declined = Decline.NO_DATA if n == 0 else Decline.NO
     dp = None
     if record is not None and n > 0:
         sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=instructions.train.batch_size,
                                              epochs=instructions.train.epochs)
         after = ledger.rdp_epsilon_after(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
         if after > record.target_epsilon:
-            declined = DECLINED_RECORD_BUDGET
+            declined = Decline.RECORD_BUDGET
         dp = RecordLevelDP(record.noise_multiplier, record.max_grad_norm)
-    record_eps = ledger.rdp_epsilon(delta=record.delta) if record is not None else 0.0
-    return _Plan(n, declined, dp, record_eps)
+    return _Plan(n, declined, dp)
 
 
-def _declined(global_arrays: dict[str, np.ndarray], plan: _Plan) -> LocalUpdate:
-    return LocalUpdate(
-        arrays={k: np.asarray(v) for k, v in global_arrays.items()},
-        metrics={"num-examples": 0, "train-loss": 0.0, "update-norm": 0.0, "clipped": 0, "declined": plan.declined,
-                 "record-epsilon": plan.record_epsilon},
-    )
+def declined_update(global_arrays: dict[str, np.ndarray], why: Decline) -> LocalUpdate:
+    """The all-zero contribution of a device that does not train this round (``why`` stays on the device)."""
+    logger.info("declining this round: %s", why.name.lower().replace("_", " "))
+    return LocalUpdate({k: np.zeros(np.shape(v), dtype=np.float32) for k, v in global_arrays.items()},
+                       zero_statistics(), why)
 
 
 def _generators(instructions: TrainInstructions, user_id: int, plan: _Plan,
@@ -112,23 +125,21 @@ def _generators(instructions: TrainInstructions, user_id: int, plan: _Plan,
 
 
 def _finish(global_arrays: dict[str, np.ndarray], instructions: TrainInstructions, trained: dict[str, np.ndarray],
-            result: LocalTrainResult, ledger: DeviceLedger, plan: _Plan) -> LocalUpdate:
-    """Record the DP-SGD run in the device's ledger, clip the update (new - global) under user-level DP, reply."""
-    record, record_eps = instructions.record, plan.record_epsilon
+            result: LocalTrainResult, ledger: DeviceLedger) -> LocalUpdate:
+    """Record the DP-SGD run in the device's ledger, clip the update (new - global) under user-level DP, and bound
+    the statistics. The loss is put in only where a mechanism will noise it (user-level DP), or where the run claims
+    no privacy at all: under record-level DP alone it would travel uncovered."""
+    record, clipping_norm = instructions.record, instructions.clipping_norm
     if record is not None and result.sample_rate is not None:
         ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
         ledger.save()
-        record_eps = ledger.rdp_epsilon(delta=record.delta)
-    delta = {k: trained[k] - np.asarray(global_arrays[k], dtype=np.float32) for k in trained}
-    clipped, norm, was_clipped = delta, global_norm(delta), False
-    if instructions.clipping_norm is not None:
-        clipped, norm, was_clipped = clip_update(delta, instructions.clipping_norm)
-    arrays = {k: (np.asarray(global_arrays[k], dtype=np.float32) + clipped[k]).astype(np.float32) for k in trained}
-    return LocalUpdate(
-        arrays=arrays,
-        metrics={"num-examples": plan.num_examples, "train-loss": float(result.loss), "update-norm": norm,
-                 "clipped": int(was_clipped), "declined": DECLINED_NO, "record-epsilon": record_eps},
-    )
+    update = {k: (trained[k] - np.asarray(global_arrays[k], dtype=np.float32)).astype(np.float32) for k in trained}
+    was_clipped = False
+    if clipping_norm is not None:
+        update, _, was_clipped = clip_update(update, clipping_norm)
+    covered = clipping_norm is not None or record is None
+    statistics = DeviceStatistics(participated=True, unclipped=not was_clipped, loss=float(result.loss) if covered else None)
+    return LocalUpdate(update, encode_statistics(statistics, clipping_norm))
 
 
 def local_update(
@@ -140,22 +151,23 @@ def local_update(
     *,
     simulated: bool = False,
 ) -> LocalUpdate:
-    """Train on ``examples`` from ``global_arrays`` as instructed; returns the new weights and scalar metrics.
+    """Train on ``examples`` from ``global_arrays`` as instructed; returns the device's contribution.
 
     ``simulated``: this is a synthetic user, which obeys ``instructions.noise == "seeded"``; a real device never does.
 
     Under user-level DP the update (new - global) is clipped here to ``instructions.clipping_norm``, so the
-    reply can be summed by secure aggregation; the server clips again, which changes nothing for an honest client.
+    reply can be summed by secure aggregation; the server bounds it again, which changes nothing for an honest
+    client.
     """
     plan = _plan(instructions, examples, ledger)
     if plan.declined:
-        return _declined(global_arrays, plan)
+        return declined_update(global_arrays, plan.declined)
     model = load_model(global_arrays, instructions.model)
     torch.manual_seed(client_seed(instructions.seed, instructions.round, user_id))  # dropout draws from torch's global generator
     generator, dp_generator = _generators(instructions, user_id, plan, simulated)
     result = train_local(model, examples, instructions.train, dp=plan.dp, generator=generator, dp_generator=dp_generator)
     trained = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    return _finish(global_arrays, instructions, trained, result, ledger, plan)
+    return _finish(global_arrays, instructions, trained, result, ledger)
 
 
 def local_updates(
@@ -170,7 +182,7 @@ def local_updates(
     """``local_update`` for several users (a simulation slot's message), each from ``global_arrays``, trained as one
     batched computation (``model.network.batched_training``) when the model and training allow it, else one by one.
 
-    Each user's update, metrics and ledger are what ``local_update`` gives that user alone (up to float rounding).
+    Each user's contribution and ledger are what ``local_update`` gives that user alone (up to float rounding).
     """
     if not len(examples) == len(ledgers) == len(user_ids):
         raise ValueError(f"examples, ledgers and user_ids must be one per user; found {len(examples)}, {len(ledgers)}, "
@@ -180,7 +192,8 @@ def local_updates(
                 for e, ledger, user in zip(examples, ledgers, user_ids)]
     plans = [_plan(instructions, e, ledger) for e, ledger in zip(examples, ledgers)]
     training = [k for k, plan in enumerate(plans) if not plan.declined]
-    updates: list[LocalUpdate | None] = [_declined(global_arrays, plan) if plan.declined else None for plan in plans]
+    updates: list[LocalUpdate | None] = [declined_update(global_arrays, plan.declined) if plan.declined else None
+                                         for plan in plans]
     if training:
         dp = plans[training[0]].dp
         generators = [_generators(instructions, user_ids[k], plans[k], simulated) for k in training]
@@ -189,19 +202,21 @@ def local_updates(
             generators=[g for g, _ in generators], dp_generators=None if dp is None else [g for _, g in generators])
         for k, params, result in zip(training, trained, results):
             arrays = {name: value.numpy().copy() for name, value in params.items()}
-            updates[k] = _finish(global_arrays, instructions, arrays, result, ledgers[k], plans[k])
+            updates[k] = _finish(global_arrays, instructions, arrays, result, ledgers[k])
     return updates  # type: ignore[return-value]
 
 
 def local_evaluation(global_arrays: dict[str, np.ndarray], model_config: ModelConfig, examples: Examples,
-                     own_earlier: Examples) -> dict[str, int | float]:
-    """Score the global prior on this device's own held-out recent events, and the prior personalised on the device
-    (``model.network.personalise``: a logit offset fit to ``own_earlier``, the device's training points); the offset itself
-    never leaves the device, only the two scores do."""
+                     own_earlier: Examples) -> np.ndarray:
+    """This device's scores (``protocol.reply_layout.EVAL_SCORES``, each in [0, 1], float32) of the global prior on
+    its own held-out recent events, and of the prior personalised on the device (``model.network.personalise``: a
+    logit offset fit to ``own_earlier``, the device's training points; the offset itself never leaves the device).
+    All zero when the device has nothing to score. The server only ever reports their noisy sum."""
     if len(examples) == 0:
-        return {"num-examples": 0, "eval-top1": 0.0, "eval-nll": 0.0, "personal-top1": 0.0, "personal-nll": 0.0}
+        return np.zeros(len(EVAL_SCORES), dtype=np.float32)
     model = load_model(global_arrays, model_config)
     result = evaluate(model, examples)
     personal = evaluate(personalised(model, fit_personal_bias(model, own_earlier)), examples)
-    return {"num-examples": result.num_examples, "eval-top1": result.top1, "eval-nll": result.nll,
-            "personal-top1": personal.top1, "personal-nll": personal.nll}
+    scores = [1.0, result.top1, min(result.nll, LOSS_BOUND) / LOSS_BOUND,
+              personal.top1, min(personal.nll, LOSS_BOUND) / LOSS_BOUND]
+    return np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0).astype(np.float32)

@@ -5,9 +5,10 @@ messages carrying a ``secaggplus_configs`` record; ``client.client_app`` hands t
 around the same data source as the ClientApp). The
 mod runs the protocol (keys, secret shares, masking) and calls ``SecAggClient.fit`` once, in the stage where the
 masked update is built. ``fit`` trains exactly as the non-secure path does (``client.local_update``: same data,
-seeds, record-level DP and device ledger) and returns its update clipped to the clipping norm C with weight 1:
-the server gets the sum of these, never one of them. It returns no per-client metrics, since metrics travel next
-to the masked vector in the clear.
+seeds, record-level DP and device ledger) and returns its contribution with weight 1: the update clipped to the
+clipping norm C followed by its bounded statistics (``privacy.contribution``), all zero when it declines. The server
+gets the sum of these, never one of them. It returns no metrics, since metrics travel next to the masked vector in
+the clear.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from client.local_update import local_update
 from privacy.mechanisms import clip_update
 from protocol.instructions import TrainInstructions, from_config_items
 from protocol.records import ARRAY_NAMES_KEY
+from protocol.reply_layout import STATISTICS_ARRAY
 
 class SecureUpdateError(ValueError):
     """A secure-aggregation round this device cannot take part in; the message says why."""
@@ -37,9 +39,10 @@ def _global_arrays(parameters: list[np.ndarray], config: dict) -> tuple[list[str
     return names, {name: np.asarray(array, dtype=np.float32) for name, array in zip(names, parameters)}
 
 
-def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.ndarray], context: Context,
-                  source: DataSource = device_data) -> dict[str, np.ndarray]:
-    """This device's update for the round, clipped to ``instructions.clipping_norm`` (zero if it declines).
+def secure_contribution(instructions: TrainInstructions, global_arrays: dict[str, np.ndarray], context: Context,
+                        source: DataSource = device_data) -> dict[str, np.ndarray]:
+    """This device's contribution for the round (float64): its update clipped to ``instructions.clipping_norm``, and
+    its bounded statistics under ``STATISTICS_ARRAY``; all zero if it declines.
 
     Raises:
         SecureUpdateError: if the server sent no clipping norm (SecAgg's range is derived from it).
@@ -52,12 +55,9 @@ def clipped_delta(instructions: TrainInstructions, global_arrays: dict[str, np.n
     data = source(instructions.data, context.node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
     update = local_update(global_arrays, instructions, data.train, ledger, data.device_id, simulated=data.synthetic)
-    delta = {k: update.arrays[k].astype(np.float64) - global_arrays[k] for k in global_arrays}
     # local_update clipped the update already; clipping again in float64 removes float32 rounding above C.
-    clipped, _, _ = clip_update(delta, instructions.clipping_norm)
-    if update.declined:  # a declining device still takes part in the protocol, with nothing to add
-        return {k: np.zeros_like(v) for k, v in clipped.items()}
-    return clipped
+    clipped, _, _ = clip_update({k: v.astype(np.float64) for k, v in update.update.items()}, instructions.clipping_norm)
+    return {**{k: v.astype(np.float64) for k, v in clipped.items()}, STATISTICS_ARRAY: update.statistics.astype(np.float64)}
 
 
 class SecAggClient(NumPyClient):
@@ -67,7 +67,8 @@ class SecAggClient(NumPyClient):
         self.context, self.source = context, source
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
-        """Returns (clipped update in the server's array order, weight 1, no metrics).
+        """Returns (the contribution: the clipped update in the server's array order, then the statistics; weight 1;
+        no metrics).
 
         The arrays are float64: Flower quantises in its input's precision, and float32 cannot hold the 2**22
         levels of the default quantisation range exactly (it would add up to half a step of error). They never
@@ -75,8 +76,8 @@ class SecAggClient(NumPyClient):
         """
         names, global_arrays = _global_arrays(parameters, config)
         instructions = from_config_items({k: v for k, v in config.items() if k != ARRAY_NAMES_KEY})
-        delta = clipped_delta(instructions, global_arrays, self.context, self.source)
-        return [delta[name].astype(np.float64) for name in names], 1, {}
+        contribution = secure_contribution(instructions, global_arrays, self.context, self.source)
+        return [contribution[name] for name in [*names, STATISTICS_ARRAY]], 1, {}
 
 
 def secagg_app(source: DataSource) -> ClientApp:

@@ -9,6 +9,7 @@ contribution clipped to norm C, Gaussian noise of std ``noise_multiplier * C`` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -81,30 +82,53 @@ class PrivacyLedger:
         self.history = [(float(z), float(q), int(n)) for z, q, n in state["history"]]
 
 
-def calibrate_noise_multiplier(
-    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
-) -> float:
-    """The smallest noise multiplier (to Opacus' tolerance) whose ``steps`` releases stay within the budget.
+MAX_NOISE_MULTIPLIER = 1e6
+"""The largest noise multiplier the calibration tries (Opacus' ``MAX_SIGMA``)."""
 
-    Costs 1-2 s: call once per run, never per client.
+
+def calibrate_noise_multiplier(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
+    also: Sequence[tuple[float, int]] = (),
+) -> float:
+    """The smallest noise multiplier (to 1 % of the budget) whose ``steps`` releases at ``sample_rate``, and the
+    releases ``also`` lists as (sample rate, releases) at the same noise multiplier, stay within the budget.
+
+    The search is Opacus' ``get_noise_multiplier`` (double an upper bound until it fits, then bisect until epsilon is
+    within the tolerance below the target), run on a ledger so that releases at other sampling rates (the devices'
+    federated evaluation) are composed in. Costs up to 1-2 s: call once per run, never per client.
+
+    Raises:
+        PrivacyConfigError: if an input is out of range, or no noise multiplier up to 1e6 fits the budget.
     """
     if not target_epsilon > 0.0:
         raise PrivacyConfigError(f"privacy.target_epsilon must be > 0; found {target_epsilon}.")
-    if steps < 1:
-        raise PrivacyConfigError(f"the number of planned releases must be >= 1; found {steps}.")
-    validate_accounting_inputs(delta=delta, sample_rate=sample_rate, accountant=accountant)
-    from opacus.accountants.utils import get_noise_multiplier
+    if steps < 1 or any(n < 1 for _, n in also):
+        raise PrivacyConfigError(f"the number of planned releases must be >= 1; found {steps} and {list(also)}.")
+    for rate in (sample_rate, *(q for q, _ in also)):
+        validate_accounting_inputs(delta=delta, sample_rate=rate, accountant=accountant)
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=0.01 * target_epsilon,
-        )
-    )
+    def epsilon(z: float) -> float:
+        ledger = PrivacyLedger()
+        for q, n in ((sample_rate, steps), *also):
+            ledger.history.append((z, float(q), int(n)))
+        return ledger.epsilon(delta=delta, accountant=accountant)
+
+    tolerance = 0.01 * target_epsilon
+    low, high, eps_high = 0.0, 10.0, float("inf")
+    while eps_high > target_epsilon:
+        high *= 2.0
+        if high > MAX_NOISE_MULTIPLIER:
+            raise PrivacyConfigError(f"privacy.target_epsilon={target_epsilon} cannot be reached at delta={delta} "
+                                     f"with any noise multiplier up to {MAX_NOISE_MULTIPLIER:g}.")
+        eps_high = epsilon(high)
+    while target_epsilon - eps_high > tolerance:
+        middle = (low + high) / 2.0
+        eps = epsilon(middle)
+        if eps < target_epsilon:
+            high, eps_high = middle, eps
+        else:
+            low = middle
+    return high
 
 
 def _alphas() -> list[float]:

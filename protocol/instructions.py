@@ -38,6 +38,20 @@ class RecordLevelInstructions:
     delta: float
 
 
+@dataclass(frozen=True)
+class UserLevelInstructions:
+    """The server's user-level mechanism as it announces it to the devices, so a device can check it against its own
+    privacy policy (``client.privacy_policy``) and keep its own ledger of what each run may cost it: the Gaussian
+    noise multiplier on the sum, the Poisson sampling rate, delta, and the rate at which devices are asked to score
+    the final model (0: never). Under central DP the server adds the noise, so this is a claim the device holds the
+    server to, not a mechanism the device runs."""
+
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    evaluation_rate: float = 0.0
+
+
 Scalar = Union[int, float, str, bool]
 """A value a ConfigRecord entry holds (and the SecAgg+ path's legacy records too)."""
 
@@ -62,7 +76,7 @@ class DataInstructions:
     population: Mapping[str, Scalar] = field(default_factory=dict, hash=False)
 
 
-ATTACK_KINDS = ("none", "scale", "sign_flip", "nan_arrays", "missing_array", "extra_array", "label_flip")
+ATTACK_KINDS = ("none", "scale", "sign_flip", "nan_arrays", "overflow", "missing_array", "extra_array", "label_flip")
 """What ``AttackInstructions.kind`` may name; the attacks themselves are the simulation's (``simulations.federation.attacks``)."""
 
 
@@ -95,6 +109,9 @@ class TrainInstructions:
         noise: "secure" or "seeded" (``privacy.noise``). Only a synthetic user obeys "seeded" (DP-SGD noise and
             batches from ``seed``, for reproducible simulations); a device training on its own log ignores it and
             always draws them from its own entropy, so nothing the server sends can predict them.
+        run_key: the run's identity across restarts (a resumed run keeps it): a device's ledger counts each run once.
+        planned_rounds: the rounds the run's noise is calibrated for; a device joins no round past them.
+        user_level: the user-level mechanism the server announces; None without user-level DP.
     """
 
     round: int
@@ -107,6 +124,9 @@ class TrainInstructions:
     device_dir: Optional[str] = None
     attack: Optional[AttackInstructions] = None
     noise: str = "secure"
+    run_key: str = ""
+    planned_rounds: int = 0
+    user_level: Optional[UserLevelInstructions] = None
 
     def __post_init__(self) -> None:
         check_noise_source(self.noise, "noise")

@@ -2,7 +2,7 @@
 
 A simulation slot may play several sampled users per message (``simulation.users_per_message``): the message names
 them in its ``user`` record (``user-ids``), and the reply holds each user's records under its position in that list,
-``metrics.0``, ``arrays.0`` (or ``status.0``), ``metrics.1``, ... ``user_parts`` cuts such a reply back into one
+``contribution.0``, ``contribution.1``, ... (or ``evaluation.0``, ...) ``user_parts`` cuts such a reply back into one
 record dict per user, laid out as a device's own reply, so each user's update is checked on its own.
 """
 
@@ -15,11 +15,13 @@ from functools import lru_cache
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from protocol.reply_layout import CONTRIBUTION, EVALUATION
+
 USERS_RECORD = "user"
 """The config record naming the users a simulation slot plays, under ``USER_IDS``."""
 USER_IDS = "user-ids"
-USER_RECORD_NAMES = ("metrics", "arrays", "status")
-"""The records one user's reply may hold."""
+USER_RECORD_NAMES = (CONTRIBUTION, EVALUATION)
+"""The records one user's reply may hold (``protocol.reply_layout``)."""
 
 
 ARRAY_NAMES_KEY = "secagg.array-names"
@@ -86,7 +88,7 @@ def slot_users(content: RecordDict) -> list[int] | None:
 
 
 def joined_parts(parts: Sequence[RecordDict]) -> RecordDict:
-    """One reply holding each user's records under its position: ``metrics.0``, ``arrays.0``, ``metrics.1``, ..."""
+    """One reply holding each user's records under its position: ``contribution.0``, ``contribution.1``, ..."""
     return RecordDict({f"{name}.{i}": record for i, part in enumerate(parts) for name, record in part.items()})
 
 

@@ -15,13 +15,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 
 from protocol.records import USERS_RECORD, users_record
-from server.replies import (
-    Verdict,
-    evaluation_metrics,
-    judge_reply,
-    judge_slot_reply,
-    slot_evaluation_metrics,
-)
+from server.replies import Verdict, evaluation_scores, judge_reply, judge_slot_reply, slot_evaluation_scores
 
 Job = tuple[int | None, tuple[int, ...]]
 """What the dispatcher sends: (its own node, or None for the next free slot; the users the message is for)."""
@@ -47,13 +41,12 @@ class Addressing:
             return shared
         return RecordDict({**dict(shared.items()), USERS_RECORD: users_record(users)})
 
-    def train_verdicts(self, users: tuple[int, ...], reply: Message, reference: dict[str, np.ndarray], *,
-                       max_examples: int | None) -> list[Verdict]:
+    def train_verdicts(self, users: tuple[int, ...], reply: Message, reference: dict[str, np.ndarray]) -> list[Verdict]:
         """One verdict per user the train reply answers for, in the order of ``users``."""
         if self.slots:
-            return judge_slot_reply(reply, len(users), reference, max_examples=max_examples)
-        return [judge_reply(reply, reference, max_examples=max_examples)]
+            return judge_slot_reply(reply, len(users), reference)
+        return [judge_reply(reply, reference)]
 
-    def evaluation_metrics(self, users: tuple[int, ...], reply: Message) -> list[dict[str, float] | None]:
-        """Each user's checked evaluate metrics (None for a failed or malformed part), in the order of ``users``."""
-        return slot_evaluation_metrics(reply, len(users)) if self.slots else [evaluation_metrics(reply)]
+    def evaluation_scores(self, users: tuple[int, ...], reply: Message) -> list[np.ndarray | None]:
+        """Each user's checked evaluation scores (None for a failed or malformed part), in the order of ``users``."""
+        return slot_evaluation_scores(reply, len(users)) if self.slots else [evaluation_scores(reply)]

@@ -1,10 +1,11 @@
-"""Turning one round's client updates into the next global prior.
+"""Turning one round's contributions into the next global prior.
 
-Flower's strategies do the server-side step (FedAvg's weighted mean, FedAdam's adaptive step, FedMedian,
-FedTrimmedAvg, Krum). Under user-level DP they receive, instead of the client models, one pseudo-reply carrying
-``global + noisy mean update`` from the run's ``privacy.user_level.UserLevelGaussian`` (clip, sum, noise z*C,
+Flower's strategies do the server-side step (FedAvg's mean, FedAdam's adaptive step, FedMedian, FedTrimmedAvg,
+Krum). Under user-level DP they receive, instead of the client models, one pseudo-reply carrying
+``global + noisy mean update`` from the run's ``privacy.user_level.UserLevelGaussian`` (bound, sum, noise z*S,
 divide by the expected count qN); the strategy's step is post-processing and costs no privacy. Without user-level
-DP, ``privacy.user_level.NoUserLevelPrivacy`` hands the strategy every reply with its weight.
+DP, ``privacy.user_level.NoUserLevelPrivacy`` hands the strategy every participant's update, each of weight 1 (no
+device says how many examples it has).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
+from privacy.adaptive_clipping import AdaptiveClipping
+from privacy.contribution import ReleasedStatistics
 from privacy.randomness import gaussian_noise
-from privacy.user_level import ClippingStats, NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
+from privacy.user_level import NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
 from protocol.records import from_array_record, to_array_record
-from server.replies import ClientUpdate
+from server.replies import Contribution
 from server.settings import PrivacySettings, RunSettings, StrategySettings
 
 Arrays = dict[str, np.ndarray]
@@ -59,35 +62,42 @@ def _pseudo_reply(arrays: Arrays, weight: float) -> Message:
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 
-def noise_multiplier_for(privacy: PrivacySettings, *, sample_rate: float, rounds: int) -> float | None:
+def noise_multiplier_for(privacy: PrivacySettings, *, sample_rate: float, rounds: int,
+                         evaluation_rate: float | None = None) -> float | None:
     """The user-level noise multiplier z that spends ``privacy.target_epsilon`` over ``rounds`` releases at
-    ``sample_rate``, calibrated once for the whole run; None without user-level DP."""
+    ``sample_rate`` and, with ``evaluation_rate``, the devices' federated evaluation (one release at that rate),
+    calibrated once for the whole run; None without user-level DP."""
     if not privacy.user_level:
         return None
     return calibrate_noise_multiplier(target_epsilon=privacy.target_epsilon, delta=privacy.delta,  # type: ignore[arg-type]
-                                      sample_rate=sample_rate, steps=rounds, accountant=privacy.accountant)
+                                      sample_rate=sample_rate, steps=rounds, accountant=privacy.accountant,
+                                      also=[(evaluation_rate, 1)] if evaluation_rate else [])
 
 
 def user_level_mechanism(settings: RunSettings, *, noise_multiplier: float | None, ledger: PrivacyLedger,
-                         sample_rate: float, population: int, noise_seed: list[int]) -> UserLevelMechanism:
+                         sample_rate: float, population: int, noise_seed: list[int],
+                         clipping_norm: float | None = None) -> UserLevelMechanism:
     """The run's user-level mechanism: the Gaussian one under ``privacy.mode`` user or both, else no privacy.
 
     ``noise_seed`` keys the noise only under ``privacy.noise: seeded``; ``secure`` draws from the OS at each release.
+    ``clipping_norm``: the clipping norm to start from (a resumed run's, under adaptive clipping); None:
+    ``privacy.clipping_norm``.
     """
     p = settings.privacy
     if not p.user_level:
         return NoUserLevelPrivacy()
+    adaptive = AdaptiveClipping(p.clipping_quantile, p.clipping_learning_rate) if p.clipping == "adaptive" else None
     return UserLevelGaussian(
-        clipping_norm=p.clipping_norm, noise_multiplier=noise_multiplier, sample_rate=sample_rate,  # type: ignore[arg-type]
+        clipping_norm=clipping_norm or p.clipping_norm, noise_multiplier=noise_multiplier, sample_rate=sample_rate,  # type: ignore[arg-type]
         population=population, noise=gaussian_noise(p.noise, noise_seed), ledger=ledger, delta=p.delta,
-        accountant=p.accountant, target_epsilon=p.target_epsilon,
+        accountant=p.accountant, target_epsilon=p.target_epsilon, adaptive=adaptive,
     )
 
 
 class RoundSum:
-    """One round's client updates, folded in one at a time as replies arrive (see ``privacy.user_level``):
-    under user-level DP each is clipped into a running sum at once and dropped, so the server holds one model-sized
-    sum rather than every reply of the round."""
+    """One round's contributions, folded in one at a time as replies arrive (see ``privacy.user_level``): under
+    user-level DP each is bounded into a running sum at once and dropped, so the server holds one model-sized sum
+    rather than every reply of the round."""
 
     def __init__(self, current: Arrays, mechanism: UserLevelMechanism) -> None:
         self.current = current
@@ -95,34 +105,49 @@ class RoundSum:
 
     @property
     def count(self) -> int:
-        """Updates folded in so far."""
+        """Contributions folded in so far."""
         return self.accumulator.count
 
-    def add(self, update: ClientUpdate) -> None:
-        self.accumulator.add(update.arrays, float(update.metrics["num-examples"]))
+    def add(self, update: Arrays, statistics: np.ndarray) -> bool:
+        """One device's update (new weights minus the global model) and its statistics' coordinates; False when it
+        was not folded in (not finite once bounded)."""
+        return self.accumulator.add(update, statistics)
 
-    def release(self, strategy: FedAvg, server_round: int) -> tuple[Arrays, ClippingStats]:
-        """The next global arrays. Under user-level DP the noisy mean is released even for zero updates (the
-        accountant counts every round); without it, a round with no updates leaves the model unchanged."""
-        current = self.current
-        replies = [_pseudo_reply(arrays, weight) for arrays, weight in self.accumulator.release()]
-        stats = self.accumulator.stats()
-        if not replies:
-            return current, stats
-        if isinstance(strategy, FedAdam):
-            strategy.current_arrays = current  # what FedOpt.configure_train would have recorded
-        elif isinstance(strategy, FedAvgM):
-            strategy.current_arrays = to_array_record(current)  # what FedAvgM.configure_train would have recorded
-        new, _ = strategy.aggregate_train(server_round, replies)
-        if new is None:
-            return current, stats
-        return {k: v.astype(np.float32) for k, v in from_array_record(new).items()}, stats
+    def release(self, strategy: FedAvg, server_round: int) -> tuple[Arrays, ReleasedStatistics, str | None]:
+        """(the next global arrays, the round's statistics, why the model was kept as it was or None). Under
+        user-level DP the noisy mean is released even for zero contributions (the accountant counts every round);
+        without it, a round with no update leaves the model unchanged."""
+        release = self.accumulator.release()
+        arrays, refused = strategy_step(strategy, server_round, self.current, release.updates)
+        return arrays, release.statistics, refused
 
 
-def aggregate(strategy: FedAvg, server_round: int, current: Arrays, updates: list[ClientUpdate], *,
-              mechanism: UserLevelMechanism) -> tuple[Arrays, ClippingStats]:
-    """The next global arrays from a whole round's updates at once (see ``RoundSum``)."""
+def strategy_step(strategy: FedAvg, server_round: int, current: Arrays,
+                  updates: list[tuple[Arrays, float]]) -> tuple[Arrays, str | None]:
+    """The Flower strategy's step from ``current`` given ``updates`` (each a delta with its weight): (the next
+    arrays, None), or (``current``, why) when there is nothing to aggregate or the step is not finite (a release is
+    never a model of NaN or Inf: the strategy's arithmetic on huge but finite updates could overflow)."""
+    if not updates:
+        return current, None
+    replies = [_pseudo_reply({k: current[k] + update[k] for k in current}, weight) for update, weight in updates]
+    if isinstance(strategy, FedAdam):
+        strategy.current_arrays = current  # what FedOpt.configure_train would have recorded
+    elif isinstance(strategy, FedAvgM):
+        strategy.current_arrays = to_array_record(current)  # what FedAvgM.configure_train would have recorded
+    new, _ = strategy.aggregate_train(server_round, replies)
+    if new is None:
+        return current, None
+    arrays = {k: v.astype(np.float32) for k, v in from_array_record(new).items()}
+    if not all(np.all(np.isfinite(v)) for v in arrays.values()):
+        return current, "the aggregate is not finite: the model is kept as it was"
+    return arrays, None
+
+
+def aggregate(strategy: FedAvg, server_round: int, current: Arrays, contributions: list[Contribution], *,
+              mechanism: UserLevelMechanism) -> tuple[Arrays, ReleasedStatistics]:
+    """The next global arrays from a whole round's contributions at once (see ``RoundSum``)."""
     round_sum = RoundSum(current, mechanism)
-    for update in updates:
-        round_sum.add(update)
-    return round_sum.release(strategy, server_round)
+    for contribution in contributions:
+        round_sum.add(contribution.update, contribution.statistics)
+    arrays, statistics, _ = round_sum.release(strategy, server_round)
+    return arrays, statistics

@@ -1,8 +1,8 @@
 """Everything needed to continue a run, written atomically after each round, read without executing anything.
 
 A checkpoint holds the global weights, the last completed round, the privacy ledger, the calibrated noise
-multiplier, the server strategy's state (e.g. FedAdam's moments), where simulated devices keep their ledgers, the
-record-level epsilons devices reported, and the metrics so far. It holds no random generator state: the noise of
+multiplier, the next round's clipping norm (adaptive clipping moves it), the server strategy's state (e.g. FedAdam's
+moments), where simulated devices keep their ledgers, and the metrics so far. It holds no random generator state: the noise of
 every release comes from fresh OS entropy (``privacy.randomness``), so a resumed run draws anew.
 
 It is written to a temporary file in the same directory and renamed over the old one, so a crash mid-write leaves
@@ -23,8 +23,9 @@ import torch
 
 from storage.atomic import atomic_write
 
-FORMAT_VERSION = 2
-"""2: weights-only (tensors, no pickled objects), no RNG state; 1 (refused) pickled NumPy arrays and RNG states."""
+FORMAT_VERSION = 3
+"""3: the clipping norm, no record-level epsilons (devices keep them); 2 (refused): devices' reported record-level
+epsilons; 1 (refused) pickled NumPy arrays and RNG states. All are weights-only (tensors, no pickled objects)."""
 
 
 class CheckpointError(ValueError):
@@ -39,7 +40,7 @@ class Checkpoint:
     noise_multiplier: float | None
     strategy_state: dict[str, Any] = field(default_factory=dict)
     device_dir: str | None = None  # where simulated devices keep their record-level ledgers
-    record_epsilon: dict[int, float] = field(default_factory=dict)  # node (slot mode: user) -> latest record-level ε
+    clipping_norm: float | None = None  # the next round's user-level clipping norm
     rounds: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
@@ -96,5 +97,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint={path}: not this version's fields ({error}).") from None
     checkpoint.arrays = _arrays(checkpoint.arrays)  # type: ignore[arg-type]
     checkpoint.strategy_state = {name: _arrays(value) for name, value in checkpoint.strategy_state.items()}
-    checkpoint.record_epsilon = {int(k): float(v) for k, v in checkpoint.record_epsilon.items()}
     return checkpoint

@@ -21,6 +21,7 @@ from model.features.encoding import Examples
 from model.network.networks import PreferenceLSTM
 from privacy.randomness import SEEDED_WARNING, sampling_generator
 from protocol.instructions import Scalar, TrainInstructions, to_config_items
+from protocol.reply_layout import EVAL_SCORES
 from server import evaluation
 from server.addressing import Addressing
 from server.aggregation import make_strategy, strategy_state, user_level_mechanism
@@ -31,9 +32,9 @@ from server.grid_transport import GridTransport
 from server.privacy_report import privacy_report
 from server.progress import Progress
 from server.report import plot_rounds, write_json
-from server.round import FederatedRound, train_instructions
-from server.round_report import federated_evaluation_summary, round_line, round_row
-from server.run_start import data_instructions, fresh_state, resumed_state
+from server.round import FederatedRound, poisson_sample, train_instructions
+from server.round_report import federated_evaluation_summary, final_lines, round_line, round_row
+from server.run_start import data_instructions, evaluation_rate, fresh_state, resumed_state
 from server.run_state import RunState
 from server.secagg import SecureAggregator
 from server.settings import RunSettings
@@ -77,15 +78,14 @@ class FederatedRun:
         self.stop_reason: str | None = None
         self.secure: SecureAggregator | None = None
         if settings.secagg.enabled:
-            self.secure = SecureAggregator(settings.secagg, clipping_norm=settings.privacy.clipping_norm,  # type: ignore[arg-type]
-                                           timeout_s=settings.simulation.round_timeout_s)
-
-    def _fresh_state(self) -> RunState:
-        return fresh_state(self.settings, self.progress.line)
+            self.secure = SecureAggregator(settings.secagg, timeout_s=settings.simulation.round_timeout_s)
+        self.evaluation_rate: float | None = None
+        self.evaluation_releases = 0  # releases of the devices' scores recorded in the ledger
 
     def _instructions(self, server_round: int) -> TrainInstructions:
         return train_instructions(self.settings, server_round, seed=self.settings.seed, data=self.data,
-                                  device_dir=self.device_dir, attack=self.settings.simulation.attack.instructions())
+                                  device_dir=self.device_dir, attack=self.settings.simulation.attack.instructions(),
+                                  clipping_norm=self.federated_round.mechanism.clipping_norm)
 
     def _round(self, state: RunState, population: int) -> FederatedRound:
         """The run's round: its mechanism (N = ``population``) and its sampling stream. Who is sampled: OS entropy in
@@ -96,6 +96,7 @@ class FederatedRun:
         mechanism = user_level_mechanism(
             s, noise_multiplier=state.noise_multiplier, ledger=state.ledger, sample_rate=sim.sample_rate,
             population=population, noise_seed=[s.seed, 1] + ([state.round] if state.round else []),
+            clipping_norm=state.clipping_norm,
         )
         return FederatedRound(self.strategy, mechanism, sampling_rng=sampling_generator(
             s.deployment.engine == "real", [s.seed, 0] + restart), sample_rate=sim.sample_rate,
@@ -104,26 +105,31 @@ class FederatedRun:
     def run(self, grid: Grid) -> dict:
         """Train for the configured rounds (or until the budget stops it); returns the metrics written. The baselines
         are started first, so they are computed while the rounds run."""
-        if self.settings.resume:
-            state, self.device_dir = resumed_state(self.settings, self.strategy)
-        else:
-            state = self._fresh_state()
         held_out, baselines = None, None
         if self.held_out_data is not None:
             held_out = self.held_out_data.examples()
             baselines = self.held_out_data.baselines(held_out)
         try:
-            return self._run_rounds(state, grid, held_out, baselines)
+            return self._run_rounds(grid, held_out, baselines)
         finally:
             if baselines is not None:
                 baselines.cancel()
 
-    def _run_rounds(self, state: RunState, grid: Grid, held_out: Examples | None,
-                    baselines: PendingBaselines | None) -> dict:
+    def _start(self, population: int) -> RunState:
+        """Round 0, or the checkpoint's round; ``population`` is N, which the devices' evaluation rate needs."""
+        self.evaluation_rate = evaluation_rate(self.settings, population)
+        if self.settings.resume:
+            state, self.device_dir = resumed_state(self.settings, self.strategy)
+            return state
+        return fresh_state(self.settings, self.progress.line, population=population)
+
+    def _run_rounds(self, grid: Grid, held_out: Examples | None, baselines: PendingBaselines | None) -> dict:
         s, sim, deployment = self.settings, self.settings.simulation, self.settings.deployment
         node_ids = wait_for_nodes(grid, deployment.min_nodes or s.simulated_nodes, timeout_s=sim.node_wait_s)
         # N of the sampling rate: the simulated users in slot mode, otherwise the connected nodes.
-        self.federated_round = self._round(state, s.population.num_users if sim.nodes else len(node_ids))
+        population = s.population.num_users if sim.nodes else len(node_ids)
+        state = self._start(population)
+        self.federated_round = self._round(state, population)
         if s.resume:
             epsilon = self.federated_round.mechanism.epsilon()
             self.progress.line(f"resumed from {s.checkpoint}: round {state.round} done"
@@ -134,8 +140,7 @@ class FederatedRun:
             warm_up(grid, node_ids, deployment.warm_up_nodes)
         addressing = Addressing(slots=bool(sim.nodes), users_per_message=sim.users_per_message)
         transport = GridTransport(RoundChannel(grid, ttl_s=3 * sim.round_timeout_s), addressing, node_ids,
-                                  num_users=s.population.num_users, timeout_s=sim.round_timeout_s,
-                                  max_examples=s.train.max_examples or None)
+                                  num_users=s.population.num_users, timeout_s=sim.round_timeout_s)
         mode = "secure aggregation (SecAgg+)" if self.secure is not None else "plain aggregation"
         nodes = f"{len(node_ids)} nodes connected"
         if sim.nodes:
@@ -171,18 +176,17 @@ class FederatedRun:
         else:
             outcome = self.federated_round.play(server_round, state.arrays, instructions, transport)
         state.arrays = outcome.arrays
-        state.record_epsilon.update(outcome.record_epsilon)
+        state.clipping_norm = self.federated_round.mechanism.clipping_norm
         scores = self._score(state.arrays, held_out)
-        row = round_row(server_round, outcome, scores, self.federated_round.mechanism.epsilon(), state.record_epsilon,
-                        record_level=self.settings.privacy.record_level, secure=self.secure is not None,
-                        seconds=time.perf_counter() - started)
+        row = round_row(server_round, outcome, scores, self.federated_round.mechanism.epsilon(),
+                        secure=self.secure is not None, seconds=time.perf_counter() - started)
         state.rounds.append(row)
         state.round = server_round
         for owner, reason in outcome.problems[:3]:  # slot mode names the user the slot played
             self.progress.line(f"  {'user' if self.settings.simulation.nodes else 'node'} {owner}: "
                                f"{reason.strip().splitlines()[-1] if reason.strip() else reason}")
         if outcome.halted:
-            self.progress.line(f"  secure aggregation: {outcome.halted}; this round releases noise only")
+            self.progress.line(f"  round {server_round}: {outcome.halted}; this round releases noise only")
         self._checkpoint(state)
         self.progress.line(round_line(row, self.settings, held_out is not None))
 
@@ -196,26 +200,36 @@ class FederatedRun:
         save_checkpoint(self.checkpoint_path, Checkpoint(
             round=state.round, arrays=state.arrays, ledger=state.ledger.state_dict(),
             noise_multiplier=state.noise_multiplier, strategy_state=strategy_state(self.strategy),
-            device_dir=self.device_dir, record_epsilon=state.record_epsilon,
+            device_dir=self.device_dir, clipping_norm=state.clipping_norm,
             rounds=state.rounds, settings=dataclasses.asdict(self.settings),
         ))
 
     def _federated_evaluation(self, state: RunState, transport: GridTransport) -> dict:
-        """Clients score the final model on their own held-out recent events; malformed replies are counted."""
-        sim, rng = self.settings.simulation, self.federated_round.sampling_rng
-        if sim.nodes:  # the slots score sampled users in turn
-            users = self.settings.population.num_users
-            picked = [int(u) for u in rng.choice(users, size=min(sim.final_eval_clients, users), replace=False)]
-        else:  # node ids are unsigned 64-bit: sample positions, never the ids themselves, through numpy
-            ids = transport.node_ids
-            picked = [ids[i] for i in rng.choice(len(ids), size=min(sim.final_eval_clients, len(ids)), replace=False)]
+        """Devices score the final model on their own held-out recent events: each sampled with probability
+        ``evaluation_rate`` (Poisson, like a round), their score vectors summed and released through the run's
+        mechanism (noised and recorded in the ledger under user-level DP); malformed replies are counted."""
+        rate, rng = self.evaluation_rate, self.federated_round.sampling_rng
+        if rate is None:
+            return {}
+        after = self.federated_round.mechanism.epsilon_if_next_passes_budget(sample_rate=rate)
+        if after is not None:  # a resumed run's rounds may have used the share calibrated for it
+            self.progress.line(f"devices' evaluation skipped: it would bring user-level ε to {after:.3f}, past the "
+                               f"budget privacy.target_epsilon={self.settings.privacy.target_epsilon}")
+            return {"skipped": "budget"}
+        picked = poisson_sample(rng, transport.candidates(), rate)
         replies = transport.evaluate(state.arrays, self._instructions(state.round), picked)
-        return {} if replies is None else federated_evaluation_summary(*replies)
+        answered, scores = replies if replies is not None else (0, [])
+        total = np.sum(scores, axis=0) if scores else np.zeros(len(EVAL_SCORES))
+        mechanism = self.federated_round.mechanism
+        released = mechanism.release_scores(total, sample_rate=rate)
+        self.evaluation_releases += int(mechanism.user_level)
+        return federated_evaluation_summary(answered, released, noisy=mechanism.user_level, sample_rate=rate)
 
     def _finish(self, state: RunState, transport: GridTransport, held_out: Examples | None,
                 pending: PendingBaselines | None, seconds: float) -> dict:
         final_scores = self._score(state.arrays, held_out)
         federated = self._federated_evaluation(state, transport)
+        self._checkpoint(state)  # the evaluation's release is in the ledger: a resumed run must count it
         baselines: dict[str, float | None] = {}
         if pending is not None:
             result = pending.result()
@@ -231,12 +245,15 @@ class FederatedRun:
                       "baselines": baselines,
                       "held_out_users": self.settings.population.eval_users if held_out is not None else 0,
                       "held_out_examples": len(held_out) if held_out is not None else 0},
-            "privacy": privacy_report(self.settings, state, self.federated_round.mechanism.epsilon(), self.secure, coordinates),
+            "privacy": privacy_report(self.settings, state, self.federated_round.mechanism.epsilon(), self.secure,
+                                      coordinates, evaluation_releases=self.evaluation_releases),
             "stopped_early": self.stop_reason,
             "wall_time_s": seconds,
             "config": dataclasses.asdict(self.settings),
         }
         write_json(self.output_dir / "metrics.json", metrics)
+        for line in final_lines(metrics):
+            self.progress.line(line)
         plot_rounds(state.rounds, self.output_dir, baselines={k: v for k, v in baselines.items() if v is not None},
                     target_epsilon=self.settings.privacy.target_epsilon if self.settings.privacy.user_level else None,
                     initial=metrics["initial"])

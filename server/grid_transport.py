@@ -31,13 +31,12 @@ class GridTransport:
         node_ids: the connected nodes.
         num_users: the simulated users the slots play (slot mode); unused otherwise.
         timeout_s: how long a round waits for replies.
-        max_examples: the cap on a reply's ``num-examples`` (``train.max_examples``; None: no cap).
     """
 
     def __init__(self, channel: RoundChannel, addressing: Addressing, node_ids: list[int], *, num_users: int,
-                 timeout_s: float, max_examples: int | None) -> None:
+                 timeout_s: float) -> None:
         self.channel, self.addressing, self.node_ids = channel, addressing, node_ids
-        self.num_users, self.timeout_s, self.max_examples = num_users, timeout_s, max_examples
+        self.num_users, self.timeout_s = num_users, timeout_s
         self._busy: set[int] = set()
 
     @property
@@ -74,12 +73,13 @@ class GridTransport:
         sampled, slots = self._sampled_and_slots(users)
         jobs = self.addressing.jobs(sampled, len(slots))
         for message_users, reply in self.channel.dispatch(jobs, slots, message, timeout_s=self.timeout_s):
-            verdicts = self.addressing.train_verdicts(message_users, reply, arrays, max_examples=self.max_examples)
+            verdicts = self.addressing.train_verdicts(message_users, reply, arrays)
             yield from zip(message_users, verdicts)
 
-    def evaluate(self, arrays: Arrays, instructions: TrainInstructions, users: list[int]) -> tuple[int, list[dict]] | None:
-        """How many users answered, and the checked evaluate metrics of those whose reply was well formed; None
-        when there was nobody to ask."""
+    def evaluate(self, arrays: Arrays, instructions: TrainInstructions,
+                 users: list[int]) -> tuple[int, list[np.ndarray]] | None:
+        """How many users answered, and the checked scores of those whose reply was well formed; None when there was
+        nobody to ask."""
         self._busy = self.channel.busy_nodes()
         sampled, slots = self._sampled_and_slots(users)
         if not self.addressing.slots:
@@ -96,5 +96,5 @@ class GridTransport:
         answered, checked = 0, []
         for message_users, reply in self.channel.dispatch(jobs, slots, message, timeout_s=self.timeout_s):
             answered += 0 if reply.has_error() else len(message_users)
-            checked += self.addressing.evaluation_metrics(message_users, reply)
+            checked += self.addressing.evaluation_scores(message_users, reply)
         return answered, [m for m in checked if m is not None]

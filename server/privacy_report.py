@@ -1,21 +1,30 @@
-"""The privacy section of a run's metrics.json: the guarantees as accounted, and what each does not cover."""
+"""The privacy section of a run's metrics.json: the guarantees as accounted, whom they hold against, what they cover."""
 
 from __future__ import annotations
 
-import statistics
-
+from privacy.accounting import fast_rdp_epsilon
+from privacy.contribution import LOSS_BOUND, STATISTIC_WEIGHT, STATISTICS, contribution_sensitivity
 from privacy.randomness import SEEDED_WARNING
 from server.run_state import RunState
 from server.secagg import SecureAggregator
 from server.settings import RunSettings
 
 
+def record_epsilon_per_training(settings: RunSettings) -> float:
+    """The most record-level epsilon one local training can cost a device: DP-SGD with every example in every
+    batch (q = 1, a device with at most a batch of examples) for ``train.epochs`` steps; larger logs cost less."""
+    record = settings.privacy.record
+    assert record is not None
+    return fast_rdp_epsilon([(record.noise_multiplier, 1.0, settings.train.epochs)], delta=record.delta)
+
+
 def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float | None,
-                   secure: SecureAggregator | None, coordinates: int) -> dict:
-    """User-level ε (from the run's ledger: ``user_epsilon``), record-level ε as devices reported it, SecAgg's
-    parameters (``coordinates``: model size, for its sensitivity), and notes on what each guarantee covers."""
+                   secure: SecureAggregator | None, coordinates: int, *, evaluation_releases: int) -> dict:
+    """User-level ε (from the run's ledger: ``user_epsilon``, covering ``state.round`` training releases and
+    ``evaluation_releases`` releases of the devices' scores), the record-level parameters (each device keeps its own
+    ledger), SecAgg's parameters (``coordinates``: model size, for its sensitivity), and notes on what each
+    guarantee covers and whom it holds against."""
     p, sim = settings.privacy, settings.simulation
-    record_eps = list(state.record_epsilon.values())
     report: dict = {"mode": p.mode, "noise": p.noise, "model_parameters": coordinates, "user_level": None,
                     "record_level": None, "notes": []}
     if p.noise == "seeded":
@@ -29,45 +38,58 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float |
     if p.user_level:
         report["user_level"] = {
             "epsilon": user_epsilon, "delta": p.delta, "noise_multiplier": state.noise_multiplier,
-            "sample_rate": sim.sample_rate, "clipping_norm": p.clipping_norm, "rounds": state.ledger.steps,
-            "accountant": p.accountant, "target_epsilon": p.target_epsilon,
+            "sample_rate": sim.sample_rate, "clipping_norm": p.clipping_norm, "clipping": p.clipping,
+            "final_clipping_norm": state.clipping_norm, "rounds": state.round,
+            "evaluation_releases": evaluation_releases, "releases": state.ledger.steps, "accountant": p.accountant,
+            "target_epsilon": p.target_epsilon, "statistics": list(STATISTICS), "statistic_weight": STATISTIC_WEIGHT,
+            "loss_bound": LOSS_BOUND, "sensitivity_over_clipping_norm": contribution_sensitivity(1.0),
         }
         report["notes"].append(
-            "User-level (ε, δ) covers the released global models: Poisson sampling with rate q per round, each update "
-            "clipped to the clipping norm, Gaussian noise z·C on the sum, divided by the expected count qN. Per-round "
-            "diagnostics (train_loss, clipped_fraction, mean_update_norm, client counts) come from raw client replies "
-            "and are not covered by ε."
+            "User-level (ε, δ) covers everything the devices sent: every round's release and the devices' evaluation. "
+            "Each device's contribution is its update clipped to C plus bounded statistics (participated, unclipped, "
+            "loss), of norm at most S = C·sqrt(1 + 3β²); Poisson sampling with rate q per round; Gaussian noise z·S on "
+            "every coordinate of the sum; the update divided by the expected count qN. Every per-round figure "
+            "(participants, unclipped fraction, train loss) and the devices' scores are read from those noisy sums. "
+            "Against whom: anyone who sees the released models and reports; the server is trusted with the "
+            "individual contributions before the noise (central DP), or only with their sum under SecAgg+."
         )
+        if p.clipping == "adaptive":
+            report["notes"].append(
+                f"Adaptive clipping (Andrew et al. 2021): C followed the {p.clipping_quantile:g} quantile of the "
+                "update norms, read from each round's noisy unclipped count (post-processing, no extra privacy)."
+            )
         if any(r["skipped_busy"] for r in state.rounds):
             report["notes"].append("Some sampled nodes were still busy with an earlier round and were skipped: a "
                                    "dropout, which does not weaken the accounted guarantee.")
     if p.record_level and p.record is not None:
         report["record_level"] = {
-            "epsilon_max": max(record_eps) if record_eps else 0.0,
-            "epsilon_median": statistics.median(record_eps) if record_eps else 0.0,
-            "delta": p.record.delta, "noise_multiplier": p.record.noise_multiplier,
-            "max_grad_norm": p.record.max_grad_norm, "target_epsilon": p.record.target_epsilon,
-            "accountant": "rdp", "clients_reporting": len(record_eps),
+            "epsilon_per_round_max": record_epsilon_per_training(settings), "delta": p.record.delta,
+            "noise_multiplier": p.record.noise_multiplier, "max_grad_norm": p.record.max_grad_norm,
+            "target_epsilon": p.record.target_epsilon, "accountant": "rdp",
         }
         report["notes"].append(
-            "Record-level ε protects single events of one user (DP-SGD on the device), not the user; each device "
-            "tracks it over every round it trained and declines past its budget."
+            "Record-level ε (DP-SGD on the device) protects one prediction example of a user, not the user: one event "
+            "sits in up to population.window examples and feeds the decayed counts of every later one. Each device "
+            "keeps its own ledger over every round and run it trained in and declines past its budget; no device "
+            "reports its ε."
         )
     if secure is not None:
         sa = settings.secagg
+        clipping_norm = state.clipping_norm or p.clipping_norm
         report["secure_aggregation"] = {
             "protocol": "SecAgg+ (Flower legacy workflow)", "num_shares": sa.num_shares,
-            "reconstruction_threshold": sa.reconstruction_threshold, "clipping_range": secure.clipping_range,
-            "quantization_range": sa.quantization_range, "mean_error_bound": secure.error_bound,
-            "sensitivity": secure.sensitivity(coordinates),
+            "reconstruction_threshold": sa.reconstruction_threshold, "quantization_range": sa.quantization_range,
+            "error_bound_per_client": secure.error_bound(clipping_norm),  # type: ignore[arg-type]
+            "sensitivity": secure.sensitivity(clipping_norm, coordinates + len(STATISTICS)),  # type: ignore[arg-type]
+            "refused_rounds": sum(1 for r in state.rounds if r.get("secagg_halted")),
         }
         report["notes"].append(
-            "Secure aggregation: the server saw only the sum of the clients' updates, each clipped to the clipping "
-            "norm on its device (the guarantee assumes devices run this ClientApp unmodified). Per-client "
-            "diagnostics (train_loss, clipped_fraction, mean_update_norm, record ε) are not reported. Each "
-            "coordinate is quantised over ±clipping_range, so the mean differs from the exact mean by at most "
-            "mean_error_bound per coordinate. Rounding can lengthen one contribution past the clipping norm (to at "
-            "most `sensitivity`), so the noise std is noise_multiplier·sensitivity instead of noise_multiplier·C: "
-            "ε is exactly as accounted."
+            "Secure aggregation: the server saw only the sum of the devices' contributions, each bounded on its device "
+            "(the guarantee assumes devices run this ClientApp unmodified). The unmasked weight factor must equal the "
+            "contributors × T and every coordinate of the integer sum lie in its range, or the round releases "
+            "nothing (refused_rounds). Each coordinate is quantised over ±C, so one device's contribution can grow "
+            "by one step per coordinate (to at most `sensitivity`) and the noise std is z·sensitivity: ε is exactly as "
+            "accounted. The devices' evaluation does not run under SecAgg+ (it would show the server one device's "
+            "scores)."
         )
     return report

@@ -1,10 +1,12 @@
-"""Judging each reply of a round: a usable update, a decline, an error, or a malformed reply rejected and counted.
+"""Judging each reply of a round: a contribution to fold in, an error, or a malformed reply rejected and counted.
 
-Aggregation never sees a reply that does not carry exactly the global model's arrays (same names, shapes, a
-floating-point dtype, bytes that decode to them) with finite values, and the declared scalar metrics, its
-``num-examples`` a whole number from 1 to the cap the server set (FedAvg weights by it: a client claiming more
-examples than it was allowed to train on, or zero or fewer, would steer or break the weighted mean). A hostile
-client controls every byte of its reply; nothing in it may raise here.
+A train reply must hold exactly the one record ``protocol.reply_layout`` declares: the ``contribution`` ArrayRecord
+with the global model's arrays (same names and shapes, a floating-point dtype, bytes that decode to them) and the
+bounded statistics' array. Values are cast to the global model's dtype (float32) *before* they are checked finite:
+a float64 1e300 passes a finite check and becomes Inf in the model's precision. The mechanism then bounds what
+passes (clips the update, clamps the statistics), so no value a device sends is trusted for the privacy bound. An
+evaluate reply must hold exactly the ``evaluation`` record's scores. A hostile client controls every byte of its
+reply; nothing in it may raise here.
 
 A simulation slot's reply joins several users' records (``protocol.records``); each user's part is judged on its own,
 exactly as a device's reply would be, so one malformed user costs only its own update.
@@ -12,143 +14,134 @@ exactly as a device's reply would be, so one malformed user costs only its own u
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from protocol.metrics import EVAL_METRICS, TRAIN_METRICS
+from privacy.contribution import STATISTICS
 from protocol.records import array_like, user_parts
+from protocol.reply_layout import CONTRIBUTION, EVAL_SCORES, EVALUATION, REASON_CODES, SCORES_ARRAY, STATISTICS_ARRAY
+
+Arrays = dict[str, np.ndarray]
+MODEL_DTYPE = np.float32
+"""The global model's precision: every value of a reply is checked in it."""
 
 
 @dataclass(frozen=True)
-class ClientUpdate:
-    node_id: int
-    arrays: dict[str, np.ndarray]
-    metrics: dict[str, float]
+class Contribution:
+    """One device's judged contribution: its update (float32, finite) and its statistics' coordinates."""
 
-
-def _problem(metric_records: dict[str, MetricRecord], array_records: dict[str, ArrayRecord],
-             reference: dict[str, np.ndarray], max_examples: int | None) -> str | None:
-    """Why a reply's records (``RecordDict.metric_records`` and ``array_records``, each built anew on every access,
-    so read once) cannot be aggregated, or None."""
-    if len(metric_records) != 1:
-        return f"expected one MetricRecord, found {len(metric_records)}"
-    metrics = next(iter(metric_records.values()))
-    if set(metrics) != set(TRAIN_METRICS):
-        return f"metrics {sorted(metrics)} are not the declared {sorted(TRAIN_METRICS)}"
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
-        return "a metric is not a finite number"
-    if metrics["declined"]:
-        return None
-    examples = metrics["num-examples"]
-    if examples != int(examples) or examples < 1 or (max_examples is not None and examples > max_examples):
-        cap = f"at most train.max_examples = {max_examples}" if max_examples is not None else "no cap set"
-        return f"num-examples must be a whole number >= 1 ({cap}); found {examples}"
-    if len(array_records) != 1:
-        return f"expected one ArrayRecord, found {len(array_records)}"
-    arrays = next(iter(array_records.values()))
-    if set(arrays) != set(reference):
-        return f"array names differ from the global model's (missing {sorted(set(reference) - set(arrays))[:3]}, extra {sorted(set(arrays) - set(reference))[:3]})"
-    for name, array in arrays.items():
-        if tuple(array.shape) != reference[name].shape:
-            return f"array {name!r} has shape {tuple(array.shape)}, expected {reference[name].shape}"
-    return None
-
-
-def _decoded(record: ArrayRecord, reference: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, str]:
-    """The reply's arrays, or None and why they cannot be aggregated (the declared metadata may lie)."""
-    arrays = {}
-    for name, array in record.items():
-        try:
-            value = array_like(array, reference[name])  # names were checked against the reference
-        except Exception as error:  # noqa: BLE001 - any failure to decode hostile bytes is a rejection
-            return None, f"array {name!r} does not decode ({type(error).__name__})"
-        if not np.issubdtype(value.dtype, np.floating):
-            return None, f"array {name!r} has dtype {value.dtype}, expected floating point"
-        if value.shape != reference[name].shape:
-            return None, f"array {name!r} decodes to shape {value.shape}, expected {reference[name].shape}"
-        if not np.all(np.isfinite(value)):
-            return None, "arrays contain NaN or Inf"
-        arrays[name] = value
-    return arrays, ""
+    owner: int
+    update: Arrays
+    statistics: np.ndarray
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One train reply's outcome: ``kind`` is "update" (with its arrays and metrics), "declined", "failed" (an
-    error reply) or "rejected" (malformed); ``reason`` says why for the last three."""
+    """One train reply's outcome: ``kind`` is "contribution" (with its update and statistics), "failed" (an error
+    reply: ``reason`` is its reason code) or "rejected" (malformed: ``reason`` says why)."""
 
     kind: str
     reason: str = ""
-    arrays: dict[str, np.ndarray] | None = None
-    metrics: dict[str, float] | None = None
+    update: Arrays | None = None
+    statistics: np.ndarray | None = None
 
 
-def _judge_content(content: RecordDict, reference: dict[str, np.ndarray], max_examples: int | None) -> Verdict:
-    metric_records, array_records = content.metric_records, content.array_records
-    problem = _problem(metric_records, array_records, reference, max_examples)
-    if problem is not None:
-        return Verdict("rejected", problem)
-    metrics = dict(next(iter(metric_records.values())))
-    if metrics["declined"]:
-        return Verdict("declined", str(content.config_records.get("status", {}).get("declined", "no reason given")))
-    arrays, why = _decoded(next(iter(array_records.values())), reference)
-    if arrays is None:
+def _only_record(content: RecordDict, name: str) -> tuple[ArrayRecord | None, str]:
+    """The content's one record, an ArrayRecord called ``name``, or None and why not."""
+    if list(content.keys()) != [name]:
+        return None, f"expected exactly one record {name!r}, found {sorted(content.keys())[:5]}"
+    record = content[name]
+    if not isinstance(record, ArrayRecord):
+        return None, f"record {name!r} is a {type(record).__name__}, expected an ArrayRecord"
+    return record, ""
+
+
+def _decode(name: str, array: Array, reference: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The array in the model's dtype, or None and why it cannot be used (the declared metadata may lie)."""
+    try:
+        value = array_like(array, reference)
+    except Exception as error:  # noqa: BLE001 - any failure to decode hostile bytes is a rejection
+        return None, f"array {name!r} does not decode ({type(error).__name__})"
+    if not np.issubdtype(value.dtype, np.floating):
+        return None, f"array {name!r} has dtype {value.dtype}, expected floating point"
+    if value.shape != reference.shape:
+        return None, f"array {name!r} decodes to shape {value.shape}, expected {reference.shape}"
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = value.astype(MODEL_DTYPE, copy=False)
+    if not np.all(np.isfinite(value)):
+        return None, f"array {name!r} holds NaN or Inf in the model's precision ({np.dtype(MODEL_DTYPE).name})"
+    return value, ""
+
+
+def _statistics_reference() -> np.ndarray:
+    return np.zeros(len(STATISTICS), dtype=MODEL_DTYPE)
+
+
+def _judge_content(content: RecordDict, reference: Arrays) -> Verdict:
+    record, why = _only_record(content, CONTRIBUTION)
+    if record is None:
         return Verdict("rejected", why)
-    return Verdict("update", arrays={k: a.astype(np.float32, copy=False) for k, a in arrays.items()}, metrics=metrics)
+    expected = {**reference, STATISTICS_ARRAY: _statistics_reference()}
+    if set(record) != set(expected):
+        missing, extra = sorted(set(expected) - set(record))[:3], sorted(set(record) - set(expected))[:3]
+        return Verdict("rejected", f"array names differ from the contribution's (missing {missing}, extra {extra})")
+    values = {}
+    for name, array in record.items():
+        if tuple(array.shape) != expected[name].shape:
+            return Verdict("rejected", f"array {name!r} has shape {tuple(array.shape)}, expected {expected[name].shape}")
+        value, why = _decode(name, array, expected[name])
+        if value is None:
+            return Verdict("rejected", why)
+        values[name] = value
+    statistics = values.pop(STATISTICS_ARRAY)
+    return Verdict("contribution", update=values, statistics=statistics)
 
 
 def _failure(reply: Message) -> str:
-    return str(reply.error.reason)[-300:]
+    """An error reply's reason code, or a short label for an error our ClientApp would never send."""
+    reason = str(reply.error.reason)
+    return reason if reason in REASON_CODES else f"unrecognised error (code {reply.error.code})"
 
 
-def judge_reply(reply: Message, reference: dict[str, np.ndarray], *, max_examples: int | None = None) -> Verdict:
-    """Check one device's train reply against the global arrays ``reference`` it was trained from.
-
-    ``max_examples`` caps the ``num-examples`` a reply may claim (the server's ``train.max_examples``; None: no cap).
-    """
+def judge_reply(reply: Message, reference: Arrays) -> Verdict:
+    """Check one device's train reply against the global arrays ``reference`` it was trained from."""
     if reply.has_error():
         return Verdict("failed", _failure(reply))
-    return _judge_content(reply.content, reference, max_examples)
+    return _judge_content(reply.content, reference)
 
 
-def judge_slot_reply(reply: Message, users: int, reference: dict[str, np.ndarray], *,
-                     max_examples: int | None = None) -> list[Verdict]:
+def judge_slot_reply(reply: Message, users: int, reference: Arrays) -> list[Verdict]:
     """One verdict per user of a slot's train reply (``users`` were named in the message, in this order).
 
-    An error reply fails every user of the message: the slot's worker raised before it could answer for any.
+    An error reply fails every user of the message: the slot's worker failed before it could answer for any.
+    Records outside every user's part make the whole reply malformed.
     """
     if reply.has_error():
         return [Verdict("failed", _failure(reply))] * users
-    return [_judge_content(part, reference, max_examples) for part in user_parts(reply.content, users)]
+    parts = user_parts(reply.content, users)
+    if sum(len(part) for part in parts) != len(reply.content):
+        return [Verdict("rejected", "the reply holds records outside its users' parts")] * users
+    return [_judge_content(part, reference) for part in parts]
 
 
-def _evaluation_metrics(content: RecordDict) -> dict[str, float] | None:
-    if len(content.metric_records) != 1:
+def _scores(content: RecordDict) -> np.ndarray | None:
+    """A device's scores in [0, 1] (float64), or None when the content is not exactly the declared record."""
+    record, _ = _only_record(content, EVALUATION)
+    if record is None or list(record.keys()) != [SCORES_ARRAY]:
         return None
-    metrics = dict(next(iter(content.metric_records.values())))
-    if set(metrics) != set(EVAL_METRICS):
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()):
-        return None
-    examples = metrics["num-examples"]
-    if examples != int(examples) or examples < 0:
-        return None
-    if any(not 0.0 <= metrics[k] <= 1.0 for k in ("eval-top1", "personal-top1")) or min(metrics["eval-nll"], metrics["personal-nll"]) < 0.0:
-        return None
-    return metrics
+    value, _ = _decode(SCORES_ARRAY, record[SCORES_ARRAY], np.zeros(len(EVAL_SCORES), dtype=MODEL_DTYPE))
+    return None if value is None else np.clip(value.astype(np.float64), 0.0, 1.0)
 
 
-def evaluation_metrics(reply: Message) -> dict[str, float] | None:
-    """A device's evaluate metrics, or None when its reply failed or does not hold exactly the declared ones
-    (finite numbers, ``num-examples`` a whole number >= 0, top-1 in [0, 1], NLL >= 0)."""
-    return None if reply.has_error() else _evaluation_metrics(reply.content)
+def evaluation_scores(reply: Message) -> np.ndarray | None:
+    """A device's evaluation scores, clamped to [0, 1], or None when its reply failed or is malformed."""
+    return None if reply.has_error() else _scores(reply.content)
 
 
-def slot_evaluation_metrics(reply: Message, users: int) -> list[dict[str, float] | None]:
-    """Each of a slot's ``users``' evaluate metrics, checked as ``evaluation_metrics`` checks a device's."""
+def slot_evaluation_scores(reply: Message, users: int) -> list[np.ndarray | None]:
+    """Each of a slot's ``users``' evaluation scores, checked as ``evaluation_scores`` checks a device's."""
     if reply.has_error():
         return [None] * users
-    return [_evaluation_metrics(part) for part in user_parts(reply.content, users)]
+    return [_scores(part) for part in user_parts(reply.content, users)]

@@ -1,9 +1,10 @@
 """One DP-FedAvg round, whatever carries the messages: the Flower grid or a call in this process.
 
 A round samples every candidate independently with probability q (Poisson sampling), sends the round's
-instructions and the global arrays through a ``Transport``, folds each user's judged reply into the run's user-level
-mechanism as it arrives (``server.aggregation.RoundSum``: clip, sum, noise, divide by qN, record; or no privacy), and
-lets the Flower strategy take its step. ``server.federation.FederatedRun`` plays it over the grid
+instructions and the global arrays through a ``Transport``, folds each user's judged contribution into the run's
+user-level mechanism as it arrives (``server.aggregation.RoundSum``: bound, sum, noise, divide by qN, record; or no
+privacy), and lets the Flower strategy take its step. The round's statistics (participants, unclipped share, loss)
+are read from the release, never from one reply. ``server.federation.FederatedRun`` plays it over the grid
 (``server.grid_transport``); ``simulations.federation.inprocess`` plays it by calling the client's ``local_update``.
 Under SecAgg+ the nodes' updates are summed before the server sees them, so the round releases that sum instead.
 """
@@ -17,13 +18,14 @@ from typing import Protocol
 import numpy as np
 from flwr.serverapp.strategy import FedAvg
 
+from privacy.contribution import STATISTICS
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import AttackInstructions, DataInstructions, RecordLevelInstructions, TrainInstructions
 from server.aggregation import RoundSum
 from server.grid_transport import GridTransport
-from server.replies import ClientUpdate, Verdict
+from server.replies import Verdict
 from server.run_state import RoundOutcome
-from server.secagg import SecureAggregator, add_noise_and_step
+from server.secagg import SecureAggregator, release_secure_sum
 from server.settings import RunSettings
 
 Arrays = dict[str, np.ndarray]
@@ -53,9 +55,11 @@ def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_r
 
 
 def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: DataInstructions,
-                       device_dir: str | None = None, attack: AttackInstructions | None = None) -> TrainInstructions:
+                       device_dir: str | None = None, attack: AttackInstructions | None = None,
+                       clipping_norm: float | None = None) -> TrainInstructions:
     """What every sampled client is told to do this round: the model, the local training, and its privacy part
-    (the user-level clipping norm, record-level DP-SGD's parameters, the noise source)."""
+    (the user-level clipping norm: ``clipping_norm``, the mechanism's current one, else ``privacy.clipping_norm``;
+    record-level DP-SGD's parameters; the noise source)."""
     p = run.privacy
     record = None
     if p.record_level and p.record is not None:
@@ -63,7 +67,8 @@ def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: 
                                          p.record.delta)
     return TrainInstructions(
         round=server_round, seed=seed, model=run.model, train=run.train, data=data,
-        clipping_norm=p.clipping_norm if p.user_level else None, record=record, device_dir=device_dir, attack=attack,
+        clipping_norm=(clipping_norm or p.clipping_norm) if p.user_level else None, record=record, device_dir=device_dir,
+        attack=attack,
         noise=p.noise,
     )
 
@@ -87,42 +92,37 @@ class FederatedRound:
 
     def play(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
              transport: Transport) -> RoundOutcome:
-        """One round from the global ``arrays``; each reply is folded into the round's sum as it arrives."""
+        """One round from the global ``arrays``; each contribution is folded into the round's sum as it arrives."""
         chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
         users = transport.reachable(chosen)
         round_sum, counts, problems = RoundSum(arrays, self.mechanism), Counter[str](), []
-        loss_sum = examples = 0.0
-        record_epsilon: dict[int, float] = {}
         for owner, verdict in transport.train(server_round, arrays, instructions, users):
+            if verdict.kind == "contribution" and not round_sum.add(verdict.update, verdict.statistics):  # type: ignore[arg-type]
+                verdict = Verdict("rejected", "the bounded contribution is not finite")
             counts[verdict.kind] += 1
             if verdict.kind in ("failed", "rejected"):
                 problems.append((owner, verdict.reason))
-            if verdict.kind == "update":
-                metrics = verdict.metrics  # type: ignore[assignment]
-                round_sum.add(ClientUpdate(owner, verdict.arrays, metrics))  # type: ignore[arg-type]
-                record_epsilon[owner] = float(metrics["record-epsilon"])
-                loss_sum += metrics["train-loss"] * metrics["num-examples"]
-                examples += metrics["num-examples"]
             if self.on_reply is not None:
                 self.on_reply(server_round, sum(counts.values()), len(users))
-        released, stats = round_sum.release(self.strategy, server_round)
+        released, statistics, refused = round_sum.release(self.strategy, server_round)
         return RoundOutcome(
-            arrays=released, stats=stats, clients=round_sum.count, sampled=len(chosen),
+            arrays=released, statistics=statistics, replies=round_sum.count, sampled=len(chosen),
             skipped_busy=len(chosen) - len(users), failed=counts["failed"] + len(users) - sum(counts.values()),
-            rejected=counts["rejected"], declined=counts["declined"],
-            train_loss=loss_sum / examples if examples else None, problems=problems, record_epsilon=record_epsilon,
+            rejected=counts["rejected"], problems=problems, halted=refused, clipping_norm=instructions.clipping_norm,
         )
 
     def play_secure(self, server_round: int, arrays: Arrays, config: dict, transport: GridTransport,
                     secure: SecureAggregator) -> RoundOutcome:
-        """The round under SecAgg+: the nodes' clipped updates are summed before the server sees them; the
-        mechanism noises that sum (``server.secagg.add_noise_and_step``). ``config`` is the round's instructions
+        """The round under SecAgg+: the nodes' bounded contributions are summed before the server sees them; the
+        mechanism noises that sum (``server.secagg.release_secure_sum``). ``config`` is the round's instructions
         as config items."""
         chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
         nodes = transport.reachable(chosen)
-        total = secure.sum_updates(transport.grid, nodes, arrays, config)
-        sensitivity = secure.sensitivity(sum(int(np.asarray(a).size) for a in arrays.values()))
-        released, stats = add_noise_and_step(self.strategy, server_round, arrays, total, mechanism=self.mechanism,  # type: ignore[arg-type]
-                                             sensitivity=sensitivity)
-        return RoundOutcome(arrays=released, stats=stats, clients=total.contributors, sampled=len(chosen),
-                            skipped_busy=len(chosen) - len(nodes), failed=total.dropped, halted=total.halted)
+        clipping_norm = self.mechanism.clipping_norm
+        total = secure.sum_updates(transport.grid, nodes, arrays, config, clipping_norm=clipping_norm)  # type: ignore[arg-type]
+        sensitivity = secure.sensitivity(clipping_norm, sum(int(np.asarray(a).size) for a in arrays.values()) + len(STATISTICS))  # type: ignore[arg-type]
+        released, statistics, refused = release_secure_sum(self.strategy, server_round, arrays, total,
+                                                           mechanism=self.mechanism, sensitivity=sensitivity)  # type: ignore[arg-type]
+        return RoundOutcome(arrays=released, statistics=statistics, replies=total.contributors, sampled=len(chosen),
+                            skipped_busy=len(chosen) - len(nodes), failed=total.dropped, halted=total.halted or refused,
+                            clipping_norm=clipping_norm)

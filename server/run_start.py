@@ -1,4 +1,8 @@
-"""Where a federated run starts: fresh weights and a calibrated noise multiplier, or an earlier run's checkpoint."""
+"""Where a federated run starts: fresh weights and a calibrated noise multiplier, or an earlier run's checkpoint.
+
+The noise multiplier is calibrated for everything the devices will release: the planned rounds and, when devices
+score the final model (``evaluation_rate``), that one release too, so the run's one ledger covers both.
+"""
 
 from __future__ import annotations
 
@@ -26,20 +30,39 @@ def data_instructions(settings: RunSettings, population: Mapping[str, Scalar] | 
     return DataInstructions(window=p.window, eval_fraction=p.client_eval_fraction, population=dict(population or {}))
 
 
-def fresh_state(settings: RunSettings, line: Callable[[str], None]) -> RunState:
-    """Round 0: the model initialised from the run seed, an empty ledger, z calibrated for the planned rounds."""
+def evaluation_rate(settings: RunSettings, population: int) -> float | None:
+    """The Poisson rate at which devices score the final model (``simulation.final_eval_clients`` expected out of
+    ``population``), or None when no federated evaluation runs: none asked for; secure aggregation (each device's
+    scores would reach the server on their own); or a real deployment whose devices' scores no mechanism would cover
+    (record-level DP alone protects training examples, not scores)."""
+    privacy, clients = settings.privacy, settings.simulation.final_eval_clients
+    if clients == 0 or population < 1 or settings.secagg.enabled:
+        return None
+    if settings.deployment.engine == "real" and privacy.record_level and not privacy.user_level:
+        return None
+    return min(1.0, clients / population)
+
+
+def fresh_state(settings: RunSettings, line: Callable[[str], None], *, population: int) -> RunState:
+    """Round 0: the model initialised from the run seed, an empty ledger, z calibrated for the planned rounds (and
+    the federated evaluation over ``population`` users or nodes)."""
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
     privacy, sim = settings.privacy, settings.simulation
     started = time.perf_counter()
+    rate = evaluation_rate(settings, population)
     if privacy.user_level:
+        evaluation = " and the devices' final evaluation" if rate else ""
         line(f"user-level DP: calibrating the noise multiplier for ε={privacy.target_epsilon} over "
-             f"{sim.rounds} rounds (Opacus' search; up to a minute) ...")
-    z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds)
+             f"{sim.rounds} rounds{evaluation} (up to a minute) ...")
+    z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
     if z is not None:
+        also = f" and the final evaluation at q={rate:.3g}" if rate else ""
         line(f"user-level DP: noise multiplier z={z:.4f} calibrated for ε={privacy.target_epsilon} δ={privacy.delta:g} "
-             f"over {sim.rounds} rounds at q={sim.sample_rate} ({privacy.accountant}, {time.perf_counter() - started:.1f} s)")
-    return RunState(round=0, arrays=arrays, ledger=PrivacyLedger(), noise_multiplier=z)
+             f"over {sim.rounds} rounds at q={sim.sample_rate}{also} ({privacy.accountant}, "
+             f"{time.perf_counter() - started:.1f} s)")
+    clipping_norm = privacy.clipping_norm if privacy.user_level else None
+    return RunState(round=0, arrays=arrays, ledger=PrivacyLedger(), noise_multiplier=z, clipping_norm=clipping_norm)
 
 
 def resumed_state(settings: RunSettings, strategy: FedAvg) -> tuple[RunState, str]:
@@ -50,7 +73,7 @@ def resumed_state(settings: RunSettings, strategy: FedAvg) -> tuple[RunState, st
     """
     checkpoint = load_checkpoint(settings.checkpoint)  # type: ignore[arg-type]
     before, now = checkpoint.settings.get("privacy", {}), dataclasses.asdict(settings.privacy)
-    for key in ("mode", "delta", "clipping_norm", "accountant"):
+    for key in ("mode", "delta", "clipping_norm", "clipping", "accountant"):
         if before.get(key) != now.get(key):
             raise ConfigError(
                 f"resume: privacy.{key} was {before.get(key)!r} in the checkpoint but is {now.get(key)!r} now; "
@@ -61,6 +84,6 @@ def resumed_state(settings: RunSettings, strategy: FedAvg) -> tuple[RunState, st
     load_strategy_state(strategy, checkpoint.strategy_state)
     state = RunState(
         round=checkpoint.round, arrays=checkpoint.arrays, ledger=ledger, noise_multiplier=checkpoint.noise_multiplier,
-        rounds=list(checkpoint.rounds), record_epsilon=dict(checkpoint.record_epsilon),
+        rounds=list(checkpoint.rounds), clipping_norm=checkpoint.clipping_norm,
     )
     return state, checkpoint.device_dir

@@ -7,25 +7,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from privacy.accounting import PrivacyLedger
-from privacy.user_level import ClippingStats
+from privacy.contribution import ReleasedStatistics
 
 
 @dataclass
 class RoundOutcome:
-    """What one round's aggregation produced, whichever path (plain or secure) ran it."""
+    """What one round's aggregation produced, whichever path (plain or secure) ran it.
+
+    ``statistics`` come from the round's release (noisy under user-level DP); the counts of replies are what the
+    server sees of the network (who answered, and whether the reply was well formed), never a device's values.
+    """
 
     arrays: dict[str, np.ndarray]
-    stats: ClippingStats
-    clients: int
+    statistics: ReleasedStatistics
+    replies: int  # well-formed contributions folded into the release
     failed: int  # error replies and users that never answered
     sampled: int = 0  # drawn by Poisson sampling
     skipped_busy: int = 0  # drawn, but their node was still busy with an earlier message
     rejected: int = 0
-    declined: int = 0
-    train_loss: float | None = None
     problems: list[tuple[int, str]] = field(default_factory=list)
-    halted: str | None = None  # secure aggregation only: why no sum was revealed
-    record_epsilon: dict[int, float] = field(default_factory=dict)  # each update's reported record-level ε
+    halted: str | None = None  # why the round released no sum (secure aggregation) or kept the model (not finite)
+    clipping_norm: float | None = None  # the clipping norm the devices were told this round
 
 
 @dataclass
@@ -37,4 +39,4 @@ class RunState:
     ledger: PrivacyLedger
     noise_multiplier: float | None
     rounds: list[dict] = field(default_factory=list)
-    record_epsilon: dict[int, float] = field(default_factory=dict)  # node (slot mode: user) -> latest record-level ε
+    clipping_norm: float | None = None  # the next round's clipping norm (adaptive clipping moves it)

@@ -18,12 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from model.network.networks import ModelConfig
 from model.network.training import LocalTrainConfig
 from privacy.accounting import ACCOUNTANTS
+from privacy.adaptive_clipping import AdaptiveClipping
 from privacy.errors import PrivacyConfigError
 from privacy.randomness import NOISE_SOURCES
 from protocol.instructions import ATTACK_KINDS, AttackInstructions, dataclass_from_dict
 from validation.config import ConfigError, check_range
 
 PRIVACY_MODES = ("none", "record", "user", "both")
+CLIPPING_RULES = ("fixed", "adaptive")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 MEAN_STRATEGIES = ("fedavg", "fedadam")
 """Strategies whose aggregate is a mean of updates: the only ones the user-level Gaussian mechanism bounds."""
@@ -88,6 +90,9 @@ class PrivacySettings:
     accountant: str = "rdp"
     record: Optional[RecordPrivacySettings] = None
     noise: str = "secure"  # secure: OS entropy at each release; seeded: reproducible, no guarantee (privacy.randomness)
+    clipping: str = "fixed"  # fixed: C = clipping_norm; adaptive: C follows a quantile of update norms (Andrew et al.)
+    clipping_quantile: float = 0.5  # adaptive: the share of updates C aims to leave unclipped
+    clipping_learning_rate: float = 0.2  # adaptive: the geometric step of C per round
 
     @property
     def user_level(self) -> bool:
@@ -104,6 +109,9 @@ class PrivacySettings:
             raise PrivacyConfigError(f"privacy.accountant must be one of {list(ACCOUNTANTS)}; found {self.accountant!r}.")
         if self.noise not in NOISE_SOURCES:
             raise PrivacyConfigError(f"privacy.noise must be one of {list(NOISE_SOURCES)}; found {self.noise!r}.")
+        if self.clipping not in CLIPPING_RULES:
+            raise PrivacyConfigError(f"privacy.clipping must be one of {list(CLIPPING_RULES)}; found {self.clipping!r}.")
+        AdaptiveClipping(self.clipping_quantile, self.clipping_learning_rate)  # its own range checks
         if self.user_level:
             for name in ("target_epsilon", "clipping_norm"):
                 check_range(f"privacy.{name}", getattr(self, name), 0, low_open=True, note=f" for mode '{self.mode}'",

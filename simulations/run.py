@@ -87,31 +87,6 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     return json.loads((output_dir / "metrics.json").read_text())
 
 
-def summary_lines(metrics: dict) -> list[str]:
-    final, privacy = metrics["final"], metrics["privacy"]
-    lines = [f"held-out top-1 of the global model: {final['eval_top1']:.3f} (NLL {final['eval_nll']:.3f})"]
-    if privacy.get("warning"):  # privacy.noise=seeded
-        lines.append(f"privacy.noise=seeded: {privacy['warning']}")
-    federated = final.get("federated_eval") or {}
-    if "personal_top1" in federated:
-        lines.append(f"  on {federated['clients']} devices' own latest points: global {federated['eval_top1']:.3f} "
-                     f"(NLL {federated['eval_nll']:.3f}), personalised on the device {federated['personal_top1']:.3f} "
-                     f"(NLL {federated['personal_nll']:.3f})")
-    for name, value in final["baselines"].items():
-        if value is not None:
-            lines.append(f"  baseline {name.replace('_', ' ')}: {value:.3f}")
-    if privacy["user_level"]:
-        u = privacy["user_level"]
-        lines.append(f"user-level privacy over d={privacy['model_parameters']} parameters: ε={u['epsilon']:.3f} δ={u['delta']:g} (z={u['noise_multiplier']:.3f}, "
-                     f"q={u['sample_rate']}, C={u['clipping_norm']}, {u['rounds']} rounds, {u['accountant']})")
-    if privacy["record_level"]:
-        r = privacy["record_level"]
-        lines.append(f"record-level privacy: ε max {r['epsilon_max']:.3f}, median {r['epsilon_median']:.3f} (δ={r['delta']:g})")
-    if metrics.get("stopped_early"):
-        lines.append(metrics["stopped_early"])
-    return lines
-
-
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     global _task_started
@@ -128,12 +103,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     overrides = list(HydraConfig.get().overrides.task)
-    metrics = run_federated_simulation(overrides, settings, output_dir)
-    lines = [*summary_lines(metrics), f"outputs: {output_dir} (metrics.json, checkpoint.pt, run.log, accuracy.png, "
-                                      "epsilon.png)"]
-    print("\n".join(lines))
-    with open(output_dir / "run.log", "a", encoding="utf-8") as log:  # after the round lines the ServerApp wrote
-        log.write("\n".join(lines) + "\n")
+    run_federated_simulation(overrides, settings, output_dir)
+    line = f"outputs: {output_dir} (metrics.json, checkpoint.pt, run.log, accuracy.png, epsilon.png)"
+    print(line)
+    with open(output_dir / "run.log", "a", encoding="utf-8") as log:  # after the lines the ServerApp wrote
+        log.write(line + "\n")
 
 
 def cli() -> None:

@@ -28,3 +28,18 @@ def gaussian_mechanism(*, clipping_norm: float, noise_multiplier: float, expecte
     return UserLevelGaussian(clipping_norm=clipping_norm, noise_multiplier=noise_multiplier, sample_rate=1.0,
                              population=expected_clients, noise=SeededNoise([seed]), ledger=PrivacyLedger(),
                              delta=1e-5, accountant="rdp")
+
+
+def contribution(update: dict, statistics=None):
+    """A train reply's content: ``update``'s arrays and the statistics' array (a participant's, unclipped, loss 1
+    under no clipping norm, unless given), laid out as ``protocol.reply_layout`` says, each as ``Array(value)``."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
+
+    if statistics is None:
+        statistics = np.array([1.0, 1.0, 0.25], dtype=np.float32)
+    arrays = {name: value if isinstance(value, Array) else Array(np.asarray(value)) for name, value in update.items()}
+    stats = statistics if isinstance(statistics, Array) else Array(np.asarray(statistics))
+    return RecordDict({CONTRIBUTION: ArrayRecord({**arrays, STATISTICS_ARRAY: stats})})

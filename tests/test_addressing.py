@@ -1,11 +1,11 @@
 """How a round's users reach the nodes: the jobs the dispatcher sends, what each message says, whose reply is whose."""
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
-from protocol.metrics import TRAIN_METRICS
 from protocol.records import USERS_RECORD, joined_parts, slot_users
 from server.addressing import Addressing
+from tests.helpers import contribution
 
 SLOTS, OWN_NODES = Addressing(slots=True, users_per_message=5), Addressing(slots=False, users_per_message=5)
 SAMPLED: list[tuple[int | None, int]] = [(None, u) for u in range(16)]
@@ -32,11 +32,10 @@ def test_a_node_of_its_own_is_one_user_and_is_not_told_who_it_is():
 
 def test_each_user_gets_the_verdict_of_its_own_part(flower_task_identity):
     reference = {"w": np.zeros(2, dtype=np.float32)}
-    metrics = MetricRecord({k: 0 for k in TRAIN_METRICS} | {"num-examples": 3})
-    honest = RecordDict({"metrics": metrics, "arrays": ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))})})
-    broken = RecordDict({"metrics": metrics, "arrays": ArrayRecord({"v": Array(np.ones(2, dtype=np.float32))})})
+    honest = contribution({"w": np.ones(2, dtype=np.float32)})
+    broken = contribution({"v": np.ones(2, dtype=np.float32)})
     reply = Message(joined_parts([broken, honest]), dst_node_id=0, message_type="train")
-    kinds = [v.kind for v in SLOTS.train_verdicts((4, 9), reply, reference, max_examples=None)]
-    assert kinds == ["rejected", "update"]
+    kinds = [v.kind for v in SLOTS.train_verdicts((4, 9), reply, reference)]
+    assert kinds == ["rejected", "contribution"]
     device_reply = Message(honest, dst_node_id=0, message_type="train")
-    assert [v.kind for v in OWN_NODES.train_verdicts((4,), device_reply, reference, max_examples=None)] == ["update"]
+    assert [v.kind for v in OWN_NODES.train_verdicts((4,), device_reply, reference)] == ["contribution"]

@@ -23,13 +23,14 @@ from model.log.vocab import GENRES
 from model.network.networks import PreferenceLSTM
 from protocol.instructions import AttackInstructions, from_config_items, to_config_items
 from protocol.records import user_parts
+from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from server.replies import judge_reply
 from simulations.federation.client_app import app
 from simulations.seed_logs import seed_device_logs
 from tests.test_client_app import _context, _instructions, _message, _slot_message
 
-GLOBAL = {"w": np.zeros((3, 2), dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
-HONEST = {"w": np.full((3, 2), 0.5, dtype=np.float32), "b": np.full(2, 1.25, dtype=np.float32)}
+STATS = np.array([0.05, 0.05, 0.02], dtype=np.float32)
+HONEST = {"w": np.full((3, 2), 0.5, dtype=np.float32), "b": np.full(2, 0.25, dtype=np.float32), STATISTICS_ARRAY: STATS}
 
 
 def test_the_malicious_choice_depends_on_seed_user_and_fraction_alone():
@@ -51,25 +52,28 @@ def test_a_fraction_outside_0_to_1_is_an_error_naming_it():
         is_malicious(0, 1, 1.5)
 
 
-def test_scale_and_sign_flip_multiply_the_update_not_the_weights():
-    assert np.allclose(corrupt("scale", GLOBAL, HONEST, scale=10.0)["w"], 5.0)
-    assert np.allclose(corrupt("scale", GLOBAL, HONEST, scale=10.0)["b"], 1.0 + 10 * 0.25)
-    flipped = corrupt("sign_flip", GLOBAL, HONEST, scale=10.0)
-    assert np.allclose(flipped["w"], -0.5) and np.allclose(flipped["b"], 0.75)
+def test_scale_and_sign_flip_multiply_the_update_and_keep_the_statistics():
+    scaled = corrupt("scale", HONEST, scale=10.0)
+    assert np.allclose(scaled["w"], 5.0) and np.allclose(scaled["b"], 2.5) and np.array_equal(scaled[STATISTICS_ARRAY], STATS)
+    flipped = corrupt("sign_flip", HONEST, scale=10.0)
+    assert np.allclose(flipped["w"], -0.5) and np.allclose(flipped["b"], -0.25)
     assert all(a.dtype == np.float32 for a in flipped.values())
 
 
 def test_malformed_attacks_break_exactly_the_reply_contract_they_name():
-    assert all(np.isnan(a).all() for a in corrupt("nan_arrays", GLOBAL, HONEST, scale=1.0).values())
-    assert set(corrupt("missing_array", GLOBAL, HONEST, scale=1.0)) == {"b"}
-    assert set(corrupt("extra_array", GLOBAL, HONEST, scale=1.0)) == {"w", "b", EXTRA_ARRAY_NAME}
+    assert all(np.isnan(a).all() for a in corrupt("nan_arrays", HONEST, scale=1.0).values())
+    overflow = corrupt("overflow", HONEST, scale=1.0)
+    assert overflow["w"].dtype == np.float64 and np.all(np.isfinite(overflow["w"]))
+    assert not np.all(np.isfinite(overflow["w"].astype(np.float32)))  # Inf in the model's precision
+    assert set(corrupt("missing_array", HONEST, scale=1.0)) == {"b", STATISTICS_ARRAY}
+    assert set(corrupt("extra_array", HONEST, scale=1.0)) == {"w", "b", STATISTICS_ARRAY, EXTRA_ARRAY_NAME}
     for kind in ("none", "label_flip"):
-        assert corrupt(kind, GLOBAL, HONEST, scale=10.0) is HONEST
+        assert corrupt(kind, HONEST, scale=10.0) is HONEST
 
 
 def test_an_unknown_attack_kind_is_an_error_naming_the_kinds():
     with pytest.raises(ValueError, match="attack kind must be one of"):
-        corrupt("backdoor", GLOBAL, HONEST, scale=1.0)
+        corrupt("backdoor", HONEST, scale=1.0)
 
 
 def test_label_flip_permutes_every_genre_to_another_and_leaves_inputs_alone():
@@ -91,14 +95,12 @@ def test_a_devices_client_app_never_plays_an_attack(flower_task_identity, tmp_pa
     """The same message to a device's ClientApp with and without an attack named: the same honest reply."""
     [log] = seed_device_logs(tmp_path, devices=1, days=7, first_user=3)
     context = Context(run_id=1, node_id=0, node_config={"log-db": str(log.path)}, state=RecordDict(), run_config={})
-    replies, sent = [], {}
+    replies = []
     for attack in (None, AttackInstructions(kind="sign_flip", fraction=1.0, scale=1.0)):
         torch.manual_seed(0)  # the same global model in both messages
-        message = _message("train", _instructions(attack=attack, clipping_norm=None))
-        sent = {k: v.numpy() for k, v in message.content["arrays"].items()}
-        replies.append(device_app(message, context))
-    honest, asked = ({k: v.numpy() for k, v in r.content["arrays"].items()} for r in replies)
-    assert any(not np.array_equal(honest[k], sent[k]) for k in honest)  # a real update, which sign_flip would change
+        replies.append(device_app(_message("train", _instructions(attack=attack, clipping_norm=None)), context))
+    honest, asked = ({k: v.numpy() for k, v in r.content[CONTRIBUTION].items()} for r in replies)
+    assert any(np.any(honest[k]) for k in honest if k != STATISTICS_ARRAY)  # a real update, which sign_flip would change
     assert all(np.array_equal(honest[k], asked[k]) for k in honest)
 
 
@@ -118,15 +120,15 @@ def _reply(kind: str, user: int, **changes):
 def test_the_client_apps_malformed_replies_are_rejected_by_the_server(flower_task_identity, kind):
     message, reply = _reply(kind, 3)
     reference = {k: v.numpy() for k, v in message.content["arrays"].items()}
-    assert judge_reply(reply, reference, max_examples=32).kind == "rejected"
+    assert judge_reply(reply, reference).kind == "rejected"
 
 
 @pytest.mark.parametrize("kind", sorted(set(ATTACK_KINDS) - set(MALFORMED_KINDS)))
 def test_the_client_apps_well_formed_attacks_pass_the_reply_checks(flower_task_identity, kind):
     message, reply = _reply(kind, 3)
     reference = {k: v.numpy() for k, v in message.content["arrays"].items()}
-    verdict = judge_reply(reply, reference, max_examples=32)
-    assert verdict.kind == "update" and set(verdict.arrays) == set(PreferenceLSTM().state_dict())
+    verdict = judge_reply(reply, reference)
+    assert verdict.kind == "contribution" and set(verdict.update) == set(PreferenceLSTM().state_dict())
 
 
 def test_a_scaled_reply_is_the_honest_update_times_the_factor(flower_task_identity):
@@ -134,10 +136,9 @@ def test_a_scaled_reply_is_the_honest_update_times_the_factor(flower_task_identi
     message, honest = _reply("none", 4, clipping_norm=None)
     torch.manual_seed(0)
     _, scaled = _reply("scale", 4, clipping_norm=None)
-    sent = {k: v.numpy() for k, v in message.content["arrays"].items()}
-    for name, value in sent.items():
-        update = honest.content["arrays"][name].numpy() - value
-        assert np.allclose(scaled.content["arrays"][name].numpy() - value, 10.0 * update, atol=1e-5)
+    for name in message.content["arrays"]:
+        update = honest.content[CONTRIBUTION][name].numpy()
+        assert np.any(update) and np.allclose(scaled.content[CONTRIBUTION][name].numpy(), 10.0 * update, atol=1e-5)
 
 
 def test_in_a_slot_message_each_user_plays_its_own_part_of_the_attack(flower_task_identity):
@@ -147,14 +148,15 @@ def test_in_a_slot_message_each_user_plays_its_own_part_of_the_attack(flower_tas
                     if is_malicious(0, 3, f) != is_malicious(0, 4, f))
     attack = AttackInstructions(kind="sign_flip", fraction=fraction, scale=1.0)
     honest_message = _slot_message("train", _instructions(clipping_norm=None), [3, 4])
-    sent = {k: v.numpy() for k, v in honest_message.content["arrays"].items()}
+    names = list(honest_message.content["arrays"])
     honest = user_parts(app(honest_message, _context(99)).content, 2)
     played = user_parts(app(_slot_message("train", _instructions(attack=attack, clipping_norm=None), [3, 4]),
                             _context(99)).content, 2)
     for user, before, after in zip((3, 4), honest, played):
         factor = -1.0 if is_malicious(0, user, fraction) else 1.0
-        assert any(not np.array_equal(before["arrays"][n].numpy(), v) for n, v in sent.items())  # a real update
-        for name, value in sent.items():
-            update = before["arrays"][name].numpy() - value
-            assert np.allclose(after["arrays"][name].numpy() - value, factor * update, atol=1e-5), (user, name)
-        assert dict(before["metrics"]) == dict(after["metrics"])  # an attacker mimics an honest reply's metrics
+        assert any(np.any(before[CONTRIBUTION][n].numpy()) for n in names)  # a real update
+        for name in names:
+            update = before[CONTRIBUTION][name].numpy()
+            assert np.allclose(after[CONTRIBUTION][name].numpy(), factor * update, atol=1e-5), (user, name)
+        statistics = (before[CONTRIBUTION][STATISTICS_ARRAY].numpy(), after[CONTRIBUTION][STATISTICS_ARRAY].numpy())
+        assert np.array_equal(*statistics)  # an attacker mimics an honest contribution's statistics

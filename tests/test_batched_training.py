@@ -14,14 +14,13 @@ import torch
 
 import client.local_update as local_update_module
 from client.device_ledger import DeviceLedger
-from client.local_update import local_update, local_updates
+from client.local_update import Decline, local_update, local_updates
 from model.features.augment import AugmentConfig
 from model.features.encoding import Examples, empty_examples
 from model.network.batched_training import USERS_PER_BATCH, batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
 from protocol.instructions import RecordLevelInstructions, TrainInstructions
-from protocol.metrics import DECLINED_NO, DECLINED_NO_DATA, DECLINED_RECORD_BUDGET
 from server.evaluation import train_central
 from server.settings import PopulationSettings, PrivacySettings, RecordPrivacySettings, RunSettings
 from simulations.federation.device_data import device_examples, simulated_data
@@ -126,7 +125,8 @@ def _ledgers(exhausted: int) -> list[DeviceLedger]:
 @pytest.mark.parametrize("record", [None, RecordLevelInstructions(1.0, 0.5, target_epsilon=50.0, delta=1e-3)],
                          ids=["user-level", "user-and-record-level"])
 def test_local_updates_match_local_update_user_by_user(users, record):
-    """Same arrays, metrics and ledgers as each user's own ``local_update``; a declined user stays declined."""
+    """Same contribution (update and statistics) and ledgers as each user's own ``local_update``; a declined user stays
+    declined."""
     arrays = {k: v.detach().numpy().copy() for k, v in _model().state_dict().items()}
     instructions, ids = _instructions(record=record), [11, 12, 13, 14, 15, 16]
     batched_ledgers, own_ledgers = _ledgers(exhausted=1), _ledgers(exhausted=1)
@@ -134,14 +134,13 @@ def test_local_updates_match_local_update_user_by_user(users, record):
     for k, examples in enumerate(users):
         own = local_update(arrays, instructions, examples, own_ledgers[k], ids[k], simulated=True)
         assert batched[k].declined == own.declined
-        assert _max_difference(batched[k].arrays, own.arrays) <= TOLERANCE
-        for name, value in own.metrics.items():
-            assert batched[k].metrics[name] == pytest.approx(value, abs=TOLERANCE), name
+        assert _max_difference(batched[k].update, own.update) <= TOLERANCE
+        assert np.allclose(batched[k].statistics, own.statistics, atol=TOLERANCE)
         assert batched_ledgers[k].history == own_ledgers[k].history
-    expected = [DECLINED_NO, DECLINED_RECORD_BUDGET if record else DECLINED_NO, DECLINED_NO, DECLINED_NO,
-                DECLINED_NO_DATA, DECLINED_NO]
+    expected = [Decline.NO, Decline.RECORD_BUDGET if record else Decline.NO, Decline.NO, Decline.NO,
+                Decline.NO_DATA, Decline.NO]
     assert [u.declined for u in batched] == expected
-    assert any(u.metrics["clipped"] for u in batched)  # user-level clipping ran
+    assert any(u.statistics[0] > 0 and u.statistics[1] == 0 for u in batched)  # user-level clipping ran
 
 
 @pytest.mark.parametrize("model", [
@@ -158,7 +157,7 @@ def test_what_cannot_be_batched_exactly_is_trained_one_by_one(users, model):
     together = local_updates(arrays, instructions, users[:3], [DeviceLedger(None) for _ in range(3)], [1, 2, 3])
     for k in range(3):
         own = local_update(arrays, instructions, users[k], DeviceLedger(None), k + 1)
-        assert all(np.array_equal(together[k].arrays[name], own.arrays[name]) for name in own.arrays)
+        assert all(np.array_equal(together[k].update[name], own.update[name]) for name in own.update)
     with pytest.raises(ValueError, match="cannot be trained batched"):
         train_local_batched(_model(model), users[:2], TRAIN, generators=[torch.Generator(), torch.Generator()])
 
@@ -180,7 +179,7 @@ def test_a_batched_federation_releases_the_sequential_model(users, mode, monkeyp
 
     def released(federation: InProcessFederation) -> tuple[dict, float]:
         rows = [federation.round(users.__getitem__) for _ in range(3)]
-        assert sum(row["clients"] for row in rows) > 6
+        assert sum(row["replies"] for row in rows) > 6
         model = PreferenceLSTM(PRIOR)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in federation.arrays.items()})
         return federation.arrays, evaluate(model, held_out).top1

@@ -12,12 +12,13 @@ from privacy.accounting import PrivacyLedger
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.federation import Progress
 from server.preflight import check_checkpoint_file
+from server.run_start import fresh_state
 from server.settings import settings_from_config
 from simulations.federation.server_app import simulated_run
 from validation.config import ConfigError
 
 FIELDS = {"format_version", "round", "arrays", "ledger", "noise_multiplier", "strategy_state", "device_dir",
-          "record_epsilon", "rounds", "settings"}
+          "clipping_norm", "rounds", "settings"}
 
 
 def _walk(value):
@@ -36,7 +37,7 @@ def _walk(value):
 def test_a_runs_checkpoint_holds_no_noise_generator_state(compose_config, tmp_path):
     settings = settings_from_config(compose_config("population=small", "strategy=fedadam", "simulation.rounds=2"))
     run = simulated_run(settings, tmp_path, progress=Progress(open(os.devnull, "w")))
-    state = run._fresh_state()
+    state = fresh_state(settings, lambda _: None, population=settings.population.num_users)
     state.ledger.record(noise_multiplier=state.noise_multiplier, sample_rate=0.1)
     run.strategy.m_t = {k: np.ones_like(v) for k, v in state.arrays.items()}  # FedAdam's moments travel too
     run._checkpoint(state)
@@ -51,6 +52,7 @@ def test_a_runs_checkpoint_holds_no_noise_generator_state(compose_config, tmp_pa
     assert all(np.array_equal(loaded.arrays[k], state.arrays[k]) for k in state.arrays)
     assert loaded.ledger == state.ledger.state_dict() and loaded.noise_multiplier == state.noise_multiplier
     assert loaded.device_dir == run.device_dir and set(loaded.strategy_state) == {"m_t"}
+    assert loaded.clipping_norm == settings.privacy.clipping_norm
 
 
 class _Payload:

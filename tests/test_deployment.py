@@ -225,7 +225,7 @@ def run_c(federation, run_a, run_b):
 def test_registered_nodes_train_two_rounds_with_user_level_dp_over_tls(federation, run_a):
     out, metrics = run_a
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    assert all(r["clients"] == 3 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
+    assert all(r["replies"] == 3 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
     assert (out / "checkpoint.pt").is_file() and (out / "metrics.json").is_file()
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     settings = compose_settings("deploy", RUN_A)
@@ -267,7 +267,7 @@ def test_a_killed_serverapp_resumes_from_its_last_checkpoint_with_the_privacy_le
     assert b_checkpoint.round == 3
     assert [r["round"] for r in c["rounds"]] == [1, 2, 3, 4]
     assert c["rounds"][:2] == a["rounds"]
-    for key in ("round", "clients", "epsilon", "train_loss", "sampled"):
+    for key in ("round", "replies", "epsilon", "train_loss", "sampled"):
         assert c["rounds"][2][key] == b_checkpoint.rounds[2][key]
     z = a["privacy"]["user_level"]["noise_multiplier"]
     assert c["privacy"]["user_level"]["noise_multiplier"] == z  # never recalibrated on resume
@@ -282,7 +282,7 @@ def test_a_killed_serverapp_resumes_from_its_last_checkpoint_with_the_privacy_le
 def test_a_round_proceeds_without_a_supernode_killed_mid_round(run_c):
     _, c, timeout, _ = run_c
     last = c["rounds"][3]
-    assert last["sampled"] == 3 and last["clients"] == 2 and last["failed"] == 1
+    assert last["sampled"] == 3 and last["replies"] == 2 and last["failed"] == 1
     # It waited at most the timeout for the dead node (the SuperLink may report it unavailable sooner: 2 missed
     # heartbeats of 30 s).
     assert last["seconds"] <= timeout + 60

@@ -3,6 +3,7 @@
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -13,6 +14,7 @@ from client.log_store import LogStore
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
 from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from protocol.reply_layout import CONTRIBUTION, EVALUATION, SCORES_ARRAY, STATISTICS_ARRAY
 from protocol.records import to_array_record
 from model.features.encoding import build_examples, split_recent
 from simulations.federation.device_data import (
@@ -155,20 +157,26 @@ def test_the_client_app_trains_and_evaluates_from_a_log_db_and_keeps_the_ledger_
     path = _log_of_user(tmp_path, 5)
     record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
     reply = app(_message("train", record=record), _node({"log-db": str(path)}))
-    metrics = reply.content["metrics"]
-    assert metrics["declined"] == 0 and metrics["num-examples"] == min(16, len(device_data(DATA, {"log-db": str(path)}).train))
+    assert reply.content[CONTRIBUTION][STATISTICS_ARRAY].numpy()[0] > 0  # it trained
     ledger = path.with_name("events.ledger.json")
     assert ledger.is_file() and json.loads(ledger.read_text())["history"]
     evaluation = app(_message("evaluate"), _node({"log-db": str(path)}))
-    assert evaluation.content["metrics"]["num-examples"] > 0
+    assert evaluation.content[EVALUATION][SCORES_ARRAY].numpy()[0] == 1.0  # it had recent points to score
 
 
-def test_a_device_with_an_empty_log_declines_with_the_reason(tmp_path, flower_task_identity):
+def test_a_device_with_an_empty_log_sends_the_all_zero_contribution(tmp_path, flower_task_identity):
     path = tmp_path / "fresh" / "events.db"
     LogStore.open(path).close()
     reply = app(_message("train"), _node({"log-db": str(path)}))
-    assert reply.content["metrics"]["declined"] == 2 and not reply.content.array_records
-    assert "no training examples" in reply.content["status"]["declined"]
+    assert all(not np.any(v.numpy()) for v in reply.content[CONTRIBUTION].values())
+
+
+def test_a_device_whose_log_is_missing_answers_with_a_code_not_its_path(tmp_path, flower_task_identity):
+    """The error a device sends names no path: Flower would send the exception text, which holds it."""
+    missing = tmp_path / "private" / "events.db"
+    reply = app(_message("train"), _node({"log-db": str(missing)}))
+    assert reply.has_error() and reply.error.reason == "device-data"
+    assert str(tmp_path) not in str(reply.error.reason)
 
 
 def test_seeding_refuses_to_mix_two_users_in_one_log(tmp_path):

@@ -17,6 +17,7 @@ from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
 from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from protocol.records import to_array_record
+from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from simulations.federation.client_app import app as simulation_app
 from simulations.federation.device_data import simulated_data
 from simulations.population.population import PopulationConfig
@@ -43,7 +44,8 @@ def _trained_twice(node_config: dict, record, noise: str, device_dir: str) -> tu
     app = simulation_app if "partition-id" in node_config else device_app
     context = Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
     replies = [app(_message(record, noise, device_dir), context) for _ in range(2)]
-    return tuple({k: v.numpy() for k, v in r.content["arrays"].items()} for r in replies)  # type: ignore[return-value]
+    return tuple({k: v.numpy() for k, v in r.content[CONTRIBUTION].items() if k != STATISTICS_ARRAY}  # type: ignore[return-value]
+                 for r in replies)
 
 
 def _same(a: dict, b: dict) -> bool:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
+from privacy.accounting import PrivacyLedger
 from server.checkpoint import load_checkpoint
 from server.settings import settings_from_config
 from simulations.run import run_federated_simulation
@@ -46,22 +47,25 @@ def test_federated_training_improves_the_global_model(compose_config, tmp_path):
                    "strategy.momentum=0", "strategy.server_lr=1", "train.lr=0.1")
     assert len(metrics["rounds"]) == 5
     assert metrics["final"]["eval_nll"] < metrics["initial"]["eval_nll"] - 0.02
-    assert all(r["clients"] >= 1 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
+    assert all(r["replies"] >= 1 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
     assert {"eval_top1", "eval_nll", "baselines"} <= set(metrics["final"])
-    assert metrics["final"]["federated_eval"]["clients"] >= 1
+    federated = metrics["final"]["federated_eval"]
+    assert federated["devices"] >= 1 and not federated["noisy"]  # privacy=none: exact, said so
     assert (tmp_path / "accuracy.png").is_file() and (tmp_path / "checkpoint.pt").is_file()
 
 
 def test_reported_user_level_epsilon_is_opacus_rdp_for_the_mechanism_that_ran(user_level_runs):
+    """Two rounds at q = 0.5 and the devices' evaluation (4 of 16 expected: q = 0.25), one ledger."""
     first, _, _, dirs = user_level_runs
     user = first["privacy"]["user_level"]
     accountant = RDPAccountant()
-    for _ in range(user["rounds"]):
-        accountant.step(noise_multiplier=user["noise_multiplier"], sample_rate=user["sample_rate"])
-    assert user["rounds"] == 2 and user["sample_rate"] == 0.5 and user["clipping_norm"] == 0.5
+    accountant.history = [(user["noise_multiplier"], user["sample_rate"], 2), (user["noise_multiplier"], 0.25, 1)]
+    assert user["rounds"] == 2 and user["evaluation_releases"] == 1 and user["releases"] == 3
+    assert user["sample_rate"] == 0.5 and user["clipping_norm"] == 0.5
     assert user["epsilon"] == pytest.approx(accountant.get_epsilon(user["delta"]), rel=1e-9)
-    assert 19.0 < user["epsilon"] <= 20.0  # calibrated to spend the budget over the planned rounds
-    assert first["rounds"][0]["epsilon"] < first["rounds"][1]["epsilon"] == pytest.approx(user["epsilon"])
+    assert 19.0 < user["epsilon"] <= 20.0  # calibrated to spend the budget over the planned rounds and evaluation
+    assert first["rounds"][0]["epsilon"] < first["rounds"][1]["epsilon"] < user["epsilon"]
+    assert first["final"]["federated_eval"]["noisy"]
     saved = json.loads((dirs[0] / "metrics.json").read_text())
     assert saved["privacy"]["user_level"]["epsilon"] == pytest.approx(user["epsilon"])
 
@@ -72,9 +76,8 @@ def test_resume_continues_round_numbers_and_the_privacy_ledger(user_level_runs):
     assert resumed["privacy"]["user_level"]["noise_multiplier"] == z  # never recalibrated on resume
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
     assert resumed["rounds"][:2] == first["rounds"]
-    accountant = RDPAccountant()
-    for _ in range(4):
-        accountant.step(noise_multiplier=z, sample_rate=0.5)
+    accountant = RDPAccountant()  # the first run's evaluation stays in the ledger the resumed run continues
+    accountant.history = [(z, 0.5, 2), (z, 0.25, 1), (z, 0.5, 2), (z, 0.25, 1)]
     assert resumed["privacy"]["user_level"]["rounds"] == 4
     assert resumed["privacy"]["user_level"]["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     assert load_checkpoint(dirs[1] / "checkpoint.pt").round == 4
@@ -84,14 +87,15 @@ def test_resume_continues_round_numbers_and_the_privacy_ledger(user_level_runs):
 
 
 def test_training_stops_before_the_round_that_would_pass_the_budget(user_level_runs):
-    _, _, exhausted, _ = user_level_runs
+    _, _, exhausted, dirs = user_level_runs
     user = exhausted["privacy"]["user_level"]
     assert exhausted["stopped_early"].startswith(f"stopped before round {user['rounds'] + 1}")
     assert 4 < user["rounds"] < 50 and user["epsilon"] <= 40.0
-    accountant = RDPAccountant()
-    for _ in range(user["rounds"] + 1):
-        accountant.step(noise_multiplier=user["noise_multiplier"], sample_rate=0.5)
-    assert accountant.get_epsilon(1e-5) > 40.0
+    ledger = PrivacyLedger()
+    ledger.load_state_dict(load_checkpoint(dirs[2] / "checkpoint.pt").ledger)
+    assert ledger.epsilon(delta=1e-5) == pytest.approx(user["epsilon"], rel=1e-9)
+    assert ledger.epsilon_after(noise_multiplier=user["noise_multiplier"], sample_rate=0.5, delta=1e-5,
+                                accountant="rdp") > 40.0
 
 
 @pytest.mark.parametrize("users_per_message", [1, 5])
@@ -100,7 +104,7 @@ def test_node_slots_play_the_users_the_server_samples(compose_config, tmp_path, 
                    "simulation.sample_rate=1.0", f"simulation.users_per_message={users_per_message}")
     for row in metrics["rounds"]:
         assert row["sampled"] == 16  # every user of the population, not every node
-        assert row["clients"] == 16 and row["skipped_busy"] == 0 and row["failed"] == 0  # four slots take them in turn
-    federated = metrics["final"]["federated_eval"]  # the slots also score final_eval_clients users, each on its own
-    assert federated["clients"] == 4 and federated["rejected"] == 0 and 0.0 <= federated["eval_top1"] <= 1.0
+        assert row["replies"] == 16 and row["skipped_busy"] == 0 and row["failed"] == 0  # four slots take them in turn
+    federated = metrics["final"]["federated_eval"]  # the slots also score sampled users, each on its own
+    assert federated["answered"] >= 1 and federated["devices"] == federated["answered"] and 0.0 <= federated["top1"] <= 1.0
 

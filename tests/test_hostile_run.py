@@ -19,6 +19,6 @@ def test_the_server_rejects_and_counts_nan_replies_and_keeps_training(compose_co
     malicious = sum(is_malicious(metrics["config"]["seed"], u, 0.4) for u in range(users))
     assert 0 < malicious < users
     for row in metrics["rounds"]:  # every user takes part in every round
-        assert row["rejected"] == malicious and row["clients"] == users - malicious and row["failed"] == 0
+        assert row["rejected"] == malicious and row["replies"] == users - malicious and row["failed"] == 0
         assert math.isfinite(row["eval_nll"])
     assert all(np.isfinite(a).all() for a in load_checkpoint(tmp_path / "checkpoint.pt").arrays.values())

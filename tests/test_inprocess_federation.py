@@ -65,7 +65,8 @@ def test_user_ids_must_name_every_user_once():
 
 
 def test_a_drawn_user_without_examples_declines_and_adds_nothing(users):
-    """Slot 2 empty gives the model that users 0 and 1 alone give (same streams, same ids)."""
+    """Slot 2 empty gives the model that users 0 and 1 alone give (same streams, same ids): its all-zero contribution
+    is counted as a reply, not as a participant."""
     def federation(num_users: int) -> InProcessFederation:
         return InProcessFederation(_run("none"), _arrays(), num_users=num_users, sample_rate=1.0, planned_rounds=1,
                                    stream=0)
@@ -74,7 +75,7 @@ def test_a_drawn_user_without_examples_declines_and_adds_nothing(users):
     row = with_empty.round(lambda i: users[i] if i < 2 else empty_examples(WINDOW))
     two = federation(2)
     two.round(users.__getitem__)
-    assert (row["sampled"], row["clients"]) == (3, 2)
+    assert (row["sampled"], row["replies"], row["participants"]) == (3, 3, 2)
     assert all(np.array_equal(with_empty.arrays[k], two.arrays[k]) for k in two.arrays)
 
 

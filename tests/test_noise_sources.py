@@ -18,6 +18,7 @@ from client.local_update import local_update
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
 from privacy.accounting import PrivacyLedger
+from privacy.contribution import contribution_sensitivity
 from privacy.mechanisms import clip_update
 from privacy.randomness import SEEDED_WARNING, SecureNoise, SeededNoise, secure_gaussian
 from privacy.user_level import UserLevelGaussian
@@ -43,19 +44,19 @@ def _released_noise(noise, std_c=0.5, z=1.2, population=10, coordinates=300_000)
     """What one release of an all-zero sum adds to a zero model, times qN: the mechanism's noise on the sum."""
     mechanism = UserLevelGaussian(clipping_norm=std_c, noise_multiplier=z, sample_rate=0.5, population=population,
                                   noise=noise, ledger=PrivacyLedger(), delta=1e-5, accountant="rdp")
-    zero = {"w": np.zeros(coordinates, dtype=np.float32)}
-    released = mechanism.release_sum(zero, {"w": np.zeros(coordinates)})
+    released, _ = mechanism.release_sum({"w": np.zeros(coordinates)}, np.zeros(3))
     assert mechanism.ledger.steps == 1  # the release was recorded
     return released["w"].astype(np.float64) * mechanism.expected_clients
 
 
 def test_the_servers_secure_noise_has_the_configured_standard_deviation_and_no_bias():
     noise = _released_noise(SecureNoise())
-    assert _std_is(noise, 1.2 * 0.5)
-    assert not _std_is(noise, 1.2 * 0.5 * 1.03)  # the test sees a 3 % error in the std
-    z_mean = noise.mean() / (0.6 / np.sqrt(noise.size))
+    std = 1.2 * contribution_sensitivity(0.5)  # z·S: the contribution's bound, statistics included
+    assert _std_is(noise, std)
+    assert not _std_is(noise, std * 1.03)  # the test sees a 3 % error in the std
+    z_mean = noise.mean() / (std / np.sqrt(noise.size))
     assert abs(z_mean) < stats.norm.ppf(1 - FALSE_ALARM / 2)
-    assert stats.kstest(noise / 0.6, "norm").pvalue > FALSE_ALARM  # Gaussian in shape, not only in variance
+    assert stats.kstest(noise / std, "norm").pvalue > FALSE_ALARM  # Gaussian in shape, not only in variance
 
 
 def test_secure_noise_is_distributed_as_opacus_secure_mode_noise():
@@ -109,7 +110,7 @@ def _true_sum(federation: InProcessFederation, users) -> dict[str, np.ndarray]:
     total = {k: np.zeros_like(v, dtype=np.float64) for k, v in initial.items()}
     for user in range(USERS):
         update = local_update(initial, instructions, users[user], DeviceLedger(None), user, simulated=True)
-        clipped, _, _ = clip_update({k: update.arrays[k] - initial[k] for k in initial}, 0.5)
+        clipped, _, _ = clip_update(update.update, 0.5)
         for k in total:
             total[k] += clipped[k]
     return total
@@ -119,8 +120,8 @@ def _subtraction_attack(released: dict[str, np.ndarray], run: RunSettings) -> di
     """The attacker has the released model, the run's config and this code: it regenerates the server's noise from
     the config seed (the stream ``InProcessFederation`` keys it with) and subtracts it from qN * (release - initial)."""
     initial, regenerated = _initial(), SeededNoise([run.seed, 0, 1])
-    z, c, expected = 1.0, run.privacy.clipping_norm, float(USERS)
-    return {k: (released[k].astype(np.float64) - initial[k]) * expected - regenerated.sample(initial[k].shape, z * c)
+    z, s, expected = 1.0, contribution_sensitivity(run.privacy.clipping_norm), float(USERS)
+    return {k: (released[k].astype(np.float64) - initial[k]) * expected - regenerated.sample(initial[k].shape, z * s)
             for k in initial}
 
 
@@ -134,7 +135,7 @@ def test_the_subtraction_attack_recovers_the_sum_under_seeded_noise_and_fails_un
     secure_release, _ = _one_release("secure", users)
     recovered = _subtraction_attack(secure_release, _run("secure"))
     residual = np.concatenate([(recovered[k] - truth[k]).ravel() for k in truth])
-    assert _std_is(residual, np.sqrt(2.0) * 1.0 * 0.5)  # the attacker's guess only adds its own noise to the real one
+    assert _std_is(residual, np.sqrt(2.0) * 1.0 * contribution_sensitivity(0.5))  # its guess only adds its own noise
 
 
 def test_two_secure_runs_of_the_same_config_release_different_noise_and_seeded_runs_the_same(users):
@@ -165,9 +166,9 @@ def test_seeded_noise_is_refused_on_a_real_deployment_and_in_the_deploy_config(c
 
 
 def test_the_end_of_run_summary_says_a_seeded_run_is_no_guarantee():
-    from simulations.run import summary_lines
+    from server.round_report import final_lines
 
     metrics = {"final": {"eval_top1": 0.2, "eval_nll": 2.0, "baselines": {}},
                "privacy": {"user_level": None, "record_level": None, "noise": "seeded", "warning": SEEDED_WARNING}}
-    assert f"privacy.noise=seeded: {SEEDED_WARNING}" in summary_lines(metrics)
+    assert f"privacy.noise=seeded: {SEEDED_WARNING}" in final_lines(metrics)
     assert SEEDED_WARNING == "noise reproducible from the seed: not a privacy guarantee against anyone who knows it"

@@ -42,7 +42,7 @@ def test_the_round_releases_the_same_model_over_the_grid_as_by_calling_local_upd
     """Flower Messages to node slots (two users per message, replies judged) and direct calls of ``local_update``:
     the same sampled users, the same noisy DP-FedAvg release, bit for bit."""
     settings = compose_settings("config", OVERRIDES)
-    state = fresh_state(settings, lambda _: None)
+    state = fresh_state(settings, lambda _: None, population=USERS)
     instructions = train_instructions(settings, 1, seed=settings.seed, data=_data(settings))
 
     def play(transport):
@@ -54,13 +54,12 @@ def test_the_round_releases_the_same_model_over_the_grid_as_by_calling_local_upd
             return federated_round.play(1, state.arrays, instructions, transport)
 
     grid = GridTransport(RoundChannel(InProcessGrid(client_app, 2), ttl_s=60.0),
-                         Addressing(slots=True, users_per_message=2), [1, 2], num_users=USERS, timeout_s=60.0,
-                         max_examples=8)
+                         Addressing(slots=True, users_per_message=2), [1, 2], num_users=USERS, timeout_s=60.0)
     calls = InProcessTransport(USERS, lambda user: device_examples(instructions.data, user)[0], range(USERS), {})
     over_grid, by_calls = play(grid), play(calls)
-    assert (over_grid.sampled, over_grid.clients, over_grid.failed, over_grid.rejected) == \
-        (by_calls.sampled, by_calls.clients, 0, 0)
-    assert over_grid.clients > 2  # several messages, more users than slots
+    assert (over_grid.sampled, over_grid.replies, over_grid.failed, over_grid.rejected) == \
+        (by_calls.sampled, by_calls.replies, 0, 0)
+    assert over_grid.replies > 2  # several messages, more users than slots
     for name, value in by_calls.arrays.items():
         np.testing.assert_array_equal(over_grid.arrays[name], value, err_msg=name)
     assert any(not np.array_equal(by_calls.arrays[k], state.arrays[k]) for k in state.arrays)
@@ -69,7 +68,7 @@ def test_the_round_releases_the_same_model_over_the_grid_as_by_calling_local_upd
 def test_a_reply_that_fails_is_counted_and_never_aggregated():
     """A slot whose ClientApp raises: its users count as failed, and the round releases from the others only."""
     settings = compose_settings("config", OVERRIDES + ["privacy=none"])
-    state = fresh_state(settings, lambda _: None)
+    state = fresh_state(settings, lambda _: None, population=USERS)
     instructions = train_instructions(settings, 1, seed=settings.seed, data=_data(settings))
 
     def broken_on_node_2(message: Message, context):
@@ -78,11 +77,11 @@ def test_a_reply_that_fails_is_counted_and_never_aggregated():
         return client_app(message, context)
 
     grid = GridTransport(RoundChannel(InProcessGrid(broken_on_node_2, 2), ttl_s=60.0),
-                         Addressing(slots=False), [1, 2], num_users=USERS, timeout_s=60.0, max_examples=8)
+                         Addressing(slots=False), [1, 2], num_users=USERS, timeout_s=60.0)
     federated_round = FederatedRound(make_strategy(settings.strategy), user_level_mechanism(
         settings, noise_multiplier=None, ledger=PrivacyLedger(), sample_rate=1.0, population=2, noise_seed=[0]),
         sample_rate=1.0, sampling_rng=np.random.default_rng(0))
     with server_task_identity():
         outcome = federated_round.play(1, state.arrays, instructions, grid)
-    assert (outcome.sampled, outcome.clients, outcome.failed) == (2, 1, 1)
-    assert outcome.problems[0][0] == 2 and "device crashed" in outcome.problems[0][1]
+    assert (outcome.sampled, outcome.replies, outcome.failed) == (2, 1, 1)
+    assert outcome.problems[0][0] == 2 and outcome.problems[0][1].startswith("unrecognised error")

@@ -12,13 +12,22 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from client.secagg_client import SecAggClient, SecureUpdateError
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
+from privacy.contribution import STATISTIC_WEIGHT, contribution_sensitivity
 from privacy.mechanisms import clip_update, global_norm
 from protocol.instructions import DataInstructions, TrainInstructions, to_config_items
 from protocol.records import ARRAY_NAMES_KEY
+from protocol.reply_layout import STATISTICS_ARRAY
 from server.aggregation import aggregate, make_strategy
 from server.checkpoint import load_checkpoint
-from server.replies import ClientUpdate
-from server.secagg import SecureAggregator, SecureSum, add_noise_and_step, quantisation_clipping_range, quantisation_error_bound
+from server.replies import Contribution
+from server.secagg import (
+    SecureAggregator,
+    SecureSum,
+    check_unmasked,
+    quantisation_clipping_range,
+    quantisation_error_bound,
+    release_secure_sum,
+)
 from server.settings import SecAggSettings, StrategySettings, settings_from_config
 from simulations.federation.device_data import simulated_data, simulated_device_data
 from simulations.population.population import PopulationConfig
@@ -64,37 +73,41 @@ def test_a_quantisation_range_below_the_clipping_norm_would_clip_a_second_time()
 
 def test_error_bound_is_the_quantisation_step():
     assert quantisation_error_bound(0.5, 2**22) == pytest.approx(1.0 / 2**22)
-    assert SecureAggregator(SecAggSettings(quantization_range=4096), clipping_norm=0.5, timeout_s=1).error_bound == pytest.approx(
+    assert SecureAggregator(SecAggSettings(quantization_range=4096), timeout_s=1).error_bound(0.5) == pytest.approx(
         2 * 0.5 * (1 + 1e-6) / 4096)
 
 
 # ------------------------------------------------------------------------------------- one mechanism, two paths
+STATISTICS = np.array([1.0, 1.0, 0.5], dtype=np.float64) * STATISTIC_WEIGHT * 0.5
+
+
 def test_noise_on_the_secure_sum_equals_the_plain_dp_aggregate(flower_task_identity):
     current = _global_arrays()
     deltas = _random_updates(np.random.default_rng(1), current, 5, 0.5)
     dp = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=0.8, expected_clients=4)
-    replies = [ClientUpdate(i, {k: current[k] + d[k] for k in current}, {"num-examples": 10}) for i, d in enumerate(deltas)]
-    plain, _ = aggregate(make_strategy(StrategySettings()), 1, current, replies, mechanism=dp)
+    contributions = [Contribution(i, d, STATISTICS.astype(np.float32)) for i, d in enumerate(deltas)]
+    plain, plain_stats = aggregate(make_strategy(StrategySettings()), 1, current, contributions, mechanism=dp)
     total = {k: sum(d[k].astype(np.float64) for d in deltas) for k in current}
     same_noise = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=0.8, expected_clients=4)  # same seeded draws
-    secure, stats = add_noise_and_step(make_strategy(StrategySettings()), 1, current, SecureSum(total, 5, 5),
-                                       mechanism=same_noise, sensitivity=same_noise.clipping_norm)
+    secure, secure_stats, refused = release_secure_sum(
+        make_strategy(StrategySettings()), 1, current, SecureSum(total, 5 * STATISTICS, 5, 5), mechanism=same_noise,
+        sensitivity=same_noise.sensitivity)
     for k in current:
         np.testing.assert_allclose(secure[k], plain[k], atol=1e-6)
-    assert np.isnan(stats.clipped_fraction) and np.isnan(stats.mean_update_norm)  # not visible under SecAgg
+    assert refused is None and secure_stats.participants == pytest.approx(plain_stats.participants, abs=1e-6)
 
 
-def test_noise_covers_the_quantised_contribution_not_just_the_clipping_norm(flower_task_identity):
+def test_noise_covers_the_quantised_contribution_not_just_its_bound(flower_task_identity):
     current = _global_arrays()
-    d = sum(v.size for v in current.values())
-    aggregator = SecureAggregator(SecAggSettings(), clipping_norm=0.5, timeout_s=1)
-    assert aggregator.sensitivity(d) == pytest.approx(0.5 * (1 + 1e-6) + np.sqrt(d) * aggregator.error_bound)
-    assert 0.5 < aggregator.sensitivity(d) < 0.5 * 1.001  # 2**22 levels: rounding adds ~0.02 % to the sensitivity
+    d = sum(v.size for v in current.values()) + 3
+    aggregator = SecureAggregator(SecAggSettings(), timeout_s=1)
+    assert aggregator.sensitivity(0.5, d) == pytest.approx(contribution_sensitivity(0.5) + np.sqrt(d) * aggregator.error_bound(0.5))
+    assert contribution_sensitivity(0.5) < aggregator.sensitivity(0.5, d) < contribution_sensitivity(0.5) * 1.001
     dp = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=1)
-    zero = SecureSum({k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}, 2, 2)
-    with pytest.raises(ValueError, match="sensitivity must be >= the clipping norm"):
-        add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, mechanism=dp, sensitivity=0.4)
-    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, zero, mechanism=dp, sensitivity=0.8)
+    zero = SecureSum({k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}, np.zeros(3), 2, 2)
+    with pytest.raises(ValueError, match="sensitivity must be >= the contribution's bound"):
+        release_secure_sum(make_strategy(StrategySettings()), 1, current, zero, mechanism=dp, sensitivity=0.4)
+    new, _, _ = release_secure_sum(make_strategy(StrategySettings()), 1, current, zero, mechanism=dp, sensitivity=0.8)
     noise = np.concatenate([(new[k] - current[k]).ravel() for k in current])
     assert np.std(noise) == pytest.approx(0.8, rel=0.02)
 
@@ -102,11 +115,24 @@ def test_noise_covers_the_quantised_contribution_not_just_the_clipping_norm(flow
 def test_a_round_without_a_secure_sum_still_releases_calibrated_noise(flower_task_identity):
     current = _global_arrays()
     dp = gaussian_mechanism(clipping_norm=0.5, noise_multiplier=1.0, expected_clients=2)
-    halted = SecureAggregator(SecAggSettings(), clipping_norm=0.5, timeout_s=1).sum_updates(None, [42], current, {})
+    halted = SecureAggregator(SecAggSettings(), timeout_s=1).sum_updates(None, [42], current, {}, clipping_norm=0.5)
     assert halted.total is None and halted.contributors == 0 and "at least 2" in halted.halted
-    new, _ = add_noise_and_step(make_strategy(StrategySettings()), 1, current, halted, mechanism=dp, sensitivity=0.5)
+    new, _, _ = release_secure_sum(make_strategy(StrategySettings()), 1, current, halted, mechanism=dp,
+                                   sensitivity=dp.sensitivity)
     noise = np.concatenate([(new[k] - current[k]).ravel() for k in current]) * dp.expected_clients
-    assert np.std(noise) == pytest.approx(dp.noise_multiplier * dp.clipping_norm, rel=0.05)
+    assert np.std(noise) == pytest.approx(dp.noise_multiplier * dp.sensitivity, rel=0.05)
+    assert dp.ledger.steps == 1
+
+
+def test_an_unmasked_weight_factor_other_than_contributors_times_t_is_refused():
+    """The attack on Flower's workflow: it divides the unmasked sum by the summed weight factor, so one client that
+    makes the total 1 (mod 2**32) scales the released sum by n·T against the same noise."""
+    values = [np.full(4, 3 * 2**10, dtype=np.int64)]
+    assert check_unmasked(3 * 2**12, values, 3, 2**12) is None
+    assert "forged its weight" in check_unmasked(1, values, 3, 2**12)
+    assert "outside [0, contributors × T" in check_unmasked(3 * 2**12, [np.array([0, 3 * 2**12 + 1])], 3, 2**12)
+    # What Flower's stage would have released with factor 1: (sum) * T / factor, i.e. the sum times n·T / n.
+    assert 2**12 / 1 == (3 * 2**12) * (2**12 / (3 * 2**12)) * 3 * 2**12 / (3 * 2**12)
 
 
 # ------------------------------------------------------------------------------------------------- the client
@@ -121,15 +147,17 @@ def _context(user_id: int) -> Context:
     return Context(run_id=1, node_id=0, node_config={"partition-id": user_id}, state=RecordDict(), run_config={})
 
 
-def test_secagg_client_sends_its_update_clipped_on_the_device_with_weight_one_and_no_metrics():
+def test_secagg_client_sends_its_contribution_clipped_on_the_device_with_weight_one_and_no_metrics():
     current = _global_arrays()
-    update, weight, metrics = SecAggClient(_context(3), simulated_device_data).fit(list(current.values()), _fit_config())
+    sent, weight, metrics = SecAggClient(_context(3), simulated_device_data).fit(list(current.values()), _fit_config())
     assert weight == 1 and metrics == {}
-    assert [u.shape for u in update] == [v.shape for v in current.values()]
-    assert all(u.dtype == np.float64 for u in update)  # quantised in float64 (float32 cannot hold 2**22 levels)
+    update, statistics = sent[:-1], sent[-1]
+    assert [u.shape for u in update] == [v.shape for v in current.values()] and statistics.shape == (3,)
+    assert all(u.dtype == np.float64 for u in sent)  # quantised in float64 (float32 cannot hold 2**22 levels)
     norm = global_norm(dict(enumerate(update)))
     assert 0.0 < norm <= 0.05 * (1 + 1e-6)
-    assert max(float(np.max(np.abs(u))) for u in update) <= quantisation_clipping_range(0.05)
+    assert max(float(np.max(np.abs(u))) for u in sent) <= quantisation_clipping_range(0.05)
+    assert statistics[0] == pytest.approx(STATISTIC_WEIGHT * 0.05)  # it took part
 
 
 def test_secagg_client_refuses_a_round_without_user_level_clipping():
@@ -189,15 +217,15 @@ def _secure_round(grid, nodes, clipping_norm=0.5, quantization=2**22):
     current = {k: v.numpy().copy() for k, v in PreferenceLSTM(NO_DROPOUT).state_dict().items()}
     instructions = TrainInstructions(round=1, seed=0, model=NO_DROPOUT, train=LocalTrainConfig(batch_size=8, max_examples=16),
                                      data=DATA, clipping_norm=clipping_norm)
-    aggregator = SecureAggregator(SecAggSettings(quantization_range=quantization), clipping_norm=clipping_norm, timeout_s=5)
-    secure = aggregator.sum_updates(grid, nodes, current, to_config_items(instructions))
+    aggregator = SecureAggregator(SecAggSettings(quantization_range=quantization), timeout_s=5)
+    secure = aggregator.sum_updates(grid, nodes, current, to_config_items(instructions), clipping_norm=clipping_norm)
     config = {**to_config_items(instructions), ARRAY_NAMES_KEY: ",".join(current)}
 
     def update_of(user_id):
-        update, _, _ = SecAggClient(_context(user_id), simulated_device_data).fit(list(current.values()), config)
-        return dict(zip(current, update))
+        sent, _, _ = SecAggClient(_context(user_id), simulated_device_data).fit(list(current.values()), config)
+        return dict(zip([*current, STATISTICS_ARRAY], sent))
 
-    return secure, update_of, aggregator.error_bound
+    return secure, update_of, aggregator.error_bound(clipping_norm)
 
 
 def test_secure_sum_is_the_sum_of_the_clipped_updates_within_the_quantisation_error(flower_task_identity):
@@ -208,6 +236,49 @@ def test_secure_sum_is_the_sum_of_the_clipped_updates_within_the_quantisation_er
     for k in secure.total:
         exact = sum(u[k] for u in updates)
         assert np.max(np.abs(secure.total[k] - exact)) <= 5 * step  # each client's rounding error < one step
+    exact_statistics = sum(u[STATISTICS_ARRAY] for u in updates)
+    assert np.max(np.abs(secure.statistics - exact_statistics)) <= 5 * step
+
+
+class ForgingGrid(InProcessGrid):
+    """Node ``forger`` adds ``shift(n)`` to the first value of its masked vector (the weight factor, or with
+    ``index`` the index-th coordinate of its first array) in the masking stage, n the number of sampled nodes."""
+
+    def __init__(self, node_ids, forger, shift, index=0) -> None:
+        super().__init__(node_ids)
+        self.forger, self.shift, self.index = forger, shift, index
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+        replies = super().send_and_receive(messages, timeout=timeout)
+        for reply in replies:
+            record = reply.content.config_records.get(RECORD_KEY_CONFIGS) if not reply.has_error() else None
+            if reply.metadata.src_node_id == self.forger and record is not None and Key.MASKED_PARAMETERS in record:
+                arrays = [bytes_to_ndarray(b) for b in record[Key.MASKED_PARAMETERS]]
+                position = 0 if self.index == 0 else 1
+                flat = arrays[position].reshape(-1)
+                flat[max(self.index - 1, 0) if position else 0] = (int(flat[max(self.index - 1, 0) if position else 0])
+                                                                   + self.shift(len(self.contexts))) % 2**32
+                record[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in arrays]
+        return replies
+
+
+def test_a_client_forging_its_weight_factor_makes_the_round_release_nothing(flower_task_identity):
+    """One client makes the unmasked total weight 1 (mod 2**32): Flower's stage would have released the honest sum
+    times n·T; ours refuses the round."""
+    nodes = [101, 102, 103, 104, 105]
+    grid = ForgingGrid(nodes, 103, lambda n: (1 - n * 2**22) % 2**32)
+    secure, _, _ = _secure_round(grid, nodes)
+    assert secure.total is None and "forged its weight" in secure.halted and secure.contributors == 5
+
+
+def test_a_client_pushing_a_coordinate_out_of_range_makes_the_round_release_nothing(flower_task_identity):
+    nodes = [101, 102, 103, 104, 105]
+    grid = ForgingGrid(nodes, 102, lambda n: n * 2**22, index=1)
+    secure, _, _ = _secure_round(grid, nodes)
+    assert secure.total is None and "outside [0, contributors × T" in secure.halted
 
 
 def test_a_node_offline_at_setup_leaves_the_round_to_the_others(flower_task_identity):
@@ -304,12 +375,12 @@ def plain_and_secure_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("secagg")
     results: dict = {}
     seen: dict = {}
-    original_sum, original_release = server.round.RoundSum, server.round.add_noise_and_step
+    original_sum, original_release = server.round.RoundSum, server.round.release_secure_sum
 
     class RecordingSum(original_sum):
-        def add(self, update):
-            seen.setdefault("plain", (self.current, []))[1].append(update.arrays)
-            super().add(update)
+        def add(self, update, statistics):
+            seen.setdefault("plain", (self.current, []))[1].append(update)
+            return super().add(update, statistics)
 
     def recording_release(strategy, server_round, current, secure_sum, **kwargs):
         seen["secure"] = (current, secure_sum, kwargs["sensitivity"], kwargs["mechanism"])
@@ -322,7 +393,7 @@ def plain_and_secure_runs(tmp_path_factory):
         for name, settings in (("plain", plain), ("secure", secure)):
             results[name] = simulated_run(settings, out / name).run(grid)
 
-    server.round.RoundSum, server.round.add_noise_and_step = RecordingSum, recording_release
+    server.round.RoundSum, server.round.release_secure_sum = RecordingSum, recording_release
     try:
         _run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=4, backend_name="ray",
@@ -331,17 +402,16 @@ def plain_and_secure_runs(tmp_path_factory):
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
         )
     finally:
-        server.round.RoundSum, server.round.add_noise_and_step = original_sum, original_release
+        server.round.RoundSum, server.round.release_secure_sum = original_sum, original_release
     return results, out, seen
 
 
 @pytest.mark.slow
 def test_secure_aggregate_matches_the_plain_aggregate_within_the_quantisation_error(plain_and_secure_runs):
     results, out, seen = plain_and_secure_runs
-    assert results["plain"]["rounds"][0]["clients"] == 4 and results["secure"]["rounds"][0]["clients"] == 4
+    assert results["plain"]["rounds"][0]["replies"] == 4 and results["secure"]["rounds"][0]["replies"] == 4
     current, updates = seen["plain"]
-    exact = {k: sum(clip_update({n: u[n] - current[n] for n in current}, CLIP)[0][k].astype(np.float64) for u in updates)
-             for k in current}
+    exact = {k: sum(clip_update(u, CLIP)[0][k].astype(np.float64) for u in updates) for k in current}
     _, secure_sum, sensitivity, dp = seen["secure"]
     step = quantisation_error_bound(quantisation_clipping_range(CLIP), QUANTISATION)
     diff = max(float(np.max(np.abs(secure_sum.total[k] - exact[k]))) for k in current)
@@ -353,18 +423,18 @@ def test_secure_aggregate_matches_the_plain_aggregate_within_the_quantisation_er
     secure_model = load_checkpoint(out / "secure" / "checkpoint.pt").arrays
     qn, z = dp.expected_clients, dp.noise_multiplier
     for k in current:
-        noise = (qn * (plain_model[k].astype(np.float64) - current[k]) - exact[k]) / (z * CLIP)
+        noise = (qn * (plain_model[k].astype(np.float64) - current[k]) - exact[k]) / (z * contribution_sensitivity(CLIP))
         predicted = current[k] + (secure_sum.total[k] + z * sensitivity * noise) / qn
         np.testing.assert_allclose(secure_model[k], predicted, atol=2e-5)
     assert load_checkpoint(out / "secure" / "checkpoint.pt").ledger == load_checkpoint(out / "plain" / "checkpoint.pt").ledger
 
 
 @pytest.mark.slow
-def test_secure_run_reports_the_protocol_and_hides_per_client_diagnostics(plain_and_secure_runs):
+def test_secure_run_reports_the_protocol_and_only_noisy_statistics(plain_and_secure_runs):
     results, out, _ = plain_and_secure_runs
     saved = json.loads((out / "secure" / "metrics.json").read_text())
     row = saved["rounds"][0]
-    assert row["train_loss"] is None and row["clipped_fraction"] is None and row["secagg_halted"] is None
+    assert row["statistics_noisy"] and row["secagg_halted"] is None and "clipped_fraction" not in row
     report = saved["privacy"]["secure_aggregation"]
     assert report["quantization_range"] == QUANTISATION and report["num_shares"] == 3 and report["sensitivity"] > CLIP
     assert saved["privacy"]["user_level"]["rounds"] == 1

@@ -1,4 +1,5 @@
-"""What leaves the device: every reply a client sends holds the model's arrays, the declared scalars, a decline reason.
+"""What leaves the device: every reply a client sends is its bounded contribution, its bounded scores, a reason code or
+nothing; every key of every reply type is enumerated here.
 
 A Flower client mod (``Recorder``) sits around the simulation's ClientApp (``simulations.federation.client_app.app``:
 the product ClientApp's functions, synthetic users and the attack mod) and records every outgoing reply:
@@ -12,12 +13,17 @@ metadata included). Two sources of replies are checked against the same rules:
 - the ClientApp called in-process for several users and rounds under each privacy mode (none, record, user, both),
   with a small model (fast).
 
-The rules: a train reply is exactly ``arrays`` (names and shapes of the model's ``state_dict``, float32) and
-``metrics`` (exactly ``TRAIN_METRICS``, finite scalars); a declining device sends ``metrics`` and a ``status`` whose
-one value is a fixed ``DECLINE_REASONS`` sentence; an evaluate reply is ``metrics`` with exactly ``EVAL_METRICS``; the
-warm-up ping is empty. No list anywhere (no per-example values), no string but a decline reason, no record key
-naming an event field, and neither any of the user's own prompts nor any of their events as a JSON line appears
-in the bytes on the wire.
+The rules (``protocol.reply_layout``):
+- a train reply is exactly one ArrayRecord, ``contribution``: the model's ``state_dict`` names and shapes (the
+  update, float32; the input of the accounted release: the server clips, sums and noises it) and
+  ``round-statistics`` (3 float32 values, each in [0, β·C]: participated, unclipped, loss; read only from the noisy
+  sum). A declining device sends the same record, all zero: the reply's shape says nothing about the user;
+- an evaluate reply is exactly one ArrayRecord, ``evaluation``, holding ``scores`` (5 float32 values in [0, 1],
+  summed and noised by the server);
+- an error reply carries one of ``REASON_CODES`` and nothing else;
+- the warm-up ping is empty.
+So no metric, count, loss, norm, epsilon or text travels beside the release; no record key names an event field;
+and neither any of the user's own prompts nor any of their events as a JSON line appears in the bytes on the wire.
 """
 
 from __future__ import annotations
@@ -30,12 +36,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
+from privacy.contribution import STATISTIC_WEIGHT, STATISTICS
 from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
-from protocol.metrics import DECLINE_REASONS, EVAL_METRICS, TRAIN_METRICS
+from protocol.reply_layout import (
+    CONTRIBUTION,
+    EVAL_SCORES,
+    EVALUATION,
+    REASON_CODES,
+    SCORES_ARRAY,
+    STATISTICS_ARRAY,
+)
 import simulations.federation.client_app
 from protocol.records import (
     USER_RECORD_NAMES,
@@ -58,15 +72,24 @@ EVENT_FIELD_NAMES = {"time", "kind", *itertools.chain.from_iterable(FIELDS_BY_KI
 
 
 def describe(content: RecordDict) -> dict:
-    """A JSON-ready account of one user's reply: each record's type and entries (values, or shape and dtype of arrays)."""
+    """A JSON-ready account of one user's reply: each record's type and entries (values, or shape, dtype and values
+    of arrays)."""
     records = {}
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
-            entries = {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in record.items()}
+            entries = {k: {"shape": list(a.shape), "dtype": str(a.dtype),
+                           "max": float(np.max(a.numpy())) if a.numpy().size else 0.0,
+                           "min": float(np.min(a.numpy())) if a.numpy().size else 0.0,
+                           **({"values": a.numpy().tolist()} if k in (STATISTICS_ARRAY, SCORES_ARRAY) else {})}
+                       for k, a in record.items()}
         else:
             entries = {k: (v if isinstance(v, (bool, int, float, str, list)) else repr(v)) for k, v in record.items()}
         records[name] = {"type": type(record).__name__, "entries": entries}
     return {"records": records}
+
+
+def _error(reply: Message) -> dict:
+    return {"error": {"code": reply.error.code, "reason": str(reply.error.reason)}}
 
 
 def per_user(msg: Message, reply: Message, context: Context) -> list[tuple[int | None, dict]]:
@@ -75,9 +98,9 @@ def per_user(msg: Message, reply: Message, context: Context) -> list[tuple[int |
     users = slot_users(msg.content)
     if users is None:
         user = context.node_config.get("partition-id")
-        return [(None if user is None else int(user), {"error": str(reply.error.reason)} if reply.has_error() else describe(reply.content))]
+        return [(None if user is None else int(user), _error(reply) if reply.has_error() else describe(reply.content))]
     if reply.has_error():
-        return [(user, {"error": str(reply.error.reason)}) for user in users]
+        return [(user, _error(reply)) for user in users]
     claimed = {f"{name}.{i}" for i in range(len(users)) for name in USER_RECORD_NAMES}
     unclaimed = sorted(set(reply.content.keys()) - claimed)
     return [(user, describe(part) | {"unclaimed": unclaimed}) for user, part in zip(users, user_parts(reply.content, len(users)))]
@@ -137,38 +160,41 @@ def private_texts(events: list) -> set[str]:
     return texts | {json.dumps(e.to_json_dict(), ensure_ascii=False) for e in events}
 
 
-def assert_only_declared(entry: dict, *, state_shapes: dict[str, list[int]], private: set[str]) -> None:
-    """The rules of the module docstring, for one recorded reply."""
-    assert "error" not in entry, f"the client failed: {entry.get('error')}"
+def assert_only_declared(entry: dict, *, state_shapes: dict[str, list[int]], private: set[str],
+                         clipping_norm: float | None = None) -> None:
+    """The rules of the module docstring, for one recorded reply (``clipping_norm``: the run's C, which bounds the
+    statistics; None: no user-level DP)."""
     assert not entry.get("unclaimed"), f"a slot's reply holds records of no user: {entry['unclaimed']}"
-    records = entry["records"]
     kind = entry["message_type"]
-    for record in records.values():
-        for key, value in record["entries"].items():
-            assert key not in EVENT_FIELD_NAMES, f"record key {key!r} names an event field"
-            assert not isinstance(value, list), f"{key!r} is a list: per-example values must not leave"
-            if isinstance(value, str):
-                assert value in DECLINE_REASONS.values(), f"{key!r} carries text {value!r}"
+    leaked = [text for text in private if text.encode("utf-8") in entry["bytes"]]
+    assert not leaked, f"private text on the wire: {leaked[:3]}"
+    if "error" in entry:
+        assert entry["error"]["reason"] in REASON_CODES, f"an error reply carries {entry['error']['reason']!r}"
+        return
+    records = entry["records"]
     if kind.startswith("query"):
         assert records == {}
         return
-    assert records["metrics"]["type"] == "MetricRecord"
-    metrics = records["metrics"]["entries"]
-    declared = TRAIN_METRICS if kind == "train" else EVAL_METRICS
-    assert set(metrics) == set(declared), f"metrics {sorted(metrics)} are not the declared {sorted(declared)}"
-    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values())
+    assert all(record["type"] == "ArrayRecord" for record in records.values()), "only arrays leave a device"
+    for record in records.values():
+        for key in record["entries"]:
+            assert key not in EVENT_FIELD_NAMES, f"record key {key!r} names an event field"
     if kind == "evaluate":
-        assert set(records) == {"metrics"}
-    elif metrics["declined"]:
-        assert set(records) == {"metrics", "status"} and records["status"]["type"] == "ConfigRecord"
-        assert set(records["status"]["entries"]) == {"declined"}
-    else:
-        assert set(records) == {"arrays", "metrics"} and records["arrays"]["type"] == "ArrayRecord"
-        arrays = records["arrays"]["entries"]
-        assert {k: a["shape"] for k, a in arrays.items()} == state_shapes
-        assert all(a["dtype"] == "float32" for a in arrays.values())
-    leaked = [text for text in private if text.encode("utf-8") in entry["bytes"]]
-    assert not leaked, f"private text on the wire: {leaked[:3]}"
+        assert set(records) == {EVALUATION}, f"records {sorted(records)}"
+        scores = records[EVALUATION]["entries"]
+        assert set(scores) == {SCORES_ARRAY} and scores[SCORES_ARRAY]["shape"] == [len(EVAL_SCORES)]
+        assert scores[SCORES_ARRAY]["dtype"] == "float32"
+        assert all(0.0 <= v <= 1.0 for v in scores[SCORES_ARRAY]["values"])
+        return
+    assert kind == "train" and set(records) == {CONTRIBUTION}, f"records {sorted(records)}"
+    arrays = records[CONTRIBUTION]["entries"]
+    assert {k: a["shape"] for k, a in arrays.items()} == state_shapes | {STATISTICS_ARRAY: [len(STATISTICS)]}
+    assert all(a["dtype"] == "float32" for a in arrays.values())
+    weight = 1.0 if clipping_norm is None else STATISTIC_WEIGHT * clipping_norm
+    assert all(0.0 <= v <= weight * (1 + 1e-6) for v in arrays[STATISTICS_ARRAY]["values"])
+    if clipping_norm is not None:
+        biggest = max(max(abs(a["max"]), abs(a["min"])) for k, a in arrays.items() if k != STATISTICS_ARRAY)
+        assert biggest <= clipping_norm * (1 + 1e-5), "an update coordinate beyond the clipping norm"
 
 
 def _state_shapes(config: ModelConfig) -> dict[str, list[int]]:
@@ -210,18 +236,23 @@ def _users_private_texts(settings) -> dict[int, set[str]]:
     return {uid: private_texts(people.user(uid).events()) for uid in range(p.num_users)}
 
 
+def _participated(entry: dict) -> bool:
+    return entry["records"][CONTRIBUTION]["entries"][STATISTICS_ARRAY]["values"][0] > 0
+
+
 @pytest.mark.slow
-def test_every_reply_of_a_real_run_holds_only_model_arrays_declared_scalars_and_decline_reasons(recorded_run):
+def test_every_reply_of_a_real_run_is_a_bounded_contribution_bounded_scores_or_empty(recorded_run):
     metrics, records, settings = recorded_run
     texts = _users_private_texts(settings)
     shapes = _state_shapes(settings.model)
     for entry in records:
-        assert_only_declared(entry, state_shapes=shapes, private=texts[entry["user"]])
+        assert_only_declared(entry, state_shapes=shapes, private=texts[entry["user"]],
+                             clipping_norm=settings.privacy.clipping_norm)
     trains = [e for e in records if e["message_type"] == "train"]
-    answered = sum(r["clients"] + r["declined"] + r["rejected"] for r in metrics["rounds"])
+    answered = sum(r["replies"] + r["rejected"] for r in metrics["rounds"])
     assert len(trains) == answered and all(r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
-    declined = [e for e in trains if e["records"]["metrics"]["entries"]["declined"]]
-    assert 0 < len(declined) < len(trains)  # both kinds of train reply were seen on the wire
+    declined = [e for e in trains if not _participated(e)]
+    assert 0 < len(declined) < len(trains)  # both kinds of train reply were seen on the wire, in one shape
     assert {e["message_type"] for e in records} == {"query.ping", "train", "evaluate"}
 
 
@@ -260,13 +291,14 @@ def test_in_process_replies_of_every_privacy_mode_hold_only_declared_content(flo
     assert len(records) == len(USERS) * 2 * 2
     for entry in records:
         private = private_texts(people.user(entry["user"]).events())
-        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private)
-    trained = [e["records"]["metrics"]["entries"] for e in records if e["message_type"] == "train"]
-    assert all(not m["declined"] for m in trained)
-    assert all((m["record-epsilon"] > 0) == (record is not None) for m in trained)
+        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private, clipping_norm=clipping)
+    trained = [e for e in records if e["message_type"] == "train"]
+    assert all(_participated(e) for e in trained)
+    losses = [e["records"][CONTRIBUTION]["entries"][STATISTICS_ARRAY]["values"][2] for e in trained]
+    assert all((loss > 0) == (clipping is not None or record is None) for loss in losses)  # never uncovered
 
 
-def test_a_declining_device_sends_only_its_counts_and_a_fixed_reason(flower_task_identity, tmp_path):
+def test_a_declining_device_sends_the_all_zero_contribution_in_the_same_shape(flower_task_identity, tmp_path):
     broke = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
     ins = TrainInstructions(round=1, seed=0, model=SMALL, train=LocalTrainConfig(batch_size=8), data=DATA,
                             clipping_norm=0.5, record=broke, device_dir=str(tmp_path / "devices"))
@@ -274,34 +306,58 @@ def test_a_declining_device_sends_only_its_counts_and_a_fixed_reason(flower_task
     people = population(POPULATION.seed, POPULATION.num_users, POPULATION.days)
     for entry in records:
         private = private_texts(people.user(entry["user"]).events())
-        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private)
-        assert entry["records"]["metrics"]["entries"]["declined"] and "arrays" not in entry["records"]
+        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private=private, clipping_norm=0.5)
+        assert all(a["max"] == a["min"] == 0.0 for a in entry["records"][CONTRIBUTION]["entries"].values())
 
 
-def test_the_leak_check_would_catch_a_prompt_or_a_per_example_list(flower_task_identity):
-    """The rules are not vacuous: a reply carrying one prompt, or the per-example losses, fails them."""
+def test_an_error_reply_is_a_reason_code_and_nothing_else(flower_task_identity, tmp_path):
+    """Instructions that do not fit the model (the server's mistake or attack) and a device whose log cannot be read:
+    both answer with a code; the exception's text, which names a path or a value, stays on the device."""
+    from client.client_app import app as product_app
+
+    ins = TrainInstructions(round=1, seed=0, model=ModelConfig(hidden_size=5), data=DATA)
+    bad = _message("train", TrainInstructions(round=1, seed=0, model=SMALL, data=DATA))
+    bad.content["config"] = ConfigRecord(to_config_items(ins))
+    missing = Context(run_id=1, node_id=1, node_config={"log-db": str(tmp_path / "secret-name" / "events.db")},
+                      state=RecordDict(), run_config={})
+    for reply in (REAL_APP(bad, Context(run_id=1, node_id=2, node_config={"partition-id": 2}, state=RecordDict(),
+                                        run_config={})),
+                  product_app(_message("train", TrainInstructions(round=1, seed=0, model=SMALL, data=DATA)), missing)):
+        entry = {"message_type": "train", **_error(reply), "bytes": message_to_proto(reply).SerializeToString()}
+        assert_only_declared(entry, state_shapes=_state_shapes(SMALL), private={"secret-name", "hidden_size"})
+
+
+def test_the_leak_check_would_catch_a_prompt_a_metric_a_per_example_array_or_free_error_text(flower_task_identity):
+    """The rules are not vacuous: a reply carrying one prompt, a metric beside the release, per-example values, an
+    oversized statistic or an exception's text fails them."""
     events = population(0, 20, 7).user(2).events()
     prompt = next(e.prompt for e in events if e.prompt and len(e.prompt) >= 6)
     shapes = _state_shapes(SMALL)
-    arrays = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
-    metrics = {k: 0.0 for k in TRAIN_METRICS} | {"declined": 0}
+    update = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+    statistics = np.array([0.05, 0.05, 0.01], dtype=np.float32)
     request = Message(RecordDict(), dst_node_id=0, message_type="train")
+    honest = RecordDict({CONTRIBUTION: to_array_record({**update, STATISTICS_ARRAY: statistics})})
     leaky = [
-        RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics),
-                    "debug": ConfigRecord({"last-prompt": prompt})}),
-        RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics | {"losses": [0.1, 0.2]})}),
-        RecordDict({"arrays": to_array_record(arrays | {"per-example": np.zeros(len(device_examples(DATA, 2)[0]),
-                                                                                  dtype=np.float32)}),
-                    "metrics": MetricRecord(metrics)}),
+        RecordDict({**dict(honest.items()), "debug": ConfigRecord({"last-prompt": prompt})}),
+        RecordDict({**dict(honest.items()), "metrics": MetricRecord({"train-loss": 0.4})}),
+        RecordDict({CONTRIBUTION: to_array_record({**update, STATISTICS_ARRAY: statistics,
+                                                   "per-example": np.zeros(len(device_examples(DATA, 2)[0]),
+                                                                           dtype=np.float32)})}),
+        RecordDict({CONTRIBUTION: to_array_record({**update, STATISTICS_ARRAY: np.array([0.05, 0.05, 3.7], np.float32)})}),
     ]
-    for content in leaky:
+    for content in [honest, *leaky]:
         reply = Message(content, reply_to=request)
         entry = {"message_type": "train", **describe(reply.content), "bytes": message_to_proto(reply).SerializeToString()}
+        if content is honest:
+            assert_only_declared(entry, state_shapes=shapes, private=private_texts(events), clipping_norm=0.5)
+            continue
         with pytest.raises(AssertionError):
-            assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
+            assert_only_declared(entry, state_shapes=shapes, private=private_texts(events), clipping_norm=0.5)
+    text = Message(Error(code=2, reason="<class 'ValueError'>:<'bad row in /home/ann/events.db'>"), reply_to=request)
+    with pytest.raises(AssertionError, match="an error reply carries"):
+        assert_only_declared({"message_type": "train", **_error(text), "bytes": b""}, state_shapes=shapes, private=set())
     # A slot's reply: each user's part is well formed, but a record outside every part would slip past them.
     slot_request = Message(RecordDict({USERS_RECORD: users_record([2, 3])}), dst_node_id=0, message_type="train")
-    honest = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)})
     for extra in ({}, {"debug": ConfigRecord({"n": 1})}):
         reply = Message(RecordDict({**dict(joined_parts([honest, honest]).items()), **extra}), reply_to=slot_request)
         context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
@@ -311,6 +367,6 @@ def test_the_leak_check_would_catch_a_prompt_or_a_per_example_list(flower_task_i
             entry = {"message_type": "train", **account, "bytes": message_to_proto(reply).SerializeToString()}
             if extra:
                 with pytest.raises(AssertionError, match="records of no user"):
-                    assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
+                    assert_only_declared(entry, state_shapes=shapes, private=private_texts(events), clipping_norm=0.5)
             else:
-                assert_only_declared(entry, state_shapes=shapes, private=private_texts(events))
+                assert_only_declared(entry, state_shapes=shapes, private=private_texts(events), clipping_norm=0.5)

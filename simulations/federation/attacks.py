@@ -8,6 +8,8 @@ malicious set at 0.1 is inside the one at 0.2). The attacks:
 - ``sign_flip``: the update negated (the client pushes the model away from its data);
 - ``nan_arrays``: NaN in every array (a malformed reply: the server must reject it; not named ``nan``, which
   Hydra's override parser reads as a float);
+- ``overflow``: every update array as float64 holding 1e300, finite as sent and Inf in the model's float32 (a
+  malformed reply: the server must check values after the cast);
 - ``missing_array`` / ``extra_array``: one of the model's arrays left out / one array the model lacks added
   (malformed replies);
 - ``label_flip``: the client trains honestly on its examples with every target genre mapped by a fixed
@@ -33,10 +35,11 @@ from model.log.vocab import GENRES
 from protocol.instructions import ATTACK_KINDS, AttackInstructions, from_config_items
 from protocol.node_config import PARTITION_ID
 from protocol.records import from_array_record, slot_users, to_array_record
+from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 
 Arrays = dict[str, np.ndarray]
 
-MALFORMED_KINDS = ("nan_arrays", "missing_array", "extra_array")
+MALFORMED_KINDS = ("nan_arrays", "overflow", "missing_array", "extra_array")
 """Attacks whose reply breaks the reply contract; the server rejects and counts them."""
 EXTRA_ARRAY_NAME = "backdoor.weight"
 LABEL_PERMUTATION = tuple(len(GENRES) - 1 - g for g in range(len(GENRES)))
@@ -62,17 +65,19 @@ def flip_labels(examples: Examples) -> Examples:
     return Examples(examples.x, examples.lengths, permutation[examples.targets], examples.times)
 
 
-def scaled(global_arrays: Arrays, arrays: Arrays, factor: float) -> Arrays:
-    """``global + factor * (arrays - global)``: the update multiplied by ``factor`` (-1 flips its sign)."""
-    out = {}
-    for name, value in arrays.items():
-        base = np.asarray(global_arrays[name], dtype=np.float32)
-        out[name] = (base + np.float32(factor) * (np.asarray(value, dtype=np.float32) - base)).astype(np.float32)
-    return out
+def scaled(update: Arrays, factor: float) -> Arrays:
+    """The update multiplied by ``factor`` (-1 flips its sign)."""
+    return {name: (np.float32(factor) * np.asarray(value, dtype=np.float32)).astype(np.float32)
+            for name, value in update.items()}
 
 
 def with_nan(arrays: Arrays) -> Arrays:
     return {name: np.full_like(np.asarray(value, dtype=np.float32), np.nan) for name, value in arrays.items()}
+
+
+def overflowing(arrays: Arrays) -> Arrays:
+    """Every array as float64 holding 1e300: finite as sent, Inf once cast to the model's float32."""
+    return {name: np.full(np.shape(value), 1e300, dtype=np.float64) for name, value in arrays.items()}
 
 
 def without_one_array(arrays: Arrays) -> Arrays:
@@ -85,24 +90,29 @@ def with_extra_array(arrays: Arrays) -> Arrays:
     return {**arrays, EXTRA_ARRAY_NAME: np.zeros(8, dtype=np.float32)}
 
 
-def corrupt(kind: str, global_arrays: Arrays, arrays: Arrays, *, scale: float) -> Arrays:
-    """The arrays a malicious client of ``kind`` replies with instead of its honest ``arrays``.
+def corrupt(kind: str, contribution: Arrays, *, scale: float) -> Arrays:
+    """The contribution (update arrays and ``STATISTICS_ARRAY``) a malicious client of ``kind`` replies with instead
+    of its honest ``contribution``; the statistics stay the honest ones.
 
-    ``label_flip`` and ``none`` return ``arrays`` unchanged (label flipping acts on the data, before training).
+    ``label_flip`` and ``none`` return ``contribution`` unchanged (label flipping acts on the data, before training).
     """
     if kind not in ATTACK_KINDS:
         raise ValueError(f"attack kind must be one of {list(ATTACK_KINDS)}; found {kind!r}.")
+    update = {name: value for name, value in contribution.items() if name != STATISTICS_ARRAY}
+    statistics = {STATISTICS_ARRAY: contribution[STATISTICS_ARRAY]}
     if kind == "scale":
-        return scaled(global_arrays, arrays, scale)
+        return {**scaled(update, scale), **statistics}
     if kind == "sign_flip":
-        return scaled(global_arrays, arrays, -1.0)
+        return {**scaled(update, -1.0), **statistics}
     if kind == "nan_arrays":
-        return with_nan(arrays)
+        return with_nan(contribution)
+    if kind == "overflow":
+        return {**overflowing(update), **statistics}
     if kind == "missing_array":
-        return without_one_array(arrays)
+        return {**without_one_array(update), **statistics}
     if kind == "extra_array":
-        return with_extra_array(arrays)
-    return arrays
+        return with_extra_array(contribution)
+    return contribution
 
 
 def attack_of(attack: AttackInstructions | None, *, seed: int, user_id: int) -> str:
@@ -142,9 +152,8 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     instructions name; everyone else, and every message but a plain train message, passes through untouched.
 
     ``label_flip`` poisons the user's training examples (``poisoned_training_examples``, read by the simulation's data
-    source while the app runs); the other kinds replace the user's reply arrays (``corrupt``). The metrics stay the
-    honest ones (an attacker mimics an honest reply); a declined round (no arrays) is never corrupted. Only the
-    simulation's ClientApp installs it: a device's ClientApp never attacks, whatever the server sends.
+    source while the app runs); the other kinds replace the user's contribution (``corrupt``). Only the simulation's
+    ClientApp installs it: a device's ClientApp never attacks, whatever the server sends.
     """
     if msg.metadata.message_type != MessageType.TRAIN or "config" not in msg.content.config_records:
         return call_next(msg, context)  # evaluation, ping, and the stages of a SecAgg+ round
@@ -163,11 +172,11 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         _LABEL_FLIPPERS.reset(token)
     if reply.has_error():
         return reply
-    global_arrays, slot = from_array_record(msg.content["arrays"]), slot_users(msg.content) is not None
+    slot = slot_users(msg.content) is not None
     for position, kind in enumerate(kinds):
-        name = f"arrays.{position}" if slot else "arrays"
+        name = f"{CONTRIBUTION}.{position}" if slot else CONTRIBUTION
         if kind in ("none", "label_flip") or name not in reply.content.array_records:
             continue
         honest = from_array_record(reply.content.array_records[name])
-        reply.content[name] = to_array_record(corrupt(kind, global_arrays, honest, scale=instructions.attack.scale))
+        reply.content[name] = to_array_record(corrupt(kind, honest, scale=instructions.attack.scale))
     return reply

@@ -32,7 +32,6 @@ from privacy.accounting import PrivacyLedger
 from privacy.randomness import SEEDED_WARNING
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import DataInstructions, TrainInstructions
-from protocol.metrics import DECLINE_REASONS
 from server.aggregation import make_strategy, noise_multiplier_for, user_level_mechanism
 from server.replies import Verdict
 from server.round import FederatedRound, train_instructions
@@ -91,11 +90,9 @@ class InProcessTransport:
 
     def train(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
               users: list[int]) -> Iterator[tuple[int, Verdict]]:
-        """Each user's update (or decline) under its id; nothing is encoded, so nothing needs decoding."""
+        """Each user's contribution under its id; nothing is encoded, so nothing needs decoding."""
         for user, update in zip(users, self._local_updates(arrays, instructions, users)):
-            verdict = (Verdict("declined", DECLINE_REASONS[update.declined]) if update.declined
-                       else Verdict("update", arrays=update.arrays, metrics=update.metrics))  # type: ignore[arg-type]
-            yield self.user_ids[user], verdict
+            yield self.user_ids[user], Verdict("contribution", update=update.update, statistics=update.statistics)
 
 
 class InProcessFederation:
@@ -153,10 +150,12 @@ class InProcessFederation:
 
     def _instructions(self) -> TrainInstructions:
         return train_instructions(self.run, self.rounds_done + 1, seed=self.client_seed,
-                                  data=DataInstructions(window=self.run.population.window))
+                                  data=DataInstructions(window=self.run.population.window),
+                                  clipping_norm=self.mechanism.clipping_norm)
 
     def round(self, examples_of: ExamplesOf) -> dict:
-        """One round; returns its row (clients, mean loss, clipped fraction, epsilon so far)."""
+        """One round; returns its row (participants, mean loss, unclipped fraction, read from the release; clipping
+        norm; epsilon so far)."""
         if self.rounds_done >= self.planned_rounds:
             raise RuntimeError(f"all {self.planned_rounds} planned rounds have run: the privacy budget is spent.")
         transport = InProcessTransport(self.num_users, examples_of, self.user_ids, self._device_ledgers)
@@ -164,9 +163,11 @@ class InProcessFederation:
             outcome = self.federated_round.play(self.rounds_done + 1, self.arrays, self._instructions(), transport)
         self.arrays = outcome.arrays
         self.rounds_done += 1
-        return {"round": self.rounds_done, "sampled": outcome.sampled, "clients": outcome.clients,
-                "train_loss": math.nan if outcome.train_loss is None else outcome.train_loss,
-                "clipped_fraction": outcome.stats.clipped_fraction, "epsilon": self.epsilon()}
+        statistics = outcome.statistics
+        return {"round": self.rounds_done, "sampled": outcome.sampled, "replies": outcome.replies, "participants": statistics.participants,
+                "train_loss": math.nan if statistics.mean_loss is None else statistics.mean_loss,
+                "unclipped_fraction": statistics.unclipped_fraction, "clipping_norm": outcome.clipping_norm,
+                "epsilon": self.epsilon()}
 
     def epsilon(self) -> float | None:
         """User-level epsilon spent so far (None without user-level DP)."""
@@ -178,7 +179,8 @@ class InProcessFederation:
         return {
             "mode": p.mode, "epsilon": self.epsilon(), "delta": p.delta if self.noise_multiplier is not None else None,
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
-            "clipping_norm": p.clipping_norm if p.user_level else None, "rounds": self.rounds_done,
+            "clipping_norm": p.clipping_norm if p.user_level else None, "clipping": p.clipping if p.user_level else None,
+            "final_clipping_norm": self.mechanism.clipping_norm, "rounds": self.rounds_done,
             "planned_rounds": self.planned_rounds, "users": self.num_users, "accountant": p.accountant,
             "noise": p.noise, **({"warning": SEEDED_WARNING} if p.noise == "seeded" else {}),
         }

@@ -129,7 +129,7 @@ def pretrain_federated(settings: ExperimentSettings, output_dir: Path, historic:
     for _ in range(run.simulation.rounds):
         row = federation.round(historic)
         eps = f" · ε {row['epsilon']:.2f}" if row["epsilon"] is not None else ""
-        progress(f"  pre-training round {row['round']}/{run.simulation.rounds} · {row['clients']} clients · "
+        progress(f"  pre-training round {row['round']}/{run.simulation.rounds} · {row['replies']} clients · "
                  f"loss {row['train_loss']:.3f}{eps} · {time.perf_counter() - started:.0f} s")
     return federation.arrays, {"engine": "inprocess", **federation.privacy_report()}
 

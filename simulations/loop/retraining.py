@@ -68,7 +68,7 @@ class FederatedRetrainer:
         started = time.perf_counter()
         rows = [self.federation.round(lambda user: build_examples(logs[user], self.window))
                 for _ in range(self.retrain_settings.rounds)]
-        clients = sum(r["clients"] for r in rows)
+        clients = sum(r["replies"] for r in rows)
         eps = self.federation.epsilon()
         eps_text = f", user-level ε so far {eps:.2f}" if eps is not None else ""
         return self.federation.arrays, (f"DP-FedAvg {len(rows)} round(s), {clients} client updates{eps_text}, "
