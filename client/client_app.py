@@ -33,7 +33,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from client.device_data import DataSource, DeviceDataError, device_data
 from client.device_ledger import DeviceLedger
 from client.local_update import local_evaluation, local_updates
+from client.privacy_policy import PolicyRefusal
 from client.secagg_client import secagg_app
+from privacy.errors import PrivacyConfigError
 from protocol.instructions import InstructionError, TrainInstructions, from_config_items
 from protocol.node_config import PARTITION_ID
 from protocol.records import from_array_record, joined_parts, slot_users, to_array_record
@@ -77,12 +79,16 @@ def _train_all(source: DataSource, global_arrays: dict[str, np.ndarray], instruc
     """Each user's reply records; a slot's users are trained together (``client.local_update.local_updates``)."""
     data = [source(instructions.data, config, instructions.device_dir) for config in node_configs]
     updates = local_updates(global_arrays, instructions, [d.train for d in data], [DeviceLedger(d.ledger_path) for d in data],
-                            [d.device_id for d in data], simulated=data[0].synthetic)
+                            [d.device_id for d in data], simulated=data[0].synthetic, policies=[d.policy for d in data])
     return [RecordDict({CONTRIBUTION: to_array_record({**u.update, STATISTICS_ARRAY: u.statistics})}) for u in updates]
 
 
 def reason_code(error: Exception) -> str:
     """The reason code an error reply carries for ``error`` (``protocol.reply_layout.REASON_CODES``)."""
+    if isinstance(error, PolicyRefusal):
+        return error.code
+    if isinstance(error, PrivacyConfigError):
+        return "device-policy"
     if isinstance(error, DeviceDataError):
         return "device-data"
     if isinstance(error, (InstructionError, KeyError, ValueError)):
@@ -126,6 +132,10 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
         parts = []
         for config in _node_configs(users, context):
             data = source(instructions.data, config, instructions.device_dir)
+            if data.policy is not None:  # scores are a release too: the same floor holds
+                refusal = data.policy.refusal(instructions, DeviceLedger(data.ledger_path), training=False)
+                if refusal is not None:
+                    raise refusal
             scores = local_evaluation(global_arrays, instructions.model, data.held_out, data.train)
             parts.append(RecordDict({EVALUATION: to_array_record({SCORES_ARRAY: scores})}))
         return _reply(msg, users, parts)

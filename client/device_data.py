@@ -7,9 +7,10 @@ config (``flower-supernode --node-config``) names the device's behaviour log, ``
 the server sends. The simulation's ClientApp plugs in a source for Flower's ``partition-id`` (a synthetic user,
 ``simulations.federation.device_data``); the product never imports it, and refuses a ``partition-id`` node config.
 
-The device's record-level privacy ledger (its epsilon over every round it ever trained) lives in the device's
+The device's privacy ledger (``client.device_ledger``: what every run it joined may cost it) lives in the device's
 storage: ``ledger-path`` when the node config gives one, else next to the log (``events.db`` ->
-``events.ledger.json``).
+``events.ledger.json``). Its owner's privacy policy (``client.privacy_policy``) is the JSON file ``privacy-policy``
+names, or the safe defaults.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.log_store import LogStore, LogStoreError
+from client.privacy_policy import DevicePrivacyPolicy, load_policy
 from model.features.encoding import Examples, build_examples, split_recent
 from protocol.instructions import DataInstructions
 from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID
@@ -45,6 +47,7 @@ class DeviceData:
         source: a human-readable description for error messages ("log /data/events.db", "synthetic user 3").
         synthetic: a simulation's synthetic user, which obeys ``privacy.noise=seeded`` (``client.local_update``); a
             device's own log never is.
+        policy: what the device's owner accepts; None: no policy (a synthetic user, which has no owner).
     """
 
     train: Examples
@@ -53,6 +56,7 @@ class DeviceData:
     ledger_path: Path | None
     source: str
     synthetic: bool = False
+    policy: DevicePrivacyPolicy | None = field(default_factory=DevicePrivacyPolicy)
 
 
 DataSource = Callable[[DataInstructions, Mapping[str, object], str | None], DeviceData]
@@ -96,6 +100,7 @@ def device_data(data: DataInstructions, node_config: Mapping[str, object], devic
     Raises:
         DeviceDataError: if the node config names no ``log-db``, names a synthetic user (``partition-id``: the
             simulation's ClientApp plays those), or names a log that cannot be read.
+        PrivacyConfigError: if the privacy policy file it names cannot be read or breaks a rule.
     """
     if PARTITION_ID in node_config:
         raise DeviceDataError(
@@ -111,4 +116,4 @@ def device_data(data: DataInstructions, node_config: Mapping[str, object], devic
     path = Path(str(node_config[LOG_DB])).expanduser().resolve()
     train, held_out = log_examples(path, data)
     ledger_path = ledger_path_of(node_config) or path.with_name(f"{path.stem}.ledger.json")
-    return DeviceData(train, held_out, _stable_id(path), ledger_path, f"log {path}")
+    return DeviceData(train, held_out, _stable_id(path), ledger_path, f"log {path}", policy=load_policy(node_config))

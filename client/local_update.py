@@ -3,8 +3,10 @@
 Framework-free (numpy in, numpy out) so the Message-API ClientApp and the secure-aggregation client share it.
 What leaves is ``privacy.contribution``'s vector: the update (new weights minus the global prior; clipped to the
 user-level norm C when user-level DP is on) and three bounded statistics (participated, unclipped, loss), which the
-server only ever reports from the noisy sum. A device that declines (no data, its record-level budget) sends the
-all-zero contribution; why it declined stays on the device. No example count, loss, norm or epsilon is sent alone.
+server only ever reports from the noisy sum. A device that declines (no data, its record-level budget, its owner's
+caps: ``client.privacy_policy``) sends the all-zero contribution; why it declined stays on the device. Instructions
+its owner's policy refuses raise ``PolicyRefusal``, which the ClientApp answers with the rule's reason code. No
+example count, loss, norm or epsilon is sent alone.
 
 Randomness: the seed the server sends (with the round and the user id) drives dropout, augmentation and plain
 shuffling only, which protect nothing. Record-level DP-SGD's noise and Poisson batches come from this device's own
@@ -14,9 +16,10 @@ OS entropy (``privacy.randomness.device_generator``), so the server can predict 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import enum
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from client.device_ledger import DeviceLedger
+from client.privacy_policy import DevicePrivacyPolicy, mechanism_of, run_history
 from model.features.encoding import Examples
 from model.network.batched_training import batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
@@ -44,6 +48,7 @@ class Decline(enum.IntEnum):
     NO = 0
     NO_DATA = 1
     RECORD_BUDGET = 2
+    OWNER_CAP = 3
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,19 @@ class _Plan:
     dp: RecordLevelDP | None
 
 
-def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLedger) -> _Plan:
-    """Decline without data, or when record-level DP-SGD would take the device's ledger past its budget."""
+def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLedger,
+          policy: DevicePrivacyPolicy | None) -> _Plan:
+    """Refuse instructions the owner's policy forbids (raises ``PolicyRefusal``); decline without data, when the
+    owner's caps keep the device out (its rounds today, its user-level budget), or when record-level DP-SGD would
+    take the device's ledger past its budget (the server's, or its owner's if lower, over its life and per run)."""
+    if policy is not None:
+        refusal = policy.refusal(instructions, ledger)
+        if refusal is not None:
+            raise refusal
+        why = policy.sits_out(instructions, ledger, time.time())
+        if why is not None:
+            logger.info("sitting this round out: %s", why)
+            return _Plan(0, Decline.OWNER_CAP, None)
     record = instructions.record
     n = min(len(examples), instructions.train.max_examples or len(examples))
     declined = Decline.NO_DATA if n == 0 else Decline.NO
@@ -99,8 +115,11 @@ def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLed
     if record is not None and n > 0:
         sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=instructions.train.batch_size,
                                              epochs=instructions.train.epochs)
-        after = ledger.rdp_epsilon_after(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
-        if after > record.target_epsilon:
+        mechanism = dict(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
+        budget = record.target_epsilon if policy is None else policy.record_budget(instructions)
+        per_run = None if policy is None else policy.max_record_epsilon_per_run
+        if ledger.rdp_epsilon_after(**mechanism) > budget or (
+                per_run is not None and ledger.run_rdp_epsilon_after(instructions.run_key, **mechanism) > per_run):
             declined = Decline.RECORD_BUDGET
         dp = RecordLevelDP(record.noise_multiplier, record.max_grad_norm)
     return _Plan(n, declined, dp)
@@ -124,15 +143,30 @@ def _generators(instructions: TrainInstructions, user_id: int, plan: _Plan,
     return generator, device_generator(client_seed(instructions.seed, instructions.round, user_id, 1) if seeded else None)
 
 
-def _finish(global_arrays: dict[str, np.ndarray], instructions: TrainInstructions, trained: dict[str, np.ndarray],
-            result: LocalTrainResult, ledger: DeviceLedger) -> LocalUpdate:
-    """Record the DP-SGD run in the device's ledger, clip the update (new - global) under user-level DP, and bound
-    the statistics. The loss is put in only where a mechanism will noise it (user-level DP), or where the run claims
-    no privacy at all: under record-level DP alone it would travel uncovered."""
-    record, clipping_norm = instructions.record, instructions.clipping_norm
+def _remember(instructions: TrainInstructions, result: LocalTrainResult, ledger: DeviceLedger,
+              policy: DevicePrivacyPolicy | None) -> None:
+    """Write what this round costs into the device's ledger before anything leaves: the DP-SGD run, and (when the
+    owner's caps need it) that the device joined this round of this run."""
+    record, changed = instructions.record, False
     if record is not None and result.sample_rate is not None:
-        ledger.record(noise_multiplier=record.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
+        ledger.record_training(instructions.run_key, noise_multiplier=record.noise_multiplier,
+                               sample_rate=result.sample_rate, steps=result.steps)
+        changed = True
+    if policy is not None and policy.tracks_participation and instructions.user_level is not None:
+        ledger.join(instructions.run_key, round_number=instructions.round, mechanism=mechanism_of(instructions),
+                    announced=run_history(instructions), now=time.time())
+        changed = True
+    if changed:
         ledger.save()
+
+
+def _finish(global_arrays: dict[str, np.ndarray], instructions: TrainInstructions, trained: dict[str, np.ndarray],
+            result: LocalTrainResult, ledger: DeviceLedger, policy: DevicePrivacyPolicy | None) -> LocalUpdate:
+    """Record the round in the device's ledger, clip the update (new - global) under user-level DP, and bound the
+    statistics. The loss is put in only where a mechanism will noise it (user-level DP), or where the run claims no
+    privacy at all: under record-level DP alone it would travel uncovered."""
+    record, clipping_norm = instructions.record, instructions.clipping_norm
+    _remember(instructions, result, ledger, policy)
     update = {k: (trained[k] - np.asarray(global_arrays[k], dtype=np.float32)).astype(np.float32) for k in trained}
     was_clipped = False
     if clipping_norm is not None:
@@ -150,16 +184,21 @@ def local_update(
     user_id: int,
     *,
     simulated: bool = False,
+    policy: DevicePrivacyPolicy | None = None,
 ) -> LocalUpdate:
     """Train on ``examples`` from ``global_arrays`` as instructed; returns the device's contribution.
 
     ``simulated``: this is a synthetic user, which obeys ``instructions.noise == "seeded"``; a real device never does.
+    ``policy``: the device owner's (``client.privacy_policy``); None: no owner (a synthetic user).
+
+    Raises:
+        PolicyRefusal: if the owner's policy refuses the instructions.
 
     Under user-level DP the update (new - global) is clipped here to ``instructions.clipping_norm``, so the
     reply can be summed by secure aggregation; the server bounds it again, which changes nothing for an honest
     client.
     """
-    plan = _plan(instructions, examples, ledger)
+    plan = _plan(instructions, examples, ledger, policy)
     if plan.declined:
         return declined_update(global_arrays, plan.declined)
     model = load_model(global_arrays, instructions.model)
@@ -167,7 +206,7 @@ def local_update(
     generator, dp_generator = _generators(instructions, user_id, plan, simulated)
     result = train_local(model, examples, instructions.train, dp=plan.dp, generator=generator, dp_generator=dp_generator)
     trained = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    return _finish(global_arrays, instructions, trained, result, ledger)
+    return _finish(global_arrays, instructions, trained, result, ledger, policy)
 
 
 def local_updates(
@@ -178,19 +217,21 @@ def local_updates(
     user_ids: Sequence[int],
     *,
     simulated: bool = False,
+    policies: Sequence[DevicePrivacyPolicy | None] | None = None,
 ) -> list[LocalUpdate]:
     """``local_update`` for several users (a simulation slot's message), each from ``global_arrays``, trained as one
     batched computation (``model.network.batched_training``) when the model and training allow it, else one by one.
 
     Each user's contribution and ledger are what ``local_update`` gives that user alone (up to float rounding).
     """
-    if not len(examples) == len(ledgers) == len(user_ids):
-        raise ValueError(f"examples, ledgers and user_ids must be one per user; found {len(examples)}, {len(ledgers)}, "
-                         f"{len(user_ids)}.")
+    policies = list(policies) if policies is not None else [None] * len(user_ids)
+    if not len(examples) == len(ledgers) == len(user_ids) == len(policies):
+        raise ValueError(f"examples, ledgers, user_ids and policies must be one per user; found {len(examples)}, "
+                         f"{len(ledgers)}, {len(user_ids)}, {len(policies)}.")
     if len(user_ids) < 2 or not batchable(instructions.model):
-        return [local_update(global_arrays, instructions, e, ledger, user, simulated=simulated)
-                for e, ledger, user in zip(examples, ledgers, user_ids)]
-    plans = [_plan(instructions, e, ledger) for e, ledger in zip(examples, ledgers)]
+        return [local_update(global_arrays, instructions, e, ledger, user, simulated=simulated, policy=policy)
+                for e, ledger, user, policy in zip(examples, ledgers, user_ids, policies)]
+    plans = [_plan(instructions, e, ledger, policy) for e, ledger, policy in zip(examples, ledgers, policies)]
     training = [k for k, plan in enumerate(plans) if not plan.declined]
     updates: list[LocalUpdate | None] = [declined_update(global_arrays, plan.declined) if plan.declined else None
                                          for plan in plans]
@@ -202,7 +243,7 @@ def local_updates(
             generators=[g for g, _ in generators], dp_generators=None if dp is None else [g for _, g in generators])
         for k, params, result in zip(training, trained, results):
             arrays = {name: value.numpy().copy() for name, value in params.items()}
-            updates[k] = _finish(global_arrays, instructions, arrays, result, ledgers[k])
+            updates[k] = _finish(global_arrays, instructions, arrays, result, ledgers[k], policies[k])
     return updates  # type: ignore[return-value]
 
 

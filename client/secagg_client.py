@@ -54,7 +54,8 @@ def secure_contribution(instructions: TrainInstructions, global_arrays: dict[str
         )
     data = source(instructions.data, context.node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
-    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id, simulated=data.synthetic)
+    update = local_update(global_arrays, instructions, data.train, ledger, data.device_id, simulated=data.synthetic,
+                          policy=data.policy)
     # local_update clipped the update already; clipping again in float64 removes float32 rounding above C.
     clipped, _, _ = clip_update({k: v.astype(np.float64) for k, v in update.update.items()}, instructions.clipping_norm)
     return {**{k: v.astype(np.float64) for k, v in clipped.items()}, STATISTICS_ARRAY: update.statistics.astype(np.float64)}

@@ -130,6 +130,9 @@ class TrainInstructions:
 
     def __post_init__(self) -> None:
         check_noise_source(self.noise, "noise")
+        if self.user_level is not None and (not self.run_key or self.planned_rounds < 1):
+            raise ValueError("user-level instructions need run-key (the run's identity) and planned-rounds >= 1: a "
+                             f"device keeps its ledger by them; found {self.run_key!r}, {self.planned_rounds}.")
 
 
 def dataclass_from_dict(cls: type, values: object, prefix: str = "") -> Any:

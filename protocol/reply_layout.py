@@ -28,6 +28,7 @@ the prior personalised on the device (its offset never leaves), each in [0, 1]."
 REASON_CODES = {
     "bad-instructions": "the message's instructions or arrays do not fit this app or the model",
     "device-data": "this device's node config names no readable log",
+    "device-policy": "this device's privacy policy file cannot be read or breaks a rule",
     "policy-no-user-level-dp": "the run adds no user-level DP noise, which this device's policy requires",
     "policy-user-noise": "the user-level noise multiplier is below this device's floor",
     "policy-user-delta": "the user-level delta is outside this device's allowed range",

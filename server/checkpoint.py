@@ -1,7 +1,8 @@
 """Everything needed to continue a run, written atomically after each round, read without executing anything.
 
 A checkpoint holds the global weights, the last completed round, the privacy ledger, the calibrated noise
-multiplier, the next round's clipping norm (adaptive clipping moves it), the server strategy's state (e.g. FedAdam's
+multiplier, the next round's clipping norm (adaptive clipping moves it), the run's key (devices count a run once
+by it), the server strategy's state (e.g. FedAdam's
 moments), where simulated devices keep their ledgers, and the metrics so far. It holds no random generator state: the noise of
 every release comes from fresh OS entropy (``privacy.randomness``), so a resumed run draws anew.
 
@@ -24,7 +25,7 @@ import torch
 from storage.atomic import atomic_write
 
 FORMAT_VERSION = 3
-"""3: the clipping norm, no record-level epsilons (devices keep them); 2 (refused): devices' reported record-level
+"""3: the clipping norm and the run's key, no record-level epsilons (devices keep them); 2 (refused): devices' reported record-level
 epsilons; 1 (refused) pickled NumPy arrays and RNG states. All are weights-only (tensors, no pickled objects)."""
 
 
@@ -41,6 +42,7 @@ class Checkpoint:
     strategy_state: dict[str, Any] = field(default_factory=dict)
     device_dir: str | None = None  # where simulated devices keep their record-level ledgers
     clipping_norm: float | None = None  # the next round's user-level clipping norm
+    run_key: str = ""  # the run's identity for the devices' ledgers
     rounds: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 

@@ -82,10 +82,11 @@ class FederatedRun:
         self.evaluation_rate: float | None = None
         self.evaluation_releases = 0  # releases of the devices' scores recorded in the ledger
 
-    def _instructions(self, server_round: int) -> TrainInstructions:
+    def _instructions(self, state: RunState, server_round: int) -> TrainInstructions:
         return train_instructions(self.settings, server_round, seed=self.settings.seed, data=self.data,
                                   device_dir=self.device_dir, attack=self.settings.simulation.attack.instructions(),
-                                  clipping_norm=self.federated_round.mechanism.clipping_norm)
+                                  clipping_norm=self.federated_round.mechanism.clipping_norm, run_key=state.run_key,
+                                  noise_multiplier=state.noise_multiplier, evaluation_rate=self.evaluation_rate)
 
     def _round(self, state: RunState, population: int) -> FederatedRound:
         """The run's round: its mechanism (N = ``population``) and its sampling stream. Who is sampled: OS entropy in
@@ -169,7 +170,7 @@ class FederatedRun:
 
     def _run_round(self, state: RunState, server_round: int, transport: GridTransport, held_out: Examples | None) -> None:
         started = time.perf_counter()
-        instructions = self._instructions(server_round)
+        instructions = self._instructions(state, server_round)
         if self.secure is not None:
             outcome = self.federated_round.play_secure(server_round, state.arrays, to_config_items(instructions), transport,
                                              self.secure)
@@ -200,7 +201,7 @@ class FederatedRun:
         save_checkpoint(self.checkpoint_path, Checkpoint(
             round=state.round, arrays=state.arrays, ledger=state.ledger.state_dict(),
             noise_multiplier=state.noise_multiplier, strategy_state=strategy_state(self.strategy),
-            device_dir=self.device_dir, clipping_norm=state.clipping_norm,
+            device_dir=self.device_dir, clipping_norm=state.clipping_norm, run_key=state.run_key,
             rounds=state.rounds, settings=dataclasses.asdict(self.settings),
         ))
 
@@ -217,7 +218,7 @@ class FederatedRun:
                                f"budget privacy.target_epsilon={self.settings.privacy.target_epsilon}")
             return {"skipped": "budget"}
         picked = poisson_sample(rng, transport.candidates(), rate)
-        replies = transport.evaluate(state.arrays, self._instructions(state.round), picked)
+        replies = transport.evaluate(state.arrays, self._instructions(state, state.round), picked)
         answered, scores = replies if replies is not None else (0, [])
         total = np.sum(scores, axis=0) if scores else np.zeros(len(EVAL_SCORES))
         mechanism = self.federated_round.mechanism

@@ -20,7 +20,13 @@ from flwr.serverapp.strategy import FedAvg
 
 from privacy.contribution import STATISTICS
 from privacy.user_level import UserLevelMechanism
-from protocol.instructions import AttackInstructions, DataInstructions, RecordLevelInstructions, TrainInstructions
+from protocol.instructions import (
+    AttackInstructions,
+    DataInstructions,
+    RecordLevelInstructions,
+    TrainInstructions,
+    UserLevelInstructions,
+)
 from server.aggregation import RoundSum
 from server.grid_transport import GridTransport
 from server.replies import Verdict
@@ -56,20 +62,25 @@ def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_r
 
 def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: DataInstructions,
                        device_dir: str | None = None, attack: AttackInstructions | None = None,
-                       clipping_norm: float | None = None) -> TrainInstructions:
+                       clipping_norm: float | None = None, run_key: str = "", noise_multiplier: float | None = None,
+                       evaluation_rate: float | None = None) -> TrainInstructions:
     """What every sampled client is told to do this round: the model, the local training, and its privacy part
     (the user-level clipping norm: ``clipping_norm``, the mechanism's current one, else ``privacy.clipping_norm``;
-    record-level DP-SGD's parameters; the noise source)."""
+    record-level DP-SGD's parameters; the noise source), and what the run is, for the devices' own ledgers and
+    policies: its key, its planned rounds and the user-level mechanism it announces (``noise_multiplier``, the
+    sampling rate, delta, ``evaluation_rate``)."""
     p = run.privacy
     record = None
     if p.record_level and p.record is not None:
         record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon,
                                          p.record.delta)
+    user_level = None
+    if p.user_level and noise_multiplier is not None:
+        user_level = UserLevelInstructions(noise_multiplier, run.simulation.sample_rate, p.delta, evaluation_rate or 0.0)
     return TrainInstructions(
         round=server_round, seed=seed, model=run.model, train=run.train, data=data,
         clipping_norm=(clipping_norm or p.clipping_norm) if p.user_level else None, record=record, device_dir=device_dir,
-        attack=attack,
-        noise=p.noise,
+        attack=attack, noise=p.noise, run_key=run_key, planned_rounds=run.simulation.rounds, user_level=user_level,
     )
 
 

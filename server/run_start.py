@@ -7,6 +7,7 @@ score the final model (``evaluation_rate``), that one release too, so the run's 
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable, Mapping
 
@@ -45,7 +46,8 @@ def evaluation_rate(settings: RunSettings, population: int) -> float | None:
 
 def fresh_state(settings: RunSettings, line: Callable[[str], None], *, population: int) -> RunState:
     """Round 0: the model initialised from the run seed, an empty ledger, z calibrated for the planned rounds (and
-    the federated evaluation over ``population`` users or nodes)."""
+    the federated evaluation over ``population`` users or nodes), and a fresh random key for the run (the devices'
+    ledgers count each run once by it)."""
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
     privacy, sim = settings.privacy, settings.simulation
@@ -62,7 +64,8 @@ def fresh_state(settings: RunSettings, line: Callable[[str], None], *, populatio
              f"over {sim.rounds} rounds at q={sim.sample_rate}{also} ({privacy.accountant}, "
              f"{time.perf_counter() - started:.1f} s)")
     clipping_norm = privacy.clipping_norm if privacy.user_level else None
-    return RunState(round=0, arrays=arrays, ledger=PrivacyLedger(), noise_multiplier=z, clipping_norm=clipping_norm)
+    return RunState(round=0, arrays=arrays, ledger=PrivacyLedger(), noise_multiplier=z, clipping_norm=clipping_norm,
+                    run_key=secrets.token_hex(16))
 
 
 def resumed_state(settings: RunSettings, strategy: FedAvg) -> tuple[RunState, str]:
@@ -84,6 +87,6 @@ def resumed_state(settings: RunSettings, strategy: FedAvg) -> tuple[RunState, st
     load_strategy_state(strategy, checkpoint.strategy_state)
     state = RunState(
         round=checkpoint.round, arrays=checkpoint.arrays, ledger=ledger, noise_multiplier=checkpoint.noise_multiplier,
-        rounds=list(checkpoint.rounds), clipping_norm=checkpoint.clipping_norm,
+        rounds=list(checkpoint.rounds), clipping_norm=checkpoint.clipping_norm, run_key=checkpoint.run_key,
     )
     return state, checkpoint.device_dir

@@ -40,3 +40,4 @@ class RunState:
     noise_multiplier: float | None
     rounds: list[dict] = field(default_factory=list)
     clipping_norm: float | None = None  # the next round's clipping norm (adaptive clipping moves it)
+    run_key: str = ""  # the run's identity for the devices' ledgers; a resumed run keeps it

@@ -43,3 +43,13 @@ def contribution(update: dict, statistics=None):
     arrays = {name: value if isinstance(value, Array) else Array(np.asarray(value)) for name, value in update.items()}
     stats = statistics if isinstance(statistics, Array) else Array(np.asarray(statistics))
     return RecordDict({CONTRIBUTION: ArrayRecord({**arrays, STATISTICS_ARRAY: stats})})
+
+
+def announced(**changes) -> dict:
+    """What a real server announces with every round (``protocol.instructions``): the run's key and plan and its
+    user-level mechanism, within the default device policy (``client.privacy_policy``). Keyword arguments of
+    ``TrainInstructions``."""
+    from protocol.instructions import UserLevelInstructions
+
+    return {"run_key": "test-run", "planned_rounds": 10,
+            "user_level": UserLevelInstructions(noise_multiplier=1.0, sample_rate=0.1, delta=1e-6)} | changes

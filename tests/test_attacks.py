@@ -27,6 +27,7 @@ from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from server.replies import judge_reply
 from simulations.federation.client_app import app
 from simulations.seed_logs import seed_device_logs
+from tests.helpers import announced
 from tests.test_client_app import _context, _instructions, _message, _slot_message
 
 STATS = np.array([0.05, 0.05, 0.02], dtype=np.float32)
@@ -94,11 +95,12 @@ def test_only_a_malicious_user_of_an_attacking_round_plays_the_attack():
 def test_a_devices_client_app_never_plays_an_attack(flower_task_identity, tmp_path):
     """The same message to a device's ClientApp with and without an attack named: the same honest reply."""
     [log] = seed_device_logs(tmp_path, devices=1, days=7, first_user=3)
-    context = Context(run_id=1, node_id=0, node_config={"log-db": str(log.path)}, state=RecordDict(), run_config={})
     replies = []
     for attack in (None, AttackInstructions(kind="sign_flip", fraction=1.0, scale=1.0)):
         torch.manual_seed(0)  # the same global model in both messages
-        replies.append(device_app(_message("train", _instructions(attack=attack, clipping_norm=None)), context))
+        context = Context(run_id=1, node_id=0, node_config={"log-db": str(log.path), "ledger-path": str(tmp_path / f"{attack}.json")},
+                          state=RecordDict(), run_config={})  # a fresh ledger each: the same round twice is refused
+        replies.append(device_app(_message("train", _instructions(attack=attack, **announced())), context))
     honest, asked = ({k: v.numpy() for k, v in r.content[CONTRIBUTION].items()} for r in replies)
     assert any(np.any(honest[k]) for k in honest if k != STATISTICS_ARRAY)  # a real update, which sign_flip would change
     assert all(np.array_equal(honest[k], asked[k]) for k in honest)

@@ -18,7 +18,7 @@ from simulations.federation.server_app import simulated_run
 from validation.config import ConfigError
 
 FIELDS = {"format_version", "round", "arrays", "ledger", "noise_multiplier", "strategy_state", "device_dir",
-          "clipping_norm", "rounds", "settings"}
+          "clipping_norm", "run_key", "rounds", "settings"}
 
 
 def _walk(value):

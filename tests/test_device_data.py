@@ -26,6 +26,7 @@ from simulations.federation.device_data import (
 )
 from simulations.population.population import PopulationConfig
 from simulations.seed_logs import SeedError, seed_device_logs
+from tests.helpers import announced
 
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)
@@ -142,7 +143,7 @@ def test_the_encoded_log_cache_stays_within_its_memory_and_lets_the_least_recent
 # ------------------------------------------------------------------------------------------- through the app
 def _message(kind: str, **changes) -> Message:
     base = dict(round=1, seed=0, model=ModelConfig(), train=LocalTrainConfig(batch_size=8, max_examples=16), data=DATA,
-                clipping_norm=0.5)
+                clipping_norm=0.5, **announced())
     instructions = TrainInstructions(**(base | changes))
     arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM().state_dict().items()}
     content = RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord(to_config_items(instructions))})
@@ -155,11 +156,12 @@ def _node(config: dict) -> Context:
 
 def test_the_client_app_trains_and_evaluates_from_a_log_db_and_keeps_the_ledger_beside_it(tmp_path, flower_task_identity):
     path = _log_of_user(tmp_path, 5)
-    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
     reply = app(_message("train", record=record), _node({"log-db": str(path)}))
     assert reply.content[CONTRIBUTION][STATISTICS_ARRAY].numpy()[0] > 0  # it trained
     ledger = path.with_name("events.ledger.json")
     assert ledger.is_file() and json.loads(ledger.read_text())["history"]
+    assert json.loads(ledger.read_text())["runs"]["test-run"]["last_round"] == 1  # it remembers the round it joined
     evaluation = app(_message("evaluate"), _node({"log-db": str(path)}))
     assert evaluation.content[EVALUATION][SCORES_ARRAY].numpy()[0] == 1.0  # it had recent points to score
 

@@ -18,6 +18,7 @@ from model.network.training import LocalTrainConfig
 from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
 from protocol.records import to_array_record
 from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
+from tests.helpers import announced
 from simulations.federation.client_app import app as simulation_app
 from simulations.federation.device_data import simulated_data
 from simulations.population.population import PopulationConfig
@@ -26,14 +27,14 @@ from simulations.seed_logs import seed_device_logs
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)
 MODEL = ModelConfig(bidirectional=False, hidden_size=8, num_layers=1)
-RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=1e6, delta=1e-3)
+RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
 
 
 def _message(record: RecordLevelInstructions | None, noise: str, device_dir: str) -> Message:
     torch.manual_seed(0)
     arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM(MODEL).state_dict().items()}
     instructions = TrainInstructions(round=3, seed=11, model=MODEL, train=LocalTrainConfig(batch_size=8), data=DATA,
-                                     clipping_norm=0.5, record=record, device_dir=device_dir, noise=noise)
+                                     clipping_norm=0.5, record=record, device_dir=device_dir, noise=noise, **announced())
     content = RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord(to_config_items(instructions))})
     return Message(content, dst_node_id=0, message_type="train")
 
@@ -42,8 +43,11 @@ def _trained_twice(node_config: dict, record, noise: str, device_dir: str) -> tu
     """The arrays a node replies to the very same message, sent twice: a device's ClientApp for a log, the
     simulation's for a synthetic user."""
     app = simulation_app if "partition-id" in node_config else device_app
-    context = Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
-    replies = [app(_message(record, noise, device_dir), context) for _ in range(2)]
+    replies = []
+    for copy in range(2):  # a device's ledger refuses the same round twice: each copy keeps its own
+        config = node_config | ({"ledger-path": f"{device_dir}/copy-{copy}.ledger.json"} if "log-db" in node_config else {})
+        context = Context(run_id=1, node_id=0, node_config=config, state=RecordDict(), run_config={})
+        replies.append(app(_message(record, noise, device_dir), context))
     return tuple({k: v.numpy() for k, v in r.content[CONTRIBUTION].items() if k != STATISTICS_ARRAY}  # type: ignore[return-value]
                  for r in replies)
 

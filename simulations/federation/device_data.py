@@ -156,4 +156,4 @@ def simulated_device_data(data: DataInstructions, node_config: Mapping[str, obje
     if ledger_path is None and device_dir is not None:
         ledger_path = Path(device_dir) / f"user-{user_id}.ledger.json"
     return DeviceData(poisoned_training_examples(train, user_id), held_out, user_id, ledger_path,
-                      f"synthetic user {user_id}", synthetic=True)
+                      f"synthetic user {user_id}", synthetic=True, policy=None)
