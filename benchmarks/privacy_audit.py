@@ -30,9 +30,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+if TYPE_CHECKING:
+    from simulations.audit import AuditResult
 
 QUICK = {"runs": 2, "canaries_per_run": 2000}
 
@@ -62,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _row(r) -> str:  # noqa: ANN001 - an AuditResult
+def _row(r: AuditResult) -> str:
+    """One table row: the epsilons, the bounds and the counts behind them."""
     c, o = r.counts, r.one_run
     aimed, other = ("in", "out") if c.in_above else ("out", "in")
     return (f"| {r.config.target_epsilon:g} | {r.noise_multiplier:.3f} | {r.accounted_epsilon:.3f} | "
@@ -72,10 +77,12 @@ def _row(r) -> str:  # noqa: ANN001 - an AuditResult
 
 
 def _finite(value: float) -> float | None:
+    """JSON has no infinity: an infinite epsilon (a noise multiplier of 0) is written as null."""
     return value if math.isfinite(value) else None
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Audit each target epsilon, print the table and the JSON summary, and return the summary."""
     args = parse_args(argv)
     from privacy.randomness import SEEDED_WARNING
     from server.server_app import compose_settings
@@ -112,10 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"attack; {time.perf_counter() - started:.0f} s in all, with calibrating z and accounting.")
     summary = {
         "benchmark": "privacy_audit", "plant": args.plant,
-        "results": [{**{k: v for k, v in dataclasses.asdict(r).items() if k != "config"},
-                     "config": dataclasses.asdict(r.config), "flagged": r.flagged,
-                     "accounted_epsilon": _finite(r.accounted_epsilon), "tight_epsilon": _finite(r.tight_epsilon)}
-                    for r in results],
+        "results": [{**dataclasses.asdict(r), "flagged": r.flagged, "accounted_epsilon": _finite(r.accounted_epsilon),
+                     "tight_epsilon": _finite(r.tight_epsilon)} for r in results],
         "seconds": time.perf_counter() - started,
     }
     print(json.dumps(summary))

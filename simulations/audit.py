@@ -18,9 +18,14 @@ other canaries are held out, and give two bounds at confidence 1 - alpha each:
   Oprea 2020). It counts the canaries as independent trials, which they are for the mechanism as specified: each
   owns a coordinate whose noise is drawn independently and each is sampled independently (isolation, which Keinan,
   Shenfeld & Ligett 2025 show is what lets one run audit tightly). The audit *flags* the mechanism when this bound
-  is above the ledger's epsilon.
+  is above the ledger's epsilon: the code does not release the mechanism its ledger describes, or the accountant
+  is wrong.
 - ``one_run``: Steinke et al.'s bound from guesses on the first run's held-out canaries (``privacy.audit_one_run``).
   It assumes nothing but DP, and pays for that with its 2 m delta term.
+
+Andrew et al. 2024 ("One-shot Empirical Privacy Estimation for Federated Learning") instead fit a Gaussian to the
+cosines between canaries and the released updates and read off an epsilon: an estimate, not a bound, and under
+Poisson sampling a canary's statistic is a mixture, not a Gaussian; this audit uses the exact likelihood ratio.
 
 The noise, the sampling and the canaries' coins come from OS entropy (``noise="secure"``, the default: what an
 attacker faces); ``noise="seeded"`` derives all three from ``seed`` so tests are reproducible, and guarantees
