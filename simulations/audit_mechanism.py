@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from privacy.accounting import PrivacyLedger
+from privacy.contribution import zero_statistics
 from privacy.randomness import GaussianNoise
 from privacy.user_level import UserLevelGaussian
 from server.round import poisson_sample
@@ -39,9 +40,10 @@ def release_rounds(spec: MechanismSpec, *, rounds: int, candidates: int, zero: A
     """Every round's release of one run whose global model stays ``zero``.
 
     Each round Poisson-samples the ``candidates`` (the population N, so the release is divided by qN); a sampled
-    candidate whose ``contribution`` is not None replies with new weights ``zero`` + that update, folded into the
-    round's accumulator (clipped to C, summed); the accumulator's release adds noise z*C, divides by qN and records
-    the release in the ledger.
+    candidate whose ``contribution`` is not None replies with that update (and all-zero statistics: the canaries
+    live in the update's coordinates), folded into the round's accumulator (clipped to C, summed); the
+    accumulator's release adds noise z*S to every coordinate (S the contribution's bound), divides the update by qN
+    and records the release in the ledger.
 
     Returns:
         (each round's released arrays: ``zero`` + noisy sum / qN, the ledger the mechanism recorded them in).
@@ -56,7 +58,7 @@ def release_rounds(spec: MechanismSpec, *, rounds: int, candidates: int, zero: A
         for candidate in poisson_sample(sampling_rng, range(candidates), spec.sample_rate):
             update = contribution(candidate)
             if update is not None:
-                accumulator.add({k: zero[k] + update[k] for k in zero}, 1.0)
-        [(released, _)] = accumulator.release()
-        releases.append(released)
+                accumulator.add(update, zero_statistics())
+        [(mean, _)] = accumulator.release().updates
+        releases.append({k: zero[k] + mean[k] for k in zero})
     return releases, ledger
