@@ -93,14 +93,19 @@ def plan_superlink(args: argparse.Namespace) -> SuperLinkPlan:
                          args.local_port, (args.host, args.port), certificates, secret, caddy_command(config), proxy_dir)
 
 
-def _wait_listening(supervisor: Supervisor, host: str, port: int) -> bool:
-    """True once ``host:port`` accepts connections; False if a child exits or ``START_TIMEOUT_S`` passes first."""
+def _wait_listening(supervisor: Supervisor, host: str, port: int) -> None:
+    """Return once ``host:port`` accepts connections, or once a child has exited (``wait`` then reports it).
+
+    Raises:
+        CannotStart: if nothing listens there within ``START_TIMEOUT_S`` (every child is stopped first).
+    """
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and supervisor.running():
-        if is_listening(host, port):
-            return True
+    while supervisor.running() and not is_listening(host, port):
+        if time.monotonic() > deadline:
+            supervisor.stop()
+            raise CannotStart(f"nothing listened on {host}:{port} within {START_TIMEOUT_S:.0f} s; stopped everything "
+                              "(see the output above).")
         time.sleep(0.2)
-    return False
 
 
 def run_superlink(args: argparse.Namespace) -> int:
@@ -111,17 +116,19 @@ def run_superlink(args: argparse.Namespace) -> int:
     certs_module.write_superexec_secret(plan.secret_file)
     supervisor = Supervisor()
     superlink = supervisor.start("superlink", plan.superlink, env)
-    if _wait_listening(supervisor, LOOPBACK, plan.local_port):
+    _wait_listening(supervisor, LOOPBACK, plan.local_port)
+    if supervisor.running():
         ca = plan.certificates.ca_cert if plan.certificates else None
         supervisor.start("task-launcher", task_launcher_command(
             runtime_api_address=f"{LOOPBACK}:{plan.local_port}", root_certificates=ca, secret_file=plan.secret_file,
             parent_pid=superlink.pid), env)
         supervisor.start("proxy", plan.caddy, caddy_environment(plan.proxy_dir, env))
-        if _wait_listening(supervisor, *plan.public):
-            host, port = plan.public
-            print(f"ready: devices dial {host}:{port} (Fleet API only); on this host, `python -m launch register/run/"
-                  f"stop --superlink {LOOPBACK}:{plan.local_port}` and flwr reach the SuperLink.", file=sys.stderr,
-                  flush=True)
+        _wait_listening(supervisor, *plan.public)
+    if supervisor.running():
+        host, port = plan.public
+        print(f"ready: devices dial {host}:{port} (Fleet API only); on this host, `python -m launch register/run/"
+              f"stop --superlink {LOOPBACK}:{plan.local_port}` and flwr reach the SuperLink.", file=sys.stderr,
+              flush=True)
     outcome = supervisor.wait()
     if outcome.exited is None:
         return 0

@@ -41,8 +41,11 @@ class Supervisor:
     """Start children, wait for the first to exit or a signal, then stop them all."""
 
     def __init__(self) -> None:
+        """Take over SIGINT and SIGTERM at once (until ``wait`` returns): a Ctrl-C while children start stops them too."""
         self.children: list[Child] = []
         self._signalled = threading.Event()
+        self._previous = {sig: signal.signal(sig, lambda *_: self._signalled.set())
+                          for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], *,
               watch: LineWatcher | None = None) -> subprocess.Popen:
@@ -56,11 +59,11 @@ class Supervisor:
         return popen
 
     def running(self) -> bool:
-        return all(child.popen.poll() is None for child in self.children)
+        """No child has exited and no signal came."""
+        return not self._signalled.is_set() and all(child.popen.poll() is None for child in self.children)
 
     def wait(self, poll_s: float = 0.2) -> Outcome:
         """Block until a child exits or SIGINT/SIGTERM arrives; stop every child; say which ended it."""
-        previous = {sig: signal.signal(sig, lambda *_: self._signalled.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self._signalled.is_set():
                 for child in self.children:
@@ -72,7 +75,7 @@ class Supervisor:
             self.stop()
             return Outcome(None, None)
         finally:
-            for sig, handler in previous.items():
+            for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
 
     def stop(self) -> None:
