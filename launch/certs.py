@@ -6,6 +6,8 @@ Node authentication: each SuperNode signs its requests with its own ECDSA P-384 
 ``flower-supernode --auth-supernode-private-key`` and ``flwr supernode register`` read); the SuperLink, started
 with ``--enable-supernode-auth``, refuses any key that was not registered.
 
+The SuperExec auth secret (``write_superexec_secret``) lets only our task launcher take tasks from a Runtime API.
+
 Private keys are written with file mode 0600 and never overwritten: generating twice into one folder is refused,
 so a running federation's keys cannot be replaced by accident.
 """
@@ -225,3 +227,22 @@ def check_superlink_tls(address: str, ca: str | os.PathLike[str], *, timeout_s: 
         reason = getattr(error, "strerror", None) or str(error)
         raise CertificateError(f"cannot reach the SuperLink at {address} ({reason}); is it running, and is the "
                                "address right?") from None
+
+
+SECRET_BYTES = 32
+
+
+def write_superexec_secret(path: str | os.PathLike[str]) -> Path:
+    """Write a fresh random SuperExec auth secret to ``path`` (mode 0600), replacing an earlier one.
+
+    The SuperLink (or SuperNode) and its task launcher both read it at start; only a holder can take tasks from the
+    Runtime API. A new one per start means nothing has to be kept or rotated.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(os.urandom(SECRET_BYTES))
+    os.replace(temporary, path)
+    return path

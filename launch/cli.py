@@ -2,83 +2,51 @@
 
 Subcommands (each ``--help`` lists its flags):
 
-- ``certs``      a CA and the SuperLink's TLS certificate for the hosts/IPs nodes dial
+- ``certs``      a CA and the SuperLink's TLS certificate for the hosts/IPs devices dial (127.0.0.1 is always added)
 - ``node-key``   one ECDSA key pair per device (the private key stays on the device)
 - ``seed-logs``  device log stores filled with synthetic users (to try a federation on one machine; runs
                  ``python -m simulations.seed_logs``, so the server never imports the synthetic-user generator)
-- ``superlink``  start ``flower-superlink`` with TLS and SuperNode authentication (foreground)
-- ``supernode``  start ``flower-supernode`` for one device and its log store (foreground)
-- ``register``   register device public keys with the SuperLink
-- ``run``        submit a training run (``flwr run``) and exit non-zero unless it completed
+- ``app-hash``   the SHA-256 of the app bundle ``run`` submits: what each device's approved-apps file lists
+- ``superlink``  the server in the foreground: ``flower-superlink`` on 127.0.0.1, its task launcher, and Caddy on
+                 the public address forwarding only the devices' Fleet API (``launch.serve``, ``launch.proxy``)
+- ``supernode``  one device in the foreground: ``flower-supernode`` and its task launcher (approved apps only)
+- ``register``   register device public keys with the SuperLink (a key already registered is reported, not an error)
+- ``run``        check the config locally, submit a training run (``flwr run``), exit non-zero unless it completed
 - ``stop``       stop a run (e.g. one whose ServerApp process died), before resuming it from its checkpoint
 
-Plain TCP without TLS or node authentication needs ``--insecure`` and prints a warning. Exit codes: 0 success,
-1 the run failed, 2 the command could not start (missing files, port in use, bad arguments).
-
-Over 300 lines on purpose: one function per subcommand and the argparse tree whose help documents each flag
-beside the command that reads it.
+``register``, ``run`` and ``stop`` reach the SuperLink on 127.0.0.1 (run them on the server host, or through an SSH
+tunnel). Plain TCP without TLS or node authentication needs ``--insecure`` and prints a warning. Exit codes:
+0 success, 1 the run failed, 2 the command could not start (missing files, port in use, bad arguments or config, a
+device key that is not registered).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
+import importlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client.log_store import LogStore, LogStoreError
 from launch import certs as certs_module
-from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID
-from launch.commands import (
-    CommandError, flower_environment, list_runs_command, register_command, run_command, stop_run_command,
-    superlink_command, supernode_command, write_run_config,
-)
-from launch.connection import ConnectionConfigError, write_connection
-from launch.processes import PortInUseError, ensure_port_free
+from launch.approved_apps import ApprovedAppsError
+from launch.args import CannotStart
+from launch.commands import CommandError
+from launch.connection import ConnectionConfigError
+from launch.processes import PortInUseError
+from launch.proxy import ProxyError
 
 APP_DIR = Path(__file__).resolve().parents[1]
-CONNECTION = "fedpref"
-INSECURE_WARNING = ("WARNING: --insecure: traffic is not encrypted and nodes are not authenticated; anyone who can "
-                    "reach the port can join or read updates. Use it only for a local test.")
-
-
-class CannotStart(Exception):
-    """A precondition failed; printed as 'error: ...' with exit code 2."""
-
-
-def _warn_insecure() -> None:
-    print(INSECURE_WARNING, file=sys.stderr)
-
-
-def _flwr_home(args: argparse.Namespace) -> Path:
-    return Path(args.flwr_home or os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser().resolve()
-
-
-def _existing_file(path: str | None, what: str) -> Path:
-    if not path:
-        raise CannotStart(f"{what} is required (or pass --insecure for a local test).")
-    resolved = Path(path).expanduser().resolve()
-    if not resolved.is_file():
-        raise CannotStart(f"{what} {resolved} does not exist or is not a file.")
-    return resolved
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise CannotStart(f"SuperLink address {address!r} must be HOST:PORT, e.g. 127.0.0.1:9092.")
-    return host, int(port)
+LOCAL_SUPERLINK = "127.0.0.1:9093"
 
 
 # ------------------------------------------------------------------------------------------------ key material
 def cmd_certs(args: argparse.Namespace) -> int:
-    paths = certs_module.generate_server_certificates(args.out, args.host)
+    hosts = list(args.host) + ([] if "127.0.0.1" in args.host else ["127.0.0.1"])  # the proxy and flwr dial it
+    paths = certs_module.generate_server_certificates(args.out, hosts)
     print(f"CA certificate (give to every node and to flwr): {paths.ca_cert}")
-    print(f"SuperLink certificate for {', '.join(args.host)}: {paths.server_cert}")
+    print(f"SuperLink certificate for {', '.join(hosts)}: {paths.server_cert}")
     print(f"SuperLink private key (keep on the server): {paths.server_key}")
     return 0
 
@@ -99,150 +67,14 @@ def cmd_seed_logs(args: argparse.Namespace) -> int:
     return subprocess.run(argv, cwd=APP_DIR).returncode
 
 
-# ----------------------------------------------------------------------------------------------- processes
-def superlink_argv(args: argparse.Namespace) -> list[str]:
-    """Check what ``flower-superlink`` needs (certificates, a free port) and return its command line."""
-    certificates = None
-    if args.insecure:
-        _warn_insecure()
-    else:
-        if not args.certs:
-            raise CannotStart("--certs DIR (from `python -m launch certs`) is required, or --insecure for a local test.")
-        certificates = certs_module.server_certificates(Path(args.certs).expanduser().resolve())
-        try:
-            certificates.check()
-        except certs_module.CertificateError as error:
-            raise CannotStart(str(error)) from None
-        hosts = certs_module.certificate_hosts(certificates.server_cert)
-        if args.host not in hosts and args.host not in ("0.0.0.0", "::"):
-            print(f"warning: the certificate is for {hosts}, not {args.host}; nodes must dial one of those names.", file=sys.stderr)
-    ensure_port_free(args.host, args.port, "SuperLink")
-    state = Path(args.state).expanduser().resolve()
-    _private_state_file(state)
-    return superlink_command(host=args.host, port=args.port, database=state, certificates=certificates)
+def cmd_app_hash(args: argparse.Namespace) -> int:
+    """Print the bundle's hash alone on stdout (``app-hash >> approved-apps.txt``)."""
+    from launch.approved_apps import bundle_hash
 
-
-def _private_state_file(state: Path) -> None:
-    """Create the SuperLink's state database with mode 0600, or make an existing one (and its journals) 0600: it
-    holds the registered nodes' public keys and every run. SQLite gives new journal files the database's mode."""
-    state.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(state, os.O_CREAT | os.O_WRONLY, 0o600))
-    for part in (state, Path(f"{state}-wal"), Path(f"{state}-shm"), Path(f"{state}-journal")):
-        if part.exists():
-            os.chmod(part, 0o600)
-
-
-def supernode_argv(args: argparse.Namespace) -> list[str]:
-    """Check what ``flower-supernode`` needs (CA, key, log store, a free local port) and return its command line."""
-    _host_port(args.superlink)
-    node_config: dict[str, object] = {}
-    if args.log_db:
-        path = Path(args.log_db).expanduser().resolve()
-        try:
-            LogStore.open(path, create=False).close()
-        except LogStoreError as error:
-            raise CannotStart(f"--log-db: {error} Create it with `python -m client.logs import FILE --db {path}`.") from None
-        node_config[LOG_DB] = str(path)
-    elif args.partition_id is not None:
-        node_config[PARTITION_ID] = args.partition_id
-    else:
-        raise CannotStart("say where this device's data is: --log-db PATH (its log store) or --partition-id N (a synthetic user).")
-    if args.ledger_path:
-        node_config[LEDGER_PATH] = str(Path(args.ledger_path).expanduser().resolve())
-    if args.insecure:
-        _warn_insecure()
-        ca = key = None
-    else:
-        ca = _existing_file(args.ca, "--ca (the federation's CA certificate)")
-        key = _existing_file(args.key, "--key (this node's private key from `node-key`)")
-    ensure_port_free("127.0.0.1", args.port, "SuperNode runtime API (--port, one per node on a machine)")
-    return supernode_command(superlink=args.superlink, runtime_port=args.port, node_config=node_config,
-                             root_certificates=ca, private_key=key, max_retries=args.max_retries)
-
-
-def _exec(argv: list[str], env: dict[str, str]) -> int:
-    print("$ " + " ".join(argv), file=sys.stderr, flush=True)
-    os.umask(0o077)  # whatever Flower writes (state, app bundles, node keys' caches) is the owner's only
-    os.execve(argv[0], argv, env)
-    return 0  # not reached
-
-
-def cmd_superlink(args: argparse.Namespace) -> int:
-    return _exec(superlink_argv(args), flower_environment(_flwr_home(args)))
-
-
-def cmd_supernode(args: argparse.Namespace) -> int:
-    return _exec(supernode_argv(args), flower_environment(_flwr_home(args)))
-
-
-# ------------------------------------------------------------------------------------------------- control
-def _connect(args: argparse.Namespace) -> dict[str, str]:
-    """Write the ``fedpref`` connection into FLWR_HOME and return the environment for ``flwr``."""
-    _host_port(args.superlink)
-    if args.insecure:
-        _warn_insecure()
-        ca = None
-    else:
-        ca = _existing_file(args.ca, "--ca (the federation's CA certificate)")
-        certs_module.check_superlink_tls(args.superlink, ca)  # else Flower reports a wrong CA as a network problem
-    home = _flwr_home(args)
-    write_connection(home, CONNECTION, address=args.superlink, root_certificates=ca)
-    return flower_environment(home)
-
-
-def cmd_register(args: argparse.Namespace) -> int:
-    env = _connect(args)
-    for key in args.public_key:
-        public_key = _existing_file(key, "public key")
-        result = subprocess.run(register_command(public_key, CONNECTION), env=env, capture_output=True, text=True)
-        match = re.search(r'"node-id":\s*(\d+)', result.stdout)
-        if result.returncode != 0 or not match:
-            print(f"error: registering {public_key} failed:\n{result.stdout}{result.stderr}", file=sys.stderr)
-            return 1
-        print(f"{public_key.name}: registered as node {match.group(1)}")
-    return 0
-
-
-def run_status(run_id: int, env: dict[str, str]) -> tuple[str, str]:
-    """(status, details) of a run as the SuperLink reports it, e.g. ('finished:completed', 'N/A')."""
-    result = subprocess.run(list_runs_command(CONNECTION, run_id), env=env, capture_output=True, text=True)
-    try:
-        run = json.loads(result.stdout)["runs"][0]
-    except (ValueError, KeyError, IndexError):
-        return "unknown", (result.stdout + result.stderr).strip()[-500:]
-    return str(run["status"]), str(run.get("status-details", ""))
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    env = _connect(args)
-    output_dir = Path(args.output_dir).expanduser().resolve()
-    run_config = write_run_config(output_dir / "run_config.toml", config_name=args.config_name,
-                                  overrides=list(args.overrides), output_dir=output_dir)
-    process = subprocess.Popen(run_command(args.app_dir, CONNECTION, run_config), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    run_id = None
-    for line in process.stdout or []:  # `flwr run --stream` prints the ServerApp's log
-        print(line, end="", flush=True)
-        match = re.search(r"Successfully started run (\d+)", line)
-        if match:
-            run_id = int(match.group(1))
-    process.wait()
-    if run_id is None:
-        print("error: the run was not started (see above).", file=sys.stderr)
-        return 1
-    status, details = run_status(run_id, env)  # `flwr run --stream` exits 0 even when the ServerApp failed
-    print(f"run {run_id}: {status}" + (f" ({details})" if details not in ("", "N/A") else "") + f"; outputs in {output_dir}")
-    return 0 if status == "finished:completed" else 1
-
-
-def cmd_stop(args: argparse.Namespace) -> int:
-    env = _connect(args)
-    result = subprocess.run(stop_run_command(CONNECTION, args.run_id), env=env, capture_output=True, text=True)
-    status, _ = run_status(args.run_id, env)
-    print(f"run {args.run_id}: {status}")
-    if not status.startswith("finished"):
-        print(f"error: the run did not stop:\n{result.stdout}{result.stderr}", file=sys.stderr)
-        return 1
+    app_dir = Path(args.app_dir).expanduser().resolve()
+    if not (app_dir / "pyproject.toml").is_file():
+        raise CannotStart(f"--app-dir {app_dir} has no pyproject.toml: it is not a Flower app folder.")
+    print(bundle_hash(app_dir))
     return 0
 
 
@@ -276,62 +108,90 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (local tests only)")
         q.add_argument("--flwr-home", help="Flower's config folder (default: $FLWR_HOME or ~/.flwr)")
 
-    p = sub.add_parser("superlink", help="start flower-superlink (TLS + node authentication)")
-    p.add_argument("--certs", help="folder with ca.pem, server.pem, server.key")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=9092,
-                   help="the one port for Fleet, Control and Runtime APIs (default: %(default)s)")
-    p.add_argument("--state", default="deploy/superlink/state.db",
-                   help="SQLite file for the SuperLink's state (registered nodes, runs), kept with mode 0600 "
-                        "(default: %(default)s, from the current folder)")
-    common(p)
-    p.set_defaults(func=cmd_superlink)
+    def operator(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--superlink", default=LOCAL_SUPERLINK,
+                       help="HOST:PORT of the SuperLink's own (loopback) port: run on the server host, or through an "
+                            "SSH tunnel to it (default: %(default)s)")
+        q.add_argument("--ca", help="the federation's CA certificate")
+        common(q)
 
-    p = sub.add_parser("supernode", help="start flower-supernode for one device")
-    p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    p = sub.add_parser("app-hash", help="SHA-256 of the app bundle `run` submits (what devices approve)")
+    p.add_argument("--app-dir", default=str(APP_DIR), help="the Flower app folder (default: this project)")
+    p.set_defaults(func=cmd_app_hash)
+
+    p = sub.add_parser("superlink", help="the server: SuperLink on 127.0.0.1, task launcher, Fleet-only proxy")
+    p.add_argument("--certs", help="folder with ca.pem, server.pem, server.key")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="public address the proxy listens on for devices; 0.0.0.0 for every interface "
+                        "(default: %(default)s)")
+    p.add_argument("--port", type=int, default=9092, help="public port: devices' Fleet API only (default: %(default)s)")
+    p.add_argument("--local-port", type=int, default=9093,
+                   help="the SuperLink's port on 127.0.0.1: Fleet, Control and Runtime APIs, for the proxy, flwr and "
+                        "the ServerApp (default: %(default)s)")
+    p.add_argument("--state", default="deploy/superlink/state.db",
+                   help="SQLite file for the SuperLink's state (registered nodes, runs), kept with mode 0600; the "
+                        "proxy's config and the SuperExec secret go beside it (default: %(default)s, from the current "
+                        "folder)")
+    common(p)
+    p.set_defaults(func="launch.serve:run_superlink")
+
+    p = sub.add_parser("supernode", help="one device: flower-supernode and its task launcher (approved apps only)")
+    p.add_argument("--superlink", required=True, help="HOST:PORT of the server's public port")
     p.add_argument("--ca", help="the federation's CA certificate (ca.pem)")
     p.add_argument("--key", help="this node's private key (NAME.key)")
+    p.add_argument("--approved-apps",
+                   help="file of the app bundle hashes this device runs, one per line (`python -m launch app-hash` "
+                        "prints a bundle's hash)")
     p.add_argument("--log-db", help="this device's log store (SQLite)")
     p.add_argument("--partition-id", type=int, help="instead of --log-db: train on synthetic user N")
     p.add_argument("--ledger-path", help="record-level privacy ledger (default: next to the log)")
     p.add_argument("--port", type=int, default=9094,
-                   help="local port for this node's ClientApp processes, unique per node (default: %(default)s)")
+                   help="port on 127.0.0.1 for this node's task launcher and ClientApp processes, unique per node "
+                        "(default: %(default)s)")
     p.add_argument("--max-retries", type=int,
                    help="give up after this many failed connection attempts (default: retry for ever)")
     common(p)
-    p.set_defaults(func=cmd_supernode)
+    p.set_defaults(func="launch.serve:run_supernode")
 
     p = sub.add_parser("register", help="register device public keys with the SuperLink")
     p.add_argument("public_key", nargs="+", help="NAME.pub files")
-    p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
-    p.add_argument("--ca", help="the federation's CA certificate")
-    common(p)
-    p.set_defaults(func=cmd_register)
+    operator(p)
+    p.set_defaults(func="launch.operator:cmd_register")
 
-    p = sub.add_parser("run", help="submit a training run and wait for it")
+    p = sub.add_parser("run", help="check the config, submit a training run and wait for it")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. simulation.rounds=20 secagg.enabled=true")
-    p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
-    p.add_argument("--ca", help="the federation's CA certificate")
     p.add_argument("--output-dir", required=True, help="where the server writes metrics.json, checkpoint.pt, plots")
     p.add_argument("--config-name", default="deploy", help="primary config in conf/ (default: deploy)")
     p.add_argument("--app-dir", default=str(APP_DIR), help="the Flower app to submit (default: this project)")
-    common(p)
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--start-timeout", type=float, default=120.0,
+                   help="seconds the run may wait for the server to start its ServerApp; after that it is stopped "
+                        "and `run` exits 1 (default: %(default)s)")
+    operator(p)
+    p.set_defaults(func="launch.operator:cmd_run")
 
     p = sub.add_parser("stop", help="stop a run")
     p.add_argument("run_id", type=int, help="the run's id, as `flwr ls` or the `run` command printed it")
-    p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
-    p.add_argument("--ca", help="the federation's CA certificate")
-    common(p)
-    p.set_defaults(func=cmd_stop)
+    operator(p)
+    p.set_defaults(func="launch.operator:cmd_stop")
     return parser
 
 
+def _command(func: Callable[[argparse.Namespace], int] | str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's function; ``"module:name"`` is imported only when that subcommand runs (``--help`` stays quick)."""
+    if callable(func):
+        return func
+    module, _, name = func.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from client.log_store import LogStoreError
+    from launch.run_check import RunConfigError
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        return int(_command(args.func)(args))
     except (CannotStart, PortInUseError, certs_module.CertificateError, CommandError, ConnectionConfigError,
-            LogStoreError) as error:
+            LogStoreError, ApprovedAppsError, ProxyError, RunConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The command lines of Flower's own tools for a real deployment, built in one place with the right flags.
 
-``flower-superlink`` (Fleet, Control and Runtime APIs on one port), ``flower-supernode`` (one per device),
-``flwr supernode register`` and ``flwr run``. Every command runs from this project's venv and never lets Flower
+``flower-superlink`` (Fleet, Control and Runtime APIs on one port, on 127.0.0.1), ``flower-supernode`` (one per
+device), each beside a ``launch.task_launcher`` (process isolation), and ``flwr supernode register``, ``flwr run``,
+``flwr ls`` and ``flwr stop``. Every command runs from this project's venv and never lets Flower
 build a runtime environment (``--disable-runtime-dependency-installation`` and
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``: ``uv sync`` would resolve torch from an index).
 """
@@ -19,7 +20,8 @@ import tomli_w
 from launch.certs import ServerCertificates
 
 BIN_DIR = Path(sys.executable).parent
-"""The venv's bin folder: Flower finds its helper executables (flower-superexec, flwr-serverapp) on PATH."""
+"""The venv's bin folder: Flower finds its helper executables (flwr-serverapp, flwr-clientapp) on PATH."""
+LOOPBACK = "127.0.0.1"
 
 
 class CommandError(ValueError):
@@ -36,15 +38,32 @@ def flower_environment(flwr_home: str | os.PathLike[str], base: Mapping[str, str
     return env
 
 
-def superlink_command(*, host: str, port: int, database: str | os.PathLike[str],
-                      certificates: ServerCertificates | None) -> list[str]:
-    """``flower-superlink`` with TLS and SuperNode authentication, or ``--insecure`` when ``certificates`` is None."""
-    argv = [str(BIN_DIR / "flower-superlink"), "--host", host, "--port", str(port), "--database", str(database),
-            "--disable-runtime-dependency-installation"]
+def superlink_command(*, port: int, database: str | os.PathLike[str], certificates: ServerCertificates | None,
+                      secret_file: str | os.PathLike[str]) -> list[str]:
+    """``flower-superlink`` on 127.0.0.1 only (the proxy serves the public port), in process isolation with the
+    SuperExec auth secret (``launch.task_launcher`` starts the ServerApp), with TLS and SuperNode authentication, or
+    ``--insecure`` when ``certificates`` is None."""
+    argv = [str(BIN_DIR / "flower-superlink"), "--host", LOOPBACK, "--port", str(port), "--database", str(database),
+            "--disable-runtime-dependency-installation", "--isolation", "process",
+            "--superexec-auth-secret-file", str(secret_file)]
     if certificates is None:
         return argv + ["--insecure"]
     return argv + ["--ssl-ca-certfile", str(certificates.ca_cert), "--ssl-certfile", str(certificates.server_cert),
                    "--ssl-keyfile", str(certificates.server_key), "--enable-supernode-auth"]
+
+
+def task_launcher_command(*, runtime_api_address: str, root_certificates: str | os.PathLike[str] | None,
+                          secret_file: str | os.PathLike[str], parent_pid: int,
+                          approved_apps: str | os.PathLike[str] | None = None) -> list[str]:
+    """``python -m launch.task_launcher``: Flower's SuperExec with the task token on stdin and, on a device, only
+    approved app bundles; it exits with ``parent_pid`` (the SuperLink or SuperNode it serves)."""
+    argv = [sys.executable, "-m", "launch.task_launcher", "--runtime-api-address", runtime_api_address,
+            "--secret-file", str(secret_file), "--parent-pid", str(parent_pid)]
+    if root_certificates is not None:
+        argv += ["--root-certificates", str(root_certificates)]
+    if approved_apps is not None:
+        argv += ["--approved-apps", str(approved_apps)]
+    return argv
 
 
 def node_config_text(values: Mapping[str, object]) -> str:
@@ -70,13 +89,15 @@ def node_config_text(values: Mapping[str, object]) -> str:
 
 
 def supernode_command(*, superlink: str, runtime_port: int, node_config: Mapping[str, object],
-                      root_certificates: str | os.PathLike[str] | None,
-                      private_key: str | os.PathLike[str] | None, max_retries: int | None = None) -> list[str]:
-    """``flower-supernode`` for one device: TLS (``root_certificates`` = the federation CA) and its auth key,
-    or ``--insecure`` when ``root_certificates`` is None. ``runtime_port`` is the node's own local port, where
-    its ClientApp processes connect; it must differ between nodes on one machine."""
-    argv = [str(BIN_DIR / "flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
-            "--node-config", node_config_text(node_config)]
+                      root_certificates: str | os.PathLike[str] | None, private_key: str | os.PathLike[str] | None,
+                      secret_file: str | os.PathLike[str], max_retries: int | None = None) -> list[str]:
+    """``flower-supernode`` for one device: TLS (``root_certificates`` = the federation CA) and its auth key, or
+    ``--insecure`` when ``root_certificates`` is None. Process isolation with the SuperExec auth secret:
+    ``launch.task_launcher`` starts its ClientApps. ``runtime_port`` is the node's own port on 127.0.0.1, where its
+    task launcher and ClientApp processes connect; it must differ between nodes on one machine."""
+    argv = [str(BIN_DIR / "flower-supernode"), "--superlink", superlink, "--host", LOOPBACK, "--port", str(runtime_port),
+            "--node-config", node_config_text(node_config), "--isolation", "process",
+            "--superexec-auth-secret-file", str(secret_file)]
     if root_certificates is None:
         argv.append("--insecure")
     else:

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from launch import cli
+from launch import cli, serve
 from launch.certs import (
     CertificateError, certificate_hosts, check_superlink_tls, generate_node_key, generate_server_certificates,
     server_certificates,
@@ -75,19 +75,23 @@ def test_missing_tls_files_are_named_with_how_to_create_them(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- command lines
-def test_superlink_runs_with_tls_and_node_authentication_unless_insecure(tmp_path):
-    secure = superlink_command(host="127.0.0.1", port=9092, database=tmp_path / "s.db", certificates=server_certificates(tmp_path))
+def test_superlink_runs_on_loopback_with_tls_node_authentication_and_process_isolation(tmp_path):
+    secure = superlink_command(port=9093, database=tmp_path / "s.db", certificates=server_certificates(tmp_path),
+                               secret_file=tmp_path / "secret")
     assert "--enable-supernode-auth" in secure and "--ssl-certfile" in secure and "--insecure" not in secure
     assert "--disable-runtime-dependency-installation" in secure
-    insecure = superlink_command(host="127.0.0.1", port=9092, database=tmp_path / "s.db", certificates=None)
+    assert secure[secure.index("--host") + 1] == "127.0.0.1" and secure[secure.index("--isolation") + 1] == "process"
+    assert secure[secure.index("--superexec-auth-secret-file") + 1] == str(tmp_path / "secret")
+    insecure = superlink_command(port=9093, database=tmp_path / "s.db", certificates=None, secret_file=tmp_path / "s")
     assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
 
 
 def test_supernode_command_names_its_log_and_key(tmp_path):
     argv = supernode_command(superlink="127.0.0.1:9092", runtime_port=9101, node_config={"log-db": "/d/my log.db"},
-                             root_certificates="ca.pem", private_key="n.key")
+                             root_certificates="ca.pem", private_key="n.key", secret_file="s")
     assert argv[argv.index("--node-config") + 1] == 'log-db="/d/my log.db"'
     assert argv[argv.index("--root-certificates") + 1] == "ca.pem" and "--auth-supernode-private-key" in argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--isolation") + 1] == "process"
 
 
 def test_node_config_text_parses_back_with_flowers_parser():
@@ -156,10 +160,13 @@ def test_cli_refuses_to_start_a_superlink_without_certificates(tmp_path):
     assert result.returncode == 2 and "TLS files not found" in result.stderr
 
 
+def _superlink_args(*extra: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["superlink", "--port", str(free_port()), "--local-port", str(free_port()), *extra])
+
+
 def test_cli_insecure_mode_needs_the_flag_and_warns(tmp_path, capsys):
-    args = cli.build_parser().parse_args(["superlink", "--insecure", "--port", str(free_port()), "--state", str(tmp_path / "s.db")])
-    argv = cli.superlink_argv(args)
-    assert "--insecure" in argv and "WARNING: --insecure" in capsys.readouterr().err
+    plan = serve.plan_superlink(_superlink_args("--insecure", "--state", str(tmp_path / "s.db")))
+    assert "--insecure" in plan.superlink and "WARNING: --insecure" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_supernode_without_a_log_store_or_key(tmp_path):
@@ -170,8 +177,10 @@ def test_cli_refuses_a_supernode_without_a_log_store_or_key(tmp_path):
     from client.log_store import LogStore
 
     LogStore.open(tmp_path / "events.db").close()
+    (tmp_path / "approved.txt").write_text("0" * 64 + "\n")
     missing_key = _cli("supernode", "--superlink", "127.0.0.1:9", "--ca", str(tmp_path / "certs" / "ca.pem"), "--key",
-                       str(tmp_path / "none.key"), "--log-db", str(tmp_path / "events.db"), "--port", str(free_port()))
+                       str(tmp_path / "none.key"), "--log-db", str(tmp_path / "events.db"), "--port", str(free_port()),
+                       "--approved-apps", str(tmp_path / "approved.txt"))
     assert missing_key.returncode == 2 and "--key" in missing_key.stderr and "does not exist" in missing_key.stderr
     bad_address = _cli("supernode", "--superlink", "localhost", "--insecure", "--log-db", str(tmp_path / "events.db"))
     assert bad_address.returncode == 2 and "must be HOST:PORT" in bad_address.stderr
@@ -257,6 +266,47 @@ def test_the_superlink_state_file_is_private_new_or_pre_existing(tmp_path):
     old.write_bytes(b"")
     os.chmod(old, 0o644)
     for state in (fresh, old):
-        args = cli.build_parser().parse_args(["superlink", "--insecure", "--port", str(free_port()), "--state", str(state)])
-        cli.superlink_argv(args)
+        serve.plan_superlink(_superlink_args("--insecure", "--state", str(state)))
         assert stat.S_IMODE(state.stat().st_mode) == 0o600
+
+
+# ------------------------------------------------------------------------------------------ issue 23, item 4
+def test_certs_always_list_loopback_where_the_proxy_and_flwr_reach_the_superlink(tmp_path):
+    result = _cli("certs", "--out", str(tmp_path), "--host", "fedpref.example.org")
+    assert result.returncode == 0, result.stderr
+    assert certificate_hosts(tmp_path / "server.pem") == ["127.0.0.1", "fedpref.example.org"]
+
+
+def test_a_superlink_certificate_without_loopback_is_refused(tmp_path):
+    generate_server_certificates(tmp_path / "certs", ["fedpref.example.org"])
+    result = _cli("superlink", "--certs", str(tmp_path / "certs"), "--port", str(free_port()), "--local-port",
+                  str(free_port()), "--state", str(tmp_path / "s.db"))
+    assert result.returncode == 2 and "lists ['fedpref.example.org'] but not 127.0.0.1" in result.stderr
+
+
+def test_the_public_and_local_ports_must_differ(tmp_path):
+    port = str(free_port())
+    result = _cli("superlink", "--insecure", "--port", port, "--local-port", port, "--state", str(tmp_path / "s.db"))
+    assert result.returncode == 2 and f"--local-port {port} must differ from --port {port}" in result.stderr
+
+
+def test_a_device_needs_a_valid_approved_apps_file(tmp_path):
+    from client.log_store import LogStore
+
+    LogStore.open(tmp_path / "events.db").close()
+    device = ["supernode", "--superlink", "127.0.0.1:9", "--insecure", "--log-db", str(tmp_path / "events.db"),
+              "--port", str(free_port())]
+    missing = _cli(*device)
+    assert missing.returncode == 2 and "--approved-apps FILE is required" in missing.stderr and "app-hash" in missing.stderr
+    (tmp_path / "approved.txt").write_text("not-a-hash\n")
+    bad = _cli(*device, "--approved-apps", str(tmp_path / "approved.txt"))
+    assert bad.returncode == 2 and f"{tmp_path / 'approved.txt'}:1: each entry must be" in bad.stderr
+
+
+def test_app_hash_prints_the_hash_alone(tmp_path):
+    from launch.approved_apps import bundle_hash
+    from tests.conftest import ROOT
+
+    result = _cli("app-hash")
+    assert result.returncode == 0 and result.stdout == bundle_hash(ROOT) + "\n"
+    assert _cli("app-hash", "--app-dir", str(tmp_path)).returncode == 2
