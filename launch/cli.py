@@ -144,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "prints a bundle's hash)")
     p.add_argument("--log-db", help="this device's log store (SQLite)")
     p.add_argument("--partition-id", type=int, help="instead of --log-db: train on synthetic user N")
-    p.add_argument("--ledger-path", help="record-level privacy ledger (default: next to the log)")
+    p.add_argument("--ledger-path", help="this device's privacy ledger (default: next to the log)")
+    p.add_argument("--privacy-policy",
+                   help="this device's privacy policy, a JSON file of client.privacy_policy.DevicePrivacyPolicy's "
+                        "fields (default: the safe defaults: user-level DP required, z >= 0.5, at most epsilon 10 a "
+                        "run and 40 over the device's life, 24 rounds a day)")
     p.add_argument("--port", type=int, default=9094,
                    help="port on 127.0.0.1 for this node's task launcher and ClientApp processes, unique per node "
                         "(default: %(default)s)")

@@ -25,7 +25,8 @@ from launch.commands import (
 from launch.processes import ensure_port_free, is_listening
 from launch.proxy import caddy_command, caddy_environment, write_caddy_config
 from launch.supervisor import Supervisor
-from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID
+from privacy.errors import PrivacyConfigError
+from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID, PRIVACY_POLICY
 
 START_TIMEOUT_S = 120.0
 ACTIVATION_REFUSED = "[code: 2004]"
@@ -164,6 +165,15 @@ def _node_config(args: argparse.Namespace) -> dict[str, object]:
         raise CannotStart("say where this device's data is: --log-db PATH (its log store) or --partition-id N (a synthetic user).")
     if args.ledger_path:
         node_config[LEDGER_PATH] = str(Path(args.ledger_path).expanduser().resolve())
+    if args.privacy_policy:
+        from client.privacy_policy import load_policy  # imports torch (through the instructions' model config)
+
+        policy = existing_file(args.privacy_policy, "--privacy-policy (this device's privacy policy, a JSON file)")
+        try:
+            load_policy({PRIVACY_POLICY: str(policy)})
+        except PrivacyConfigError as error:
+            raise CannotStart(f"--privacy-policy: {error}") from None
+        node_config[PRIVACY_POLICY] = str(policy)
     return node_config
 
 
