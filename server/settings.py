@@ -255,6 +255,21 @@ class RunSettings:
         return min(self.simulation.nodes, self.population.num_users) if self.simulation.nodes else self.population.num_users
 
 
+def _check_delta(s: RunSettings) -> None:
+    """delta < 1/N, N the users sampled from: the simulation's population, or on a real deployment the nodes
+    connected at round 1, at least ``deployment.min_nodes`` (checked again once they are known)."""
+    if s.deployment.engine == "simulation":
+        n, key, what = s.population.num_users, "population.num_users", "the simulated users"
+    elif s.deployment.min_nodes is not None:
+        n, key, what = s.deployment.min_nodes, "deployment.min_nodes", ("the fewest nodes round 1 starts with; the run "
+                                                                         "checks again against the nodes connected")
+    else:
+        return
+    if not s.privacy.delta < 1.0 / n:
+        raise PrivacyConfigError(f"privacy.delta must be < 1/{key} = {1.0 / n:g} ({what}; a larger delta can leak one "
+                                 f"user's data outright); found {s.privacy.delta}.")
+
+
 def _check_across_groups(s: RunSettings) -> None:
     if s.simulation.nodes > s.population.num_users:
         raise ConfigError(
@@ -274,11 +289,7 @@ def _check_across_groups(s: RunSettings) -> None:
             "Set privacy.noise=secure (the default)."
         )
     if s.privacy.user_level:
-        if not s.privacy.delta < 1.0 / s.population.num_users:
-            raise PrivacyConfigError(
-                f"privacy.delta must be < 1/population.num_users = {1.0 / s.population.num_users:g} "
-                f"(a larger delta can leak one user's data outright); found {s.privacy.delta}."
-            )
+        _check_delta(s)
         if s.strategy.name not in MEAN_STRATEGIES:
             raise ConfigError(
                 f"strategy.name={s.strategy.name!r} cannot be combined with user-level DP (privacy.mode="

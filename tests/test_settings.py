@@ -37,10 +37,23 @@ def test_robust_strategies_compose_without_user_level_dp(compose_config, strateg
     (["privacy.accountant=gdp"], "privacy.accountant must be one of"),
     (["resume=true"], "resume=true needs checkpoint=PATH"),
     (["simulation.users_per_message=0"], "simulation.users_per_message must be >= 1"),
+    (["privacy.clipping=median"], "privacy.clipping must be one of"),
+    (["privacy.clipping_quantile=1.0"], "privacy.clipping_quantile must be in (0, 1)"),
+    (["privacy.clipping_learning_rate=0"], "privacy.clipping_learning_rate must be in (0, 10]"),
 ])
 def test_impossible_configs_fail_naming_the_key_and_range(compose_config, overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         settings_from_config(compose_config(*overrides))
+
+
+def test_a_deployments_delta_is_checked_against_its_nodes_not_a_simulated_population():
+    """On a real server N is the nodes connected at round 1 (at least deployment.min_nodes), not population.num_users,
+    a simulation setting the operator never set."""
+    from server.server_app import compose_settings
+
+    with pytest.raises(ValueError, match=r"privacy.delta must be < 1/deployment.min_nodes = 0.333333 \(the fewest nodes"):
+        compose_settings("deploy", ["privacy.delta=0.4"])
+    assert compose_settings("deploy", ["privacy.delta=0.01", "population.num_users=1000000"]).privacy.delta == 0.01
 
 
 def test_entry_point_rejects_a_bad_config_before_any_training():
