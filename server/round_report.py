@@ -96,10 +96,11 @@ def final_lines(metrics: dict) -> list[str]:
             lines.append(f"  baseline {name.replace('_', ' ')}: {value:.3f}")
     if privacy["user_level"]:
         u = privacy["user_level"]
+        evaluation = " + the devices' evaluation" if u["evaluation_releases"] else ""
         lines.append(f"user-level privacy over d={privacy['model_parameters']} parameters: ε={u['epsilon']:.3f} "
                      f"δ={u['delta']:g} (z={u['noise_multiplier']:.3f}, q={u['sample_rate']}, C={u['clipping_norm']}"
                      f"{' adaptive' if u['clipping'] == 'adaptive' else ''}, {u['rounds']} rounds"
-                     f"{' + the devices evaluation' if u['evaluation_releases'] else ''}, {u['accountant']}); it covers "
+                     f"{evaluation}, {u['accountant']}); it covers "
                      "everything the devices sent")
     if privacy["record_level"]:
         r = privacy["record_level"]
