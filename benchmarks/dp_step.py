@@ -87,7 +87,8 @@ def step_functions(batch: int, steps: int) -> dict[str, Callable[[], None]]:
     def non_private_unpacked() -> None:
         unpacked_opt.zero_grad(set_to_none=True)
         _, (h_n, _) = unpacked.lstm(unpacked._embed(x))
-        logits = unpacked._logits(torch.cat([h_n[-2], h_n[-1]], dim=-1))
+        last_row = x[torch.arange(x.shape[0]), lengths - 1]  # the model's head reads the predicted event's row too
+        logits = unpacked._logits(torch.cat([h_n[-2], h_n[-1]], dim=-1), last_row)
         F.cross_entropy(logits, targets).backward()
         unpacked_opt.step()
 
