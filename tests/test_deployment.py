@@ -271,6 +271,8 @@ def run_a(federation):
     text = _finish_run(process, log, 600)
     federation.timings["run_a_s"] = time.perf_counter() - started
     assert process.returncode == 0, text[-3000:]
+    # The run ends with its figures, in its run.log and in what the operator's `launch run` streamed.
+    assert "user-level privacy over d=" in (out / "run.log").read_text() and "user-level privacy over d=" in text
     return out, json.loads((out / "metrics.json").read_text()), run_id, attacks
 
 
