@@ -163,6 +163,19 @@ class StreamingPredictor:
             self._remember(key, state)
         return _softmax(state.logits)
 
+    def peek(self, user_id: str | int, event: Event) -> np.ndarray:
+        """The distribution ``[8]`` the user's state would give after ``event``, without reading it into the state
+        (what a request would get before the app logs it).
+
+        Raises:
+            ValueError, StaleStateError: as in :meth:`observe`.
+        """
+        state = self._current_state(check_user_id(user_id))
+        if state.last_ts is not None and event.ts < state.last_ts:
+            raise ValueError(f"events must be observed in time order; the last one read is at ts={state.last_ts}. "
+                             f"Found ts={event.ts}.")
+        return _softmax(self._advance(state, [event]).logits)
+
     def flush(self) -> None:
         """Write every state that has events not yet saved."""
         for key in list(self._unsaved):

@@ -29,7 +29,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from generation.cold_start import ExplorationConfig, Questionnaire, choose_genre, population_prior, starting_preference
+from generation.cold_start import (
+    ExplorationConfig, Questionnaire, choose_genre, explored_preference, population_prior, starting_preference,
+)
 from model.features.encoding import FEATURE_DIM, EventEncoder, build_examples
 from model.features.heuristic_prior import prior_logits
 from model.features.recent_choices import RecentChoices, summarise_recent
@@ -161,13 +163,6 @@ class OraclePolicy:
 
     def report(self) -> dict:
         return {}
-
-
-def explored_preference(probs: np.ndarray, genre: str) -> np.ndarray:
-    """``probs`` pulled halfway to ``genre``, so the explored genre leads and the rest keep their order."""
-    onehot = np.zeros(len(GENRES))
-    onehot[GENRE_INDEX[genre]] = 1.0
-    return 0.5 * onehot + 0.5 * probs
 
 
 class ModelPolicy:
