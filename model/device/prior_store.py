@@ -46,6 +46,8 @@ from model.network.networks import ModelConfig, PreferenceLSTM
 from storage.atomic import atomic_write_bytes
 
 MESSAGES = ("train", "evaluate")
+_GRAPHS: dict[str, onnx.ModelProto] = {}
+"""Step graphs by architecture, shared by every store in this process (an export takes seconds)."""
 PROBE_TOLERANCE = 1e-4
 """Largest difference allowed between ONNX Runtime's and torch's logits on the probe event."""
 
@@ -139,7 +141,6 @@ class PriorStore:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self._graphs: dict[str, onnx.ModelProto] = {}
 
     def current(self) -> KeptPrior | None:
         """The prior in use, or None before the first one is kept."""
@@ -213,18 +214,19 @@ class PriorStore:
             raise PriorRefused("onnx", f"the exported step's logits differ from torch's by {gap:.3g} on the probe")
 
     def _graph(self, model: PreferenceLSTM) -> onnx.ModelProto:
-        """The architecture's step graph: in memory, else from ``graphs/``, else exported (once) and kept there."""
+        """The architecture's step graph: in this process's memory, else from ``graphs/``, else exported (once) and
+        kept there."""
         key = architecture_key(model.config)
-        if key not in self._graphs:
+        if key not in _GRAPHS:
             path = self.folder / "graphs" / f"{key}.onnx"
             if path.is_file():
-                self._graphs[key] = onnx.load_model_from_string(path.read_bytes())
+                _GRAPHS[key] = onnx.load_model_from_string(path.read_bytes())
             else:
                 graph = step_graph(model)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, graph.SerializeToString())
-                self._graphs[key] = graph
-        return self._graphs[key]
+                _GRAPHS[key] = graph
+        return _GRAPHS[key]
 
     def _prior_folders(self) -> list[Path]:
         if not self.folder.is_dir():
