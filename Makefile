@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: a later resolve of "torch>=..." then installs nothing more (no CUDA packages).
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev,acestep]"
+	# The studio page's browser test drives Debian's Chromium and its driver (installed once, as root, no prompts).
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	touch $(STAMP)
 
 install: $(STAMP)

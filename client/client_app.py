@@ -13,7 +13,9 @@ text, which can name the log's path or a value from it.
 
 Where the data comes from is pluggable (``client.device_data.DataSource``): ``make_client_app(source, mods=...)``
 builds the app around any source. ``app``, the product ClientApp that ``flwr run`` and every SuperNode run
-(pyproject.toml), reads the log store named by node config ``log-db``. The simulation builds its own from these same
+(pyproject.toml), reads the log store named by node config ``log-db``, and keeps each global prior it receives in the
+device's storage for the device's own app (``client.received_prior``), after its reply is built and without ever
+changing it. The simulation builds its own from these same
 functions (``simulations.federation.client_app``: synthetic user ``partition-id``, and its attacks as a client mod).
 """
 
@@ -34,6 +36,7 @@ from client.device_data import DataSource, DeviceDataError, device_data
 from client.device_ledger import DeviceLedger
 from client.local_update import local_evaluation, local_updates
 from client.privacy_policy import PolicyRefusal
+from client.received_prior import PriorKeeper, keep_quietly, keep_received_prior
 from client.secagg_client import secagg_app
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import InstructionError, TrainInstructions, from_config_items
@@ -112,10 +115,20 @@ def refusing_with_codes(handler: Callable[[Message, Context], Message]) -> Calla
     return guarded
 
 
-def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientApp:
-    """The ClientApp whose nodes get their examples from ``source``, with Flower client ``mods`` around it."""
+def make_client_app(source: DataSource, *, mods: Sequence[Mod] = (), keep_prior: PriorKeeper | None = None
+                    ) -> ClientApp:
+    """The ClientApp whose nodes get their examples from ``source``, with Flower client ``mods`` around it.
+
+    ``keep_prior``: called with each global prior a device (not a simulation slot) received, once the reply to its
+    message is built; a failure is logged on the device and changes nothing else (``client.received_prior``).
+    """
     app = ClientApp(mods=list(mods))
     secure = secagg_app(source)
+
+    def keep(kind: str, context: Context, users: list[int] | None, arrays: dict[str, np.ndarray],
+             instructions: TrainInstructions) -> None:
+        if keep_prior is not None and users is None:
+            keep_quietly(keep_prior, arrays, instructions, context.node_config, kind)
 
     @app.train()
     @refusing_with_codes
@@ -123,7 +136,9 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
         if RECORD_KEY_CONFIGS in msg.content.config_records:  # a stage of a SecAgg+ round (legacy message layout)
             return secure(msg, context)
         instructions, global_arrays, users = _instructions(msg), _arrays(msg), slot_users(msg.content)
-        return _reply(msg, users, _train_all(source, global_arrays, instructions, _node_configs(users, context)))
+        reply = _reply(msg, users, _train_all(source, global_arrays, instructions, _node_configs(users, context)))
+        keep("train", context, users, global_arrays, instructions)
+        return reply
 
     @app.evaluate()
     @refusing_with_codes
@@ -138,7 +153,9 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
                     raise refusal
             scores = local_evaluation(global_arrays, instructions.model, data.held_out, data.train)
             parts.append(RecordDict({EVALUATION: to_array_record({SCORES_ARRAY: scores})}))
-        return _reply(msg, users, parts)
+        reply = _reply(msg, users, parts)
+        keep("evaluate", context, users, global_arrays, instructions)
+        return reply
 
     @app.query("ping")
     def ping(msg: Message, context: Context) -> Message:
@@ -148,5 +165,5 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = ()) -> ClientAp
     return app
 
 
-app = make_client_app(device_data)
-"""The product ClientApp: a device training on its own log store (node config ``log-db``)."""
+app = make_client_app(device_data, keep_prior=keep_received_prior)
+"""The product ClientApp: a device training on its own log store (node config ``log-db``), keeping each prior."""

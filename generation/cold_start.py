@@ -14,7 +14,7 @@ LSTM takes over after 3-5 interactions, starting from a population prior. The pi
    did not name, so none gets probability zero.
 4. ``choose_genre``: during the first ``ExplorationConfig.interactions`` interactions a genre is *sampled* from the
    distribution sharpened or flattened by a temperature (``p^(1/T)``, renormalised), so first generations are
-   diverse; afterwards the mode is taken.
+   diverse; afterwards the mode is taken. ``explored_preference`` pulls the distribution halfway to that genre.
 """
 
 from __future__ import annotations
@@ -184,3 +184,10 @@ def choose_genre(probs: np.ndarray, *, interactions_done: int, config: Explorati
         return GenreChoice(GENRES[int(np.argmax(probs))], explored=False)
     tempered = np.power(np.maximum(probs, 1e-12), 1.0 / config.temperature)
     return GenreChoice(GENRES[int(rng.choice(len(GENRES), p=tempered / tempered.sum()))], explored=True)
+
+
+def explored_preference(probs: np.ndarray, genre: str) -> np.ndarray:
+    """``probs`` pulled halfway to ``genre``, so the explored genre leads and the rest keep their order."""
+    onehot = np.zeros(len(GENRES))
+    onehot[GENRE_INDEX[genre]] = 1.0
+    return 0.5 * onehot + 0.5 * np.asarray(probs, dtype=np.float64)

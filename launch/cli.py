@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-db", help="this device's log store (SQLite)")
     p.add_argument("--partition-id", type=int, help="instead of --log-db: train on synthetic user N")
     p.add_argument("--ledger-path", help="this device's privacy ledger (default: next to the log)")
+    p.add_argument("--device-storage",
+                   help="folder where this device keeps the last global prior for its app (the device room; default: "
+                        "LOG.device/ next to --log-db)")
     p.add_argument("--privacy-policy",
                    help="this device's privacy policy, a JSON file of client.privacy_policy.DevicePrivacyPolicy's "
                         "fields (default: the safe defaults: user-level DP required, z >= 0.5, at most epsilon 10 a "

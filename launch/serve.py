@@ -26,7 +26,7 @@ from launch.processes import ensure_port_free, is_listening
 from launch.proxy import caddy_command, caddy_environment, write_caddy_config
 from launch.supervisor import Supervisor
 from privacy.errors import PrivacyConfigError
-from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID, PRIVACY_POLICY
+from protocol.node_config import DEVICE_STORAGE, LEDGER_PATH, LOG_DB, PARTITION_ID, PRIVACY_POLICY
 
 START_TIMEOUT_S = 120.0
 ACTIVATION_REFUSED = "[code: 2004]"
@@ -165,6 +165,8 @@ def _node_config(args: argparse.Namespace) -> dict[str, object]:
         raise CannotStart("say where this device's data is: --log-db PATH (its log store) or --partition-id N (a synthetic user).")
     if args.ledger_path:
         node_config[LEDGER_PATH] = str(Path(args.ledger_path).expanduser().resolve())
+    if args.device_storage:
+        node_config[DEVICE_STORAGE] = str(Path(args.device_storage).expanduser().resolve())
     if args.privacy_policy:
         from client.privacy_policy import load_policy  # imports torch (through the instructions' model config)
 

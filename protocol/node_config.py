@@ -12,3 +12,6 @@ LEDGER_PATH = "ledger-path"
 """Where the device keeps its record-level privacy ledger (default: next to the log)."""
 PRIVACY_POLICY = "privacy-policy"
 """A JSON file of the device owner's privacy policy (``client.privacy_policy``); without it the safe defaults hold."""
+DEVICE_STORAGE = "device-storage"
+"""The device's own folder where its app keeps what the federation gave it (the last global prior) and what it
+made (audio); default: ``<log>.device/`` next to the log (``client.received_prior``). Read on the device only."""

@@ -47,7 +47,9 @@ from simulations.loop.report import (  # noqa: E402
 )
 from simulations.loop.settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
 from simulations.loop.judging import __doc__ as JUDGING_DOC  # noqa: E402
-from simulations.loop.policies import BaselinePolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy  # noqa: E402
+from simulations.loop.policies import (  # noqa: E402
+    BaselinePolicy, DeviceRoomPolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy,
+)
 from simulations.loop.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
 from simulations.loop.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
 from simulations.federation.settings import world_of  # noqa: E402
@@ -84,7 +86,7 @@ def _model_policies(settings: ExperimentSettings, output_dir: Path, progress) ->
     return arrays, report
 
 
-def _make_policy(name: str, settings: ExperimentSettings, arrays: dict, cohort) -> Policy:
+def _make_policy(name: str, settings: ExperimentSettings, arrays: dict, cohort, output_dir: Path) -> Policy:
     run, loop = settings.run, settings.loop
     if name == "baseline":
         return BaselinePolicy()
@@ -95,11 +97,13 @@ def _make_policy(name: str, settings: ExperimentSettings, arrays: dict, cohort) 
     if name.startswith("federated_dp"):
         retrainer = FederatedRetrainer(run, arrays[name], num_users=loop.users, retrain=loop.retrain,
                                        planned_retrainings=planned_retrainings(settings))
-    else:
-        retrainer = CentralRetrainer(run, arrays[name], retrain=loop.retrain)
+        return DeviceRoomPolicy(name, run.model, arrays[name], retrainer, root=output_dir / "devices" / name / "rooms",
+                                window=run.population.window, exploration=loop.exploration,
+                                questionnaire_weight=loop.questionnaire_weight,
+                                personal=name == "federated_dp_personal")
+    retrainer = CentralRetrainer(run, arrays[name], retrain=loop.retrain)
     return ModelPolicy(name, run.model, arrays[name], retrainer, window=run.population.window,
-                       exploration=loop.exploration, questionnaire_weight=loop.questionnaire_weight,
-                       personal=name == "federated_dp_personal")
+                       exploration=loop.exploration, questionnaire_weight=loop.questionnaire_weight)
 
 
 def audio_line(audio: dict) -> str:
@@ -134,10 +138,12 @@ def run_experiment(settings: ExperimentSettings, output_dir: Path, *, stream: Te
         arrays, pretraining = _model_policies(settings, output_dir, progress)
         results, reports = {}, {}
         for name in loop.policies:
-            policy = _make_policy(name, settings, arrays, cohort)
+            policy = _make_policy(name, settings, arrays, cohort, output_dir)
             devices = (lambda user_id, name=name: generation.for_device(name, user_id)) if generation.pipeline else None
             results[name] = ClosedLoop(cohort, loop, stream=stream).run(policy, devices)
             reports[name] = policy.report()
+            if isinstance(policy, DeviceRoomPolicy):
+                policy.close()
         table = policy_table(results, loop.report, loop.seed)
         curves = {name: cold_start_curve(records, loop.report) for name, records in results.items()}
         payload = {

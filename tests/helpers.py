@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from model.log.events import Event
+from model.network.networks import ModelConfig
 
 T0 = 1_788_739_200  # 2026-09-07 00:00:00 UTC, a Monday
+PRIOR_MODEL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0, head_dropout=0.0,
+                          style_embedding_dim=8, residual=True)
+"""The default model (conf/model/prior.yaml)."""
+CALM_ACOUSTIC = (("folk", "classical"), 72.0, ("acoustic_guitar", "strings"))
+CLUB = (("electronic",), 128.0, ("synth", "drums"))
+"""(genres kept in turn, tempo, instruments) of two listeners who ask for the same vague music."""
 
 
 def request(ts: float, prompt: str = "something relaxing", offset: int = 0) -> Event:
@@ -17,6 +24,26 @@ def kept(ts: float, genre: str, bpm: float = 100.0, offset: int = 0) -> Event:
 
 def redone(ts: float, genre: str, bpm: float = 100.0, offset: int = 0) -> Event:
     return Event(ts=ts, utc_offset_min=offset, kind="segment_redone", genre=genre, bpm=bpm, instruments=())
+
+
+def listener_log(taste: tuple = CALM_ACOUSTIC, *, start: float = T0, sessions: int = 12,
+                 prompt: str = "something to listen to") -> list[Event]:
+    """A listener's log: each session a request, a redo, a tempo set, a keep of their taste (one session a day)."""
+    genres, bpm, instruments = taste
+    events = []
+    for i in range(sessions):
+        t = start + i * 86_400 + 19 * 3_600
+        genre = genres[i % len(genres)]
+        events += [Event(ts=t, utc_offset_min=60, kind="generation_requested", prompt=prompt),
+                   Event(ts=t + 40, utc_offset_min=60, kind="segment_redone", genre=genre, bpm=bpm + 20, instruments=()),
+                   Event(ts=t + 60, utc_offset_min=60, kind="bpm_set", bpm=bpm, direction="down"),
+                   Event(ts=t + 90, utc_offset_min=60, kind="segment_kept", genre=genre, bpm=bpm,
+                         instruments=instruments)]
+    return events
+
+
+def sample_events() -> list[Event]:
+    return listener_log()
 
 
 def gaussian_mechanism(*, clipping_norm: float, noise_multiplier: float, expected_clients: int, seed: int = 0):

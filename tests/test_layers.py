@@ -1,8 +1,8 @@
 """The tree's layers: every import (at the top of a module or inside a function) points down, never up.
 
 Order, bottom first: storage and validation, privacy, model (log < features < per_sample < network < device),
-generation, protocol, then client and server side by side (they meet only in protocol), then launch (the
-operator's tool that starts both), then simulations. Neither the product (client, server) nor any lower layer
+generation, protocol, then client and server side by side (they meet only in protocol), then studio (the device
+room, over the client's log store), then launch (the operator's tool that starts both), then simulations. Neither the product (client, server) nor any lower layer
 imports simulations. A violation names the file, the line and the module it imports.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 LAYERS = [("storage", "validation"), "privacy", "model.log", "model.features", "model.per_sample", "model.network", "model.device",
-          "generation", "protocol", ("client", "server"), "launch", "simulations"]
+          "generation", "protocol", ("client", "server"), "studio", "launch", "simulations"]
 
 
 def _rank(module: str) -> int | None:
@@ -51,7 +51,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return imported_modules(path.read_text())
 
 
-SOURCES = sorted(p for top in ("storage", "validation", "privacy", "model", "generation", "protocol", "client", "server", "launch", "simulations")
+SOURCES = sorted(p for top in ("storage", "validation", "privacy", "model", "generation", "protocol", "client", "server", "studio", "launch", "simulations")
                  for p in (ROOT / top).rglob("*.py") if p.parent != ROOT / "model")  # model/ itself: sub-packages only
 
 
@@ -84,3 +84,11 @@ def test_client_and_server_meet_only_in_protocol() -> None:
             crossing += [f"{path.relative_to(ROOT)}:{line} imports {module}" for line, module in _imports(path)
                          if module == other or module.startswith(other + ".")]
     assert not crossing, "client and server import each other:\n" + "\n".join(crossing)
+
+
+def test_the_device_room_imports_no_simulations_and_nothing_of_the_server() -> None:
+    room = [f"{path.relative_to(ROOT)}:{line} imports {module}" for path in SOURCES
+            if path.relative_to(ROOT).parts[0] == "studio" for line, module in _imports(path)
+            if module.split(".")[0] in ("simulations", "server", "launch")]
+    assert [p for p in SOURCES if p.relative_to(ROOT).parts[0] == "studio"], "no studio/ modules found"
+    assert not room, "the device room imports:\n" + "\n".join(room)

@@ -240,3 +240,20 @@ def test_lazy_states_are_written_on_flush_and_when_they_leave_memory(tmp_path, e
 def test_lazy_saving_needs_a_log_to_replay():
     with pytest.raises(ValueError, match="save_every"):
         StreamingPredictor(_model(0), "/nonexistent", save_every=8)
+
+
+def test_the_onnx_runtime_streams_as_torch_does_and_their_states_do_not_mix(events, tmp_path):
+    from model.device.export import export_device_model, step_signature
+    from model.device.runtime import DeviceStep
+    from model.device.streaming import OnnxStep
+
+    model = _residual_model(8)
+    runtime = DeviceStep(export_device_model(model, tmp_path / "step.onnx").path, expected=step_signature(model))
+    onnx, torch_stream = StreamingPredictor(OnnxStep(runtime), tmp_path / "a"), StreamingPredictor(model, tmp_path / "a")
+    assert onnx.fingerprint != torch_stream.fingerprint  # a state one made is stale for the other
+    reference = _full_sequence_probs(model, events)
+    for t, event in enumerate(events):
+        np.testing.assert_allclose(onnx.observe("u", event), reference[t], atol=1e-5)
+    history = list(events)
+    lazy = StreamingPredictor(OnnxStep(runtime), tmp_path / "a", history=lambda user: history, save_every=8)
+    np.testing.assert_allclose(lazy.predict("u"), reference[-1], atol=1e-5)

@@ -15,20 +15,27 @@ fewer than N events, and the next use replays just those (exact, because the mod
 Every step equals the full-sequence model ``model(x[:, :t+1], lengths)`` on the same history, because the
 per-event features are exactly those of ``encode_events``: the stream carries the ``model.features.encoding.EventEncoder``
 state (the previous event's time and the decayed counts of kept genres) in the user's state.
+
+The step is torch's (``TorchStep``, from a ``PreferenceLSTM``) or, on the device, the exported step in ONNX Runtime
+(``OnnxStep``, ``model.device.runtime.DeviceStep``): a predictor serves either, and a state made by one is stale for
+the other (their fingerprints differ).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from model.device.runtime import DeviceStep
 from model.features.encoding import EventEncoder
 from model.log.events import Event
-from model.network.networks import PreferenceLSTM
+from model.network.networks import LSTMState, PreferenceLSTM
 from model.network.step_kernel import StepKernel
 from model.device.stream_state import (
     StaleStateError,
@@ -49,6 +56,53 @@ def _softmax(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
 
 
+class StreamStep(Protocol):
+    """One event's step of a causal model: ``(features [1, FEATURE_DIM], (h, c)) -> (logits [1, 8], (h, c))``.
+
+    ``fingerprint`` (64 hex characters) names what computes it: a saved state is continued only by the same one.
+    """
+
+    fingerprint: str
+
+    def initial_state(self) -> LSTMState: ...
+
+    def __call__(self, features: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]: ...
+
+
+class TorchStep:
+    """A causal ``PreferenceLSTM``'s step in torch (``StepKernel``), fingerprinted by its weights."""
+
+    def __init__(self, model: PreferenceLSTM) -> None:
+        if not model.is_causal:
+            raise ValueError("StreamingPredictor needs a causal model (ModelConfig(bidirectional=False)); "
+                             "found a bidirectional one.")
+        self.model = model.eval()
+        self.fingerprint = model_fingerprint(model)
+        self._kernel = StepKernel(model)
+
+    def initial_state(self) -> LSTMState:
+        return self.model.initial_state(1)
+
+    def __call__(self, features: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        return self._kernel(features, state)
+
+
+class OnnxStep:
+    """An exported step in ONNX Runtime (what runs on the device), fingerprinted by the file's bytes."""
+
+    def __init__(self, runtime: DeviceStep) -> None:
+        self.runtime = runtime
+        self.fingerprint = hashlib.sha256(runtime.path.read_bytes()).hexdigest()
+
+    def initial_state(self) -> LSTMState:
+        h, c = self.runtime.initial_state()
+        return torch.from_numpy(h), torch.from_numpy(c)
+
+    def __call__(self, features: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        logits, h, c = self.runtime(features.numpy(), h=state[0].numpy(), c=state[1].numpy())
+        return torch.from_numpy(logits), (torch.from_numpy(h), torch.from_numpy(c))
+
+
 class StreamingPredictor:
     """Per-user incremental predictions of the causal preference model, cached on disk.
 
@@ -57,7 +111,7 @@ class StreamingPredictor:
     in-memory LRU cache.
 
     Args:
-        model: a causal ``PreferenceLSTM``.
+        model: a causal ``PreferenceLSTM`` (stepped by ``TorchStep``), or any ``StreamStep`` (``OnnxStep``).
         cache_dir: where state files are kept (the directory of the users' logs).
         history: reads a user's log, for rebuilding a stale or missing state; without it a stale state raises
             ``StaleStateError`` and a missing one starts a new user.
@@ -66,7 +120,7 @@ class StreamingPredictor:
             ``history``: the events since the last save are replayed from the log after a crash.
     """
 
-    def __init__(self, model: PreferenceLSTM, cache_dir: str | Path, *, history: HistoryLoader | None = None,
+    def __init__(self, model: PreferenceLSTM | StreamStep, cache_dir: str | Path, *, history: HistoryLoader | None = None,
                  max_cached_users: int = 1024, save_every: int = 1) -> None:
         if max_cached_users < 0:
             raise ValueError(f"max_cached_users must be >= 0. Found {max_cached_users}.")
@@ -82,14 +136,10 @@ class StreamingPredictor:
         self._unsaved: dict[str, int] = {}
         self.set_model(model)
 
-    def set_model(self, model: PreferenceLSTM) -> None:
+    def set_model(self, model: PreferenceLSTM | StreamStep) -> None:
         """Serve ``model`` from now on; states made by other weights become stale and are rebuilt on next use."""
-        if not model.is_causal:
-            raise ValueError("StreamingPredictor needs a causal model (ModelConfig(bidirectional=False)); "
-                             "found a bidirectional one.")
-        self.model = model.eval()
-        self.fingerprint = model_fingerprint(model)
-        self._step = StepKernel(model)
+        self._step = TorchStep(model) if isinstance(model, PreferenceLSTM) else model
+        self.fingerprint = self._step.fingerprint
         self._memory.clear()
         self._unsaved.clear()  # states of the old weights are stale: nothing of them is worth writing
 
@@ -112,6 +162,19 @@ class StreamingPredictor:
         else:
             self._remember(key, state)
         return _softmax(state.logits)
+
+    def peek(self, user_id: str | int, event: Event) -> np.ndarray:
+        """The distribution ``[8]`` the user's state would give after ``event``, without reading it into the state
+        (what a request would get before the app logs it).
+
+        Raises:
+            ValueError, StaleStateError: as in :meth:`observe`.
+        """
+        state = self._current_state(check_user_id(user_id))
+        if state.last_ts is not None and event.ts < state.last_ts:
+            raise ValueError(f"events must be observed in time order; the last one read is at ts={state.last_ts}. "
+                             f"Found ts={event.ts}.")
+        return _softmax(self._advance(state, [event]).logits)
 
     def flush(self) -> None:
         """Write every state that has events not yet saved."""
@@ -158,7 +221,7 @@ class StreamingPredictor:
         return _softmax(state.logits) if state.events_consumed else None
 
     def _fresh_state(self) -> UserStreamState:
-        h, c = self.model.initial_state(1)
+        h, c = self._step.initial_state()
         return UserStreamState(h, c, torch.zeros(len(GENRES)), self.fingerprint, 0, None, torch.zeros(len(GENRES)))
 
     def _current_state(self, key: str) -> UserStreamState:

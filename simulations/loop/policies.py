@@ -7,13 +7,16 @@ user's explicit words win (``build_request``'s rules), so they differ only in wh
 * ``baseline``: no personalisation: a uniform preference, so a prompt without a genre gets the app's default
   (pop, "the default light pop piano" of SEED.md) at that genre's default tempo and instruments;
 * ``federated_dp`` / ``central``: the seed's personalised system, with the global model trained by user-level
-  DP-FedAvg or non-privately on pooled logs. Cold start (``generation.cold_start``): for the first
+  DP-FedAvg or non-privately on pooled logs. The private policies run the code a real device runs: each user has
+  a device room (``studio.room.DeviceRoom``, ``DeviceRoomPolicy``) over its own log store and storage, which keeps
+  each retrained global prior as the ClientApp would, streams every logged event through its ONNX step and
+  conditions the request; ``central`` (a server holding everyone's logs, no device) predicts in a batch. Cold start (``generation.cold_start``): for the first
   ``exploration.interactions`` requests the preference is the questionnaire mixed with the model's population prior
   at that local time, and the main genre is *sampled* from it (exploration mode); from then on the model reads the
   user's own window of events. Tempo and instruments come from the user's recent choices (the questionnaire's
   tempo until there are any). The model is retrained periodically from the loop's logs (``simulations.loop.retraining``);
 * ``federated_dp_personal``: ``federated_dp`` with each device's personal logit offset (``model.network.personalise``),
-  refit on the user's own log at every retraining; it never leaves the device;
+  refit by the device room on the user's own log whenever it keeps a new prior; it never leaves the device;
 * ``recent_choices``: no learned model: the heuristic prior alone (``model.features.heuristic_prior``: the genre the prompt
   names, else what the user kept lately), with the user's recent tempo and instruments;
 * ``oracle``: knows the hidden taste at the moment of the request: its genre distribution, preferred tempo and the
@@ -24,21 +27,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from generation.cold_start import ExplorationConfig, Questionnaire, choose_genre, population_prior, starting_preference
-from model.features.encoding import FEATURE_DIM, EventEncoder, build_examples
+from generation.cold_start import (
+    ExplorationConfig, Questionnaire, choose_genre, explored_preference, population_prior, starting_preference,
+)
+from model.features.encoding import FEATURE_DIM, EventEncoder
 from model.features.heuristic_prior import prior_logits
 from model.features.recent_choices import RecentChoices, summarise_recent
 from model.log.events import Event
-from model.log.vocab import GENRE_INDEX, GENRES
+from model.log.vocab import GENRES
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.personalise import fit_personal_bias
 from simulations.loop.judging import liked_instruments
 from simulations.population.population import SyntheticUser
+from studio.room import DeviceRoom, RoomSettings
 
 Arrays = dict[str, np.ndarray]
 UNIFORM = np.full(len(GENRES), 1.0 / len(GENRES))
@@ -163,29 +169,22 @@ class OraclePolicy:
         return {}
 
 
-def explored_preference(probs: np.ndarray, genre: str) -> np.ndarray:
-    """``probs`` pulled halfway to ``genre``, so the explored genre leads and the rest keep their order."""
-    onehot = np.zeros(len(GENRES))
-    onehot[GENRE_INDEX[genre]] = 1.0
-    return 0.5 * onehot + 0.5 * probs
-
-
 class ModelPolicy:
-    """The personalised system: cold start, then the global model on the user's own window, retrained periodically.
+    """The personalised system on a server that holds every log (``central``): cold start, then the global model on
+    the user's own window in one batch, retrained periodically.
 
     Args:
-        name: "federated_dp", "federated_dp_personal" or "central".
+        name: "central".
         model_config: architecture of the global model.
         arrays: its pre-trained weights.
         retrainer: how the weights are updated from the loop's logs.
         window: events the model reads (the request included).
         exploration: how many first interactions explore, and how diversely.
         questionnaire_weight: weight of the sign-up answers against the population prior at cold start.
-        personal: fit each user's personal logit offset on their own log at every retraining (on the device).
     """
 
     def __init__(self, name: str, model_config: ModelConfig, arrays: Arrays, retrainer: Retrainer, *, window: int,
-                 exploration: ExplorationConfig, questionnaire_weight: float, personal: bool = False) -> None:
+                 exploration: ExplorationConfig, questionnaire_weight: float) -> None:
         self.name = name
         self.model = PreferenceLSTM(model_config)
         self._load(arrays)
@@ -195,8 +194,6 @@ class ModelPolicy:
         self.questionnaire_weight = questionnaire_weight
         self._rows: dict[int, list[np.ndarray]] = {}
         self._encoders: dict[int, EventEncoder] = {}
-        self.personal = personal
-        self._bias: dict[int, torch.Tensor] = {}
 
     def _load(self, arrays: Arrays) -> None:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()})
@@ -219,9 +216,6 @@ class ModelPolicy:
             lengths[i] = len(recent)
         with torch.no_grad():
             logits = self.model(torch.from_numpy(x), torch.from_numpy(lengths))
-        for i, ctx in enumerate(contexts):
-            if ctx.user in self._bias:
-                logits[i] += self._bias[ctx.user]
         return torch.softmax(logits, -1).numpy().astype(np.float64)
 
     def _cold_start(self, ctx: RequestContext) -> Conditioning:
@@ -253,11 +247,68 @@ class ModelPolicy:
     def retrain(self, logs: Sequence[Sequence[Event]]) -> str | None:
         arrays, note = self.retrainer.retrain(logs)
         self._load(arrays)
-        if self.personal:  # on each device, from its own log only
-            self._bias = {user: fit_personal_bias(self.model, build_examples(log, self.window))
-                          for user, log in enumerate(logs) if log}
-            note = f"{note}; personal offsets refit on {len(self._bias)} devices"
         return note
 
     def report(self) -> dict:
         return self.retrainer.report()
+
+
+class DeviceRoomPolicy:
+    """The private policies as real devices run them: one ``DeviceRoom`` per user over its own log store and storage
+    (``<root>/user_<id>/``). The app logs each event the loop logs, the room keeps each retrained global prior as
+    the ClientApp would (with the personal offset refit on the device when ``personal``), and its conditioning is
+    the room's: the prior's ONNX step streamed over the whole log, the offset, cold start and recent choices.
+
+    Args:
+        name: "federated_dp" or "federated_dp_personal".
+        model_config, arrays: the pre-trained global prior.
+        retrainer: how the federation retrains it from the loop's logs.
+        root: the folder of the devices' storage.
+        window, exploration, questionnaire_weight, personal: the rooms' settings (``studio.room.RoomSettings``).
+    """
+
+    def __init__(self, name: str, model_config: ModelConfig, arrays: Arrays, retrainer: Retrainer, *, root: Path,
+                 window: int, exploration: ExplorationConfig, questionnaire_weight: float, personal: bool) -> None:
+        self.name, self.model_config, self.arrays, self.retrainer = name, model_config, arrays, retrainer
+        self.root = Path(root)
+        self.settings = RoomSettings(exploration=exploration, questionnaire_weight=questionnaire_weight,
+                                     personal=personal, window=window)
+        self.version = 1
+        self.rooms: dict[int, DeviceRoom] = {}
+
+    def _room(self, ctx: RequestContext) -> DeviceRoom:
+        """The user's device: created at their first request, signed up, holding the current global prior."""
+        room = self.rooms.get(ctx.user)
+        if room is None:
+            room = DeviceRoom(self.root / f"user_{ctx.user}" / "events.db", settings=self.settings,
+                              utc_offset_min=ctx.utc_offset_min)
+            room.sign_up(ctx.answers)
+            room.receive_prior(self.arrays, self.model_config, run_key=self.name, round_number=self.version,
+                               message="evaluate")
+            self.rooms[ctx.user] = room
+        return room
+
+    def condition(self, contexts: Sequence[RequestContext]) -> list[Conditioning]:
+        out = []
+        for ctx in contexts:
+            room = self._room(ctx)
+            room.log(ctx.log[len(room.events):])  # what the app logged since: ends with this request
+            proposal = room.proposal_for_logged_request(seed=ctx.seed)
+            out.append(Conditioning(proposal.preference.probs, proposal.recent, explored=proposal.preference.explored))
+        return out
+
+    def retrain(self, logs: Sequence[Sequence[Event]]) -> str | None:
+        self.arrays, note = self.retrainer.retrain(logs)
+        self.version += 1
+        for room in self.rooms.values():  # every device receives the new prior with the next message
+            room.receive_prior(self.arrays, self.model_config, run_key=self.name, round_number=self.version,
+                               message="evaluate")
+        personal = f"; personal offsets refit on {len(self.rooms)} devices" if self.settings.personal else ""
+        return f"{note}; kept by {len(self.rooms)} device rooms{personal}"
+
+    def report(self) -> dict:
+        return self.retrainer.report()
+
+    def close(self) -> None:
+        for room in self.rooms.values():
+            room.close()
