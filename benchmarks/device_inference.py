@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.device.export import export_device_model, state_dict_bytes, step_signature
 from model.device.runtime import DeviceStep
 from model.device.stream_state import UserStreamState, save_state, state_path
+from model.features.encoding import FEATURE_DIM
 from model.device.streaming import StreamingPredictor
 from model.features.encoding import encode_events
 from model.log.events import Event
@@ -120,7 +121,7 @@ def time_onnx_step(runtime: DeviceStep, logs) -> list[int]:
 
 def time_save_state(model, path: Path, repeats: int) -> list[int]:
     h, c = model.initial_state(1)
-    state = UserStreamState(h, c, torch.zeros(8), "0" * 64, 1, 0.0, torch.zeros(8))
+    state = UserStreamState(h, c, torch.zeros(8), "0" * 64, 1, 0.0, torch.zeros(8), torch.zeros(0, FEATURE_DIM))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter_ns()

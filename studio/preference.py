@@ -2,9 +2,11 @@
 and the cold start until the user has made enough requests.
 
 * The prior is the last one the device kept (``model.device.prior_store``, written by the ClientApp or handed to the
-  room). Each logged event is one step of its ONNX step (``model.device.streaming`` with ``OnnxStep``: the state is
-  saved every few events and replayed from the log after a crash). A new prior makes the state stale; it is
-  rebuilt once from the log.
+  room). Each logged event is encoded into the stream's state (``model.device.streaming`` with ``OnnxStep``: saved
+  every few events, replayed from the log after a crash), and a prediction runs the ONNX step over the last
+  ``window`` events from the initial state: exactly what the model was trained on (``model.features.encoding``'s
+  windows), so a device's prediction is the training example's. A new prior makes the state stale; it is rebuilt
+  once from the log.
 * The personal offset (``model.network.personalise``) is fit on the device's own log against the kept prior and kept
   beside it with the prior's fingerprint, so a new prior refits it. It never leaves the device.
 * Cold start (``generation.cold_start``): for the user's first ``exploration.interactions`` requests the
@@ -67,7 +69,8 @@ class DevicePreference:
     Args:
         storage: the device's storage folder (``prior/``, ``stream/``, ``personal_offset.json`` inside).
         events: returns the events logged so far, oldest first (the room's copy of its log store).
-        window: events each personalisation example reads (the federation's ``population.window``).
+        window: events a prediction (and each personalisation example) reads: the federation's
+            ``population.window``, as the model was trained.
         exploration, questionnaire_weight: cold start.
         personal: fit and apply the personal offset.
         save_every: write the stream state every this many events (replayed from the log after a crash).
@@ -93,7 +96,7 @@ class DevicePreference:
         if current is not None and (self.kept is None or current.folder != self.kept.folder):
             step = OnnxStep(current.runtime())
             predictor = StreamingPredictor(step, self.storage / "stream", history=lambda user: self._events(),
-                                           save_every=self.save_every)
+                                           save_every=self.save_every, window=self.window)
             if self._predictor is not None:
                 self._predictor.close()
             self.kept, self._step, self._predictor, self._model, self._offset = current, step, predictor, None, None

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from generation.cold_start import Questionnaire
-from model.features.encoding import build_examples, encode_events
+from model.features import encoding
+from model.features.encoding import encode_events
 from model.network.networks import PreferenceLSTM
 from studio.room import DeviceRoom, RoomError, RoomSettings
 from tests.helpers import CALM_ACOUSTIC, CLUB, PRIOR_MODEL, listener_log
@@ -66,16 +67,27 @@ def test_words_the_user_typed_win_over_the_prior(tmp_path, warm_storage, prior_a
     assert proposal.why()["genres"]["from"] == "the prompt" and proposal.why()["prompt_won"]["bpm"] == 80
 
 
-def test_the_stream_equals_the_kept_prior_on_the_whole_log_and_the_offset_is_fit_on_it(
-        tmp_path, warm_storage, prior_arrays):
-    room = _room(tmp_path, warm_storage, prior_arrays, personal=False)
+def test_the_device_predicts_what_the_model_was_trained_on_the_requests_window(tmp_path, warm_storage, prior_arrays):
+    """The kept prior streamed in ONNX Runtime gives the request's training example's prediction: the model over the
+    last ``window`` events (their rows encoded with the whole log before them), not over the whole history."""
+    room = _room(tmp_path, warm_storage, prior_arrays, personal=False, window=4)  # short: the history visibly matters
+    torch.manual_seed(1)
+    reading = PreferenceLSTM(PRIOR_MODEL)
+    with torch.no_grad():  # an untrained residual head ignores the LSTM: give it weights on the LSTM's features
+        reading.head.weight.normal_(0.0, 1.0)
+    room.receive_prior({k: v.numpy().copy() for k, v in reading.state_dict().items()}, PRIOR_MODEL, run_key="run",
+                       round_number=3)
     proposal = room.request("something relaxing", seed=3)
     model = room.preference.model()
     events = [*room.events, room._request_event("something relaxing", None)]
-    rows = torch.from_numpy(encode_events(events)).unsqueeze(0)  # the causal model over the whole log and request
-    with torch.no_grad():
-        expected = torch.softmax(model(rows, torch.tensor([len(events)])), -1)[0].numpy()
+    window = room.settings.window
+    assert len(events) > window  # a log longer than the window: the whole history gives another prediction
+    rows = torch.from_numpy(encode_events(events)).unsqueeze(0)  # each row encoded with the whole log before it
+    with torch.no_grad():  # as model.features.encoding.windows cuts a training example: the last rows, request last
+        expected = torch.softmax(model(rows[:, -window:], torch.tensor([window])), -1)[0].numpy()
+        whole = torch.softmax(model(rows, torch.tensor([len(events)])), -1)[0].numpy()
     np.testing.assert_allclose(proposal.preference.probs, expected, atol=1e-5)
+    assert np.max(np.abs(whole - expected)) > 1e-3
     assert proposal.why()["preference_source"] == "global prior"
 
 
@@ -95,7 +107,7 @@ def test_a_new_user_starts_from_the_questionnaire_and_explores(tmp_path, warm_st
 def test_generate_writes_the_wav_logs_the_request_and_a_keep_is_one_more_training_example(
         tmp_path, warm_storage, prior_arrays):
     room = _room(tmp_path, warm_storage, prior_arrays)
-    before = len(build_examples(list(room.events), 32))
+    before = len(encoding.build_examples(list(room.events), 32))
     piece = room.generate("something relaxing", seed=5)
     with wave.open(str(piece.audio_path)) as wav:
         assert (wav.getnchannels(), wav.getframerate()) == (2, 48_000)
@@ -105,7 +117,7 @@ def test_generate_writes_the_wav_logs_the_request_and_a_keep_is_one_more_trainin
     [kept] = room.react(piece.id, "keep")
     assert (kept.kind, kept.genre, kept.bpm) == ("segment_kept", piece.proposal.request.main_genre,
                                                  piece.proposal.request.bpm)
-    assert len(build_examples(list(room.events), 32)) == before + 1
+    assert len(encoding.build_examples(list(room.events), 32)) == before + 1
     assert room.piece(piece.id)["reactions"] == ["keep"] and room.audio_path(piece.id) == piece.audio_path
 
 

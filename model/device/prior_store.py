@@ -217,15 +217,12 @@ class PriorStore:
         """The architecture's step graph: in this process's memory, else from ``graphs/``, else exported (once) and
         kept there."""
         key = architecture_key(model.config)
+        path = self.folder / "graphs" / f"{key}.onnx"
         if key not in _GRAPHS:
-            path = self.folder / "graphs" / f"{key}.onnx"
-            if path.is_file():
-                _GRAPHS[key] = onnx.load_model_from_string(path.read_bytes())
-            else:
-                graph = step_graph(model)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, graph.SerializeToString())
-                _GRAPHS[key] = graph
+            _GRAPHS[key] = onnx.load_model_from_string(path.read_bytes()) if path.is_file() else step_graph(model)
+        if not path.is_file():  # this store keeps its own copy, whichever store exported it in this process
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, _GRAPHS[key].SerializeToString())
         return _GRAPHS[key]
 
     def _prior_folders(self) -> list[Path]:

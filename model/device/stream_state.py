@@ -2,8 +2,10 @@
 
 The state is what the causal LSTM needs to read the *next* event without re-reading the history: the hidden and
 cell tensors, the logits after the last event, how many events went in, the time of the last one (the next event's
-time-gap feature is measured from it), the decayed counts of the genres kept so far (the next row's ``RECENT``) and the fingerprint of the weights that produced it. A state made by other
-weights is meaningless, so the fingerprint decides whether a cached state may be continued.
+time-gap feature is measured from it), the decayed counts of the genres kept so far (the next row's ``RECENT``), the
+feature rows of the last ``window`` events (a predictor that reads windows, as the model was trained) and the
+fingerprint of the weights that produced it. A state made by other weights is meaningless, so the fingerprint
+decides whether a cached state may be continued.
 
 The file is a fixed binary layout (a header, then float32 tensors; no pickle, so loading runs no code), 392 bytes
 for the default device model, written to a temporary file and renamed over the old one, so a crash leaves the previous state,
@@ -28,10 +30,12 @@ from storage.atomic import atomic_write_bytes
 
 STATE_SUFFIX = ".stream"
 MAGIC = b"FPSS"
-FORMAT_VERSION = 2
-_HEADER = struct.Struct("<4sIqd64sIIII")
+FORMAT_VERSION = 3
+_HEADER = struct.Struct("<4sIqd64sIIIIII")
 """magic, version, events consumed, last ts (NaN: none), fingerprint (64 hex), h/c shape, number of logits (and of
-recent-genre counts)."""
+recent-genre counts), the window's rows and their width."""
+OLDER_VERSIONS = (2,)
+"""Formats of earlier versions: such a file is a stale cache (``load_state`` returns None and the log rebuilds it)."""
 _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -82,6 +86,8 @@ class UserStreamState:
         events_consumed: number of events read so far.
         last_ts: UTC seconds of the last event read, ``None`` before the first.
         recent: ``model.features.encoding.RECENT`` counts after the last event read ``[8]``.
+        rows: the feature rows of the last events read ``[k, FEATURE_DIM]`` (k at most the predictor's window;
+            0 rows for a predictor of the whole history).
     """
 
     h: torch.Tensor
@@ -91,6 +97,7 @@ class UserStreamState:
     events_consumed: int
     last_ts: float | None
     recent: torch.Tensor
+    rows: torch.Tensor
 
 
 def state_path(cache_dir: Path, user_id: str | int) -> Path:
@@ -101,17 +108,19 @@ def state_path(cache_dir: Path, user_id: str | int) -> Path:
 def save_state(path: Path, state: UserStreamState) -> None:
     """Write ``state`` to ``path`` atomically, readable by its owner only (a state reflects private behaviour)."""
     layers, batch, hidden = state.h.shape
+    rows, width = state.rows.shape
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, state.events_consumed,
                           math.nan if state.last_ts is None else state.last_ts,
-                          state.fingerprint.encode("ascii"), layers, batch, hidden, state.logits.numel())
+                          state.fingerprint.encode("ascii"), layers, batch, hidden, state.logits.numel(), rows, width)
     body = b"".join(t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-                    for t in (state.h, state.c, state.logits, state.recent))
+                    for t in (state.h, state.c, state.logits, state.recent, state.rows))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, header + body)
 
 
 def load_state(path: Path) -> UserStreamState | None:
-    """The state saved at ``path``, or ``None`` when there is no file.
+    """The state saved at ``path``, or ``None`` when there is no file or it is an earlier version's (a cache of the
+    log: rebuilt from it).
 
     Raises:
         ValueError: the file is not a complete state file of this format version.
@@ -123,16 +132,19 @@ def load_state(path: Path) -> UserStreamState | None:
     if len(data) < _HEADER.size:
         raise ValueError(f"stream state file must hold at least a {_HEADER.size}-byte header. Found {len(data)} "
                          f"bytes in {path}.")
-    magic, version, consumed, last_ts, fingerprint, layers, batch, hidden, classes = _HEADER.unpack_from(data)
+    magic, version = data[:4], struct.unpack_from("<I", data, 4)[0]
+    if magic == MAGIC and version in OLDER_VERSIONS:
+        return None
     if magic != MAGIC or version != FORMAT_VERSION:
         raise ValueError(f"stream state file must start with {MAGIC!r} version {FORMAT_VERSION}. Found {magic!r} "
                          f"version {version} in {path}.")
-    sizes = (layers * batch * hidden, layers * batch * hidden, classes, classes)
+    _, _, consumed, last_ts, fingerprint, layers, batch, hidden, classes, rows, width = _HEADER.unpack_from(data)
+    sizes = (layers * batch * hidden, layers * batch * hidden, classes, classes, rows * width)
     expected = _HEADER.size + 4 * sum(sizes)
     if len(data) != expected:
         raise ValueError(f"stream state file must be {expected} bytes for its shapes. Found {len(data)} in {path}.")
     values = np.frombuffer(data, dtype="<f4", offset=_HEADER.size).astype(np.float32)
-    h, c, logits, recent = np.split(values, np.cumsum(sizes)[:-1])
+    h, c, logits, recent, window = np.split(values, np.cumsum(sizes)[:-1])
     shape = (layers, batch, hidden)
     return UserStreamState(
         h=torch.from_numpy(h.reshape(shape).copy()),
@@ -142,4 +154,5 @@ def load_state(path: Path) -> UserStreamState | None:
         events_consumed=consumed,
         last_ts=None if math.isnan(last_ts) else last_ts,
         recent=torch.from_numpy(recent.copy()),
+        rows=torch.from_numpy(window.reshape(rows, width).copy()),
     )

@@ -257,7 +257,8 @@ class DeviceRoomPolicy:
     """The private policies as real devices run them: one ``DeviceRoom`` per user over its own log store and storage
     (``<root>/user_<id>/``). The app logs each event the loop logs, the room keeps each retrained global prior as
     the ClientApp would (with the personal offset refit on the device when ``personal``), and its conditioning is
-    the room's: the prior's ONNX step streamed over the whole log, the offset, cold start and recent choices.
+    the room's: the prior's ONNX step over the request's window (as the model was trained), the offset, cold start
+    and recent choices.
 
     Args:
         name: "federated_dp" or "federated_dp_personal".
