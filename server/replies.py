@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 
 from privacy.contribution import STATISTICS
 from protocol.records import array_like, user_parts
@@ -99,10 +100,25 @@ def _judge_content(content: RecordDict, reference: Arrays) -> Verdict:
     return Verdict("contribution", update=values, statistics=statistics)
 
 
+_TRANSPORT_FAILURES = {
+    ErrorCode.MESSAGE_UNAVAILABLE: "message-unavailable",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "reply-unavailable",
+    ErrorCode.NODE_UNAVAILABLE: "node-unavailable",
+    ErrorCode.CLIENT_APP_CRASHED: "client-app-crashed",
+}
+"""Errors Flower's SuperLink or SuperNode writes in a device's place (a dead node, a lost message), by code."""
+
+
 def _failure(reply: Message) -> str:
-    """An error reply's reason code, or a short label for an error our ClientApp would never send."""
+    """An error reply's reason code, Flower's label for a transport failure, or a short label for anything else.
+
+    The reason text is echoed only when it is one of our codes: free text could carry a path or a value.
+    """
     reason = str(reply.error.reason)
-    return reason if reason in REASON_CODES else f"unrecognised error (code {reply.error.code})"
+    if reason in REASON_CODES:
+        return reason
+    code = reply.error.code
+    return _TRANSPORT_FAILURES.get(code, f"unrecognised error (code {code})")
 
 
 def judge_reply(reply: Message, reference: Arrays) -> Verdict:

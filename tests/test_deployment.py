@@ -497,8 +497,11 @@ def test_a_round_proceeds_without_a_supernode_killed_mid_round(run_c):
     assert last["sampled"] == 3 and last["replies"] + last["failed"] == 3 and last["failed"] >= 1
     # Besides node-3, a device that had joined round 4 of run B before its ServerApp was killed refuses to join the
     # same round again (its ledger holds it): a replayed round would be a release the run's epsilon never planned.
+    # The dead node either never answers or the SuperLink answers for it (node-unavailable).
     problems = [line for line in (c_dir / "run.log").read_text().splitlines() if line.startswith("  node ")]
-    assert len(problems) == last["failed"] - 1 and all("policy-round-order" in p for p in problems), problems
+    refusals = [p for p in problems if not p.endswith("node-unavailable")]
+    assert len(refusals) == last["failed"] - 1 and all("policy-round-order" in p for p in refusals), problems
+    assert len(problems) - len(refusals) <= 1, problems
     # It waited at most the timeout for the dead node (the SuperLink may report it unavailable sooner: 2 missed
     # heartbeats of 30 s).
     assert last["seconds"] <= timeout + 60

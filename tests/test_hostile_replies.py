@@ -172,6 +172,8 @@ def test_an_error_reply_from_a_slot_fails_every_user_it_played_with_its_code_onl
     text = Message(Error(code=2, reason="<class 'ValueError'>:<'/home/a/events.db is broken'>"),
                    reply_to=_reply(Array(np.ones((3, 2), dtype=np.float32))))
     assert judge_reply(text, CURRENT).reason == "unrecognised error (code 2)"  # free text is never echoed
+    dead = Message(Error(code=5, reason="Node 7 is unavailable at /srv/x"), reply_to=_reply(Array(np.ones((3, 2)))))
+    assert judge_reply(dead, CURRENT).reason == "node-unavailable"  # the SuperLink's label for a dead node, by code
 
 
 def test_slot_evaluation_scores_are_checked_per_user(flower_task_identity):
