@@ -113,12 +113,13 @@ def measure_floor(settings, users: list[int], *, batched: bool, start_together=N
     from client.local_update import local_update, local_updates
     from model.network.batched_training import USERS_PER_BATCH
     from model.network.networks import PreferenceLSTM
+    from server.round import train_instructions
     from simulations.federation import device_data
     from simulations.federation.server_app import simulated_run
 
     torch.set_num_threads(1)
     run = simulated_run(settings, Path(tempfile.mkdtemp(prefix="floor-")))
-    instructions = run._instructions(1)
+    instructions = train_instructions(settings, 1, seed=settings.seed, data=run.data, device_dir=run.device_dir)
     torch.manual_seed(settings.seed)
     arrays = {k: v.detach().numpy().copy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
     device_data._encoded_logs.clear()  # each floor generates its users' data itself
@@ -220,6 +221,8 @@ def measure_in_fresh_process(users: int, per_round: int, args: argparse.Namespac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only 1,000 users / 100 per round")
+    parser.add_argument("--tiny", action="store_true",
+                        help="only 40 users / 8 per round, one round: a smoke test of the machinery, not a measurement")
     parser.add_argument("--rounds", type=int, default=2, help="rounds measured per point (default 2)")
     parser.add_argument("--nodes", type=int, default=4,
                         help="simulation.nodes: node slots playing the sampled users (default 4, as conf/; 0 = one node per user)")
@@ -235,7 +238,9 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(measure_point(users, per_round, args.rounds, args.nodes, args.cpus_per_client,
                                                                 args.users_per_message)))
         return
-    points = [(1_000, 100)] if args.quick else [(1_000, 100), (10_000, 1_000), (100_000, 1_000)]
+    if args.tiny:
+        args.rounds = 1
+    points = [(40, 8)] if args.tiny else [(1_000, 100)] if args.quick else [(1_000, 100), (10_000, 1_000), (100_000, 1_000)]
     results = []
     for users, per_round in points:
         print(f"measuring {users:,} users / {per_round:,} per round (a fresh process) ...", flush=True)

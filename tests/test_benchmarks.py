@@ -1,0 +1,48 @@
+"""Every script in benchmarks/ still runs: each in its smallest mode, as a user would run it, ending with its JSON
+line and the keys a reader of that line relies on. (The privacy audit and the device room have their own smoke
+tests: tests/test_privacy_audit_benchmark.py, tests/test_device_room_benchmark.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SMOKE = {
+    "dp_step.py": (["--quick", "--repetitions", "1"], {"dp_over_nonprivate", "opacus_over_dp"}),
+    "device_inference.py": (["--quick"], None),
+    "attacks.py": (["--users", "6", "--eval-users", "4", "--rounds", "2", "--days", "7",
+                    "--attacks", "none,overflow", "--defences", "FedAvg,FedAvg+DP"], None),
+    "privacy_utility.py": (["--users", "40", "--eval-users", "8", "--points", "2", "--rounds", "2", "--epsilon", "8",
+                            "--delta", "1e-3", "--central-epochs", "1", "population=small"],
+                           {"users", "eval_points", "parameters", "privacy", "table", "seconds"}),
+    "simulation_scale.py": (["--tiny"], {"users", "clients_per_round", "round_s", "batched_floor_s", "ratio_batched",
+                                         "peak_rss_mb"}),
+}
+
+
+def _json_line(script: str, args: list[str]) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_each_benchmark_runs_in_its_smallest_mode_and_ends_with_its_json_line(script):
+    args, keys = SMOKE[script]
+    line = _json_line(script, args)
+    assert isinstance(line, dict) and line
+    if keys is not None:
+        assert keys <= set(line), f"{script}'s JSON line lacks {sorted(keys - set(line))}"
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    own = {"privacy_audit.py", "device_room.py"}  # smoke-tested in their own modules
+    assert scripts - own == set(SMOKE), f"benchmarks without a smoke test: {sorted(scripts - own - set(SMOKE))}"
