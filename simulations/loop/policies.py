@@ -276,17 +276,22 @@ class DeviceRoomPolicy:
                                      personal=personal, window=window)
         self.version = 1
         self.rooms: dict[int, DeviceRoom] = {}
+        self.kept: dict[int, int] = {}  # the prior version each user's room holds
 
     def _room(self, ctx: RequestContext) -> DeviceRoom:
-        """The user's device: created at their first request, signed up, holding the current global prior."""
+        """The user's device: created at their first request and signed up; it receives the current global prior
+        when it is next online (a request), as a device receives it with the next message it is sent."""
         room = self.rooms.get(ctx.user)
         if room is None:
             room = DeviceRoom(self.root / f"user_{ctx.user}" / "events.db", settings=self.settings,
                               utc_offset_min=ctx.utc_offset_min)
             room.sign_up(ctx.answers)
+            self.rooms[ctx.user] = room
+            self.kept[ctx.user] = 0
+        if self.kept[ctx.user] < self.version:
             room.receive_prior(self.arrays, self.model_config, run_key=self.name, round_number=self.version,
                                message="evaluate")
-            self.rooms[ctx.user] = room
+            self.kept[ctx.user] = self.version
         return room
 
     def condition(self, contexts: Sequence[RequestContext]) -> list[Conditioning]:
@@ -300,12 +305,9 @@ class DeviceRoomPolicy:
 
     def retrain(self, logs: Sequence[Sequence[Event]]) -> str | None:
         self.arrays, note = self.retrainer.retrain(logs)
-        self.version += 1
-        for room in self.rooms.values():  # every device receives the new prior with the next message
-            room.receive_prior(self.arrays, self.model_config, run_key=self.name, round_number=self.version,
-                               message="evaluate")
-        personal = f"; personal offsets refit on {len(self.rooms)} devices" if self.settings.personal else ""
-        return f"{note}; kept by {len(self.rooms)} device rooms{personal}"
+        self.version += 1  # each device keeps it (and refits its offset) at its next request
+        behind = sum(version < self.version - 1 for version in self.kept.values())
+        return f"{note}; sent to {len(self.rooms)} device rooms ({behind} had missed an earlier prior while offline)"
 
     def report(self) -> dict:
         return self.retrainer.report()
