@@ -304,6 +304,8 @@ class DeviceRoomPolicy:
         return out
 
     def retrain(self, logs: Sequence[Sequence[Event]]) -> str | None:
+        for user, room in self.rooms.items():  # a device logs each event as it happens: the reactions to the
+            room.log(logs[user][len(room.events):])  # user's last request are on it before the next prior arrives
         self.arrays, note = self.retrainer.retrain(logs)
         self.version += 1  # each device keeps it (and refits its offset) at its next request
         behind = sum(version < self.version - 1 for version in self.kept.values())
