@@ -118,7 +118,7 @@ class PrivacyPlan:
         """The plan as text, one quantity a line."""
         calibrated = (f"calibrated for target ε = {self.target_epsilon:g}" if self.target_epsilon is not None
                       else "given")
-        also = "".join(f", plus {n} release(s) at q = {q:.4g} (same z)" for q, n in self.also)
+        also = "".join(f", plus {n} release{'s' if n > 1 else ''} at q = {q:.4g} (same z)" for q, n in self.also)
         rows = [
             ("users N", f"{self.population:,}"),
             ("sample rate q", f"{self.sample_rate:.6g}  (Poisson; expected clients per round K = qN = {self.expected_clients:,.4g})"),
