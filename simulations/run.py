@@ -122,7 +122,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         settings = simulated_settings(cfg)
-        check_simulation_can_start(settings)
+        check_simulation_can_start(settings, planning=settings.privacy.plan)
     except ValueError as error:  # ConfigError, PrivacyConfigError
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -123,3 +123,26 @@ def test_the_schema_refuses_a_plan_that_is_not_a_boolean(compose_config):
 
     with pytest.raises(ConfigError, match="privacy.plan"):
         simulated_settings(compose_config("privacy.plan=maybe"))
+
+
+@pytest.mark.parametrize("config_name", ["config", "deploy"])
+def test_an_entry_that_would_run_refuses_a_config_that_asks_only_for_a_plan(config_name):
+    from server.preflight import check_can_start
+    from server.server_app import compose_settings
+    from validation.config import ConfigError
+
+    settings = compose_settings(config_name, ["privacy.plan=true"])
+    with pytest.raises(ConfigError, match="privacy.plan=true asks for the privacy plan only"):
+        check_can_start(settings)  # the ServerApps' and launch run's check, before a round
+
+
+def test_the_closed_loop_experiment_refuses_a_config_that_asks_only_for_a_plan():
+    from hydra import compose, initialize_config_dir
+
+    from simulations.loop.settings import experiment_settings_from_config
+    from validation.config import ConfigError
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="experiment", overrides=["privacy.plan=true"])
+    with pytest.raises(ConfigError, match="privacy.plan=true asks for the privacy plan only"):
+        experiment_settings_from_config(cfg)
