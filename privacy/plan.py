@@ -4,7 +4,8 @@ Given the population N, the sampling (q, or K expected clients per round, q = K/
 target ε or a noise multiplier z, prints the other, and what the noise does to each round's release: DP-FedAvg's
 noisy mean (``privacy.user_level``) carries Gaussian noise of std σ = z·S/K on every coordinate, S = the largest norm
 of one device's contribution (``privacy.contribution``: C·√(1 + 3β²), the update clipped to C and its bounded
-statistics), while the mean's signal has norm at most C (every update clipped to C). The report gives σ/C.
+statistics), while the mean's signal has norm at most C (every update clipped to C). The report gives σ/C, and with
+the model's d coordinates (``--parameters``) the noise's norm against C, σ·√d/C.
 
 It refuses, with exit code 2 and the flag and rule named, what cannot work: q outside (0, 1], K > N, δ ≥ 1/N (a δ
 that large lets a mechanism leak one user's data outright), a target ε no noise multiplier up to 10⁶ reaches,
@@ -37,7 +38,8 @@ UTILITY_NOTE = "no measured surface yet (issue 27)"
 USER_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "privacy" / "user.yaml"
 """The project's user-level DP config: the planner's default clipping norm and accountant are the run's."""
 NOISE_DOMINATED = 1.0
-"""σ/C at or above which one round's noise std per coordinate is at least the largest norm the mean's signal can have."""
+"""The ratio to the signal bound C at or above which a round's noise is at least the largest signal the mean can
+carry: of the noise std per coordinate (σ/C), or, with the model's d coordinates known, of the noise's norm (σ·√d/C)."""
 
 
 @dataclass(frozen=True)
