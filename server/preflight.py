@@ -28,13 +28,27 @@ COPIES_PER_PROCESS = 8
 the update, the server's running sum, and one spare for copies in flight."""
 
 
-def check_can_start(settings: RunSettings) -> None:
-    """Raise ``ConfigError`` (or ``PrivacyConfigError``) naming the key, rule and value of the first check that fails."""
+def check_can_start(settings: RunSettings, *, planning: bool = False) -> None:
+    """Raise ``ConfigError`` (or ``PrivacyConfigError``) naming the key, rule and value of the first check that fails.
+
+    ``planning``: the caller prints the privacy plan and exits (``simulations.run`` with ``privacy.plan=true``); any
+    other entry refuses ``privacy.plan=true`` rather than run while the user asked only for a plan.
+    """
+    if not planning:
+        check_no_plan(settings)
     if settings.resume and settings.checkpoint:
         check_checkpoint_file(settings.checkpoint)
     if settings.privacy.user_level:
         _check_budget_reachable(settings)
     _check_model_fits(settings)
+
+
+def check_no_plan(settings: RunSettings) -> None:
+    """Refuse ``privacy.plan=true`` in an entry that would run rather than print the plan."""
+    if settings.privacy.plan:
+        raise ConfigError("privacy.plan=true asks for the privacy plan only, and this entry would run: only "
+                          "`python -m simulations.run ... privacy.plan=true` prints it (or `python -m privacy.plan "
+                          "--users N ...` for any population). Drop privacy.plan here; found privacy.plan=true.")
 
 
 def check_checkpoint_file(path_text: str) -> None:

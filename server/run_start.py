@@ -16,9 +16,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from model.network.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger
+from privacy.plan import PrivacyPlan, plan_user_level
 from protocol.instructions import DataInstructions, Scalar
 from server.aggregation import load_strategy_state, noise_multiplier_for
 from server.checkpoint import load_checkpoint
+from server.preflight import model_parameters
 from server.run_state import RunState
 from server.settings import RunSettings
 from validation.config import ConfigError
@@ -42,6 +44,21 @@ def evaluation_rate(settings: RunSettings, population: int) -> float | None:
     if settings.deployment.engine == "real" and privacy.record_level and not privacy.user_level:
         return None
     return min(1.0, clients / population)
+
+
+def privacy_plan(settings: RunSettings, population: int) -> PrivacyPlan | None:
+    """What ``fresh_state`` will calibrate for N = ``population`` users or nodes, as a plan (``privacy.plan``): z from
+    the same ``noise_multiplier_for`` over the planned rounds and the devices' final evaluation, then ε, the noise per
+    round and its ratio to the signal (over the model's coordinates) from ``privacy.plan``. None without user-level DP."""
+    privacy, sim = settings.privacy, settings.simulation
+    if not privacy.user_level:
+        return None
+    rate = evaluation_rate(settings, population)
+    z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
+    return plan_user_level(population=population, sample_rate=sim.sample_rate, rounds=sim.rounds, delta=privacy.delta,
+                           clipping_norm=privacy.clipping_norm, accountant=privacy.accountant,  # type: ignore[arg-type]
+                           target_epsilon=privacy.target_epsilon, noise_multiplier=z,
+                           also=[(rate, 1)] if rate else [], parameters=model_parameters(settings))
 
 
 def fresh_state(settings: RunSettings, line: Callable[[str], None], *, population: int) -> RunState:

@@ -93,6 +93,7 @@ class PrivacySettings:
     clipping: str = "fixed"  # fixed: C = clipping_norm; adaptive: C follows a quantile of update norms (Andrew et al.)
     clipping_quantile: float = 0.5  # adaptive: the share of updates C aims to leave unclipped
     clipping_learning_rate: float = 0.2  # adaptive: the geometric step of C per round
+    plan: bool = False  # print the run's privacy plan (privacy.plan) and exit before anything starts
 
     @property
     def user_level(self) -> bool:

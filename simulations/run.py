@@ -2,7 +2,8 @@
 
 Composes ``conf/config.yaml`` with your overrides and validates it before anything starts (schema, then
 ``simulations.federation.settings.check_simulation_can_start``: checkpoint file, population, privacy budget, model size
-against memory), exiting 2 with the reason; then runs the simulation's ServerApp and ClientApp
+against memory), exiting 2 with the reason; with ``privacy.plan=true`` it prints the run's privacy plan (noise
+multiplier, ε, noise per round: ``privacy.plan``) and exits 0; then runs the simulation's ServerApp and ClientApp
 (``simulations.federation.server_app``, ``simulations.federation.client_app``: the product's apps with the synthetic
 population, its held-out users and the attack mod plugged in) in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
 CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic users the server samples (or one
@@ -12,6 +13,7 @@ Flower) wait until a config is composed, so ``--help`` is quick. Examples::
 
     python -m simulations.run privacy=both privacy.target_epsilon=4 simulation.rounds=20
     python -m simulations.run -m privacy.target_epsilon=1,2,4,8      # a privacy-utility sweep
+    python -m simulations.run population=10k privacy.target_epsilon=2 privacy.plan=true   # its plan, nothing runs
     python -m simulations.run resume=true checkpoint=outputs/.../checkpoint.pt simulation.rounds=40
 """
 
@@ -87,6 +89,29 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     return json.loads((output_dir / "metrics.json").read_text())
 
 
+def print_plan(settings: RunSettings) -> None:
+    """``privacy.plan=true``: the privacy plan of this config (``server.run_start.privacy_plan``: the run's own
+    calibration, over its N = population.num_users simulated users), printed before anything starts."""
+    from server.run_start import privacy_plan
+
+    quiet_known_warnings()
+    p, sim = settings.privacy, settings.simulation
+    print(f"privacy.plan=true: the plan of this config (population.num_users={settings.population.num_users}, "
+          f"simulation.sample_rate={sim.sample_rate}, simulation.rounds={sim.rounds}, privacy={p.mode}); nothing ran.")
+    plan = privacy_plan(settings, settings.population.num_users)
+    if plan is None:
+        print(f"privacy.mode={p.mode!r} has no user-level mechanism to plan"
+              + (" (record-level DP-SGD: each device spends its own privacy.record.target_epsilon)." if p.record_level
+                 else "."))
+        return
+    print("\n".join(plan.lines()))
+    for q, _ in plan.also:
+        print(f"the release at q = {q:.4g}: the devices' final evaluation (q = min(1, simulation.final_eval_clients="
+              f"{sim.final_eval_clients} / N)), accounted in the run's ledger at the same z.")
+    if p.clipping == "adaptive":
+        print("privacy.clipping=adaptive: C above is round 1's; it then follows the update norms (z and ε do not change).")
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     global _task_started
@@ -97,10 +122,13 @@ def main(cfg: DictConfig) -> None:
 
     try:
         settings = simulated_settings(cfg)
-        check_simulation_can_start(settings)
+        check_simulation_can_start(settings, planning=settings.privacy.plan)
     except ValueError as error:  # ConfigError, PrivacyConfigError
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if settings.privacy.plan:
+        print_plan(settings)
+        return
     output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     overrides = list(HydraConfig.get().overrides.task)
     run_federated_simulation(overrides, settings, output_dir)

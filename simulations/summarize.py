@@ -3,6 +3,9 @@
 DIR is a Hydra multirun directory (e.g. from ``python -m simulations.run -m privacy.target_epsilon=1,2,4,8``) or any
 directory tree holding ``metrics.json`` files. Prints one row per run (sorted by target epsilon) and writes
 ``summary.json`` and ``privacy_utility.png`` (held-out top-1 against spent epsilon, baselines as lines) into DIR.
+The baselines include the strongest prompt-reading rule, ``named_else_recent`` (the genre the prompt names, else the
+user's recent favourite: ``server.evaluation``), next to the recent-favourite rule, so a sweep shows how far the model
+is from the rule it must beat. The log ε axis is labelled in plain numbers (1, 2, 4, 8).
 A metrics.json that cannot be read as a run's (truncated, another program's) is skipped and named on stderr; the
 exit code is then 1 (2 if no run was readable).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,11 +24,21 @@ from privacy.randomness import SEEDED_WARNING
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter  # noqa: E402
 
-COLUMNS = ("run", "mode", "target_eps", "epsilon", "z", "rounds", "top1", "nll", "recent_mode", "central")
+COLUMNS = ("run", "mode", "target_eps", "epsilon", "z", "rounds", "top1", "nll", "recent_mode", "named_else_recent",
+           "central")
 
 
-NUMBERS = ("target_eps", "epsilon", "z", "top1", "nll", "recent_mode", "central", "global_mode")
+NUMBERS = ("target_eps", "epsilon", "z", "top1", "nll", "recent_mode", "named_else_recent", "central", "global_mode")
+BASELINE_LINES = (
+    ("central", "central non-private", "--", "gray"),
+    ("named_else_recent", "prompt's genre, else recent favourite (strongest rule)", "-", "tab:red"),
+    ("recent_mode", "user's most frequent recent genre", ":", "gray"),
+    ("global_mode", "global most popular", "-.", "gray"),
+)
+"""Each baseline's row key, legend label, line style and colour in privacy_utility.png."""
 
 
 def collect(root: Path) -> tuple[list[dict], list[str]]:
@@ -59,6 +73,7 @@ def _row(path: Path, root: Path) -> dict:
         "top1": metrics["final"]["eval_top1"],
         "nll": metrics["final"]["eval_nll"],
         "recent_mode": baselines.get("user_recent_most_frequent"),
+        "named_else_recent": baselines.get("named_else_recent"),  # absent in runs from before it was recorded
         "central": baselines.get("central_nonprivate"),
         "global_mode": baselines.get("global_most_popular"),
     }
@@ -87,17 +102,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+MAX_TICKS = 8
+
+
+def epsilon_ticks(epsilons: list[float]) -> list[float]:
+    """Powers of two from the smallest positive finite ε to the largest, each rounded out to a power (every other
+    power, or fewer, past ``MAX_TICKS``): the log axis's labelled ticks; [] when no ε is positive and finite."""
+    shown = [e for e in epsilons if 0.0 < e < math.inf]
+    if not shown:
+        return []
+    # a run spends up to 1 % under its target (the calibration's tolerance): ε 0.99 sits at the tick 1, not above 0.5
+    low = math.floor(math.log2(min(shown) * 1.02))
+    high = max(math.ceil(math.log2(max(shown) / 1.02)), low + 1)
+    step = math.ceil((high - low + 1) / MAX_TICKS)
+    return [2.0**k for k in range(low, high + step, step)]
+
+
+def figure(rows: list[dict]) -> Figure:
+    """Held-out top-1 against spent ε (log axis, ticks in plain numbers), each baseline a horizontal line."""
     private = [r for r in rows if r["epsilon"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     if private:
         ax.plot([r["epsilon"] for r in private], [r["top1"] for r in private], marker="o", label="user-level DP global model")
         ax.set_xscale("log")
-    for key, label, style in (("central", "central non-private", "--"), ("recent_mode", "user's most frequent recent genre", ":"),
-                              ("global_mode", "global most popular", "-.")):
+        ticks = epsilon_ticks([r["epsilon"] for r in private])
+        if ticks:
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # "2", not LogFormatter's "2×10⁰"
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(ticks[0] / 1.15, ticks[-1] * 1.15)
+    for key, label, style, colour in BASELINE_LINES:
         values = [r[key] for r in rows if r[key] is not None]
         if values:
-            ax.axhline(sum(values) / len(values), ls=style, lw=1, color="gray", label=label)
+            ax.axhline(sum(values) / len(values), ls=style, lw=1, color=colour, label=label)
     for r in rows:
         if r["epsilon"] is None:
             ax.axhline(r["top1"], ls="-", lw=1, color="green", label=f"no user-level DP ({r['mode']})")
@@ -106,6 +143,11 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    fig = figure(rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -51,9 +51,9 @@ def world_of(settings: RunSettings) -> World:
         raise ConfigError(str(error)) from None
 
 
-def check_simulation_can_start(settings: RunSettings) -> None:
-    """``server.preflight.check_can_start``, after checking that the synthetic population is one
-    ``simulations.population.population`` can generate; raises ``ConfigError`` naming the key."""
+def check_simulation_can_start(settings: RunSettings, *, planning: bool = False) -> None:
+    """``server.preflight.check_can_start`` (``planning``: passed on), after checking that the synthetic population is
+    one ``simulations.population.population`` can generate; raises ``ConfigError`` naming the key."""
     p = settings.population
     total = p.num_users + p.eval_users
     if total > MAX_USERS:
@@ -65,7 +65,7 @@ def check_simulation_can_start(settings: RunSettings) -> None:
         raise
     except ValueError as error:
         raise ConfigError(f"population.{error}") from None
-    check_can_start(settings)
+    check_can_start(settings, planning=planning)
 
 
 def population_config(settings: RunSettings) -> PopulationConfig:

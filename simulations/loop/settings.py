@@ -20,6 +20,7 @@ from generation.cold_start import ExplorationConfig
 from generation.conditioning import ConditioningConfig
 from generation.settings import GenerationSettings
 from protocol.instructions import InstructionError, dataclass_from_dict
+from server.preflight import check_no_plan
 from simulations.loop.simulated_generator import AdherenceNoise
 from server.settings import (
     SEED_MAX,
@@ -231,6 +232,7 @@ def experiment_settings_from_config(cfg: DictConfig | dict) -> ExperimentSetting
     loop_values = container.pop("experiment")
     generation_values = container.pop("generation", {})
     run = simulated_settings(container)
+    check_no_plan(run)  # the experiment would run: a plan is simulations.run's (privacy.plan=true)
     try:
         loop = dataclass_from_dict(LoopSettings, loop_values, "experiment.")
         generation = dataclass_from_dict(GenerationSettings, generation_values, "generation.")

@@ -1,0 +1,148 @@
+"""``python -m privacy.plan`` and ``privacy.plan=true``: the plan's numbers are the ledger's, what cannot work is
+refused naming the flag, and the run's plan uses the run's own calibration and starts nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from privacy.accounting import PrivacyLedger
+from privacy.contribution import contribution_sensitivity
+from privacy.plan import UTILITY_NOTE, main
+from tests.conftest import ROOT
+
+
+def _plan(capsys, *flags: str) -> dict:
+    assert main([*flags, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _cli(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "privacy.plan", *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_planned_noise_multiplier_spends_at_most_the_target_epsilon_by_the_ledger(capsys):
+    plan = _plan(capsys, "--users", "1000", "--sample-rate", "0.05", "--rounds", "20", "--epsilon", "2")
+    ledger = PrivacyLedger()
+    ledger.record(noise_multiplier=plan["noise_multiplier"], sample_rate=0.05, steps=20)
+    spent = ledger.epsilon(delta=1.0 / (10 * 1000))  # the default delta, 1/(10N)
+    assert plan["delta"] == pytest.approx(1e-4)
+    assert 0.98 * 2.0 <= spent <= 2.0  # calibrated to within 1 % below the target
+    assert plan["epsilon"] == pytest.approx(spent)
+    less_noise = PrivacyLedger()
+    less_noise.record(noise_multiplier=0.97 * plan["noise_multiplier"], sample_rate=0.05, steps=20)
+    assert less_noise.epsilon(delta=1e-4) > 2.0  # and it is (nearly) the smallest z that fits
+
+
+def test_a_given_noise_multiplier_gives_the_ledgers_epsilon_and_the_noise_per_round(capsys):
+    plan = _plan(capsys, "--users", "2000", "--clients-per-round", "50", "--rounds", "40", "--noise-multiplier", "1.3",
+                 "--delta", "1e-5", "--clipping-norm", "0.8", "--accountant", "rdp")
+    ledger = PrivacyLedger()
+    ledger.record(noise_multiplier=1.3, sample_rate=50 / 2000, steps=40)
+    assert plan["sample_rate"] == pytest.approx(0.025) and plan["clients_per_round"] == pytest.approx(50)
+    assert plan["epsilon"] == pytest.approx(ledger.epsilon(delta=1e-5, accountant="rdp"))
+    assert plan["noise_std"] == pytest.approx(1.3 * contribution_sensitivity(0.8) / 50)  # σ = z·S/K
+    assert plan["noise_to_signal"] == pytest.approx(plan["noise_std"] / 0.8)
+    assert plan["target_epsilon"] is None and plan["utility"] is None and plan["utility_note"] == UTILITY_NOTE
+
+
+def test_the_default_clipping_norm_is_the_projects_user_level_config(capsys):
+    import yaml
+
+    configured = yaml.safe_load((ROOT / "conf" / "privacy" / "user.yaml").read_text())["clipping_norm"]
+    plan = _plan(capsys, "--users", "100", "--sample-rate", "0.1", "--rounds", "5", "--noise-multiplier", "1")
+    assert plan["clipping_norm"] == configured
+
+
+def test_the_text_plan_names_z_epsilon_the_noise_and_no_invented_utility():
+    run = _cli("--users", "10000", "--clients-per-round", "100", "--rounds", "100", "--epsilon", "2")
+    assert run.returncode == 0, run.stderr
+    for words in ("noise multiplier z", "epsilon ε", "rdp accountant", "noise std σ", "σ/C", "verdict:",
+                  f"utility             {UTILITY_NOTE}"):
+        assert words in run.stdout
+
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--sample-rate", "0", "--epsilon", "2"], "--sample-rate must be in (0, 1]"),
+    (["--sample-rate", "1.5", "--epsilon", "2"], "--sample-rate must be in (0, 1]"),
+    (["--clients-per-round", "1001", "--epsilon", "2"], "--clients-per-round must be in (0, --users = 1000]"),
+    (["--sample-rate", "0.1", "--delta", "1e-3", "--epsilon", "2"], "--delta must be in (0, 1/--users)"),
+    (["--sample-rate", "0.1", "--epsilon", "1e-9"], "--epsilon 1e-09 cannot be reached"),
+    (["--sample-rate", "0.1", "--epsilon", "2", "--noise-multiplier", "1"], "--noise-multiplier: not allowed with"),
+    (["--sample-rate", "0.1"], "one of the arguments --epsilon --noise-multiplier is required"),
+    (["--sample-rate", "0.1", "--clients-per-round", "10", "--epsilon", "2"], "--clients-per-round: not allowed with"),
+    (["--sample-rate", "0.1", "--noise-multiplier", "0"], "--noise-multiplier must be > 0"),
+])
+def test_what_cannot_work_exits_2_naming_the_flag_and_the_rule(flags, flag):
+    run = _cli("--users", "1000", "--rounds", "10", *flags)
+    assert run.returncode == 2 and flag in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+def test_the_planner_imports_no_torch():
+    check = "import sys, privacy.plan; print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
+
+
+def test_privacy_plan_true_prints_the_runs_own_calibration_and_starts_nothing(tmp_path, compose_config):
+    from server.run_start import evaluation_rate
+    from server.aggregation import noise_multiplier_for
+    from simulations.federation.settings import simulated_settings
+
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "simulations.run", "population=small", "privacy.plan=true",
+                          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "privacy.plan=true" in run.stdout and "nothing ran" in run.stdout and "verdict:" in run.stdout
+    assert not (out / "metrics.json").exists() and not (out / "checkpoint.pt").exists()  # no round, no Ray
+    settings = simulated_settings(compose_config("population=small"))
+    sim = settings.simulation
+    z = noise_multiplier_for(settings.privacy, sample_rate=sim.sample_rate, rounds=sim.rounds,
+                             evaluation_rate=evaluation_rate(settings, settings.population.num_users))
+    printed = re.search(r"noise multiplier z\s+([0-9.]+)", run.stdout)
+    assert printed and float(printed.group(1)) == pytest.approx(z, abs=1e-4)
+
+
+def test_privacy_plan_true_without_user_level_dp_says_there_is_nothing_to_plan(compose_config, capsys):
+    from simulations.federation.settings import simulated_settings
+    from simulations.run import print_plan
+
+    print_plan(simulated_settings(compose_config("population=small", "privacy=none", "privacy.plan=true")))
+    assert "no user-level mechanism to plan" in capsys.readouterr().out
+
+
+def test_the_schema_refuses_a_plan_that_is_not_a_boolean(compose_config):
+    from simulations.federation.settings import simulated_settings
+    from validation.config import ConfigError
+
+    with pytest.raises(ConfigError, match="privacy.plan"):
+        simulated_settings(compose_config("privacy.plan=maybe"))
+
+
+@pytest.mark.parametrize("config_name", ["config", "deploy"])
+def test_an_entry_that_would_run_refuses_a_config_that_asks_only_for_a_plan(config_name):
+    from server.preflight import check_can_start
+    from server.server_app import compose_settings
+    from validation.config import ConfigError
+
+    settings = compose_settings(config_name, ["privacy.plan=true"])
+    with pytest.raises(ConfigError, match="privacy.plan=true asks for the privacy plan only"):
+        check_can_start(settings)  # the ServerApps' and launch run's check, before a round
+
+
+def test_the_closed_loop_experiment_refuses_a_config_that_asks_only_for_a_plan():
+    from hydra import compose, initialize_config_dir
+
+    from simulations.loop.settings import experiment_settings_from_config
+    from validation.config import ConfigError
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="experiment", overrides=["privacy.plan=true"])
+    with pytest.raises(ConfigError, match="privacy.plan=true asks for the privacy plan only"):
+        experiment_settings_from_config(cfg)
