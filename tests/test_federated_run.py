@@ -11,6 +11,8 @@ from server.checkpoint import load_checkpoint
 from server.settings import settings_from_config
 from simulations.run import run_federated_simulation
 
+pytestmark = pytest.mark.slow  # every test here runs Flower's simulation engine (Ray): `make test` only
+
 TINY = ["population=small", "population.num_users=16", "population.eval_users=8", "population.days=10",
         "simulation.sample_rate=0.5", "simulation.final_eval_clients=4", "simulation.central_baseline_epochs=0",
         "train.epochs=2"]
