@@ -4,6 +4,9 @@ Order, bottom first: storage and validation, privacy, model (log < features < pe
 generation, protocol, then client and server side by side (they meet only in protocol), then studio (the device
 room, over the client's log store), then launch (the operator's tool that starts both), then simulations. Neither the product (client, server) nor any lower layer
 imports simulations. A violation names the file, the line and the module it imports.
+
+In tests/, no test module imports another: what they share lives in tests/helpers.py (builders) or
+tests/conftest.py (fixtures).
 """
 
 from __future__ import annotations
@@ -92,3 +95,38 @@ def test_the_device_room_imports_no_simulations_and_nothing_of_the_server() -> N
             if module.split(".")[0] in ("simulations", "server", "launch")]
     assert [p for p in SOURCES if p.relative_to(ROOT).parts[0] == "studio"], "no studio/ modules found"
     assert not room, "the device room imports:\n" + "\n".join(room)
+
+
+def imported_test_modules(source: str) -> list[tuple[int, str]]:
+    """(line, name) of every import in ``source`` of a test module: ``tests.test_x``, ``test_x`` (tests/ is on
+    ``sys.path`` under pytest), ``from tests import test_x``, ``from .test_x import y``, ``from . import test_x``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            names = [base] + ([f"{base}.{a.name}".lstrip(".") for a in node.names] if base in ("", "tests") else [])
+        else:
+            continue
+        found += [(node.lineno, name) for name in names
+                  if name.split(".")[-1].startswith("test_") and name.split(".")[:-1] in ([], ["tests"])]
+    return found
+
+
+def test_the_walk_finds_every_import_of_a_test_module() -> None:
+    for source in ("from tests.test_client_app import _context", "import tests.test_federated_run",
+                   "from test_hostile_inputs import FAST", "from .test_x import y", "from . import test_x",
+                   "from tests import test_x", "def f():\n    from tests.test_x import y\n"):
+        assert imported_test_modules(source), source
+    assert not imported_test_modules("from tests.helpers import announced\nfrom tests.conftest import ROOT\n"
+                                     "import pytest\nfrom tests import helpers\nfrom torch.testing import test_x")
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in tests/helpers.py (builders) or tests/conftest.py (fixtures). A test module imported
+    by another runs its module-level set-up a second time (pytest imports it under its own name), ties one test
+    file's private helpers to another's, and a slow module's helpers pull its set-up into fast tests."""
+    found = [f"{path.relative_to(ROOT)}:{line} imports {name}" for path in sorted((ROOT / "tests").glob("test_*.py"))
+             for line, name in imported_test_modules(path.read_text())]
+    assert not found, "test modules import test modules (share through tests/helpers.py):\n" + "\n".join(found)
