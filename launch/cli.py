@@ -4,8 +4,6 @@ Subcommands (each ``--help`` lists its flags):
 
 - ``certs``      a CA and the SuperLink's TLS certificate for the hosts/IPs devices dial (127.0.0.1 is always added)
 - ``node-key``   one ECDSA key pair per device (the private key stays on the device)
-- ``seed-logs``  device log stores filled with synthetic users (to try a federation on one machine; runs
-                 ``python -m simulations.seed_logs``, so the server never imports the synthetic-user generator)
 - ``app-hash``   the SHA-256 of the app bundle ``run`` submits: what each device's approved-apps file lists
 - ``superlink``  the server in the foreground: ``flower-superlink`` on 127.0.0.1, its task launcher, and Caddy on
                  the public address forwarding only the devices' Fleet API (``launch.serve``, ``launch.proxy``)
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,15 +55,6 @@ def cmd_node_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_seed_logs(args: argparse.Namespace) -> int:
-    """Run ``simulations.seed_logs`` (the synthetic users live in ``simulations/``, which the server never imports)."""
-    out = Path(args.out).expanduser().resolve()  # the child runs in the project folder, to find simulations/
-    argv = [sys.executable, "-m", "simulations.seed_logs", "--out", str(out), "--devices", str(args.devices),
-            "--seed", str(args.seed), "--days", str(args.days), "--first-user", str(args.first_user)]
-    print("$ " + " ".join(argv), flush=True)  # stdout: stderr carries only the child's "error: ..." line
-    return subprocess.run(argv, cwd=APP_DIR).returncode
-
-
 def cmd_app_hash(args: argparse.Namespace) -> int:
     """Print the bundle's hash alone on stdout (``app-hash >> approved-apps.txt``)."""
     from launch.approved_apps import bundle_hash
@@ -93,16 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for NAME.key and NAME.pub")
     p.add_argument("--name", action="append", required=True, help="node name (repeat for several)")
     p.set_defaults(func=cmd_node_key)
-
-    p = sub.add_parser("seed-logs", help="log stores of synthetic users, one per node (for trying a federation)")
-    p.add_argument("--out", required=True, help="folder; writes OUT/node-1/events.db ...")
-    p.add_argument("--devices", type=int, default=3, help="how many nodes' logs to write (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic population (default: %(default)s)")
-    p.add_argument("--days", type=int, default=21,
-                   help="days of listening per user, 1 to 366 (default: %(default)s)")
-    p.add_argument("--first-user", type=int, default=0,
-                   help="synthetic user of node-1; node-i gets user FIRST_USER + i - 1 (default: %(default)s)")
-    p.set_defaults(func=cmd_seed_logs)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (local tests only)")

@@ -4,13 +4,13 @@ A real device fills its log as its user listens (``client.log_store``); for tryi
 ``seed_device_logs`` writes ``DIR/node-1/events.db``, ``DIR/node-2/events.db``, ... from ``simulations.population.population``
 (user ``first_user + i`` for node ``i + 1``), in one transaction per log.
 
-Its command line is the deploy tool's ``seed-logs`` subcommand (same flags, parsed by ``launch.cli``):
-``python -m launch seed-logs ...`` runs ``python -m simulations.seed_logs ...``, so the synthetic-user
-generator stays out of the server's imports.
+Run as ``python -m simulations.seed_logs --out DIR [--devices N ...]`` (``--help`` lists the flags). The deploy tool
+(``python -m launch``) has no such subcommand: it is the operator's tool and knows nothing of synthetic users.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -69,14 +69,26 @@ def seed_device_logs(folder: str | os.PathLike[str], *, devices: int, seed: int 
     return seeded
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m simulations.seed_logs",
+                                     description="Log stores of synthetic users, one per node (for trying a federation "
+                                                 "on one machine).")
+    parser.add_argument("--out", required=True, help="folder; writes OUT/node-1/events.db ...")
+    parser.add_argument("--devices", type=int, default=3, help="how many nodes' logs to write (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic population (default: %(default)s)")
+    parser.add_argument("--days", type=int, default=21, help="days of listening per user, 1 to 366 (default: %(default)s)")
+    parser.add_argument("--first-user", type=int, default=0,
+                        help="synthetic user of node-1; node-i gets user FIRST_USER + i - 1 (default: %(default)s)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m simulations.seed_logs --out DIR [--devices N --seed S --days D --first-user U]``; exit 2 with
     ``error: ...`` on logs that cannot be seeded."""
-    from launch.cli import build_parser  # the flags and their help, defined once with the deploy tool's
-
-    args = build_parser().parse_args(["seed-logs", *(sys.argv[1:] if argv is None else argv)])
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out).expanduser().resolve()
     try:
-        seeded = seed_device_logs(args.out, devices=args.devices, seed=args.seed, days=args.days,
+        seeded = seed_device_logs(out, devices=args.devices, seed=args.seed, days=args.days,
                                   first_user=args.first_user)
     except SeedError as error:
         print(f"error: {error}", file=sys.stderr)

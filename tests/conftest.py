@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+# tests.ray_guard: a test not marked slow that starts Ray fails. pytester: the guard's own test runs an inner pytest.
+pytest_plugins = ["tests.ray_guard", "pytester"]
+
 
 @pytest.fixture
 def compose_config():

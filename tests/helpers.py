@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from model.log.events import Event
+import json
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from model.log.event_log import MAX_LINE_BYTES
+from model.log.events import FIELDS_BY_KIND, Event
+from model.log.parsing import MAX_PROMPT_CHARS
+from model.log.vocab import BPM_DIRECTIONS, BPM_MAX, BPM_MIN, EVENT_KINDS, GENRES, INSTRUMENTS
 from model.network.networks import ModelConfig
+from simulations.population.population import PopulationConfig
 
 T0 = 1_788_739_200  # 2026-09-07 00:00:00 UTC, a Monday
 PRIOR_MODEL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0, head_dropout=0.0,
@@ -80,3 +90,147 @@ def announced(**changes) -> dict:
 
     return {"run_key": "test-run", "planned_rounds": 10,
             "user_level": UserLevelInstructions(noise_multiplier=1.0, sample_rate=0.1, delta=1e-6)} | changes
+
+
+# -------------------------------------------------------------------------- a tiny run in Flower's simulation engine
+TINY_SIMULATION = ["population=small", "population.num_users=16", "population.eval_users=8", "population.days=10",
+                   "simulation.sample_rate=0.5", "simulation.final_eval_clients=4",
+                   "simulation.central_baseline_epochs=0", "train.epochs=2"]
+"""16 users, 10 days, half of them sampled a round, 2 local epochs: the smallest run that still trains."""
+
+
+def tiny_simulation(compose_config, output_dir, *overrides: str) -> dict:
+    """A real run in Flower's simulation engine (Ray) of ``TINY_SIMULATION`` + ``overrides``; its metrics. It starts
+    Ray: a test calling it is marked slow (``tests/ray_guard.py``)."""
+    from server.settings import settings_from_config
+    from simulations.run import run_federated_simulation
+
+    overrides = TINY_SIMULATION + list(overrides)
+    return run_federated_simulation(overrides, settings_from_config(compose_config(*overrides)), output_dir)
+
+
+# ------------------------------------------------------------- the simulation's ClientApp, one message at a time
+CLIENT_POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
+"""The synthetic users the ClientApp tests' messages point at (``train_instructions``)."""
+
+
+def train_instructions(**changes):
+    """A round's ``TrainInstructions`` for the simulation's ClientApp: the default model, batches of 8, user-level
+    clipping at 0.5, data of ``CLIENT_POPULATION`` in windows of 16. Keyword arguments replace any of them."""
+    from model.network.training import LocalTrainConfig
+    from protocol.instructions import TrainInstructions
+    from simulations.federation.device_data import simulated_data
+
+    base = dict(round=1, seed=0, model=ModelConfig(), train=LocalTrainConfig(batch_size=8),
+                data=simulated_data(CLIENT_POPULATION, window=16), clipping_norm=0.5)
+    return TrainInstructions(**(base | changes))
+
+
+def app_message(kind: str, instructions):
+    """A ``kind`` message ("train", "evaluate") carrying a freshly initialised model's arrays and ``instructions``."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from model.network.networks import PreferenceLSTM
+    from protocol.instructions import to_config_items
+    from protocol.records import to_array_record
+
+    arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM().state_dict().items()}
+    content = RecordDict({"arrays": to_array_record(arrays), "config": ConfigRecord(to_config_items(instructions))})
+    return Message(content, dst_node_id=0, message_type=kind)
+
+
+def slot_message(kind: str, instructions, users: list[int]):
+    """``app_message`` for a node slot playing ``users`` in turn, its model drawn after ``torch.manual_seed(0)``."""
+    import torch
+
+    from protocol.records import USERS_RECORD, users_record
+
+    torch.manual_seed(0)
+    message = app_message(kind, instructions)
+    message.content[USERS_RECORD] = users_record(users)
+    return message
+
+
+def partition_context(user_id: int):
+    """The ``Context`` of the simulated node that plays synthetic user ``user_id`` (its ``partition-id``)."""
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=1, node_id=0, node_config={"partition-id": user_id}, state=RecordDict(), run_config={})
+
+
+# ------------------------------------------------------------------- valid event logs, drawn (hypothesis)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+OFFSETS_MIN = st.integers(-23 * 60 - 59, 23 * 60 + 59)
+LOCAL_TIMES = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31, 23, 59, 59, 999999))
+SURROGATES = st.integers(0xD800, 0xDFFF).map(chr)
+ANY_UNICODE = st.text(st.characters() | SURROGATES, max_size=60)  # any code point, lone surrogates included
+
+
+@st.composite
+def time_strings(draw: st.DrawFn) -> str:
+    """A valid event time: any local wall-clock time of 2000-2099 with any offset, with or without microseconds."""
+    local = draw(LOCAL_TIMES)
+    offset = draw(OFFSETS_MIN)
+    aware = local.replace(tzinfo=timezone(timedelta(minutes=offset)))
+    return "Z".join(aware.isoformat().rsplit("+00:00", 1)) if offset == 0 and draw(st.booleans()) else aware.isoformat()
+
+
+FIELD_VALUES = {
+    "genre": st.sampled_from(GENRES),
+    "bpm": st.integers(int(BPM_MIN), int(BPM_MAX)) | st.floats(BPM_MIN, BPM_MAX),
+    "direction": st.sampled_from(BPM_DIRECTIONS),
+    "instrument": st.sampled_from(INSTRUMENTS),
+    "enabled": st.booleans(),
+    "instruments": st.lists(st.sampled_from(INSTRUMENTS), unique=True, max_size=5),
+    "prompt": st.text(max_size=80) | st.text(st.sampled_from("é☕🎷\x00\n\"\\\u2028"), max_size=MAX_PROMPT_CHARS),
+}
+
+
+@st.composite
+def event_objects(draw: st.DrawFn) -> dict:
+    """A decoded JSON object of a valid event."""
+    kind = draw(st.sampled_from(EVENT_KINDS))
+    obj = {"time": draw(time_strings()), "kind": kind}
+    for name in FIELDS_BY_KIND[kind]:
+        obj[name] = draw(FIELD_VALUES[name])
+    return obj
+
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400)
+                | st.floats(allow_nan=True, allow_infinity=True) | ANY_UNICODE)
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+def valid_log(draw: st.DrawFn, max_size: int = 8) -> list[dict]:
+    """Valid event objects in non-decreasing UTC time order."""
+    objs = draw(st.lists(event_objects().filter(_fits), max_size=max_size))
+    return sorted(objs, key=lambda o: datetime.fromisoformat(o["time"]).timestamp())
+
+
+def event_line(obj: dict) -> bytes:
+    """The object as one JSON line: ASCII-escaped with spaces, or compact UTF-8 when that would pass the limit."""
+    text = json.dumps(obj)
+    if len(text) > MAX_LINE_BYTES:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8") + b"\n"
+
+
+def _fits(obj: dict) -> bool:
+    return len(event_line(obj)) <= MAX_LINE_BYTES + 1
+
+
+READ_IN_2100 = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
+"""A reading time after every generated event: the far-future rule has its own properties (test_hostile_files)."""
+
+
+def expected_event(obj: dict) -> Event:
+    """The event ``obj`` describes, built independently of ``parse_event``."""
+    moment = datetime.fromisoformat(obj["time"])
+    fields = {name: (tuple(obj[name]) if name == "instruments" else obj[name]) for name in FIELDS_BY_KIND[obj["kind"]]}
+    if "bpm" in fields:
+        fields["bpm"] = float(fields["bpm"])
+    return Event(ts=moment.timestamp(), utc_offset_min=int(moment.utcoffset().total_seconds()) // 60,
+                 kind=obj["kind"], **fields)

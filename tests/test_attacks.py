@@ -27,8 +27,7 @@ from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from server.replies import judge_reply
 from simulations.federation.client_app import app
 from simulations.seed_logs import seed_device_logs
-from tests.helpers import announced
-from tests.test_client_app import _context, _instructions, _message, _slot_message
+from tests.helpers import announced, app_message, partition_context, slot_message, train_instructions
 
 STATS = np.array([0.05, 0.05, 0.02], dtype=np.float32)
 HONEST = {"w": np.full((3, 2), 0.5, dtype=np.float32), "b": np.full(2, 0.25, dtype=np.float32), STATISTICS_ARRAY: STATS}
@@ -100,20 +99,21 @@ def test_a_devices_client_app_never_plays_an_attack(flower_task_identity, tmp_pa
         torch.manual_seed(0)  # the same global model in both messages
         context = Context(run_id=1, node_id=0, node_config={"log-db": str(log.path), "ledger-path": str(tmp_path / f"{attack}.json")},
                           state=RecordDict(), run_config={})  # a fresh ledger each: the same round twice is refused
-        replies.append(device_app(_message("train", _instructions(attack=attack, **announced())), context))
+        replies.append(device_app(app_message("train", train_instructions(attack=attack, **announced())), context))
     honest, asked = ({k: v.numpy() for k, v in r.content[CONTRIBUTION].items()} for r in replies)
     assert any(np.any(honest[k]) for k in honest if k != STATISTICS_ARRAY)  # a real update, which sign_flip would change
     assert all(np.array_equal(honest[k], asked[k]) for k in honest)
 
 
 def test_attack_instructions_round_trip_through_the_config_record():
-    instructions = _instructions(attack=AttackInstructions(kind="scale", fraction=0.25, scale=-3.0))
+    instructions = train_instructions(attack=AttackInstructions(kind="scale", fraction=0.25, scale=-3.0))
     assert from_config_items(to_config_items(instructions)) == instructions
-    assert not any(k.startswith("attack") for k in to_config_items(_instructions()))  # honest runs send nothing
+    assert not any(k.startswith("attack") for k in to_config_items(train_instructions()))  # honest runs send nothing
 
 
 def _reply(kind: str, user: int, **changes):
-    message = _message("train", _instructions(attack=AttackInstructions(kind=kind, fraction=1.0, scale=10.0), **changes))
+    attack = AttackInstructions(kind=kind, fraction=1.0, scale=10.0)
+    message = app_message("train", train_instructions(attack=attack, **changes))
     context = Context(run_id=1, node_id=0, node_config={"partition-id": user}, state=RecordDict(), run_config={})
     return message, app(message, context)
 
@@ -149,11 +149,11 @@ def test_in_a_slot_message_each_user_plays_its_own_part_of_the_attack(flower_tas
     fraction = next(f for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
                     if is_malicious(0, 3, f) != is_malicious(0, 4, f))
     attack = AttackInstructions(kind="sign_flip", fraction=fraction, scale=1.0)
-    honest_message = _slot_message("train", _instructions(clipping_norm=None), [3, 4])
+    honest_message = slot_message("train", train_instructions(clipping_norm=None), [3, 4])
     names = list(honest_message.content["arrays"])
-    honest = user_parts(app(honest_message, _context(99)).content, 2)
-    played = user_parts(app(_slot_message("train", _instructions(attack=attack, clipping_norm=None), [3, 4]),
-                            _context(99)).content, 2)
+    honest = user_parts(app(honest_message, partition_context(99)).content, 2)
+    played = user_parts(app(slot_message("train", train_instructions(attack=attack, clipping_norm=None), [3, 4]),
+                            partition_context(99)).content, 2)
     for user, before, after in zip((3, 4), honest, played):
         factor = -1.0 if is_malicious(0, user, fraction) else 1.0
         assert any(np.any(before[CONTRIBUTION][n].numpy()) for n in names)  # a real update

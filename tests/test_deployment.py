@@ -198,7 +198,8 @@ def federation(tmp_path_factory):
     started = time.perf_counter()
     for argv in (deploy("certs", "--out", root / "certs", "--host", PUBLIC, "--host", "localhost"),
                  deploy("node-key", "--out", root / "keys", *sum((["--name", n] for n in (*NODES, "rogue")), [])),
-                 deploy("seed-logs", "--out", root / "devices", "--devices", 3, "--days", 10)):
+                 [sys.executable, "-m", "simulations.seed_logs", "--out", str(root / "devices"), "--devices", "3",
+                  "--days", "10"]):
         subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, timeout=120)
     app_hash = subprocess.run(deploy("app-hash"), cwd=ROOT, check=True, capture_output=True, text=True, timeout=120).stdout
     (root / "approved-apps.txt").write_text(f"# fedpref, as the operator submits it\n{app_hash}")

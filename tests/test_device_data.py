@@ -2,6 +2,8 @@
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +27,9 @@ from simulations.federation.device_data import (
     simulated_device_data,
 )
 from simulations.population.population import PopulationConfig
+from simulations import seed_logs
 from simulations.seed_logs import SeedError, seed_device_logs
+from tests.conftest import ROOT
 from tests.helpers import announced
 
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
@@ -188,3 +192,24 @@ def test_seeding_refuses_to_mix_two_users_in_one_log(tmp_path):
     with pytest.raises(SeedError, match="devices must be >= 1"):
         seed_device_logs(tmp_path / "x", devices=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node-1", "node-2"]
+
+
+def test_seed_logs_with_zero_days_or_devices_is_refused_in_one_line_without_a_traceback(tmp_path):
+    for option in (["--days", "0"], ["--devices", "0"], ["--days", "100000"]):
+        result = subprocess.run([sys.executable, "-m", "simulations.seed_logs", "--out", str(tmp_path / "devices"),
+                                 *option], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and option[0].lstrip("-") in result.stderr
+
+
+def test_every_seed_logs_option_has_help_text_and_defaults_are_shown():
+    parser = seed_logs.build_parser()
+    assert all(action.help for action in parser._actions)
+    assert "(default: 21)" in parser.format_help() and "(default: 3)" in parser.format_help()
+
+
+def test_seed_logs_writes_one_log_per_node_and_names_each_user(tmp_path, capsys):
+    assert seed_logs.main(["--out", str(tmp_path), "--devices", "2", "--days", "3", "--first-user", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic user 5" in printed and "synthetic user 6" in printed
+    assert (tmp_path / "node-2" / "events.db").is_file()

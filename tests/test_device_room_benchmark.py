@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # a benchmark's smoke test, as in tests/test_benchmarks.py: make test runs it
 def test_the_quick_benchmark_prints_its_json_line():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_room.py"), "--quick"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)

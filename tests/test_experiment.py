@@ -35,12 +35,16 @@ def _settings(*overrides: str):
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
+    """The whole experiment, every policy, on 30 users (13-26 s on 2 busy cores): its tests are slow; the tiny loop of
+    tests/test_experiment_audio.py runs ``run_experiment`` end to end in ``make test-fast``, and the rules below
+    are tested on their own."""
     output_dir = tmp_path_factory.mktemp("experiment")
     log = io.StringIO()
     payload = run_experiment(_settings(), output_dir, stream=log)
     return payload, output_dir, log.getvalue()
 
 
+@pytest.mark.slow
 def test_experiment_writes_every_policy_with_each_figure_and_its_interval(small_run):
     payload, output_dir, _ = small_run
     saved = json.loads((output_dir / "experiment.json").read_text())
@@ -54,6 +58,7 @@ def test_experiment_writes_every_policy_with_each_figure_and_its_interval(small_
     assert (output_dir / "experiment.png").stat().st_size > 0 and (output_dir / "cold_start.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_cold_start_curve_starts_at_the_first_interaction_for_every_user(small_run):
     payload, _, _ = small_run
     for curve in payload["cold_start_curve"].values():
@@ -61,23 +66,27 @@ def test_cold_start_curve_starts_at_the_first_interaction_for_every_user(small_r
         assert all(lo <= p <= hi for p, (lo, hi) in zip(curve["first_satisfaction"], curve["ci"]))
 
 
+@pytest.mark.slow
 def test_oracle_first_generations_satisfy_at_least_as_often_as_the_baseline(small_run):
     policies = small_run[0]["policies"]
     assert policies["oracle"]["first_satisfaction"] >= policies["baseline"]["first_satisfaction"]
 
 
+@pytest.mark.slow
 def test_typed_genres_in_prompts_are_honoured_by_every_policy(small_run):
     for name, row in small_run[0]["policies"].items():
         assert row["typed_genre_requests"] > 0, name
         assert row["typed_genre_honoured"] == 1.0, name
 
 
+@pytest.mark.slow
 def test_private_retraining_reports_its_epsilon_within_the_budget(small_run):
     privacy = small_run[0]["privacy"]
     assert privacy["retraining"]["rounds"] == 1 and 0.0 < privacy["retraining"]["epsilon"] <= 50.0
     assert privacy["pretraining"]["rounds"] == 2 and privacy["pretraining"]["epsilon"] <= 50.0
 
 
+@pytest.mark.slow
 def test_a_fixed_seed_reproduces_the_same_results(small_run, tmp_path):
     # Run alone, federated_dp must give what it gave after the baseline: same users, same seeds, nothing shared.
     again = run_experiment(_settings("experiment.policies=[federated_dp]"), tmp_path, stream=io.StringIO())
@@ -89,6 +98,7 @@ def test_a_fixed_seed_reproduces_the_same_results(small_run, tmp_path):
         assert second[f"{metric}_ci"] == pytest.approx(first[f"{metric}_ci"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_progress_names_each_policy_and_day(small_run):
     log = small_run[2]
     assert "[oracle] day 8/8" in log and "retrained:" in log and "simulated" in log

@@ -28,6 +28,15 @@ def _settings(*overrides: str):
         return experiment_settings_from_config(compose(config_name="experiment", overrides=TINY_LOOP + list(overrides)))
 
 
+def test_the_tiny_loop_without_audio_runs_end_to_end_and_writes_its_report(tmp_path):
+    """The experiment end to end in well under a second: what ``make test-fast`` keeps of the runs below."""
+    run = run_experiment(_settings(), tmp_path, stream=io.StringIO())
+    assert run["audio"] is None and "no audio" in run["generation"]
+    saved = json.loads((tmp_path / "experiment.json").read_text())
+    assert list(saved["policies"]) == ["baseline"] and saved["policies"]["baseline"]["requests"] > 0
+
+
+@pytest.mark.slow  # 7-11 s on 2 busy cores, most of it ACE-Step's tiny pipeline (tests/test_acestep_pipeline.py)
 def test_the_tiny_pipeline_loop_writes_audio_on_each_device_and_judges_the_same_descriptors(tmp_path):
     audio_run = run_experiment(_settings("generation=acestep_tiny", "generation.keep_audio=3",
                                          "generation.num_inference_steps=2"), tmp_path / "audio", stream=io.StringIO())

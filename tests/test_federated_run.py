@@ -8,18 +8,9 @@ from opacus.accountants import RDPAccountant
 
 from privacy.accounting import PrivacyLedger
 from server.checkpoint import load_checkpoint
-from server.settings import settings_from_config
-from simulations.run import run_federated_simulation
+from tests.helpers import tiny_simulation
 
-TINY = ["population=small", "population.num_users=16", "population.eval_users=8", "population.days=10",
-        "simulation.sample_rate=0.5", "simulation.final_eval_clients=4", "simulation.central_baseline_epochs=0",
-        "train.epochs=2"]
-
-
-def _run(compose_config, output_dir, *overrides):
-    overrides = TINY + list(overrides)
-    settings = settings_from_config(compose_config(*overrides))
-    return run_federated_simulation(overrides, settings, output_dir)
+pytestmark = pytest.mark.slow  # every test here runs Flower's simulation engine (Ray): `make test` only
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +25,17 @@ def user_level_runs(tmp_path_factory):
             return compose(config_name="config", overrides=list(overrides))
 
     dirs = [tmp_path_factory.mktemp(name) for name in ("first", "resumed", "exhausted")]
-    first = _run(compose_config, dirs[0], "simulation.rounds=2", "privacy.target_epsilon=20")
-    resumed = _run(compose_config, dirs[1], "simulation.rounds=4", "privacy.target_epsilon=40", "resume=true",
-                   f"checkpoint={dirs[0] / 'checkpoint.pt'}")
-    exhausted = _run(compose_config, dirs[2], "simulation.rounds=50", "privacy.target_epsilon=40", "resume=true",
-                     f"checkpoint={dirs[1] / 'checkpoint.pt'}")
+    first = tiny_simulation(compose_config, dirs[0], "simulation.rounds=2", "privacy.target_epsilon=20")
+    resumed = tiny_simulation(compose_config, dirs[1], "simulation.rounds=4", "privacy.target_epsilon=40",
+                              "resume=true", f"checkpoint={dirs[0] / 'checkpoint.pt'}")
+    exhausted = tiny_simulation(compose_config, dirs[2], "simulation.rounds=50", "privacy.target_epsilon=40",
+                                "resume=true", f"checkpoint={dirs[1] / 'checkpoint.pt'}")
     return first, resumed, exhausted, dirs
 
 
 def test_federated_training_improves_the_global_model(compose_config, tmp_path):
-    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=5", "simulation.sample_rate=1.0",
-                   "strategy.momentum=0", "strategy.server_lr=1", "train.lr=0.1")
+    metrics = tiny_simulation(compose_config, tmp_path, "privacy=none", "simulation.rounds=5",
+                              "simulation.sample_rate=1.0", "strategy.momentum=0", "strategy.server_lr=1", "train.lr=0.1")
     assert len(metrics["rounds"]) == 5
     assert metrics["final"]["eval_nll"] < metrics["initial"]["eval_nll"] - 0.02
     assert all(r["replies"] >= 1 and r["failed"] == 0 and r["rejected"] == 0 for r in metrics["rounds"])
@@ -100,8 +91,8 @@ def test_training_stops_before_the_round_that_would_pass_the_budget(user_level_r
 
 @pytest.mark.parametrize("users_per_message", [1, 5])
 def test_node_slots_play_the_users_the_server_samples(compose_config, tmp_path, users_per_message):
-    metrics = _run(compose_config, tmp_path, "privacy=none", "simulation.rounds=2", "simulation.nodes=4",
-                   "simulation.sample_rate=1.0", f"simulation.users_per_message={users_per_message}")
+    metrics = tiny_simulation(compose_config, tmp_path, "privacy=none", "simulation.rounds=2", "simulation.nodes=4",
+                              "simulation.sample_rate=1.0", f"simulation.users_per_message={users_per_message}")
     for row in metrics["rounds"]:
         assert row["sampled"] == 16  # every user of the population, not every node
         assert row["replies"] == 16 and row["skipped_busy"] == 0 and row["failed"] == 0  # four slots take them in turn

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from protocol.instructions import (
@@ -45,57 +45,29 @@ from model.log.event_log import MAX_LINE_BYTES, load_events, parse_lines, write_
 from model.log.events import FIELDS_BY_KIND, Event
 from model.log.log_file import head_problem
 from model.log.parsing import MAX_PROMPT_CHARS, EventError, event_to_json_line, parse_event
-from model.log.vocab import BPM_DIRECTIONS, BPM_MAX, BPM_MIN, EVENT_KINDS, GENRES, INSTRUMENTS
+from model.log.vocab import BPM_MAX, BPM_MIN, EVENT_KINDS
 from privacy.errors import PrivacyConfigError
 from server.settings import RunSettings, settings_from_config
 from validation.config import ConfigError
 from tests.conftest import ROOT
-
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FEW = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from tests.helpers import (
+    ANY_UNICODE,
+    FAST,
+    FEW,
+    FIELD_VALUES,
+    JSON_SCALARS,
+    JSON_VALUES,
+    OFFSETS_MIN,
+    READ_IN_2100,
+    SURROGATES,
+    event_line,
+    event_objects,
+    expected_event,
+    valid_log,
+)
 
 # ----------------------------------------------------------------------------------------------------- strategies
 
-OFFSETS_MIN = st.integers(-23 * 60 - 59, 23 * 60 + 59)
-LOCAL_TIMES = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31, 23, 59, 59, 999999))
-SURROGATES = st.integers(0xD800, 0xDFFF).map(chr)
-ANY_UNICODE = st.text(st.characters() | SURROGATES, max_size=60)  # any code point, lone surrogates included
-
-
-@st.composite
-def time_strings(draw: st.DrawFn) -> str:
-    """A valid event time: any local wall-clock time of 2000-2099 with any offset, with or without microseconds."""
-    local = draw(LOCAL_TIMES)
-    offset = draw(OFFSETS_MIN)
-    aware = local.replace(tzinfo=timezone(timedelta(minutes=offset)))
-    return "Z".join(aware.isoformat().rsplit("+00:00", 1)) if offset == 0 and draw(st.booleans()) else aware.isoformat()
-
-
-FIELD_VALUES = {
-    "genre": st.sampled_from(GENRES),
-    "bpm": st.integers(int(BPM_MIN), int(BPM_MAX)) | st.floats(BPM_MIN, BPM_MAX),
-    "direction": st.sampled_from(BPM_DIRECTIONS),
-    "instrument": st.sampled_from(INSTRUMENTS),
-    "enabled": st.booleans(),
-    "instruments": st.lists(st.sampled_from(INSTRUMENTS), unique=True, max_size=5),
-    "prompt": st.text(max_size=80) | st.text(st.sampled_from("é☕🎷\x00\n\"\\\u2028"), max_size=MAX_PROMPT_CHARS),
-}
-
-
-@st.composite
-def event_objects(draw: st.DrawFn) -> dict:
-    """A decoded JSON object of a valid event."""
-    kind = draw(st.sampled_from(EVENT_KINDS))
-    obj = {"time": draw(time_strings()), "kind": kind}
-    for name in FIELDS_BY_KIND[kind]:
-        obj[name] = draw(FIELD_VALUES[name])
-    return obj
-
-
-JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400)
-                | st.floats(allow_nan=True, allow_infinity=True) | ANY_UNICODE)
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 FIELD_NAMES = ("time", "kind", "genre", "bpm", "direction", "instrument", "enabled", "instruments", "prompt")
 
 
@@ -129,24 +101,6 @@ def far_times(draw: st.DrawFn) -> str:
     return text + draw(st.sampled_from(("Z", "", f"+{digits(2)}:{digits(2)}", f"-{digits(2)}:{digits(2)}")))
 
 
-def _valid_log(draw: st.DrawFn, max_size: int = 8) -> list[dict]:
-    """Valid event objects in non-decreasing UTC time order."""
-    objs = draw(st.lists(event_objects().filter(_fits), max_size=max_size))
-    return sorted(objs, key=lambda o: datetime.fromisoformat(o["time"]).timestamp())
-
-
-def _line(obj: dict) -> bytes:
-    """The object as one JSON line: ASCII-escaped with spaces, or compact UTF-8 when that would pass the limit."""
-    text = json.dumps(obj)
-    if len(text) > MAX_LINE_BYTES:
-        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return text.encode("utf-8") + b"\n"
-
-
-def _fits(obj: dict) -> bool:
-    return len(_line(obj)) <= MAX_LINE_BYTES + 1
-
-
 def _is_rejected_alone(raw: bytes) -> bool:
     return not parse_lines([raw], on_error="skip").events
 
@@ -159,23 +113,11 @@ GARBAGE_LINES = (
     | st.integers(MAX_LINE_BYTES + 1, 5 * MAX_LINE_BYTES).map(lambda n: b'{"prompt": "' + b"x" * n + b'"}')
     | st.sampled_from((b"NaN", b'{"bpm": Infinity}', b"[[[[[[[[" * 2000, b"9" * 5000, b"\xef\xbb\xbf{}", b"\x00"))
 ).filter(lambda raw: b"\n" not in raw and head_problem(raw + b"\n") is None)  # a UTF-16 BOM first refuses the file
-READ_IN_2100 = datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
-"""A reading time after every generated event: the far-future rule has its own properties (test_hostile_files)."""
-
-
-def _expected_event(obj: dict) -> Event:
-    """The event ``obj`` describes, built independently of ``parse_event``."""
-    moment = datetime.fromisoformat(obj["time"])
-    fields = {name: (tuple(obj[name]) if name == "instruments" else obj[name]) for name in FIELDS_BY_KIND[obj["kind"]]}
-    if "bpm" in fields:
-        fields["bpm"] = float(fields["bpm"])
-    return Event(ts=moment.timestamp(), utc_offset_min=int(moment.utcoffset().total_seconds()) // 60,
-                 kind=obj["kind"], **fields)
 
 
 def _assert_faithful(event: Event, obj: dict) -> None:
     """``event`` is exactly what ``obj`` says, shows the same local wall-clock time, and survives its JSON line."""
-    assert event == _expected_event(obj)
+    assert event == expected_event(obj)
     assert event.local_time == datetime.fromisoformat(obj["time"])
     assert event.local_time.utcoffset() == datetime.fromisoformat(obj["time"]).utcoffset()
     assert event.local_time.replace(tzinfo=None) == datetime.fromisoformat(obj["time"]).replace(tzinfo=None)
@@ -311,10 +253,10 @@ def test_arbitrary_lines_end_in_events_or_counted_skips_never_another_exception(
 @st.composite
 def good_and_garbage(draw: st.DrawFn) -> tuple[list[dict], list[bytes]]:
     """(valid events in time order, the file's lines: those events with garbage lines anywhere between them)."""
-    good = _valid_log(draw)
+    good = valid_log(draw)
     garbage = draw(st.lists(GARBAGE_LINES.filter(_is_rejected_alone) | st.sampled_from((b"", b"  \t", b"\r")),
                             max_size=8))
-    lines = [_line(obj) for obj in good]
+    lines = [event_line(obj) for obj in good]
     for raw in garbage:
         lines.insert(draw(st.integers(0, len(lines))), raw + b"\n")
     return good, lines
@@ -328,7 +270,7 @@ def test_good_lines_among_garbage_are_all_kept_unchanged_and_each_bad_line_count
         path = Path(tmp) / "log.jsonl"
         path.write_bytes(b"".join(lines))
         report = load_events(path, on_error="skip", now=READ_IN_2100)
-        assert report.events == [_expected_event(obj) for obj in good]
+        assert report.events == [expected_event(obj) for obj in good]
         assert report.skipped == sum(1 for raw in lines if raw.strip(b" \t\r\n")) - len(good)
         with LogStore.open(Path(tmp) / "events.db") as store:
             imported = store.import_jsonl(path, now=READ_IN_2100)
@@ -339,17 +281,17 @@ def test_good_lines_among_garbage_are_all_kept_unchanged_and_each_bad_line_count
 @FAST
 @given(data=st.data())
 def test_a_truncated_log_keeps_every_complete_line_and_never_alters_the_cut_one(data):
-    good = _valid_log(data.draw, max_size=6)
+    good = valid_log(data.draw, max_size=6)
     assume(good)
-    text = b"".join(_line(obj) for obj in good)
+    text = b"".join(event_line(obj) for obj in good)
     cut = data.draw(st.integers(0, len(text)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.jsonl"
         path.write_bytes(text[:cut])
         report = load_events(path, on_error="skip", now=READ_IN_2100)
-    ends = [len(b"".join(_line(o) for o in good[: i + 1])) for i in range(len(good))]
+    ends = [len(b"".join(event_line(o) for o in good[: i + 1])) for i in range(len(good))]
     complete = sum(1 for end in ends if end <= cut)
-    expected = [_expected_event(obj) for obj in good]
+    expected = [expected_event(obj) for obj in good]
     assert report.events[:complete] == expected[:complete]
     partial = report.events[complete:]  # the cut line: rejected, or whole but for its newline
     assert partial in ([], expected[complete: complete + 1])
@@ -359,7 +301,7 @@ def test_a_truncated_log_keeps_every_complete_line_and_never_alters_the_cut_one(
 @FEW
 @given(events=st.data())
 def test_write_then_load_returns_every_event_unchanged_or_write_refuses_and_keeps_the_old_file(events):
-    objs = _valid_log(events.draw, max_size=4)
+    objs = valid_log(events.draw, max_size=4)
     log = [parse_event(obj) for obj in objs]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.jsonl"

@@ -1,5 +1,6 @@
 """The point of the model: trained on synthetic users, it beats the heuristics on users it never saw."""
 
+import pytest
 import torch
 
 from model.features.encoding import Examples, build_examples
@@ -20,6 +21,7 @@ def _examples(population: Population, users: range, last: int) -> Examples:
     return Examples.concat(parts, WINDOW)
 
 
+@pytest.mark.slow  # 17-20 s of central training; tests/test_training.py shows training fits a signal in make test-fast
 def test_model_trained_on_synthetic_users_beats_their_most_frequent_genre_on_held_out_users():
     # Listeners with a marked daily and weekly rhythm: what the history-only heuristic cannot see. (On the default
     # population the model needs far more training to pull ahead; this keeps the property quick to show.)

@@ -121,7 +121,8 @@ def test_an_audit_that_breaks_a_rule_is_refused_naming_it(settings, change, rule
 
 @pytest.fixture(scope="module")
 def at_epsilon_2(settings):
-    """The same seeded audit at epsilon 2 of the honest mechanism and of each planted bug."""
+    """The same seeded audit at epsilon 2 of the honest mechanism and of each planted bug (10-13 s: its tests, and
+    the audit at epsilon 8, are slow; what the canaries read is tested above and the statistics in test_audit_*)."""
     config = _config(settings, 2.0)
     honest = audit(config)
     with noise_halved():
@@ -138,6 +139,7 @@ def _prv_epsilon(result: AuditResult, noise_multiplier: float) -> float:
     return ledger.epsilon(delta=result.config.delta, accountant="prv")
 
 
+@pytest.mark.slow
 def test_the_honest_mechanism_passes_and_the_audit_still_sees_the_canaries(at_epsilon_2):
     honest, _, _ = at_epsilon_2
     assert not honest.flagged
@@ -146,6 +148,7 @@ def test_the_honest_mechanism_passes_and_the_audit_still_sees_the_canaries(at_ep
     assert honest.model.shift == pytest.approx(1.0, rel=0.1)
 
 
+@pytest.mark.slow
 def test_halved_noise_is_flagged_and_the_bound_stays_below_what_the_bug_really_spends(at_epsilon_2):
     _, halved, _ = at_epsilon_2
     assert halved.model.noise == pytest.approx(halved.noise_multiplier / 2, rel=0.02)
@@ -153,6 +156,7 @@ def test_halved_noise_is_flagged_and_the_bound_stays_below_what_the_bug_really_s
     assert halved.epsilon <= _prv_epsilon(halved, halved.noise_multiplier / 2)
 
 
+@pytest.mark.slow
 def test_a_skipped_clip_is_flagged_and_the_bound_stays_below_what_the_bug_really_spends(at_epsilon_2):
     """Unclipped, a canary of length 4 C under noise z C is the mechanism at noise multiplier z / 4."""
     _, _, unclipped = at_epsilon_2
@@ -161,6 +165,7 @@ def test_a_skipped_clip_is_flagged_and_the_bound_stays_below_what_the_bug_really
     assert unclipped.epsilon <= _prv_epsilon(unclipped, unclipped.noise_multiplier / unclipped.config.canary_norm)
 
 
+@pytest.mark.slow
 def test_at_epsilon_8_the_audit_proves_at_least_2_and_never_more_than_the_mechanism_has(settings):
     result = audit(_config(settings, 8.0))
     assert 7.0 < result.accounted_epsilon <= 8.0

@@ -130,6 +130,7 @@ def _chromium(tmp_path):
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+@pytest.mark.slow  # a real browser (7-11 s); the HTTP tests above check each route and refusal in make test-fast
 def test_a_person_loads_the_studio_generates_plays_and_keeps_a_piece_in_chromium(studio, tmp_path):
     assert CHROMEDRIVER, "chromium-driver is not installed: `make install` installs chromium and chromium-driver"
     from selenium.webdriver.common.by import By
