@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -234,3 +236,17 @@ def expected_event(obj: dict) -> Event:
         fields["bpm"] = float(fields["bpm"])
     return Event(ts=moment.timestamp(), utc_offset_min=int(moment.utcoffset().total_seconds()) // 60,
                  kind=obj["kind"], **fields)
+
+
+def assert_streams_like_torch(runtime, model, features, atol: float) -> None:
+    """Step ``runtime`` (a ``DeviceStep``) and ``model.step`` over ``features`` row by row from the initial state:
+    logits, h and c agree within ``atol`` at every step."""
+    h, c = runtime.initial_state()
+    state = model.initial_state(1)
+    with torch.no_grad():
+        for row in features:
+            logits, h, c = runtime(row[None], h=h, c=c)
+            expected, state = model.step(torch.from_numpy(row[None]), state)
+            np.testing.assert_allclose(logits, expected.numpy(), atol=atol, rtol=0)
+            np.testing.assert_allclose(h, state[0].numpy(), atol=atol, rtol=0)
+            np.testing.assert_allclose(c, state[1].numpy(), atol=atol, rtol=0)

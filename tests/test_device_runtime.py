@@ -13,6 +13,7 @@ from model.log.vocab import GENRES
 from model.network.distill import DEVICE_MODEL, new_student
 from model.network.networks import ModelConfig, PreferenceLSTM
 from simulations.population.population import Population, PopulationConfig
+from tests.helpers import assert_streams_like_torch
 
 TOLERANCE = 1e-5
 TWO_LAYERS = ModelConfig(bidirectional=False, hidden_size=16, num_layers=2, dropout=0.0, head_dropout=0.0)
@@ -59,16 +60,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("name", ["device", "two_layers", "prior"])
 def test_runtime_matches_torch_over_a_streamed_sequence(exported, features, name):
     model, file = exported[name]
-    runtime = DeviceStep(file.path, step_signature(model))
-    h, c = runtime.initial_state()
-    state = model.initial_state(1)
-    with torch.no_grad():
-        for row in features:
-            logits, h, c = runtime(row[None], h=h, c=c)
-            torch_logits, state = model.step(torch.from_numpy(row[None]), state)
-            np.testing.assert_allclose(logits, torch_logits.numpy(), atol=TOLERANCE, rtol=0)
-            np.testing.assert_allclose(h, state[0].numpy(), atol=TOLERANCE, rtol=0)
-            np.testing.assert_allclose(c, state[1].numpy(), atol=TOLERANCE, rtol=0)
+    assert_streams_like_torch(DeviceStep(file.path, step_signature(model)), model, features, atol=TOLERANCE)
     assert file.path.is_file() and 0 < file.size_bytes < 1_000_000
 
 

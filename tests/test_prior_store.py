@@ -13,7 +13,7 @@ from model.device.export import step_signature
 from model.device.prior_store import PriorRefused, PriorStore, architecture_key
 from model.features.encoding import encode_events
 from model.network.networks import ModelConfig, PreferenceLSTM
-from tests.helpers import PRIOR_MODEL, sample_events
+from tests.helpers import PRIOR_MODEL, assert_streams_like_torch, sample_events
 
 
 def _arrays(seed: int, config: ModelConfig = PRIOR_MODEL) -> dict[str, np.ndarray]:
@@ -41,15 +41,7 @@ def store(tmp_path, graphs):
 def test_a_kept_prior_streams_in_onnx_runtime_as_torch_steps(store):
     kept = store.install(_arrays(1), PRIOR_MODEL, run_key="run", round_number=3, message="train")
     assert store.current() == kept and kept.info.version == 2
-    model, runtime = kept.model(), kept.runtime()
-    features = encode_events(sample_events())
-    h, c = runtime.initial_state()
-    state = model.initial_state(1)
-    with torch.no_grad():
-        for row in features:
-            logits, h, c = runtime(row[None], h=h, c=c)
-            expected, state = model.step(torch.from_numpy(row[None]), state)
-            np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+    assert_streams_like_torch(kept.runtime(), kept.model(), encode_events(sample_events()), atol=1e-4)
 
 
 def test_only_a_newer_global_model_of_the_same_run_replaces_the_kept_one(store):
