@@ -78,9 +78,17 @@ def test_the_text_plan_names_z_epsilon_the_noise_and_no_invented_utility():
     (["--sample-rate", "0.1", "--clients-per-round", "10", "--epsilon", "2"], "--clients-per-round: not allowed with"),
     (["--sample-rate", "0.1", "--noise-multiplier", "0"], "--noise-multiplier must be > 0"),
 ])
-def test_what_cannot_work_exits_2_naming_the_flag_and_the_rule(flags, flag):
-    run = _cli("--users", "1000", "--rounds", "10", *flags)
-    assert run.returncode == 2 and flag in run.stderr, run.stderr
+def test_what_cannot_work_exits_2_naming_the_flag_and_the_rule(flags, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse's error: the exit a shell sees (the CLI test below runs it)
+        main(["--users", "1000", "--rounds", "10", *flags])
+    printed = capsys.readouterr()
+    assert exit_.value.code == 2 and flag in printed.err, printed.err
+    assert printed.out == ""
+
+
+def test_the_command_line_refuses_with_exit_2_and_no_traceback():
+    run = _cli("--users", "1000", "--rounds", "10", "--sample-rate", "1.5", "--epsilon", "2")
+    assert run.returncode == 2 and "--sample-rate must be in (0, 1]" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and run.stdout == ""
 
 
