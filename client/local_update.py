@@ -32,7 +32,7 @@ from model.features.encoding import Examples
 from model.network.batched_training import batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.personalise import fit_personal_bias, personalised
-from model.network.training import LocalTrainResult, RecordLevelDP, evaluate, train_local
+from model.network.training import LocalTrainResult, RecordLevelDP, evaluate, examples_kept, train_local
 from privacy.contribution import LOSS_BOUND, DeviceStatistics, encode_statistics, zero_statistics
 from privacy.mechanisms import clip_update, dp_sgd_schedule
 from privacy.randomness import device_generator
@@ -109,7 +109,7 @@ def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLed
             logger.info("sitting this round out: %s", why)
             return _Plan(0, Decline.OWNER_CAP, None)
     record = instructions.record
-    n = min(len(examples), instructions.train.max_examples or len(examples))
+    n = len(examples_kept(examples, instructions.train.max_examples))  # what the trainer will train on
     declined = Decline.NO_DATA if n == 0 else Decline.NO
     dp = None
     if record is not None and n > 0:

@@ -5,7 +5,7 @@ import torch
 
 from model.features.encoding import FEATURE_DIM, Examples
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
+from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, examples_kept, train_local
 
 NO_DROPOUT = ModelConfig(dropout=0.0, head_dropout=0.0)
 
@@ -100,3 +100,14 @@ def test_plain_training_fits_a_learnable_signal():
 def test_empty_example_set_trains_nothing():
     result = train_local(PreferenceLSTM(), _examples(n=0), LocalTrainConfig(), generator=torch.Generator())
     assert result.steps == 0 and result.num_examples == 0
+
+
+def test_a_round_keeps_the_most_recent_max_examples_and_reports_training_on_them():
+    examples = _examples(n=24)
+    kept = examples_kept(examples, 10)
+    assert torch.equal(kept.times, examples.times[-10:])  # the 10 most recent
+    assert examples_kept(examples, 0) is examples and examples_kept(examples, 50) is examples
+    model = PreferenceLSTM(ModelConfig(bidirectional=False, hidden_size=8, num_layers=1, dropout=0.0))
+    result = train_local(model, examples, LocalTrainConfig(epochs=1, batch_size=4, max_examples=10),
+                         generator=torch.Generator().manual_seed(0))
+    assert result.num_examples == 10

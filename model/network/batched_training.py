@@ -30,7 +30,7 @@ from model.features.augment import augment_batch
 from model.features.encoding import Examples
 from model.network.batched_model import PARAMETER_NAMES, StackedBatch, loss_and_gradients
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.training import LocalTrainConfig, LocalTrainResult, RecordLevelDP
+from model.network.training import LocalTrainConfig, LocalTrainResult, RecordLevelDP, examples_kept
 from privacy.mechanisms import dp_sgd_schedule
 
 USERS_PER_BATCH = 32
@@ -130,8 +130,7 @@ def _train_users(model: PreferenceLSTM, users: list[_User], config: LocalTrainCo
 
 def _user(examples: Examples, config: LocalTrainConfig, dp: RecordLevelDP | None, generator: torch.Generator,
           dp_generator: torch.Generator | None) -> _User:
-    if config.max_examples and len(examples) > config.max_examples:
-        examples = examples.subset(slice(len(examples) - config.max_examples, len(examples)))
+    examples = examples_kept(examples, config.max_examples)
     n = len(examples)
     if n == 0:
         return _User(examples, generator, dp_generator, steps=0)

@@ -95,6 +95,14 @@ def _make_optimizer(model: nn.Module, config: LocalTrainConfig) -> torch.optim.O
     return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def examples_kept(examples: Examples, max_examples: int) -> Examples:
+    """The examples a client trains on in a round: its ``max_examples`` most recent (all when 0). The one definition
+    both trainers and the device's ledger read, so the ledger accounts DP-SGD on exactly the examples that trained."""
+    if max_examples and len(examples) > max_examples:
+        return examples.subset(slice(len(examples) - max_examples, len(examples)))
+    return examples
+
+
 def train_local(
     model: PreferenceLSTM,
     examples: Examples,
@@ -110,8 +118,7 @@ def train_local(
     """
     if dp is not None and dp_generator is None:
         raise ValueError("DP-SGD needs dp_generator: the source of its noise and batches (the device's own entropy).")
-    if config.max_examples and len(examples) > config.max_examples:
-        examples = examples.subset(slice(len(examples) - config.max_examples, len(examples)))
+    examples = examples_kept(examples, config.max_examples)
     n = len(examples)
     if n == 0:
         return LocalTrainResult(loss=float("nan"), steps=0, num_examples=0)
