@@ -253,6 +253,12 @@ class ModelPolicy:
         return self.retrainer.report()
 
 
+def _kept_version(room: DeviceRoom) -> int:
+    """The version of the global prior ``room`` holds (0 before its first)."""
+    kept = room.preference.kept
+    return 0 if kept is None else kept.info.version
+
+
 class DeviceRoomPolicy:
     """The private policies as real devices run them: one ``DeviceRoom`` per user over its own log store and storage
     (``<root>/user_<id>/``). The app logs each event the loop logs, the room keeps each retrained global prior as
@@ -276,7 +282,6 @@ class DeviceRoomPolicy:
                                      personal=personal, window=window)
         self.version = 1
         self.rooms: dict[int, DeviceRoom] = {}
-        self.kept: dict[int, int] = {}  # the prior version each user's room holds
 
     def _room(self, ctx: RequestContext) -> DeviceRoom:
         """The user's device: created at their first request and signed up; it receives the current global prior
@@ -287,11 +292,9 @@ class DeviceRoomPolicy:
                               utc_offset_min=ctx.utc_offset_min)
             room.sign_up(ctx.answers)
             self.rooms[ctx.user] = room
-            self.kept[ctx.user] = 0
-        if self.kept[ctx.user] < self.version:
+        if _kept_version(room) < self.version:
             room.receive_prior(self.arrays, self.model_config, run_key=self.name, round_number=self.version,
                                message="evaluate")
-            self.kept[ctx.user] = self.version
         return room
 
     def condition(self, contexts: Sequence[RequestContext]) -> list[Conditioning]:
@@ -308,7 +311,7 @@ class DeviceRoomPolicy:
             room.log(logs[user][len(room.events):])  # user's last request are on it before the next prior arrives
         self.arrays, note = self.retrainer.retrain(logs)
         self.version += 1  # each device keeps it (and refits its offset) at its next request
-        behind = sum(version < self.version - 1 for version in self.kept.values())
+        behind = sum(_kept_version(room) < self.version - 1 for room in self.rooms.values())
         return f"{note}; sent to {len(self.rooms)} device rooms ({behind} had missed an earlier prior while offline)"
 
     def report(self) -> dict:
