@@ -86,6 +86,16 @@ MAX_NOISE_MULTIPLIER = 1e6
 """The largest noise multiplier the calibration tries (Opacus' ``MAX_SIGMA``)."""
 
 
+def planned_epsilon(noise_multiplier: float, *, sample_rate: float, steps: int, delta: float, accountant: str = "rdp",
+                    also: Sequence[tuple[float, int]] = ()) -> float:
+    """The ε of ``steps`` releases at (z, ``sample_rate``) and the ``also`` releases, as (sample rate, releases), at the
+    same z: what a run's ledger will hold once its plan has run."""
+    ledger = PrivacyLedger()
+    for q, n in ((sample_rate, steps), *also):
+        ledger.history.append((float(noise_multiplier), float(q), int(n)))
+    return ledger.epsilon(delta=delta, accountant=accountant)
+
+
 def calibrate_noise_multiplier(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
     also: Sequence[tuple[float, int]] = (),
@@ -108,10 +118,7 @@ def calibrate_noise_multiplier(
         validate_accounting_inputs(delta=delta, sample_rate=rate, accountant=accountant)
 
     def epsilon(z: float) -> float:
-        ledger = PrivacyLedger()
-        for q, n in ((sample_rate, steps), *also):
-            ledger.history.append((z, float(q), int(n)))
-        return ledger.epsilon(delta=delta, accountant=accountant)
+        return planned_epsilon(z, sample_rate=sample_rate, steps=steps, also=also, delta=delta, accountant=accountant)
 
     tolerance = 0.01 * target_epsilon
     low, high, eps_high = 0.0, 10.0, float("inf")

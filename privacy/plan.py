@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from privacy.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, PrivacyLedger, calibrate_noise_multiplier
+from privacy.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, calibrate_noise_multiplier, planned_epsilon
 from privacy.contribution import contribution_sensitivity
 from privacy.errors import PrivacyConfigError
 
@@ -179,10 +179,8 @@ def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: 
                                                           accountant=accountant, also=also)
         elif not noise_multiplier > 0.0:
             raise PrivacyConfigError(f"the noise multiplier must be > 0; found {noise_multiplier}.")
-        ledger = PrivacyLedger()
-        for q, n in ((sample_rate, rounds), *also):
-            ledger.history.append((float(noise_multiplier), q, n))
-        epsilon = ledger.epsilon(delta=delta, accountant=accountant)
+        epsilon = planned_epsilon(noise_multiplier, sample_rate=sample_rate, steps=rounds, also=also, delta=delta,
+                                  accountant=accountant)
     return PrivacyPlan(population=population, sample_rate=sample_rate, rounds=rounds, delta=delta,
                        noise_multiplier=float(noise_multiplier), epsilon=epsilon, accountant=accountant,
                        clipping_norm=clipping_norm, target_epsilon=target_epsilon, also=also, parameters=parameters)
