@@ -84,6 +84,7 @@ class DevicePreference:
         self.save_every = save_every
         self.priors = PriorStore(self.storage / "prior")
         self.kept: KeptPrior | None = None
+        self._stamp: tuple[int, int] | None = None  # the store's pointer when ``kept`` was read (PriorStore.stamp)
         self._model: PreferenceLSTM | None = None
         self._predictor: StreamingPredictor | None = None
         self._step: OnnxStep | None = None
@@ -91,7 +92,12 @@ class DevicePreference:
 
     # ------------------------------------------------------------------------------------------------ the prior
     def refresh(self) -> KeptPrior | None:
-        """Load the store's current prior if it is not the one in use (e.g. the ClientApp kept a newer one)."""
+        """Load the store's current prior if it is not the one in use (e.g. the ClientApp kept a newer one). Reads
+        the store only when its pointer changed (one ``stat`` otherwise: this runs for every event and request)."""
+        stamp = self.priors.stamp()
+        if stamp == self._stamp:
+            return self.kept
+        self._stamp = stamp
         current = self.priors.current()
         if current is not None and (self.kept is None or current.folder != self.kept.folder):
             step = OnnxStep(current.runtime())

@@ -143,14 +143,35 @@ class PriorStore:
         self.folder = Path(folder)
 
     def current(self) -> KeptPrior | None:
-        """The prior in use, or None before the first one is kept."""
-        pointer = self.folder / "current.json"
+        """The prior in use, or None before the first one is kept.
+
+        An install in another process may swap the pointer and delete the folder it named between the two reads
+        here; the pointer is then read again (it names the new folder, which stays until the next install)."""
         try:
-            name = json.loads(pointer.read_text())["folder"]
+            return self._read_current()
+        except FileNotFoundError:  # the folder the pointer named was removed by an install elsewhere: read it again
+            return self._read_current()
+
+    def _read_current(self) -> KeptPrior | None:
+        try:
+            name = json.loads(self._pointer.read_text())["folder"]
         except FileNotFoundError:
             return None
         folder = self.folder / str(name)
         return KeptPrior(folder, PriorInfo(**json.loads((folder / "prior.json").read_text())))
+
+    def stamp(self) -> tuple[int, int] | None:
+        """What changes whenever a prior is installed (the pointer file's inode and time: it is replaced by a rename),
+        so a reader re-reads ``current()`` only then; None before the first install."""
+        try:
+            stat = self._pointer.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    @property
+    def _pointer(self) -> Path:
+        return self.folder / "current.json"
 
     def install(self, arrays: Mapping[str, np.ndarray], config: ModelConfig, *, run_key: str, round_number: int,
                 message: str, expected: StepSignature | None = None, now: float | None = None) -> KeptPrior:
@@ -184,7 +205,7 @@ class PriorStore:
                                  model_fingerprint(model), _as_json(signature),
                                  time.time() if now is None else now)
                 atomic_write_bytes(folder / "prior.json", json.dumps(dataclasses.asdict(info)).encode())
-                atomic_write_bytes(self.folder / "current.json", json.dumps({"folder": folder.name}).encode())
+                atomic_write_bytes(self._pointer, json.dumps({"folder": folder.name}).encode())
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
