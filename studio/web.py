@@ -6,8 +6,12 @@ web page the user visits elsewhere (the attacker here), every request is checked
 * the server binds 127.0.0.1 alone (``serve``), never another interface;
 * a ``Host`` header that is not loopback (``127.0.0.1``, ``localhost``, ``[::1]``) is refused (403): a DNS
   rebinding page reaches 127.0.0.1 under its own name;
-* a POST must carry JSON and come from this page: an ``Origin`` (or ``Sec-Fetch-Site``) of another site is refused
-  (403), and a form's content type is refused (415), so a cross-site form cannot log events or generate;
+* another site may link to the page, and nothing else: any other request a browser marks ``Sec-Fetch-Site``
+  cross-site or same-site (the audio, the status, the API) is refused (403), and every response says
+  ``Cross-Origin-Resource-Policy: same-origin``, so no other page plays a piece or learns how many there are;
+* a POST must carry JSON and come from this page: an ``Origin`` other than ``http://`` + its own Host (another
+  site, another port on localhost, https) is refused (403), a form's content type is refused (415), so a
+  cross-site form cannot log events or generate, and a body without a Content-Length (411) or over 16 KiB (413);
 * no path in a request reaches the file system: audio is served by piece id (six digits, a piece this room made)
   from the room's audio folder, and the page is a string in memory.
 """
@@ -36,18 +40,22 @@ def _host_of(value: str) -> str | None:
 
 def refusal(request: Request) -> Response | None:
     """Why ``request`` must not reach the room (module docstring), as the response to send; None to let it in."""
-    host = _host_of(request.headers.get("host", ""))
-    if host not in LOOPBACK_HOSTS:
+    host_header = request.headers.get("host", "")
+    if _host_of(host_header) not in LOOPBACK_HOSTS:
         return JSONResponse({"error": "this studio answers only on 127.0.0.1 (Host header refused)"}, status_code=403)
+    # Another site may link to the page, but never read or trigger anything else: the audio, the status, the API.
+    if request.url.path != "/" and request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return JSONResponse({"error": "cross-site requests are refused"}, status_code=403)
     if request.method != "GET":
         origin = request.headers.get("origin")
-        if origin is not None and _host_of(re.sub(r"^https?://", "", origin)) not in LOOPBACK_HOSTS:
+        if origin is not None and origin.lower() != f"http://{host_header.strip().lower()}":
             return JSONResponse({"error": "cross-origin requests are refused"}, status_code=403)
-        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return JSONResponse({"error": "cross-site requests are refused"}, status_code=403)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return JSONResponse({"error": "send JSON (content-type application/json)"}, status_code=415)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            return JSONResponse({"error": "send the body with a Content-Length"}, status_code=411)
+        if int(length) > MAX_BODY:
             return JSONResponse({"error": f"a request body is at most {MAX_BODY} bytes"}, status_code=413)
     return None
 
@@ -63,8 +71,10 @@ def create_app(room: DeviceRoom) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        refused = refusal(request)
-        return refused if refused is not None else await call_next(request)
+        response = refusal(request) or await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"  # no other site embeds the audio
+        return response
 
     @app.exception_handler(RoomError)
     async def bad_input(request: Request, error: RoomError) -> JSONResponse:

@@ -89,6 +89,29 @@ def test_a_cross_origin_post_is_refused_and_logs_nothing(studio):
     assert _events(studio) == before
 
 
+def test_another_site_can_link_to_the_page_but_not_load_its_audio_or_status(studio):
+    for site in ("cross-site", "same-site"):
+        for path in ("/api/status", "/audio/000001"):
+            status, body = _http(studio, "GET", path, headers={"Sec-Fetch-Site": site})
+            assert status == 403 and b"cross-site" in body, (site, path)
+    assert _http(studio, "GET", "/", headers={"Sec-Fetch-Site": "cross-site"})[0] == 200  # a link to the studio
+
+
+def test_a_post_from_another_localhost_origin_or_without_a_length_is_refused(studio):
+    before = _events(studio)
+    for origin in (f"http://localhost:{studio['port'] + 1}", f"https://127.0.0.1:{studio['port']}",
+                   "http://127.0.0.1"):
+        status, _ = _http(studio, "POST", "/api/generate", body={"prompt": "x"}, headers={"Origin": origin})
+        assert status == 403, origin
+    connection = http.client.HTTPConnection("127.0.0.1", studio["port"], timeout=30)
+    connection.request("POST", "/api/generate", body=iter([b'{"prompt": "x"}']), encode_chunked=True,
+                       headers={"Host": f"127.0.0.1:{studio['port']}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 411 and response.getheader("X-Content-Type-Options") == "nosniff"
+    assert response.getheader("Cross-Origin-Resource-Policy") == "same-origin"
+    assert _events(studio) == before
+
+
 def test_a_cross_site_form_post_is_refused_by_its_content_type(studio):
     before = _events(studio)
     for content_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"):
