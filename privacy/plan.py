@@ -58,6 +58,8 @@ class PrivacyPlan:
         target_epsilon: the budget z was calibrated for, or None when z was given.
         also: further releases at the same z as (sample rate, releases), e.g. the devices' final evaluation.
         parameters: d, the model's coordinates, when known: the noise's norm on a round's mean is then about σ·√d.
+        sensitivity: S, the largest norm of one device's contribution as the mechanism noises it (0: the update
+            clipped to C and its bounded statistics; under SecAgg+ the run passes its larger, quantised bound).
     """
 
     population: int
@@ -71,16 +73,16 @@ class PrivacyPlan:
     target_epsilon: float | None = None
     also: tuple[tuple[float, int], ...] = ()
     parameters: int | None = None
+    sensitivity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.sensitivity:  # S: one device's largest contribution (the update clipped to C, its statistics)
+            object.__setattr__(self, "sensitivity", contribution_sensitivity(self.clipping_norm))
 
     @property
     def expected_clients(self) -> float:
         """K = qN: the expected cohort, which divides every noisy sum."""
         return self.sample_rate * self.population
-
-    @property
-    def sensitivity(self) -> float:
-        """S: one device's largest contribution (the update clipped to C and its bounded statistics)."""
-        return contribution_sensitivity(self.clipping_norm)
 
     @property
     def noise_std(self) -> float:
@@ -128,7 +130,7 @@ class PrivacyPlan:
             ("delta δ", f"{self.delta:.3g}  (< 1/N = {1.0 / self.population:.3g})"),
             ("noise multiplier z", f"{self.noise_multiplier:.4f}  ({calibrated})"),
             ("epsilon ε", f"{self.epsilon:.4f}  ({self.accountant} accountant, Opacus, with amplification by sampling)"),
-            ("clipping norm C", f"{self.clipping_norm:g}  (S = {self.sensitivity:.4g}: the update and its 3 bounded statistics)"),
+            ("clipping norm C", f"{self.clipping_norm:g}  (S = {self.sensitivity:.4g}: one device's contribution as noised)"),
             ("noise std σ", f"{self.noise_std:.4g} per coordinate of each round's mean (σ = z·S/K)"),
             ("signal", f"the mean's norm ≤ C = {self.clipping_norm:g} per round (each update clipped to C)"),
             ("σ/C", f"{self.noise_to_signal:.4g}" + ("" if self.parameters is None else
@@ -152,7 +154,7 @@ class PrivacyPlan:
 def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: float, clipping_norm: float,
                     accountant: str = "rdp", target_epsilon: float | None = None,
                     noise_multiplier: float | None = None, also: Sequence[tuple[float, int]] = (),
-                    parameters: int | None = None) -> PrivacyPlan:
+                    parameters: int | None = None, sensitivity: float = 0.0) -> PrivacyPlan:
     """The plan of R releases at (z, q) over N users, and the ``also`` releases at the same z.
 
     Without ``noise_multiplier``, z is ``calibrate_noise_multiplier``'s for ``target_epsilon``; a caller that has
@@ -183,7 +185,8 @@ def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: 
                                   accountant=accountant)
     return PrivacyPlan(population=population, sample_rate=sample_rate, rounds=rounds, delta=delta,
                        noise_multiplier=float(noise_multiplier), epsilon=epsilon, accountant=accountant,
-                       clipping_norm=clipping_norm, target_epsilon=target_epsilon, also=also, parameters=parameters)
+                       clipping_norm=clipping_norm, target_epsilon=target_epsilon, also=also, parameters=parameters,
+                       sensitivity=sensitivity)
 
 
 def _user_config() -> dict:

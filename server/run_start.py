@@ -16,12 +16,14 @@ from flwr.serverapp.strategy import FedAvg
 
 from model.network.networks import PreferenceLSTM
 from privacy.accounting import PrivacyLedger
+from privacy.contribution import STATISTICS
 from privacy.plan import PrivacyPlan, plan_user_level
 from protocol.instructions import DataInstructions, Scalar
 from server.aggregation import load_strategy_state, noise_multiplier_for
 from server.checkpoint import load_checkpoint
 from server.preflight import model_parameters
 from server.run_state import RunState
+from server.secagg import SecureAggregator
 from server.settings import RunSettings
 from validation.config import ConfigError
 
@@ -55,10 +57,15 @@ def privacy_plan(settings: RunSettings, population: int) -> PrivacyPlan | None:
         return None
     rate = evaluation_rate(settings, population)
     z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
+    d = model_parameters(settings)
+    sensitivity = 0.0  # the plan's default: the clipped contribution's bound
+    if settings.secagg.enabled:  # the quantised contribution's larger bound, as each SecAgg+ round noises it
+        secure = SecureAggregator(settings.secagg, timeout_s=sim.round_timeout_s)
+        sensitivity = secure.sensitivity(privacy.clipping_norm, d + len(STATISTICS))  # type: ignore[arg-type]
     return plan_user_level(population=population, sample_rate=sim.sample_rate, rounds=sim.rounds, delta=privacy.delta,
                            clipping_norm=privacy.clipping_norm, accountant=privacy.accountant,  # type: ignore[arg-type]
                            target_epsilon=privacy.target_epsilon, noise_multiplier=z,
-                           also=[(rate, 1)] if rate else [], parameters=model_parameters(settings))
+                           also=[(rate, 1)] if rate else [], parameters=d, sensitivity=sensitivity)
 
 
 def fresh_state(settings: RunSettings, line: Callable[[str], None], *, population: int) -> RunState:

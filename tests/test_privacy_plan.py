@@ -154,3 +154,19 @@ def test_the_closed_loop_experiment_refuses_a_config_that_asks_only_for_a_plan()
         cfg = compose(config_name="experiment", overrides=["privacy.plan=true"])
     with pytest.raises(ConfigError, match="privacy.plan=true asks for the privacy plan only"):
         experiment_settings_from_config(cfg)
+
+
+def test_under_secagg_the_runs_plan_uses_the_quantised_contributions_sensitivity(compose_config):
+    from privacy.contribution import STATISTICS, contribution_sensitivity
+    from server.preflight import model_parameters
+    from server.run_start import privacy_plan
+    from server.secagg import SecureAggregator
+    from simulations.federation.settings import simulated_settings
+
+    settings = simulated_settings(compose_config("population=small", "secagg.enabled=true", "simulation.nodes=0"))
+    plan = privacy_plan(settings, settings.population.num_users)
+    secure = SecureAggregator(settings.secagg, timeout_s=1.0)
+    c = settings.privacy.clipping_norm
+    assert plan.sensitivity == secure.sensitivity(c, model_parameters(settings) + len(STATISTICS))
+    assert plan.sensitivity > contribution_sensitivity(c)  # the quantisation error's share, as a round noises it
+    assert plan.noise_std == pytest.approx(plan.noise_multiplier * plan.sensitivity / plan.expected_clients)
