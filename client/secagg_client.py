@@ -9,9 +9,17 @@ seeds, record-level DP and device ledger) and returns its contribution with weig
 clipping norm C followed by its bounded statistics (``privacy.contribution``), all zero when it declines. The server
 gets the sum of these, never one of them. It returns no metrics, since metrics travel next to the masked vector in
 the clear.
+
+Under ``privacy=distributed`` the device noises its own contribution before it leaves (``distributed_share``):
+rotated, scaled, rounded, its share of discrete Gaussian noise added from its OS entropy, reduced mod m, handed to
+the mod as one vector of integers that Flower's quantiser passes through unchanged. It first checks that the
+parameters it was sent carry at least the noise the run announced, so a server cannot ask for a smaller share than
+the one every device's ledger was told of.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from flwr.app import Context
@@ -21,8 +29,10 @@ from flwr.client.mod import secaggplus_mod
 from client.device_data import DataSource, device_data
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
+from privacy.contribution import contribution_sensitivity
+from privacy.distributed_dp import DistributedDiscreteGaussian, encode
 from privacy.mechanisms import clip_update
-from protocol.instructions import TrainInstructions, from_config_items
+from protocol.instructions import DistributedInstructions, TrainInstructions, from_config_items
 from protocol.records import ARRAY_NAMES_KEY
 from protocol.reply_layout import STATISTICS_ARRAY
 
@@ -61,6 +71,40 @@ def secure_contribution(instructions: TrainInstructions, global_arrays: dict[str
     return {**{k: v.astype(np.float64) for k, v in clipped.items()}, STATISTICS_ARRAY: update.statistics.astype(np.float64)}
 
 
+def distributed_plan(instructions: TrainInstructions) -> tuple[DistributedDiscreteGaussian, int]:
+    """The round's distributed-DP parameters and public rotation seed, checked against what the run announced.
+
+    Raises:
+        SecureUpdateError: if the share's sensitivity is not the contribution's bound S at the round's clipping norm,
+            or its noise (the survivors' shares over Delta2) is below the announced noise multiplier.
+    """
+    sent: DistributedInstructions = instructions.distributed  # type: ignore[assignment]
+    plan = DistributedDiscreteGaussian(sent.dimension, sent.sensitivity, sent.scale, sent.bits, sent.device_variance,
+                                       sent.min_survivors, sent.max_contributors)
+    bound = contribution_sensitivity(instructions.clipping_norm)  # type: ignore[arg-type]
+    if not math.isclose(plan.sensitivity, bound, rel_tol=1e-9):
+        raise SecureUpdateError(f"the noise share is sized for sensitivity {plan.sensitivity}, but this round's "
+                                f"contribution is bounded by {bound}; refusing to send it.")
+    if instructions.user_level is None:
+        raise SecureUpdateError("the round asks for a noise share but announces no noise multiplier to hold it to; "
+                                "refusing to send it.")
+    announced = instructions.user_level.noise_multiplier
+    if plan.noise_multiplier < announced * (1.0 - 1e-9):
+        raise SecureUpdateError(f"the noise share gives noise multiplier {plan.noise_multiplier:.4f}, below the "
+                                f"{announced:.4f} the run announced; refusing to send it.")
+    return plan, sent.rotation_seed
+
+
+def distributed_share(contribution: dict[str, np.ndarray], names: list[str], instructions: TrainInstructions
+                      ) -> np.ndarray:
+    """This device's noised integer share (float64 values in [-m/2, m/2): value - m/2, which Flower's quantiser
+    with range m/2 and m levels maps back to the integer exactly)."""
+    plan, seed = distributed_plan(instructions)
+    flat = np.concatenate([contribution[name].reshape(-1) for name in [*names, STATISTICS_ARRAY]])
+    flat *= min(1.0, plan.sensitivity / max(float(np.linalg.norm(flat)), 1e-300))  # float32 rounding above S, if any
+    return encode(flat, plan, seed).astype(np.float64) - plan.modulus // 2
+
+
 class SecAggClient(NumPyClient):
     """Trains on the device's data (from ``source``) and hands the clipped update to ``secaggplus_mod`` for masking."""
 
@@ -78,6 +122,8 @@ class SecAggClient(NumPyClient):
         names, global_arrays = _global_arrays(parameters, config)
         instructions = from_config_items({k: v for k, v in config.items() if k != ARRAY_NAMES_KEY})
         contribution = secure_contribution(instructions, global_arrays, self.context, self.source)
+        if instructions.distributed is not None:
+            return [distributed_share(contribution, names, instructions)], 1, {}
         return [contribution[name] for name in [*names, STATISTICS_ARRAY]], 1, {}
 
 

@@ -52,6 +52,22 @@ class UserLevelInstructions:
     evaluation_rate: float = 0.0
 
 
+@dataclass(frozen=True)
+class DistributedInstructions:
+    """Under ``privacy=distributed``: the round's public parameters of the distributed discrete Gaussian
+    (``privacy.distributed_dp.DistributedDiscreteGaussian``) and its public rotation seed. The device adds its own
+    noise share from them; it checks first that they carry at least the noise the run announced."""
+
+    dimension: int
+    sensitivity: float
+    scale: float
+    bits: int
+    device_variance: int
+    min_survivors: int
+    max_contributors: int
+    rotation_seed: int
+
+
 Scalar = Union[int, float, str, bool]
 """A value a ConfigRecord entry holds (and the SecAgg+ path's legacy records too)."""
 
@@ -112,6 +128,7 @@ class TrainInstructions:
         run_key: the run's identity across restarts (a resumed run keeps it): a device's ledger counts each run once.
         planned_rounds: the rounds the run's noise is calibrated for; a device joins no round past them.
         user_level: the user-level mechanism the server announces; None without user-level DP.
+        distributed: under ``privacy=distributed``, the noise share each device adds to its SecAgg+ contribution.
     """
 
     round: int
@@ -127,6 +144,7 @@ class TrainInstructions:
     run_key: str = ""
     planned_rounds: int = 0
     user_level: Optional[UserLevelInstructions] = None
+    distributed: Optional[DistributedInstructions] = None
 
     def __post_init__(self) -> None:
         check_noise_source(self.noise, "noise")

@@ -10,16 +10,21 @@ device says how many examples it has).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.adaptive_clipping import AdaptiveClipping
-from privacy.contribution import ReleasedStatistics
+from privacy.contribution import STATISTICS, ReleasedStatistics
+from privacy.distributed_dp import DistributedDiscreteGaussian
+from privacy.distributed_release import DistributedLedger, DistributedRelease, plan_run
 from privacy.randomness import gaussian_noise
 from privacy.user_level import NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
 from protocol.records import from_array_record, to_array_record
+from server.preflight import model_parameters
 from server.replies import Contribution
 from server.settings import PrivacySettings, RunSettings, StrategySettings
 
@@ -62,6 +67,21 @@ def _pseudo_reply(arrays: Arrays, weight: float) -> Message:
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 
+@functools.lru_cache(maxsize=16)
+def distributed_plan(settings: RunSettings, population: int) -> DistributedDiscreteGaussian:
+    """``privacy=distributed``: the devices' noise shares for the run's budget over N = ``population`` (cached: the
+    same settings always give the same plan, so a resumed run rebuilds its own)."""
+    p, sim = settings.privacy, settings.simulation
+    return plan_run(target_epsilon=p.target_epsilon, delta=p.delta, sample_rate=sim.sample_rate,  # type: ignore[arg-type]
+                    rounds=sim.rounds, population=population, clipping_norm=p.clipping_norm,  # type: ignore[arg-type]
+                    dimension=model_parameters(settings) + len(STATISTICS), min_survivors=p.min_survivors)
+
+
+def new_ledger(settings: RunSettings) -> PrivacyLedger | DistributedLedger:
+    """An empty ledger of the kind the run's mechanism records in."""
+    return DistributedLedger() if settings.privacy.distributed else PrivacyLedger()
+
+
 def noise_multiplier_for(privacy: PrivacySettings, *, sample_rate: float, rounds: int,
                          evaluation_rate: float | None = None) -> float | None:
     """The user-level noise multiplier z that spends ``privacy.target_epsilon`` over ``rounds`` releases at
@@ -86,6 +106,9 @@ def user_level_mechanism(settings: RunSettings, *, noise_multiplier: float | Non
     p = settings.privacy
     if not p.user_level:
         return NoUserLevelPrivacy()
+    if p.distributed:
+        return DistributedRelease(distributed_plan(settings, population), p.clipping_norm, sample_rate, population,  # type: ignore[arg-type]
+                                  ledger, p.delta, p.target_epsilon)  # type: ignore[arg-type]
     adaptive = AdaptiveClipping(p.clipping_quantile, p.clipping_learning_rate) if p.clipping == "adaptive" else None
     return UserLevelGaussian(
         clipping_norm=clipping_norm or p.clipping_norm, noise_multiplier=noise_multiplier, sample_rate=sample_rate,  # type: ignore[arg-type]

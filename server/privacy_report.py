@@ -5,6 +5,7 @@ from __future__ import annotations
 from privacy.accounting import fast_rdp_epsilon
 from privacy.contribution import LOSS_BOUND, STATISTIC_WEIGHT, STATISTICS, contribution_sensitivity
 from privacy.randomness import SEEDED_WARNING
+from privacy.distributed_dp import DistributedDiscreteGaussian
 from server.run_state import RunState
 from server.secagg import SecureAggregator
 from server.settings import RunSettings
@@ -19,9 +20,10 @@ def record_epsilon_per_training(settings: RunSettings) -> float:
 
 
 def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float | None,
-                   secure: SecureAggregator | None, coordinates: int, *, evaluation_releases: int) -> dict:
+                   secure: SecureAggregator | None, coordinates: int, *, evaluation_releases: int,
+                   plan: DistributedDiscreteGaussian | None = None) -> dict:
     """User-level ε (from the run's ledger: ``user_epsilon``, covering ``state.round`` training releases and
-    ``evaluation_releases`` releases of the devices' scores), the record-level parameters (each device keeps its own
+    ``evaluation_releases`` releases of the devices' scores; ``plan``: the devices' noise under ``privacy=distributed``), the record-level parameters (each device keeps its own
     ledger), SecAgg's parameters (``coordinates``: model size, for its sensitivity), and notes on what each
     guarantee covers and whom it holds against."""
     p, sim = settings.privacy, settings.simulation
@@ -53,6 +55,24 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float |
             "Against whom: anyone who sees the released models and reports; the server is trusted with the "
             "individual contributions before the noise (central DP), or only with their sum under SecAgg+."
         )
+        if plan is not None:
+            report["user_level"]["distributed"] = {
+                "device_variance": plan.device_variance, "scale": plan.scale, "modulus_bits": plan.bits,
+                "norm_bound": plan.norm_bound, "min_survivors": plan.min_survivors,
+                "max_contributors": plan.max_contributors, "wrap_probability_bound": plan.wrap_probability(),
+                "accounting": "Kairouz, Liu & Steinke 2021 (sum of discrete Gaussians) + Zhu & Wang 2019 (Poisson "
+                              "subsampled RDP, general bound)",
+            }
+            report["notes"].append(
+                "privacy=distributed: the server added no noise and never saw an un-noised sum. Each device rotated, "
+                "scaled and rounded its bounded contribution and added its own share of discrete Gaussian noise (OS "
+                "entropy) before SecAgg+; the shares of min_survivors devices carry the noise ε is accounted for, and "
+                "a round with fewer survivors released nothing (still charged). This ε holds against the server "
+                "operator too, provided SecAgg+ holds (no device's masked vector is unmasked: fewer than its "
+                "reconstruction threshold of its neighbours collude with the server) and the counted survivors ran "
+                "this ClientApp unmodified (a server that also runs sybil devices removes their shares from the count). "
+                "The sampling is still the server's: the amplification assumes it sampled as announced."
+            )
         if p.clipping == "adaptive":
             report["notes"].append(
                 f"Adaptive clipping (Andrew et al. 2021): C followed the {p.clipping_quantile:g} quantile of the "

@@ -11,6 +11,8 @@ Under SecAgg+ the nodes' updates are summed before the server sees them, so the 
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -19,19 +21,23 @@ import numpy as np
 from flwr.serverapp.strategy import FedAvg
 
 from privacy.contribution import STATISTICS
+from privacy.distributed_dp import decode
+from privacy.distributed_release import DistributedRelease
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import (
     AttackInstructions,
     DataInstructions,
+    DistributedInstructions,
     RecordLevelInstructions,
     TrainInstructions,
     UserLevelInstructions,
+    flat_items,
 )
-from server.aggregation import RoundSum
+from server.aggregation import RoundSum, strategy_step
 from server.grid_transport import GridTransport
 from server.replies import Verdict
 from server.run_state import RoundOutcome
-from server.secagg import SecureAggregator, release_secure_sum
+from server.secagg import SecureAggregator, SecureSum, release_secure_sum
 from server.settings import RunSettings
 
 Arrays = dict[str, np.ndarray]
@@ -53,6 +59,11 @@ class Transport(Protocol):
               users: list[int]) -> Iterator[tuple[int, Verdict]]:
         """Each user's judged train reply, as it arrives; a user that never answers is not yielded."""
         ...
+
+
+def share_modulus(share: DistributedInstructions) -> int:
+    """m = 2**bits, the modulus the devices' shares are summed in."""
+    return 1 << share.bits
 
 
 def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_rate: float) -> list[int]:
@@ -106,6 +117,9 @@ class FederatedRound:
         """One round from the global ``arrays``; each contribution is folded into the round's sum as it arrives."""
         chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
         users = transport.reachable(chosen)
+        if isinstance(self.mechanism, DistributedRelease):  # in one process: the transport adds the shares itself
+            return self._distributed_outcome(server_round, arrays, chosen, users, lambda share: transport.sum_shares(  # type: ignore[attr-defined]
+                arrays, dataclasses.replace(instructions, distributed=share), users, share_modulus(share)))
         round_sum, counts, problems = RoundSum(arrays, self.mechanism), Counter[str](), []
         for owner, verdict in transport.train(server_round, arrays, instructions, users):
             if verdict.kind == "contribution" and not round_sum.add(verdict.update, verdict.statistics):  # type: ignore[arg-type]
@@ -125,10 +139,13 @@ class FederatedRound:
     def play_secure(self, server_round: int, arrays: Arrays, config: dict, transport: GridTransport,
                     secure: SecureAggregator) -> RoundOutcome:
         """The round under SecAgg+: the nodes' bounded contributions are summed before the server sees them; the
-        mechanism noises that sum (``server.secagg.release_secure_sum``). ``config`` is the round's instructions
-        as config items."""
+        mechanism noises that sum (``server.secagg.release_secure_sum``), or under ``privacy=distributed`` the
+        devices noised their shares and the server decodes the noisy sum (``play_distributed``). ``config`` is the
+        round's instructions as config items."""
         chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
         nodes = transport.reachable(chosen)
+        if isinstance(self.mechanism, DistributedRelease):
+            return self.play_distributed(server_round, arrays, config, transport, secure, chosen, nodes)
         clipping_norm = self.mechanism.clipping_norm
         total = secure.sum_updates(transport.grid, nodes, arrays, config, clipping_norm=clipping_norm)  # type: ignore[arg-type]
         sensitivity = secure.sensitivity(clipping_norm, sum(int(np.asarray(a).size) for a in arrays.values()) + len(STATISTICS))  # type: ignore[arg-type]
@@ -137,3 +154,44 @@ class FederatedRound:
         return RoundOutcome(arrays=released, statistics=statistics, replies=total.contributors, sampled=len(chosen),
                             skipped_busy=len(chosen) - len(nodes), failed=total.dropped, halted=total.halted or refused,
                             clipping_norm=clipping_norm)
+
+    def play_distributed(self, server_round: int, arrays: Arrays, config: dict, transport: GridTransport,
+                         secure: SecureAggregator, chosen: list[int], nodes: list[int]) -> RoundOutcome:
+        """``privacy=distributed`` over the grid: SecAgg+ sums the nodes' noised integer shares mod m."""
+        def sum_shares(share: DistributedInstructions) -> tuple[np.ndarray | None, SecureSum]:
+            items = {**config, **{f"distributed.{k}": v for k, v in flat_items(share).items()}}
+            return secure.sum_shares(transport.grid, nodes, arrays, items, modulus=share_modulus(share))
+
+        return self._distributed_outcome(server_round, arrays, chosen, nodes, sum_shares)
+
+    def _distributed_outcome(self, server_round: int, arrays: Arrays, chosen: list[int], nodes: list[int],
+                             sum_shares: Callable[[DistributedInstructions], tuple[np.ndarray | None, SecureSum]]
+                             ) -> RoundOutcome:
+        """The round's public share parameters with a fresh public rotation seed go to ``nodes``; ``sum_shares``
+        returns the sum mod m of their noised shares; the server decodes it and releases it if at least the planned
+        minimum of survivors' shares is in it (``privacy.distributed_release``)."""
+        mechanism: DistributedRelease = self.mechanism  # type: ignore[assignment]
+        plan = mechanism.plan
+        share = DistributedInstructions(plan.dimension, plan.sensitivity, plan.scale, plan.bits, plan.device_variance,
+                                        plan.min_survivors, plan.max_contributors, secrets.randbits(62))
+        total, statistics = None, None
+        if len(nodes) > plan.max_contributors:
+            counts = SecureSum(None, None, 0, len(nodes), halted=f"{len(nodes)} nodes sampled, more than the "
+                               f"{plan.max_contributors} the modulus is sized for; the round releases nothing")
+        else:
+            noisy, counts = sum_shares(share)
+            if noisy is not None and counts.contributors < plan.min_survivors:
+                counts.halted = (f"{counts.contributors} surviving shares, fewer than the {plan.min_survivors} the "
+                                 "noise is sized for; the round releases nothing")
+            elif noisy is not None:
+                flat = decode(noisy, plan, share.rotation_seed)
+                total, offset = {}, 0
+                for name, array in arrays.items():
+                    total[name] = flat[offset: offset + array.size].reshape(array.shape)
+                    offset += array.size
+                statistics = flat[offset:]
+        mean, released = mechanism.release(total, statistics, arrays)
+        next_arrays, refused = strategy_step(self.strategy, server_round, arrays, [(mean, 1.0)])
+        return RoundOutcome(arrays=next_arrays, statistics=released, replies=counts.contributors, sampled=len(chosen),
+                            skipped_busy=len(chosen) - len(nodes), failed=counts.dropped,
+                            halted=counts.halted or refused, clipping_norm=mechanism.clipping_norm)

@@ -15,11 +15,10 @@ import torch
 from flwr.serverapp.strategy import FedAvg
 
 from model.network.networks import PreferenceLSTM
-from privacy.accounting import PrivacyLedger
 from privacy.contribution import STATISTICS
 from privacy.plan import PrivacyPlan, plan_user_level
 from protocol.instructions import DataInstructions, Scalar
-from server.aggregation import load_strategy_state, noise_multiplier_for
+from server.aggregation import distributed_plan, load_strategy_state, new_ledger, noise_multiplier_for
 from server.checkpoint import load_checkpoint
 from server.preflight import model_parameters
 from server.run_state import RunState
@@ -81,14 +80,23 @@ def fresh_state(settings: RunSettings, line: Callable[[str], None], *, populatio
         evaluation = " and the devices' final evaluation" if rate else ""
         line(f"user-level DP: calibrating the noise multiplier for ε={privacy.target_epsilon} over "
              f"{sim.rounds} rounds{evaluation} (up to a minute) ...")
-    z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
-    if z is not None:
+    if privacy.distributed:
+        plan = distributed_plan(settings, population)
+        z = plan.noise_multiplier
+        line(f"distributed DP: each device adds discrete Gaussian noise of variance {plan.device_variance} to its share "
+             f"(scale {plan.scale:.4g}, modulus 2**{plan.bits}); {plan.min_survivors} surviving shares give noise "
+             f"multiplier {z:.4f} for ε={privacy.target_epsilon} δ={privacy.delta:g} over {sim.rounds} rounds at "
+             f"q={sim.sample_rate}; wrap-around probability <= {plan.wrap_probability():.1g} a round "
+             f"({time.perf_counter() - started:.1f} s)")
+    else:
+        z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
+    if z is not None and not privacy.distributed:
         also = f" and the final evaluation at q={rate:.3g}" if rate else ""
         line(f"user-level DP: noise multiplier z={z:.4f} calibrated for ε={privacy.target_epsilon} δ={privacy.delta:g} "
              f"over {sim.rounds} rounds at q={sim.sample_rate}{also} ({privacy.accountant}, "
              f"{time.perf_counter() - started:.1f} s)")
     clipping_norm = privacy.clipping_norm if privacy.user_level else None
-    return RunState(round=0, arrays=arrays, ledger=PrivacyLedger(), noise_multiplier=z, clipping_norm=clipping_norm,
+    return RunState(round=0, arrays=arrays, ledger=new_ledger(settings), noise_multiplier=z, clipping_norm=clipping_norm,
                     run_key=secrets.token_hex(16))
 
 
@@ -106,7 +114,7 @@ def resumed_state(settings: RunSettings, strategy: FedAvg) -> tuple[RunState, st
                 f"resume: privacy.{key} was {before.get(key)!r} in the checkpoint but is {now.get(key)!r} now; "
                 "a run continues only under the privacy settings it was accounted with."
             )
-    ledger = PrivacyLedger()
+    ledger = new_ledger(settings)
     ledger.load_state_dict(checkpoint.ledger)
     load_strategy_state(strategy, checkpoint.strategy_state)
     state = RunState(

@@ -147,7 +147,7 @@ class _RoundStrategy(Strategy):
 
 @dataclass
 class Unmasked:
-    """The unmask stage's outcome: the integer sum's dequantised values, or why none is released."""
+    """The unmask stage's outcome: the integer sum of the contributors' quantised values, or why none is released."""
 
     values: list[np.ndarray] | None
     contributors: int
@@ -175,7 +175,7 @@ class _SecAggPlus(SecAggPlusWorkflow):
       sent any key, so no mask involves it; Flower would still try to reconstruct its secret in the unmask stage,
       find no shares and give up. Forgetting it after setup lets the round go on with the nodes that did answer.
     - The unmask stage is Flower's, up to the unmasked integer sum; then, instead of dividing the sum by the clients'
-      total weight, it checks that weight (``check_unmasked``) and keeps the dequantised sum in ``self.unmasked``.
+      total weight, it checks that weight (``check_unmasked``) and keeps the integer sum in ``self.unmasked``.
     """
 
     unmasked: Unmasked | None = None
@@ -231,9 +231,7 @@ class _SecAggPlus(SecAggPlusWorkflow):
         if halted is not None:
             self.unmasked = Unmasked(None, contributors, halted)
             return True
-        step = 2.0 * state.clipping_range / state.quantization_range  # each client's value q stands for q*step - r
-        self.unmasked = Unmasked([v.astype(np.float64) * step - contributors * state.clipping_range for v in values],
-                                 contributors)
+        self.unmasked = Unmasked([np.asarray(v, dtype=np.int64) for v in values], contributors)
         return True
 
 
@@ -260,13 +258,49 @@ class SecureAggregator:
         Raises:
             ConfigError: if this many quantised contributions could overflow SecAgg's modulus.
         """
+        clipping_range, levels = quantisation_clipping_range(clipping_norm), self.settings.quantization_range
+        unmasked = self._unmask(grid, nodes, global_arrays, config, clipping_range=clipping_range, levels=levels)
+        if isinstance(unmasked, SecureSum):
+            return unmasked
+        names = list(global_arrays)
+        if len(unmasked.values) != len(names) + 1:  # type: ignore[arg-type]
+            return SecureSum(None, None, unmasked.contributors, len(nodes),
+                             halted=f"the unmasked sum holds {len(unmasked.values)} arrays, not {len(names) + 1}")  # type: ignore[arg-type]
+        step = 2.0 * clipping_range / levels  # each client's value q stands for q*step - r
+        values = [v.astype(np.float64) * step - unmasked.contributors * clipping_range for v in unmasked.values]  # type: ignore[union-attr]
+        total = dict(zip([*names, STATISTICS_ARRAY], values))
+        statistics = total.pop(STATISTICS_ARRAY)
+        return SecureSum(total, statistics, unmasked.contributors, len(nodes))
+
+    def sum_shares(self, grid: Grid, nodes: list[int], global_arrays: Arrays, config: dict, *,
+                   modulus: int) -> tuple[np.ndarray | None, SecureSum]:
+        """``privacy=distributed``: the sum mod ``modulus`` of the nodes' noised integer shares (each device's one
+        vector of values in [0, modulus), ``privacy.distributed_dp.encode``), and the round's counts.
+
+        Flower's quantiser passes the integers through unchanged: with clipping range m/2 and m levels its step is
+        exactly 1, and a device hands it value - m/2 (``client.secagg_client``); since m divides SecAgg's 2**32, the
+        sum mod 2**32 reduced mod m is the sum mod m.
+        """
+        unmasked = self._unmask(grid, nodes, global_arrays, config, clipping_range=modulus / 2, levels=modulus)
+        if isinstance(unmasked, SecureSum):
+            return None, unmasked
+        counts = SecureSum(None, None, unmasked.contributors, len(nodes))
+        if len(unmasked.values) != 1:  # type: ignore[arg-type]
+            counts.halted = f"the unmasked sum holds {len(unmasked.values)} arrays, not the 1 of a noised share"  # type: ignore[arg-type]
+            return None, counts
+        return np.mod(unmasked.values[0].reshape(-1), modulus), counts  # type: ignore[index]
+
+    def _unmask(self, grid: Grid, nodes: list[int], global_arrays: Arrays, config: dict, *, clipping_range: float,
+                levels: int) -> Unmasked | SecureSum:
+        """Run SecAgg+ on ``nodes`` with Flower's quantiser set to ``levels`` over ±``clipping_range``: the unmasked
+        integer sum, or (a ``SecureSum`` saying why) nothing."""
         if len(nodes) < 2:
             return SecureSum(None, None, 0, len(nodes), halted=f"{len(nodes)} client(s) sampled: secure aggregation "
                                                                 "needs at least 2 (a sum of one update is that update)")
-        if len(nodes) * self.settings.quantization_range >= SECAGG_MODULUS_RANGE:
+        if len(nodes) * levels >= SECAGG_MODULUS_RANGE:
             raise ConfigError(
-                f"{len(nodes)} sampled clients * secagg.quantization_range={self.settings.quantization_range} must be "
-                "< 2**32 (SecAgg's modulus); lower secagg.quantization_range."
+                f"{len(nodes)} sampled clients * {levels} quantisation levels must be < 2**32 (SecAgg's modulus); "
+                "lower secagg.quantization_range."
             )
         names = list(global_arrays)
         parameters = ndarrays_to_parameters([np.asarray(global_arrays[k], dtype=np.float32) for k in names])
@@ -277,9 +311,8 @@ class SecureAggregator:
         )
         workflow = _SecAggPlus(
             num_shares=self.settings.num_shares, reconstruction_threshold=self.settings.reconstruction_threshold,
-            max_weight=1.0, clipping_range=quantisation_clipping_range(clipping_norm),
-            quantization_range=self.settings.quantization_range, modulus_range=SECAGG_MODULUS_RANGE,
-            timeout=self.timeout_s,
+            max_weight=1.0, clipping_range=clipping_range, quantization_range=levels,
+            modulus_range=SECAGG_MODULUS_RANGE, timeout=self.timeout_s,
         )
         DefaultWorkflow(fit_workflow=workflow)(grid, context)
         unmasked = getattr(workflow, "unmasked", None)  # None: Flower's own workflow (a test swaps it in) or a halt
@@ -288,12 +321,7 @@ class SecureAggregator:
                                                                  "the reconstruction threshold); see the log")
         if unmasked.values is None:
             return SecureSum(None, None, unmasked.contributors, len(nodes), halted=unmasked.halted)
-        if len(unmasked.values) != len(names) + 1:
-            return SecureSum(None, None, unmasked.contributors, len(nodes),
-                             halted=f"the unmasked sum holds {len(unmasked.values)} arrays, not {len(names) + 1}")
-        total = dict(zip([*names, STATISTICS_ARRAY], unmasked.values))
-        statistics = total.pop(STATISTICS_ARRAY)
-        return SecureSum(total, statistics, unmasked.contributors, len(nodes))
+        return unmasked
 
 
 def release_secure_sum(strategy, server_round: int, current: Arrays, secure: SecureSum, *,

@@ -24,7 +24,7 @@ from privacy.randomness import NOISE_SOURCES
 from protocol.instructions import ATTACK_KINDS, AttackInstructions, dataclass_from_dict
 from validation.config import ConfigError, check_range
 
-PRIVACY_MODES = ("none", "record", "user", "both")
+PRIVACY_MODES = ("none", "record", "user", "both", "distributed")
 CLIPPING_RULES = ("fixed", "adaptive")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 MEAN_STRATEGIES = ("fedavg", "fedadam")
@@ -94,10 +94,16 @@ class PrivacySettings:
     clipping_quantile: float = 0.5  # adaptive: the share of updates C aims to leave unclipped
     clipping_learning_rate: float = 0.2  # adaptive: the geometric step of C per round
     plan: bool = False  # print the run's privacy plan (privacy.plan) and exit before anything starts
+    min_survivors: Optional[int] = None  # distributed: fewest devices whose noise a released sum holds (None: derived)
 
     @property
     def user_level(self) -> bool:
-        return self.mode in ("user", "both")
+        return self.mode in ("user", "both", "distributed")
+
+    @property
+    def distributed(self) -> bool:
+        """The devices add the noise under SecAgg+ (``privacy.distributed_dp``); the server never sees an un-noised sum."""
+        return self.mode == "distributed"
 
     @property
     def record_level(self) -> bool:
@@ -118,6 +124,9 @@ class PrivacySettings:
                 check_range(f"privacy.{name}", getattr(self, name), 0, low_open=True, note=f" for mode '{self.mode}'",
                             fix="Without user-level DP use privacy=none or record.", error=PrivacyConfigError)
             check_range("privacy.delta", self.delta, 0, 1, low_open=True, high_open=True, error=PrivacyConfigError)
+        if self.min_survivors is not None:
+            check_range("privacy.min_survivors", self.min_survivors, 2, note=" (a sum of one device's share is that device's)",
+                        error=PrivacyConfigError)
         if self.record_level and self.record is None:
             raise PrivacyConfigError(f"privacy.record must be set for mode '{self.mode}' (noise_multiplier, max_grad_norm, target_epsilon, delta).")
 
@@ -271,6 +280,19 @@ def _check_delta(s: RunSettings) -> None:
                                  f"user's data outright); found {s.privacy.delta}.")
 
 
+def _check_distributed(s: RunSettings) -> None:
+    """privacy=distributed: the devices noise their shares of a SecAgg+ sum, from their own OS entropy."""
+    needs = [("secagg.enabled", s.secagg.enabled, "true", "the devices' noise shares only protect a sum SecAgg+ hides "
+              "the parts of"),
+             ("privacy.noise", s.privacy.noise == "secure", "secure", "each device draws its share from its own OS "
+              "entropy; a seeded share could be subtracted"),
+             ("privacy.clipping", s.privacy.clipping == "fixed", "fixed", "adaptive clipping is not built for the "
+              "distributed mechanism yet")]
+    for key, holds, value, why in needs:
+        if not holds:
+            raise PrivacyConfigError(f"privacy=distributed needs {key}={value} ({why}).")
+
+
 def _check_across_groups(s: RunSettings) -> None:
     if s.simulation.nodes > s.population.num_users:
         raise ConfigError(
@@ -297,13 +319,15 @@ def _check_across_groups(s: RunSettings) -> None:
                 f"{s.privacy.mode!r}): the Gaussian mechanism bounds a sum of clipped updates, not a median, "
                 f"a trimmed mean or Krum's choice of one update. Use one of {list(MEAN_STRATEGIES)}, or privacy=none/record."
             )
+    if s.privacy.distributed:
+        _check_distributed(s)
     if s.secagg.enabled:
         if not s.privacy.user_level:
             raise ConfigError(
                 f"secagg.enabled=true needs user-level DP (privacy=user or both; found privacy.mode={s.privacy.mode!r}): "
                 "the clipping norm bounds every coordinate of an update, which sets SecAgg's quantisation range."
             )
-        if s.population.num_users * s.secagg.quantization_range >= SECAGG_MODULUS_RANGE:
+        if not s.privacy.distributed and s.population.num_users * s.secagg.quantization_range >= SECAGG_MODULUS_RANGE:
             raise ConfigError(
                 f"population.num_users * secagg.quantization_range must be < 2**32 (a secure sum of that many "
                 f"quantised updates would overflow SecAgg's modulus); found {s.population.num_users} * "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import torch
+from flwr.app import Context, RecordDict
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -250,3 +252,39 @@ def assert_streams_like_torch(runtime, model, features, atol: float) -> None:
             np.testing.assert_allclose(logits, expected.numpy(), atol=atol, rtol=0)
             np.testing.assert_allclose(h, state[0].numpy(), atol=atol, rtol=0)
             np.testing.assert_allclose(c, state[1].numpy(), atol=atol, rtol=0)
+
+
+class InProcessGrid:
+    """A Grid stand-in: each message goes to the simulation's ClientApp with that node's own context; ``silent``
+    nodes never answer (offline); a ClientApp that raises answers with an error, as Flower's SuperNode does."""
+
+    def __init__(self, node_ids, silent=(), node_configs=None) -> None:
+        from types import SimpleNamespace
+
+        self.run = SimpleNamespace(run_id=1)
+        configs = node_configs or {}
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config=configs.get(n, {"partition-id": i}),
+                                    state=RecordDict(), run_config={}) for i, n in enumerate(node_ids)}
+        self.silent = set(silent)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Error, Message
+
+        from simulations.federation.client_app import app
+
+        replies = []
+        for sent in messages:
+            node = sent.metadata.dst_node_id
+            if node in self.silent:
+                continue
+            # A real message is serialised: each node gets its own copy (the workflow shares one content object).
+            message = Message(copy.deepcopy(sent.content), dst_node_id=node, message_type=sent.metadata.message_type,
+                              group_id=sent.metadata.group_id)
+            try:
+                replies.append(app(message, self.contexts[node]))
+            except Exception as error:  # noqa: BLE001 - the SuperNode turns any ClientApp failure into an error reply
+                replies.append(Message(Error(code=2, reason=str(error)), reply_to=message))
+        return replies

@@ -1,6 +1,5 @@
 """Secure aggregation (Flower's SecAgg+) combined with user-level DP: same mechanism, same model code, only the sum seen."""
 
-import copy
 import json
 
 import numpy as np
@@ -32,7 +31,7 @@ from server.settings import SecAggSettings, StrategySettings, settings_from_conf
 from simulations.federation.device_data import simulated_data, simulated_device_data
 from simulations.population.population import PopulationConfig
 from validation.config import ConfigError
-from tests.helpers import gaussian_mechanism
+from tests.helpers import InProcessGrid, gaussian_mechanism
 
 DATA = simulated_data(PopulationConfig(seed=0, num_users=20, days=7), window=16)
 
@@ -174,42 +173,6 @@ def test_secagg_client_refuses_arrays_it_cannot_name():
 
 # ----------------------------------------------------------------------------- the protocol, in one process
 NO_DROPOUT = ModelConfig(dropout=0.0, head_dropout=0.0)  # training identical whether or not a model is cached
-
-
-class InProcessGrid:
-    """A Grid stand-in: each message goes to the simulation's ClientApp with that node's own context; ``silent``
-    nodes never answer (offline); a ClientApp that raises answers with an error, as Flower's SuperNode does."""
-
-    def __init__(self, node_ids, silent=(), node_configs=None) -> None:
-        from types import SimpleNamespace
-
-        self.run = SimpleNamespace(run_id=1)
-        configs = node_configs or {}
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=configs.get(n, {"partition-id": i}),
-                                    state=RecordDict(), run_config={}) for i, n in enumerate(node_ids)}
-        self.silent = set(silent)
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        from flwr.app import Error, Message
-
-        from simulations.federation.client_app import app
-
-        replies = []
-        for sent in messages:
-            node = sent.metadata.dst_node_id
-            if node in self.silent:
-                continue
-            # A real message is serialised: each node gets its own copy (the workflow shares one content object).
-            message = Message(copy.deepcopy(sent.content), dst_node_id=node, message_type=sent.metadata.message_type,
-                              group_id=sent.metadata.group_id)
-            try:
-                replies.append(app(message, self.contexts[node]))
-            except Exception as error:  # noqa: BLE001 - the SuperNode turns any ClientApp failure into an error reply
-                replies.append(Message(Error(code=2, reason=str(error)), reply_to=message))
-        return replies
 
 
 def _secure_round(grid, nodes, clipping_norm=0.5, quantization=2**22):

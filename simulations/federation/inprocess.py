@@ -26,15 +26,17 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.device_ledger import DeviceLedger
 from client.local_update import LocalUpdate, local_updates
+from client.secagg_client import distributed_share
 from model.features.encoding import Examples
 from model.network.batched_training import USERS_PER_BATCH
-from privacy.accounting import PrivacyLedger
 from privacy.randomness import SEEDED_WARNING
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import DataInstructions, TrainInstructions
-from server.aggregation import make_strategy, noise_multiplier_for, user_level_mechanism
+from protocol.reply_layout import STATISTICS_ARRAY
+from server.aggregation import distributed_plan, make_strategy, new_ledger, noise_multiplier_for, user_level_mechanism
 from server.replies import Verdict
 from server.round import FederatedRound, train_instructions
+from server.secagg import SecureSum
 from server.settings import RunSettings
 
 Arrays = dict[str, np.ndarray]
@@ -88,6 +90,22 @@ class InProcessTransport:
                                      [self.device_ledgers.setdefault(user, DeviceLedger(None)) for user in part],
                                      [self.user_ids[user] for user in part], simulated=True)
 
+    def sum_shares(self, arrays: Arrays, instructions: TrainInstructions, users: list[int], modulus: int
+                   ) -> tuple[np.ndarray | None, SecureSum]:
+        """``privacy=distributed``: each user's device builds its noised share (``client.secagg_client``'s
+        ``distributed_share``, the same code a SuperNode runs); their sum mod ``modulus`` is exactly what SecAgg+
+        would unmask (the masks cancel mod 2**32, and m divides it). No masking runs here: this is the simulation's
+        stand-in for the protocol, with the devices' own encoding and noise."""
+        if len(users) < 2:
+            return None, SecureSum(None, None, 0, len(users), halted=f"{len(users)} client(s) sampled: secure "
+                                   "aggregation needs at least 2")
+        names, total = list(arrays), None
+        for update in self._local_updates(arrays, instructions, users):
+            share = distributed_share({**update.update, STATISTICS_ARRAY: update.statistics}, names, instructions)
+            share = share.astype(np.int64) + modulus // 2
+            total = share if total is None else np.mod(total + share, modulus)
+        return total, SecureSum(None, None, len(users), len(users))
+
     def train(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
               users: list[int]) -> Iterator[tuple[int, Verdict]]:
         """Each user's contribution under its id; nothing is encoded, so nothing needs decoding."""
@@ -131,14 +149,21 @@ class InProcessFederation:
             raise ValueError(f"user_ids must name each of the {num_users} users once. Found {len(user_ids)} ids.")
         self.run, self.num_users, self.sample_rate, self.planned_rounds = run, num_users, sample_rate, planned_rounds
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
-        self.ledger = PrivacyLedger()
+        self.ledger = new_ledger(run)
         self.rounds_done = 0
         self.stream = stream
         self.user_ids = list(range(num_users)) if user_ids is None else [int(i) for i in user_ids]
         self.client_seed = run.seed * 1000 + stream if client_seed is None else client_seed
         self._device_ledgers: dict[int, DeviceLedger] = {}
-        self.noise_multiplier = noise_multiplier if noise_multiplier is not None else noise_multiplier_for(
-            run.privacy, sample_rate=sample_rate, rounds=planned_rounds)
+        if run.privacy.distributed and (sample_rate, planned_rounds) != (run.simulation.sample_rate, run.simulation.rounds):
+            raise ValueError("privacy=distributed plans the devices' noise for simulation.sample_rate and "
+                             f"simulation.rounds ({run.simulation.sample_rate}, {run.simulation.rounds}); found "
+                             f"{sample_rate}, {planned_rounds}.")
+        if run.privacy.distributed:
+            self.noise_multiplier = distributed_plan(run, num_users).noise_multiplier
+        else:
+            self.noise_multiplier = noise_multiplier if noise_multiplier is not None else noise_multiplier_for(
+                run.privacy, sample_rate=sample_rate, rounds=planned_rounds)
         mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
                                          sample_rate=sample_rate, population=num_users, noise_seed=[run.seed, stream, 1])
         self.federated_round = FederatedRound(make_strategy(run.strategy), mechanism, sample_rate=sample_rate,
@@ -149,9 +174,11 @@ class InProcessFederation:
         return self.federated_round.mechanism
 
     def _instructions(self) -> TrainInstructions:
+        announced = {"noise_multiplier": self.noise_multiplier, "run_key": f"in-process-{self.stream}"
+                     } if self.run.privacy.distributed else {}  # the noise multiplier each device holds its share to
         return train_instructions(self.run, self.rounds_done + 1, seed=self.client_seed,
                                   data=DataInstructions(window=self.run.population.window),
-                                  clipping_norm=self.mechanism.clipping_norm)
+                                  clipping_norm=self.mechanism.clipping_norm, **announced)
 
     def round(self, examples_of: ExamplesOf) -> dict:
         """One round; returns its row (participants, mean loss, unclipped fraction, read from the release; clipping
