@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.common.constant import ErrorCode
@@ -37,12 +38,12 @@ from client.device_ledger import DeviceLedger
 from client.local_update import local_evaluation, local_updates
 from client.privacy_policy import PolicyRefusal
 from client.received_prior import PriorKeeper, keep_quietly, keep_received_prior
-from client.secagg_client import secagg_app
+from client.secagg_client import NotCheckedIn, secagg_app
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import InstructionError, TrainInstructions, from_config_items
 from protocol.node_config import PARTITION_ID
 from protocol.records import from_array_record, joined_parts, slot_users, to_array_record
-from protocol.reply_layout import CONTRIBUTION, EVALUATION, SCORES_ARRAY, STATISTICS_ARRAY
+from protocol.reply_layout import CHECK_IN, CHECK_IN_QUERY, CONTRIBUTION, EVALUATION, JOINED, SCORES_ARRAY, STATISTICS_ARRAY
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _train_all(source: DataSource, global_arrays: dict[str, np.ndarray], instruc
 
 def reason_code(error: Exception) -> str:
     """The reason code an error reply carries for ``error`` (``protocol.reply_layout.REASON_CODES``)."""
-    if isinstance(error, PolicyRefusal):
+    if isinstance(error, (PolicyRefusal, NotCheckedIn)):
         return error.code
     if isinstance(error, PrivacyConfigError):
         return "device-policy"
@@ -156,6 +157,25 @@ def make_client_app(source: DataSource, *, mods: Sequence[Mod] = (), keep_prior:
         reply = _reply(msg, users, parts)
         keep("evaluate", context, users, global_arrays, instructions)
         return reply
+
+    @app.query(CHECK_IN_QUERY)
+    @refusing_with_codes
+    def check_in(msg: Message, context: Context) -> Message:
+        """``privacy=distributed``: whether this device joins the round, by its own OS-entropy coin with the announced
+        probability (``client.device_ledger.DeviceLedger.check_in``; its policy may keep it out first)."""
+        instructions = _instructions(msg)
+        if instructions.user_level is None or instructions.distributed is None:
+            raise InstructionError("a check-in needs the run's announced user-level mechanism and its share parameters")
+        data = source(instructions.data, context.node_config, instructions.device_dir)
+        ledger = DeviceLedger(data.ledger_path)
+        joined = False
+        if data.policy is not None and (data.policy.refusal(instructions, ledger) is not None
+                                        or data.policy.sits_out(instructions, ledger, time.time()) is not None):
+            logger.info("sitting out round %s by this device's policy", instructions.round)
+        else:
+            joined = ledger.check_in(instructions.run_key, instructions.round, instructions.user_level.sample_rate)
+            ledger.save()
+        return Message(RecordDict({CHECK_IN: ConfigRecord({JOINED: joined})}), reply_to=msg)
 
     @app.query("ping")
     def ping(msg: Message, context: Context) -> Message:

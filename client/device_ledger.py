@@ -7,13 +7,16 @@ the log, not in Flower's per-run node state):
   device whose next round would pass its budget sits the round out;
 - user level: each run it joined, keyed by the run's key, with the releases the run announced (its noise multiplier
   and sampling rate over its planned rounds, and the devices' evaluation) and the last round it joined (``runs``),
-  and when it joined rounds (``joined``, the last 24 hours). The device's user-level epsilon is those runs composed;
+  and when it joined rounds (``joined``, the last 24 hours);
+- under ``privacy=distributed``, the coin it drew for each round it was invited to (``check_ins``): drawn once from
+  the OS, so asking again cannot re-roll it, and a round it did not join by its coin cannot get its share. The device's user-level epsilon is those runs composed;
   it bounds what the device gives, whatever the server's ledger says.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 from privacy.accounting import PrivacyLedger, fast_rdp_epsilon
@@ -34,6 +37,7 @@ class DeviceLedger(PrivacyLedger):
         self.record_runs: dict[str, History] = {}
         self.runs: dict[str, dict] = {}
         self.joined: list[float] = []
+        self.check_ins: dict[str, dict[str, bool]] = {}
         if self.path is not None and self.path.is_file():
             self.load_state_dict(json.loads(self.path.read_text()))
 
@@ -79,10 +83,22 @@ class DeviceLedger(PrivacyLedger):
         run["last_round"] = max(int(run["last_round"]), int(round_number))
         self.joined = [t for t in self.joined if t >= now - DAY_S] + [float(now)]
 
+    def check_in(self, run_key: str, round_number: int, sample_rate: float) -> bool:
+        """Whether the device joins round ``round_number`` of run ``run_key``: a coin with probability
+        ``sample_rate`` from the OS, drawn the first time it is asked and the same answer after (call ``save``)."""
+        rounds = self.check_ins.setdefault(run_key, {})
+        if str(round_number) not in rounds:
+            rounds[str(round_number)] = secrets.randbelow(2**53) < sample_rate * 2**53
+        return rounds[str(round_number)]
+
+    def checked_in(self, run_key: str, round_number: int) -> bool:
+        """Whether the device's coin joined it to round ``round_number`` of run ``run_key``."""
+        return self.check_ins.get(run_key, {}).get(str(round_number), False)
+
     # ------------------------------------------------------------------------------------------------- storage
     def state_dict(self) -> dict:
         return {**super().state_dict(), "record_runs": {k: [list(e) for e in v] for k, v in self.record_runs.items()},
-                "runs": self.runs, "joined": self.joined}
+                "runs": self.runs, "joined": self.joined, "check_ins": self.check_ins}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -90,6 +106,7 @@ class DeviceLedger(PrivacyLedger):
                             for k, v in state.get("record_runs", {}).items()}
         self.runs = dict(state.get("runs", {}))
         self.joined = [float(t) for t in state.get("joined", [])]
+        self.check_ins = {k: {r: bool(j) for r, j in v.items()} for k, v in state.get("check_ins", {}).items()}
 
     def save(self) -> None:
         """Write atomically and durably: a crash or power cut mid-write keeps the previous ledger."""

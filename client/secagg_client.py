@@ -40,6 +40,12 @@ class SecureUpdateError(ValueError):
     """A secure-aggregation round this device cannot take part in; the message says why."""
 
 
+class NotCheckedIn(SecureUpdateError):
+    """``privacy=distributed``: the server asks for a share of a round the device's own coin did not join."""
+
+    code = "not-checked-in"
+
+
 def _global_arrays(parameters: list[np.ndarray], config: dict) -> tuple[list[str], dict[str, np.ndarray]]:
     names = str(config.get(ARRAY_NAMES_KEY, "")).split(",")
     if len(names) != len(parameters):
@@ -64,6 +70,8 @@ def secure_contribution(instructions: TrainInstructions, global_arrays: dict[str
         )
     data = source(instructions.data, context.node_config, instructions.device_dir)
     ledger = DeviceLedger(data.ledger_path)
+    if instructions.distributed is not None and not ledger.checked_in(instructions.run_key, instructions.round):
+        raise NotCheckedIn(f"round {instructions.round} asks for this device's share, but its own coin did not join it")
     update = local_update(global_arrays, instructions, data.train, ledger, data.device_id, simulated=data.synthetic,
                           policy=data.policy)
     # local_update clipped the update already; clipping again in float64 removes float32 rounding above C.

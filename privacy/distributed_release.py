@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from privacy.contribution import ReleasedStatistics, STATISTICS, contribution_sensitivity, decode_statistics
-from privacy.distributed_accounting import ddg_cdp_epsilon, ddg_orders, calibrate_ddg_noise, subsampled_rdp
+from privacy.distributed_accounting import (
+    calibrate_ddg_noise,
+    ddg_cdp_epsilon,
+    ddg_orders,
+    rdp_to_epsilon,
+    subsampled_rdp,
+)
 from privacy.distributed_dp import DistributedDiscreteGaussian, plan_distributed
 from privacy.errors import PrivacyConfigError
 
@@ -63,12 +69,8 @@ class DistributedLedger:
         """Epsilon at ``delta`` of every release so far (0 before any)."""
         if not self.history:
             return 0.0
-        from opacus.accountants.analysis.rdp import get_privacy_spent
-
         orders = ddg_orders()
-        total = sum(_entry_rdp(entry, orders) for entry in self.history)
-        eps, _ = get_privacy_spent(orders=orders, rdp=total, delta=delta)
-        return float(eps)
+        return rdp_to_epsilon(orders, sum(_entry_rdp(entry, orders) for entry in self.history), delta)
 
     def epsilon_after(self, plan: DistributedDiscreteGaussian, *, sample_rate: float, delta: float, steps: int = 1
                       ) -> float:

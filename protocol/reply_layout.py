@@ -9,6 +9,8 @@
   to score. The server sums and noises them like a release.
 - An error reply carries a reason code from ``REASON_CODES``: never exception text, paths or values.
 - The warm-up ping's reply is empty.
+- A check-in reply (``privacy=distributed``: each device decides by its own coin whether it joins a round) holds one
+  ConfigRecord, ``check-in``, with one entry ``joined`` (a bool): who takes part, which the network shows anyway.
 
 No example count, loss, norm, epsilon or decline reason travels in the clear. A simulation slot's reply holds each
 of its users' records under their positions (``protocol.records``).
@@ -25,6 +27,12 @@ EVAL_SCORES = ("participated", "top1", "nll", "personal-top1", "personal-nll")
 """A device's evaluation scores, in order: it scored (0 or 1), the prior's top-1 and NLL on its latest points, and
 the prior personalised on the device (its offset never leaves), each in [0, 1]."""
 
+CHECK_IN = "check-in"
+"""The check-in reply's one record."""
+CHECK_IN_QUERY = "check_in"
+"""The check-in's message type is ``query.check_in`` (Flower wants a Python identifier after the dot)."""
+JOINED = "joined"
+
 REASON_CODES = {
     "bad-instructions": "the message's instructions or arrays do not fit this app or the model",
     "device-data": "this device's node config names no readable log",
@@ -38,6 +46,7 @@ REASON_CODES = {
     "policy-record-epsilon": "the record-level budget per run is above this device's cap",
     "policy-run-changed": "the run's privacy mechanism differs from what it announced to this device earlier",
     "policy-round-order": "the round is not after the last one this device joined in this run, or past the run's plan",
+    "not-checked-in": "the round asks for this device's share, but the device's own coin did not join it to that round",
     "internal": "this device failed to compute its reply",
 }
 """Why a device answers with an error instead of a contribution: a fixed code, and what it means."""

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 
 from protocol.instructions import TrainInstructions, to_config_items
 from protocol.records import to_array_record
+from protocol.reply_layout import CHECK_IN, CHECK_IN_QUERY, JOINED
 from server.addressing import Addressing
 from server.grid_io import RoundChannel
 from server.replies import Verdict
@@ -75,6 +76,22 @@ class GridTransport:
         for message_users, reply in self.channel.dispatch(jobs, slots, message, timeout_s=self.timeout_s):
             verdicts = self.addressing.train_verdicts(message_users, reply, arrays)
             yield from zip(message_users, verdicts)
+
+    def check_in(self, server_round: int, config: dict, nodes: list[int]) -> list[int]:
+        """``privacy=distributed``: ask ``nodes`` whether they join round ``server_round`` (each decides by its own
+        coin, ``client.client_app``); the nodes that answered yes, in order. An error, a time-out or a reply that is
+        not exactly one bool counts as no."""
+        messages = [Message(RecordDict({"config": ConfigRecord(config)}), dst_node_id=n,
+                            message_type=f"{MessageType.QUERY}.{CHECK_IN_QUERY}", group_id=str(server_round),
+                            ttl=self.timeout_s) for n in nodes]
+        joined = set()
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout_s):
+            if reply.has_error() or list(reply.content.keys()) != [CHECK_IN]:
+                continue
+            record = reply.content.config_records.get(CHECK_IN)
+            if record is not None and list(record.keys()) == [JOINED] and record[JOINED] is True:
+                joined.add(reply.metadata.src_node_id)
+        return [n for n in nodes if n in joined]
 
     def evaluate(self, arrays: Arrays, instructions: TrainInstructions,
                  users: list[int]) -> tuple[int, list[np.ndarray]] | None:

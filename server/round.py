@@ -142,10 +142,10 @@ class FederatedRound:
         mechanism noises that sum (``server.secagg.release_secure_sum``), or under ``privacy=distributed`` the
         devices noised their shares and the server decodes the noisy sum (``play_distributed``). ``config`` is the
         round's instructions as config items."""
+        if isinstance(self.mechanism, DistributedRelease):
+            return self.play_distributed(server_round, arrays, config, transport, secure)
         chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
         nodes = transport.reachable(chosen)
-        if isinstance(self.mechanism, DistributedRelease):
-            return self.play_distributed(server_round, arrays, config, transport, secure, chosen, nodes)
         clipping_norm = self.mechanism.clipping_norm
         total = secure.sum_updates(transport.grid, nodes, arrays, config, clipping_norm=clipping_norm)  # type: ignore[arg-type]
         sensitivity = secure.sensitivity(clipping_norm, sum(int(np.asarray(a).size) for a in arrays.values()) + len(STATISTICS))  # type: ignore[arg-type]
@@ -156,24 +156,37 @@ class FederatedRound:
                             clipping_norm=clipping_norm)
 
     def play_distributed(self, server_round: int, arrays: Arrays, config: dict, transport: GridTransport,
-                         secure: SecureAggregator, chosen: list[int], nodes: list[int]) -> RoundOutcome:
-        """``privacy=distributed`` over the grid: SecAgg+ sums the nodes' noised integer shares mod m."""
-        def sum_shares(share: DistributedInstructions) -> tuple[np.ndarray | None, SecureSum]:
-            items = {**config, **{f"distributed.{k}": v for k, v in flat_items(share).items()}}
-            return secure.sum_shares(transport.grid, nodes, arrays, items, modulus=share_modulus(share))
+                         secure: SecureAggregator) -> RoundOutcome:
+        """``privacy=distributed`` over the grid. The server samples nobody: every reachable node is asked to check
+        in and joins by its own OS-entropy coin at the announced rate (random check-ins, Balle et al. 2020), so the
+        amplification by sampling no longer rests on the server's honesty and the server cannot single a device out;
+        a device refuses to send a share for a round its coin did not join. SecAgg+ then sums the joined nodes'
+        noised integer shares mod m."""
+        share = self._share()
+        items = {**config, **{f"distributed.{k}": v for k, v in flat_items(share).items()}}
+        nodes = transport.reachable(list(transport.candidates()))
+        joined = transport.check_in(server_round, items, nodes)
 
-        return self._distributed_outcome(server_round, arrays, chosen, nodes, sum_shares)
+        def sum_shares(share: DistributedInstructions) -> tuple[np.ndarray | None, SecureSum]:
+            return secure.sum_shares(transport.grid, joined, arrays, items, modulus=share_modulus(share))
+
+        return self._distributed_outcome(server_round, arrays, joined, joined, sum_shares, share)
+
+    def _share(self) -> DistributedInstructions:
+        """The round's public share parameters, with a fresh public rotation seed."""
+        plan = self.mechanism.plan  # type: ignore[union-attr]
+        return DistributedInstructions(plan.dimension, plan.sensitivity, plan.scale, plan.bits, plan.device_variance,
+                                       plan.min_survivors, plan.max_contributors, secrets.randbits(62))
 
     def _distributed_outcome(self, server_round: int, arrays: Arrays, chosen: list[int], nodes: list[int],
-                             sum_shares: Callable[[DistributedInstructions], tuple[np.ndarray | None, SecureSum]]
-                             ) -> RoundOutcome:
-        """The round's public share parameters with a fresh public rotation seed go to ``nodes``; ``sum_shares``
+                             sum_shares: Callable[[DistributedInstructions], tuple[np.ndarray | None, SecureSum]],
+                             share: DistributedInstructions | None = None) -> RoundOutcome:
+        """``share`` (the round's public parameters; default ``_share()``) goes to ``nodes``; ``sum_shares``
         returns the sum mod m of their noised shares; the server decodes it and releases it if at least the planned
         minimum of survivors' shares is in it (``privacy.distributed_release``)."""
         mechanism: DistributedRelease = self.mechanism  # type: ignore[assignment]
         plan = mechanism.plan
-        share = DistributedInstructions(plan.dimension, plan.sensitivity, plan.scale, plan.bits, plan.device_variance,
-                                        plan.min_survivors, plan.max_contributors, secrets.randbits(62))
+        share = share or self._share()
         total, statistics = None, None
         if len(nodes) > plan.max_contributors:
             counts = SecureSum(None, None, 0, len(nodes), halted=f"{len(nodes)} nodes sampled, more than the "

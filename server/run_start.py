@@ -76,7 +76,7 @@ def fresh_state(settings: RunSettings, line: Callable[[str], None], *, populatio
     privacy, sim = settings.privacy, settings.simulation
     started = time.perf_counter()
     rate = evaluation_rate(settings, population)
-    if privacy.user_level:
+    if privacy.user_level and not privacy.distributed:
         evaluation = " and the devices' final evaluation" if rate else ""
         line(f"user-level DP: calibrating the noise multiplier for ε={privacy.target_epsilon} over "
              f"{sim.rounds} rounds{evaluation} (up to a minute) ...")
@@ -86,8 +86,8 @@ def fresh_state(settings: RunSettings, line: Callable[[str], None], *, populatio
         line(f"distributed DP: each device adds discrete Gaussian noise of variance {plan.device_variance} to its share "
              f"(scale {plan.scale:.4g}, modulus 2**{plan.bits}); {plan.min_survivors} surviving shares give noise "
              f"multiplier {z:.4f} for ε={privacy.target_epsilon} δ={privacy.delta:g} over {sim.rounds} rounds at "
-             f"q={sim.sample_rate}; wrap-around probability <= {plan.wrap_probability():.1g} a round "
-             f"({time.perf_counter() - started:.1f} s)")
+             f"q={sim.sample_rate}; the sum wraps around the modulus with probability <= "
+             f"{max(plan.wrap_probability(), 1e-300):.1g} a round ({time.perf_counter() - started:.1f} s)")
     else:
         z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
     if z is not None and not privacy.distributed:

@@ -1,6 +1,7 @@
 """privacy=distributed: the devices noise their own SecAgg+ shares; the server decodes a noisy sum, and nothing else."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ from protocol.instructions import (
     to_config_items,
 )
 from protocol.reply_layout import STATISTICS_ARRAY
+from server.addressing import Addressing
 from server.aggregation import make_strategy
+from server.grid_transport import GridTransport
 from server.round import FederatedRound
 from server.secagg import SecureAggregator
 from server.settings import SecAggSettings, StrategySettings, settings_from_config
@@ -60,6 +63,13 @@ def _instructions(plan, *, announced: float | None = None, **changes) -> TrainIn
 
 def _context(user_id: int) -> Context:
     return Context(run_id=1, node_id=0, node_config={"partition-id": user_id}, state=RecordDict(), run_config={})
+
+
+def _check_in(grid, nodes, instructions) -> list[int]:
+    """The server's check-in (``GridTransport.check_in``) of ``nodes`` for ``instructions``' round."""
+    transport = GridTransport(SimpleNamespace(grid=grid), Addressing(slots=False, users_per_message=1), nodes,
+                              num_users=len(nodes), timeout_s=5)
+    return transport.check_in(instructions.round, to_config_items(instructions), nodes)
 
 
 def _flat(contribution: dict, names: list[str]) -> np.ndarray:
@@ -105,17 +115,19 @@ def test_a_plan_that_no_modulus_holds_is_refused_naming_what_to_change():
 
 
 # ---------------------------------------------------------------------------------- the curious server, for real
-def test_the_curious_server_estimates_one_device_of_two_with_the_mechanisms_error(flower_task_identity):
+def test_the_curious_server_estimates_one_device_of_two_with_the_mechanisms_error(flower_task_identity, tmp_path):
     """Two devices in a real SecAgg+ round (Flower's protocol, the simulation's ClientApp). The server knows device
     B's contribution exactly (say B colludes) and subtracts it from the sum it unmasked: its estimate of A's
     contribution is off by the two noise shares, variance sigma^2 = 2 sigma_dev^2 per coordinate, not by zero."""
     arrays = _arrays()
     plan = plan_distributed(dimension=_dimension(arrays), sensitivity=contribution_sensitivity(CLIP),
                             noise_multiplier=1.0, min_survivors=2, max_contributors=2)
-    instructions = _instructions(plan)
+    instructions = _instructions(plan, device_dir=str(tmp_path))  # q = 1: both devices' coins join them
     nodes = [101, 102]
+    grid = InProcessGrid(nodes)
+    assert _check_in(grid, nodes, instructions) == nodes
     noisy, counts = SecureAggregator(SecAggSettings(), timeout_s=5).sum_shares(
-        InProcessGrid(nodes), nodes, arrays, to_config_items(instructions), modulus=plan.modulus)
+        grid, nodes, arrays, to_config_items(instructions), modulus=plan.modulus)
     assert counts.contributors == 2 and counts.halted is None
     names = list(arrays)
     a, b = (_flat(secure_contribution(instructions, arrays, _context(i), simulated_device_data), names) for i in (0, 1))
@@ -127,6 +139,28 @@ def test_the_curious_server_estimates_one_device_of_two_with_the_mechanisms_erro
 
 
 # ------------------------------------------------------------------------------------------------ the device
+def test_a_device_decides_by_its_own_coin_once_and_sends_no_share_to_a_round_it_did_not_join(flower_task_identity,
+                                                                                              tmp_path):
+    """The server cannot re-roll a device's coin by asking again, nor pull a device that said no into the sum."""
+    arrays = _arrays()
+    plan = plan_distributed(dimension=_dimension(arrays), sensitivity=contribution_sensitivity(CLIP),
+                            noise_multiplier=1.0, min_survivors=2, max_contributors=20)
+    nodes = list(range(101, 121))
+    grid = InProcessGrid(nodes)
+    half = _instructions(plan, device_dir=str(tmp_path),
+                         user_level=UserLevelInstructions(plan.noise_multiplier, 0.5, 1e-5))
+    first = _check_in(grid, nodes, half)
+    assert 2 <= len(first) <= 18  # Binomial(20, 0.5): outside with probability 4e-4
+    assert all(_check_in(grid, nodes, half) == first for _ in range(5))  # asked again: the same answers
+    later = _check_in(grid, nodes, dataclasses.replace(half, round=2))
+    assert later != first or _check_in(grid, nodes, dataclasses.replace(half, round=3)) != first  # fresh coins
+    every = _instructions(plan, device_dir=str(tmp_path), round=4)  # q = 1 for round 4, asked of nodes 101 and 102
+    assert _check_in(grid, nodes[:2], every) == nodes[:2]
+    noisy, counts = SecureAggregator(SecAggSettings(), timeout_s=5).sum_shares(
+        grid, nodes[:3], arrays, to_config_items(every), modulus=plan.modulus)  # 103 never checked in to round 4
+    assert noisy is not None and counts.contributors == 2  # 103 refused ("not-checked-in") and is left out
+
+
 def test_a_device_refuses_a_share_with_less_noise_than_the_run_announced():
     plan = plan_distributed(dimension=100, sensitivity=contribution_sensitivity(CLIP), noise_multiplier=1.0,
                             min_survivors=4, max_contributors=10)
@@ -144,7 +178,7 @@ def test_a_device_refuses_a_share_with_less_noise_than_the_run_announced():
 
 
 # ------------------------------------------------------------------------------------------ the server's release
-def test_a_round_with_fewer_survivors_than_planned_releases_nothing_and_is_charged(flower_task_identity):
+def test_a_round_with_fewer_survivors_than_planned_releases_nothing_and_is_charged(flower_task_identity, tmp_path):
     arrays = _arrays()
     plan = plan_distributed(dimension=_dimension(arrays), sensitivity=contribution_sensitivity(CLIP),
                             noise_multiplier=1.0, min_survivors=3, max_contributors=4)
@@ -155,7 +189,9 @@ def test_a_round_with_fewer_survivors_than_planned_releases_nothing_and_is_charg
     nodes = [101, 102, 103]
     grid = InProcessGrid(nodes, silent={103})
     aggregator = SecureAggregator(SecAggSettings(), timeout_s=5)
-    config = to_config_items(dataclasses.replace(_instructions(plan), distributed=None))
+    instructions = _instructions(plan, device_dir=str(tmp_path))
+    assert _check_in(grid, nodes, instructions) == [101, 102]  # 103 is offline
+    config = to_config_items(dataclasses.replace(instructions, distributed=None))
 
     def sum_shares(share):
         items = {**config, **{f"distributed.{k}": v for k, v in to_config_items(share).items()}}
