@@ -8,10 +8,14 @@ sigma_dev^2, the minimum survivors, the dimension, q) and composes their RDP fro
 Poisson sampling with Zhu & Wang 2019's general bound, at integer orders). Every round is charged, including one that
 released nothing (too few survivors, or a halted SecAgg+ round): the devices' noise was planned for it.
 
-Who this epsilon holds against: anyone who sees the released models, the server operator included, provided SecAgg+
-holds (no party learns a single device's masked vector: fewer than its reconstruction threshold of a device's
-neighbours collude with the server) and at least ``min_survivors`` honest devices' shares are in each released sum.
-The sampling is still the server's (``simulation.sample_rate``): the amplification assumes it sampled as announced.
+Who each epsilon holds against. The devices join rounds by their own coins (``server.round``: random check-ins), so
+the amplified epsilon in the ledger holds against anyone who sees the released models without knowing who joined,
+whatever the server does. The server (and the network) sees who joined a round; against it a device's privacy is the
+unamplified mechanism composed over the rounds it actually joined (``epsilon_when_joined``): still bounded, since it
+only ever sees noisy sums, where today's central DP gives it each device's contribution or the exact sum. Both hold
+provided SecAgg+ holds (fewer than the reconstruction threshold of a device's neighbours collude with the server) and
+at least ``min_survivors`` honest devices' shares are in each released sum (a server that also runs sybil devices
+removes their shares from that count).
 """
 
 from __future__ import annotations
@@ -84,6 +88,35 @@ class DistributedLedger:
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [(float(a), float(v), int(t), int(d), float(q), int(n)) for a, v, t, d, q, n in state["distributed"]]
+
+
+def epsilon_when_joined(plan: DistributedDiscreteGaussian, rounds_joined: int, *, delta: float) -> float:
+    """Epsilon against a party that knows which rounds a device joined (the server): the unamplified mechanism
+    (q = 1) over the ``rounds_joined`` releases that held its share."""
+    if rounds_joined < 1:
+        return 0.0
+    ledger = DistributedLedger()
+    ledger.record(plan, sample_rate=1.0, steps=rounds_joined)
+    return ledger.epsilon(delta=delta)
+
+
+def plan_lines(plan: DistributedDiscreteGaussian, *, sample_rate: float, rounds: int, delta: float) -> list[str]:
+    """The plan as ``privacy.plan=true`` prints it: the devices' shares, the modulus, and epsilon against each party."""
+    ledger = DistributedLedger()
+    ledger.record(plan, sample_rate=sample_rate, steps=rounds)
+    expected = max(1, round(sample_rate * rounds))
+    return [
+        f"each device's share: discrete Gaussian noise of variance {plan.device_variance} per coordinate on its "
+        f"contribution rotated over {plan.padded} coordinates and scaled by {plan.scale:.4g} (one share's norm <= "
+        f"{plan.norm_bound:.4g} after rounding)",
+        f"{plan.min_survivors} surviving shares (fewer: the round releases nothing) give noise multiplier "
+        f"{plan.noise_multiplier:.4f}; sums of up to {plan.max_contributors} devices mod 2**{plan.bits} wrap with "
+        f"probability <= {max(plan.wrap_probability(), 1e-300):.1g} a round",
+        f"ε = {ledger.epsilon(delta=delta):.3f} at δ = {delta:g} over {rounds} rounds at q = {sample_rate}: against "
+        "anyone who sees the models but not who joined (the devices' own coins sample them)",
+        f"against the server, which sees who joined: ε = {epsilon_when_joined(plan, 1, delta=delta):.3f} for a device "
+        f"that joined 1 round, {epsilon_when_joined(plan, expected, delta=delta):.3f} for {expected} (q × rounds)",
+    ]
 
 
 def default_min_survivors(sample_rate: float, population: int) -> int:

@@ -10,7 +10,6 @@ device says how many examples it has).
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
@@ -18,13 +17,12 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrim
 
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.adaptive_clipping import AdaptiveClipping
-from privacy.contribution import STATISTICS, ReleasedStatistics
-from privacy.distributed_dp import DistributedDiscreteGaussian
-from privacy.distributed_release import DistributedLedger, DistributedRelease, plan_run
+from privacy.contribution import ReleasedStatistics
+from privacy.distributed_release import DistributedLedger, DistributedRelease
 from privacy.randomness import gaussian_noise
 from privacy.user_level import NoUserLevelPrivacy, UserLevelGaussian, UserLevelMechanism
 from protocol.records import from_array_record, to_array_record
-from server.preflight import model_parameters
+from server.preflight import distributed_plan
 from server.replies import Contribution
 from server.settings import PrivacySettings, RunSettings, StrategySettings
 
@@ -65,16 +63,6 @@ def load_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]
 def _pseudo_reply(arrays: Arrays, weight: float) -> Message:
     content = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord({"num-examples": weight})})
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
-
-
-@functools.lru_cache(maxsize=16)
-def distributed_plan(settings: RunSettings, population: int) -> DistributedDiscreteGaussian:
-    """``privacy=distributed``: the devices' noise shares for the run's budget over N = ``population`` (cached: the
-    same settings always give the same plan, so a resumed run rebuilds its own)."""
-    p, sim = settings.privacy, settings.simulation
-    return plan_run(target_epsilon=p.target_epsilon, delta=p.delta, sample_rate=sim.sample_rate,  # type: ignore[arg-type]
-                    rounds=sim.rounds, population=population, clipping_norm=p.clipping_norm,  # type: ignore[arg-type]
-                    dimension=model_parameters(settings) + len(STATISTICS), min_survivors=p.min_survivors)
 
 
 def new_ledger(settings: RunSettings) -> PrivacyLedger | DistributedLedger:

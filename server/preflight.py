@@ -5,7 +5,8 @@ checked here, before the simulation engine starts Ray, so a run that would crash
 fails at once with exit code 2, the key, the rule and the value:
 
 - the checkpoint to resume from exists and ``server.checkpoint`` loads it (weights only: a pickled object is refused);
-- the privacy budget can be met at all over the planned rounds;
+- the privacy budget can be met at all over the planned rounds (under ``privacy=distributed``: the devices' noise
+  shares can be planned for it, in a simulation whose N is known);
 - the model fits in this machine's memory, in every process that holds it.
 
 A simulation also checks that its synthetic population can be generated
@@ -14,12 +15,16 @@ A simulation also checks that its synthetic population can be generated
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
 import zipfile
 from pathlib import Path
 
+from privacy.contribution import STATISTICS
+from privacy.distributed_dp import DistributedDiscreteGaussian
+from privacy.distributed_release import plan_run
 from server.settings import RunSettings
 from validation.config import ConfigError
 
@@ -38,7 +43,9 @@ def check_can_start(settings: RunSettings, *, planning: bool = False) -> None:
         check_no_plan(settings)
     if settings.resume and settings.checkpoint:
         check_checkpoint_file(settings.checkpoint)
-    if settings.privacy.user_level:
+    if settings.privacy.distributed and settings.deployment.engine == "simulation":
+        distributed_plan(settings, settings.population.num_users)  # the plan the run will use (cached)
+    elif settings.privacy.user_level:
         _check_budget_reachable(settings)
     _check_model_fits(settings)
 
@@ -134,3 +141,13 @@ def _check_model_fits(settings: RunSettings) -> None:
             f"{', plus per-example gradients' if settings.privacy.record_level else ''}) in {workers + 1} processes "
             f"(the server and {workers} worker(s)) that is {need / 2**30:,.1f} GiB, more than this machine's "
             f"{have / 2**30:,.1f} GiB (MemAvailable); found model.hidden_size={m.hidden_size}. Lower it.")
+
+
+@functools.lru_cache(maxsize=16)
+def distributed_plan(settings: RunSettings, population: int) -> DistributedDiscreteGaussian:
+    """``privacy=distributed``: the devices' noise shares for the run's budget over N = ``population`` (cached: the
+    same settings always give the same plan, so a resumed run rebuilds its own)."""
+    p, sim = settings.privacy, settings.simulation
+    return plan_run(target_epsilon=p.target_epsilon, delta=p.delta, sample_rate=sim.sample_rate,  # type: ignore[arg-type]
+                    rounds=sim.rounds, population=population, clipping_norm=p.clipping_norm,  # type: ignore[arg-type]
+                    dimension=model_parameters(settings) + len(STATISTICS), min_survivors=p.min_survivors)

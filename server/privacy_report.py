@@ -6,6 +6,7 @@ from privacy.accounting import fast_rdp_epsilon
 from privacy.contribution import LOSS_BOUND, STATISTIC_WEIGHT, STATISTICS, contribution_sensitivity
 from privacy.randomness import SEEDED_WARNING
 from privacy.distributed_dp import DistributedDiscreteGaussian
+from privacy.distributed_release import epsilon_when_joined
 from server.run_state import RunState
 from server.secagg import SecureAggregator
 from server.settings import RunSettings
@@ -62,16 +63,20 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float |
                 "max_contributors": plan.max_contributors, "wrap_probability_bound": plan.wrap_probability(),
                 "accounting": "Kairouz, Liu & Steinke 2021 (sum of discrete Gaussians) + Zhu & Wang 2019 (Poisson "
                               "subsampled RDP, general bound)",
+                "epsilon_against_server": {str(k): epsilon_when_joined(plan, k, delta=p.delta)
+                                           for k in sorted({1, max(1, round(sim.sample_rate * state.round))})},
             }
             report["notes"].append(
                 "privacy=distributed: the server added no noise and never saw an un-noised sum. Each device rotated, "
                 "scaled and rounded its bounded contribution and added its own share of discrete Gaussian noise (OS "
                 "entropy) before SecAgg+; the shares of min_survivors devices carry the noise ε is accounted for, and "
-                "a round with fewer survivors released nothing (still charged). This ε holds against the server "
-                "operator too, provided SecAgg+ holds (no device's masked vector is unmasked: fewer than its "
-                "reconstruction threshold of its neighbours collude with the server) and the counted survivors ran "
-                "this ClientApp unmodified (a server that also runs sybil devices removes their shares from the count). "
-                "The sampling is still the server's: the amplification assumes it sampled as announced."
+                "a round with fewer survivors released nothing (still charged). The devices joined rounds by their own "
+                "OS-entropy coins, so ε (amplified by that sampling) holds against anyone who sees the models but not "
+                "who joined, whatever the server does. The server sees who joined: against it, a device that joined k "
+                "rounds has the unamplified ε of k releases (epsilon_against_server, by k). Both assume SecAgg+ holds "
+                "(fewer than its reconstruction threshold of a device's neighbours collude with the server) and that "
+                "the counted survivors ran this ClientApp unmodified (a server that also runs sybil devices removes "
+                "their shares from the count)."
             )
         if p.clipping == "adaptive":
             report["notes"].append(

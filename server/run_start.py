@@ -18,9 +18,9 @@ from model.network.networks import PreferenceLSTM
 from privacy.contribution import STATISTICS
 from privacy.plan import PrivacyPlan, plan_user_level
 from protocol.instructions import DataInstructions, Scalar
-from server.aggregation import distributed_plan, load_strategy_state, new_ledger, noise_multiplier_for
+from server.aggregation import load_strategy_state, new_ledger, noise_multiplier_for
+from server.preflight import distributed_plan, model_parameters
 from server.checkpoint import load_checkpoint
-from server.preflight import model_parameters
 from server.run_state import RunState
 from server.secagg import SecureAggregator
 from server.settings import RunSettings

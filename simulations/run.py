@@ -98,6 +98,13 @@ def print_plan(settings: RunSettings) -> None:
     p, sim = settings.privacy, settings.simulation
     print(f"privacy.plan=true: the plan of this config (population.num_users={settings.population.num_users}, "
           f"simulation.sample_rate={sim.sample_rate}, simulation.rounds={sim.rounds}, privacy={p.mode}); nothing ran.")
+    if p.distributed:
+        from privacy.distributed_release import plan_lines
+        from server.preflight import distributed_plan
+
+        shares = distributed_plan(settings, settings.population.num_users)
+        print("\n".join(plan_lines(shares, sample_rate=sim.sample_rate, rounds=sim.rounds, delta=p.delta)))
+        return
     plan = privacy_plan(settings, settings.population.num_users)
     if plan is None:
         print(f"privacy.mode={p.mode!r} has no user-level mechanism to plan"

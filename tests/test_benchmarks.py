@@ -20,6 +20,8 @@ SMOKE = {
     "privacy_utility.py": (["--users", "40", "--eval-users", "8", "--points", "2", "--rounds", "2", "--epsilon", "8",
                             "--delta", "1e-3", "--central-epochs", "1", "population=small"],
                            {"users", "eval_points", "parameters", "privacy", "table", "seconds"}),
+    "distributed_round.py": (["--devices", "4", "--repetitions", "1"],
+                             {"devices", "server_noise_s", "device_noise_s", "ratio"}),
     "simulation_scale.py": (["--tiny"], {"users", "clients_per_round", "round_s", "batched_floor_s", "ratio_batched",
                                          "peak_rss_mb"}),
 }

@@ -255,3 +255,21 @@ def test_a_distributed_run_in_flowers_simulation_engine_reports_whom_its_epsilon
     assert 0 < user["epsilon"] <= user["target_epsilon"]
     assert user["distributed"]["wrap_probability_bound"] <= 1e-6
     assert any("server operator" in note for note in privacy["notes"])
+
+
+def test_the_distributed_option_composes_with_secure_aggregation(compose_config):
+    settings = settings_from_config(compose_config("privacy=distributed", "secagg.enabled=true", "simulation.nodes=0"))
+    assert settings.privacy.distributed and settings.privacy.user_level
+
+
+def test_a_plan_that_cannot_work_stops_the_run_before_anything_starts_with_exit_2():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "simulations.run", "privacy=distributed", "secagg.enabled=true",
+                             "simulation.nodes=0", "privacy.min_survivors=500"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "privacy.min_survivors=500 is above the expected 100" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

@@ -33,7 +33,8 @@ from privacy.randomness import SEEDED_WARNING
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import DataInstructions, TrainInstructions
 from protocol.reply_layout import STATISTICS_ARRAY
-from server.aggregation import distributed_plan, make_strategy, new_ledger, noise_multiplier_for, user_level_mechanism
+from server.aggregation import make_strategy, new_ledger, noise_multiplier_for, user_level_mechanism
+from server.preflight import distributed_plan
 from server.replies import Verdict
 from server.round import FederatedRound, train_instructions
 from server.secagg import SecureSum
