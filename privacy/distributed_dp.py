@@ -19,7 +19,8 @@ The server unmasks the noisy sum mod m, centres it, divides by gamma and rotates
 un-noised sum or any one device's vector. The modulus, gamma and the bits are chosen (``plan_distributed``) so that
 the sum of at most ``max_contributors`` devices wraps around the modulus with probability below ``wrap_probability``
 a round: the rotated signal's coordinates are sub-Gaussian with variance proxy ||sum||^2 / d (Hoeffding over the
-random signs), the noise's with the survivors' total variance, and each rounding moves a coordinate by less than 1.
+random signs), the noise's with the contributors' total variance, the two are independent, and each rounding moves
+a coordinate by less than 1.
 
 Accounting (``privacy.distributed_accounting``) uses Delta2, sigma_dev^2 and ``min_survivors``: a round with more
 surviving devices only adds independent noise (post-processing), and a round with fewer releases nothing.
@@ -145,16 +146,16 @@ def wrap_probability(*, scale: float, sensitivity: float, padded: int, device_va
                      modulus: int) -> float:
     """Union bound over the coordinates that |signal + rounding + noise| of a sum of ``contributors`` reaches m/2.
 
-    Split the room m/2 - contributors (the rounding moves each device's coordinate by < 1) evenly in
-    standard-deviation units between the rotated signal (variance proxy (contributors·gamma·S)^2 / d) and the noise
-    (variance contributors·sigma_dev^2); each tail is 2·exp(-a^2 / (2 v)) per coordinate."""
+    The room is m/2 - contributors (the rounding moves each device's coordinate by < 1). A coordinate of the rotated
+    signal is sub-Gaussian with variance proxy (contributors·gamma·S)^2 / d (Hoeffding over the random signs), the
+    noise's with contributors·sigma_dev^2 (a discrete Gaussian is sub-Gaussian with its sigma^2; Canonne, Kamath &
+    Steinke 2020), and they are independent, so their sum's proxy is the sum: a tail of 2·exp(-room^2 / (2 v)) per
+    coordinate, times d coordinates."""
     room = modulus / 2.0 - contributors
     if room <= 0.0:
         return 1.0
-    signal_sd = contributors * scale * sensitivity / math.sqrt(padded)
-    noise_sd = math.sqrt(contributors * device_variance)
-    k = room / (signal_sd + noise_sd)  # room = k·signal_sd + k·noise_sd
-    return min(1.0, padded * 2.0 * 2.0 * math.exp(-k * k / 2.0))
+    proxy = (contributors * scale * sensitivity) ** 2 / padded + contributors * device_variance
+    return min(1.0, padded * 2.0 * math.exp(-room * room / (2.0 * proxy)))
 
 
 def plan_distributed(*, dimension: int, sensitivity: float, noise_multiplier: float, min_survivors: int,

@@ -163,7 +163,8 @@ def plan_run(*, target_epsilon: float, delta: float, sample_rate: float, rounds:
             plan = plan_distributed(dimension=dimension, sensitivity=contribution_sensitivity(clipping_norm),
                                     noise_multiplier=z, min_survivors=survivors, max_contributors=most)
         except ValueError as error:
-            raise PrivacyConfigError(f"privacy=distributed: {error}") from None
+            raise PrivacyConfigError(f"privacy=distributed with privacy.min_survivors={survivors} and "
+                                     f"simulation.sample_rate={sample_rate} over {population} users: {error}") from None
         ledger = DistributedLedger()
         ledger.record(plan, sample_rate=sample_rate, steps=rounds)
         if ledger.epsilon(delta=delta) <= target_epsilon:
