@@ -358,6 +358,22 @@ def test_registered_nodes_train_two_rounds_with_user_level_dp_through_the_proxy(
     assert all(f"--superlink {federation.public}" in command_line(n.pid) for n in federation.nodes.values())
 
 
+def test_devices_add_their_own_noise_and_join_by_their_own_coins_under_distributed_dp(federation, run_a):
+    """privacy=distributed on the real SuperNodes: each checks in, adds its discrete Gaussian share and sends it
+    through SecAgg+; the server releases the decoded noisy sum and says whom the epsilon holds against."""
+    process, log, out = federation.run("distributed", COMMON + [
+        "privacy=distributed", "secagg.enabled=true", "simulation.rounds=1", "privacy.target_epsilon=8",
+        "simulation.round_timeout_s=150"])
+    text = _finish_run(process, log, 600)
+    assert process.returncode == 0, text[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    (row,) = metrics["rounds"]
+    assert row["replies"] == 3 and row["sampled"] == 3 and not row.get("secagg_halted")
+    user = metrics["privacy"]["user_level"]
+    assert metrics["privacy"]["mode"] == "distributed" and 0 < user["epsilon"] <= 8
+    assert user["distributed"]["min_survivors"] == 3 and "1" in user["distributed"]["epsilon_against_server"]
+
+
 def test_the_run_submitted_the_bundle_the_devices_approved(federation, run_a):
     run = next(r for r in federation.runs() if r["run-id"] == str(run_a[2]))
     assert run["fab-hash"] == federation.app_hash
