@@ -19,7 +19,7 @@ import json
 import secrets
 from pathlib import Path
 
-from privacy.accounting import PrivacyLedger, fast_rdp_epsilon
+from privacy.accounting import Entry, PrivacyLedger, announced_epsilon, fast_rdp_epsilon
 from storage.atomic import atomic_write
 
 DAY_S = 86_400.0
@@ -61,12 +61,12 @@ class DeviceLedger(PrivacyLedger):
         self.record_runs.setdefault(run_key, []).append((float(noise_multiplier), float(sample_rate), int(steps)))
 
     # -------------------------------------------------------------------------------------------------- user level
-    def user_epsilon_with(self, run_key: str, announced: History, *, delta: float) -> float:
+    def user_epsilon_with(self, run_key: str, announced: list[Entry], *, delta: float) -> float:
         """User-level epsilon of every run the device joined, with run ``run_key`` costing ``announced`` (RDP,
         composed at ``delta``)."""
         histories = {key: [tuple(entry) for entry in run["announced"]] for key, run in self.runs.items()}
         histories[run_key] = announced
-        return fast_rdp_epsilon([entry for history in histories.values() for entry in history], delta=delta)  # type: ignore[misc]
+        return announced_epsilon([entry for history in histories.values() for entry in history], delta=delta)
 
     def run(self, run_key: str) -> dict | None:
         """What the device remembers of run ``run_key``: its ``mechanism`` (z, q, delta), the ``announced``
@@ -76,7 +76,7 @@ class DeviceLedger(PrivacyLedger):
     def rounds_joined_since(self, since: float) -> int:
         return sum(1 for t in self.joined if t >= since)
 
-    def join(self, run_key: str, *, round_number: int, mechanism: list[float], announced: History, now: float) -> None:
+    def join(self, run_key: str, *, round_number: int, mechanism: list[float], announced: list[Entry], now: float) -> None:
         """Remember that the device contributed to round ``round_number`` of run ``run_key`` at time ``now``."""
         run = self.runs.setdefault(run_key, {"mechanism": list(mechanism), "last_round": 0})
         run["announced"] = [list(entry) for entry in announced]

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 from client.device_ledger import DAY_S, DeviceLedger
-from privacy.accounting import fast_rdp_epsilon
+from privacy.accounting import Entry, announced_epsilon
+from privacy.distributed_dp import DistributedDiscreteGaussian
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import InstructionError, TrainInstructions, dataclass_from_dict
 from protocol.node_config import PRIVACY_POLICY
@@ -171,14 +172,22 @@ def run_user_epsilon(instructions: TrainInstructions) -> float:
     mechanism: its planned rounds at (z, q) and the devices' evaluation at (z, evaluation rate), RDP at its delta."""
     user = instructions.user_level
     assert user is not None
-    return fast_rdp_epsilon(run_history(instructions), delta=user.delta)
+    return announced_epsilon(run_history(instructions), delta=user.delta)
 
 
-def run_history(instructions: TrainInstructions) -> list[tuple[float, float, int]]:
-    """The announced releases of the instructions' run, as ledger entries (z, q, steps)."""
+def run_history(instructions: TrainInstructions) -> list[Entry]:
+    """The announced releases of the instructions' run, as ledger entries: (z, q, steps) for the server's Gaussian
+    noise; under ``privacy=distributed`` the devices' shares (Delta2, sigma_dev^2, minimum survivors, padded
+    dimension, q, steps), which the device accounts as the run's own ledger does."""
     user = instructions.user_level
     assert user is not None
-    history = [(user.noise_multiplier, user.sample_rate, max(instructions.planned_rounds, instructions.round))]
+    rounds = max(instructions.planned_rounds, instructions.round)
+    share = instructions.distributed
+    if share is not None:
+        plan = DistributedDiscreteGaussian(share.dimension, share.sensitivity, share.scale, share.bits,
+                                           share.device_variance, share.min_survivors, share.max_contributors)
+        return [(plan.norm_bound, float(plan.device_variance), plan.min_survivors, plan.padded, user.sample_rate, rounds)]
+    history: list[Entry] = [(user.noise_multiplier, user.sample_rate, rounds)]
     if user.evaluation_rate > 0.0:
         history.append((user.noise_multiplier, user.evaluation_rate, 1))
     return history

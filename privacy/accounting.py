@@ -9,6 +9,7 @@ contribution clipped to norm C, Gaussian noise of std ``noise_multiplier * C`` a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -167,3 +168,34 @@ def fast_rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -
     total = sum(n * _rdp_one_step(float(z), float(q)) for z, q, n in history)
     eps, _ = rdp_analysis.get_privacy_spent(orders=_alphas(), rdp=total, delta=delta)
     return float(eps)
+
+
+Entry = tuple[float, ...]
+"""An announced release: Gaussian (z, q, steps), or distributed discrete Gaussian (Delta2, sigma_dev^2, minimum
+survivors, padded dimension, q, steps) as ``privacy.distributed_release.DistributedLedger`` records it."""
+
+
+def announced_epsilon(entries: Sequence[Entry], *, delta: float) -> float:
+    """Epsilon of releases of either mechanism composed, on Opacus' RDP orders: a Gaussian entry's RDP as
+    ``fast_rdp_epsilon`` has it; a distributed entry's at the integer order ceil(alpha) (``privacy.
+    distributed_accounting``: its subsampling bound needs integers, and RDP never decreases with the order, so this
+    bounds it at alpha). What a device composes across the runs it joined."""
+    gaussian = [tuple(e) for e in entries if len(e) == 3]
+    distributed = [tuple(e) for e in entries if len(e) == 6]
+    if len(gaussian) + len(distributed) != len(entries):
+        raise ValueError(f"an announced release has 3 (Gaussian) or 6 (distributed) fields; found {list(entries)}.")
+    if not distributed:
+        return fast_rdp_epsilon(gaussian, delta=delta)  # type: ignore[arg-type]
+    if any(z <= 0.0 for z, _, _ in gaussian):
+        return float("inf")
+    from privacy.distributed_accounting import ddg_cdp_epsilon, rdp_to_epsilon, subsampled_rdp
+
+    orders = _alphas()
+    ceilings = sorted({max(2, math.ceil(a)) for a in orders})
+    total = sum((n * _rdp_one_step(float(z), float(q)) for z, q, n in gaussian), np.zeros(len(orders)))
+    for delta2, variance, survivors, dimension, rate, steps in distributed:
+        eps_sq = ddg_cdp_epsilon(sensitivity_l2=delta2, sigma_sq=variance, survivors=int(survivors),
+                                 dimension=int(dimension)) ** 2
+        curve = dict(zip(ceilings, subsampled_rdp(lambda alpha: alpha * eps_sq / 2.0, rate, ceilings)))
+        total = total + steps * np.array([curve[max(2, math.ceil(a))] for a in orders])
+    return rdp_to_epsilon(orders, total, delta)

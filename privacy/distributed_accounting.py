@@ -137,7 +137,7 @@ def subsampled_rdp(base: Callable[[int], float], sample_rate: float, orders: Seq
     return out
 
 
-def rdp_to_epsilon(orders: Sequence[int], rdp: np.ndarray, delta: float) -> float:
+def rdp_to_epsilon(orders: Sequence[float], rdp: np.ndarray, delta: float) -> float:
     """Opacus' ``get_privacy_spent``, without its warning that the best order sits at an end of the range: the integer
     orders here are what the subsampling bound allows, and any order gives a valid (if looser) epsilon."""
     from opacus.accountants.analysis.rdp import get_privacy_spent

@@ -292,3 +292,23 @@ def test_the_wrap_bound_holds_where_wrapping_is_common_enough_to_count():
         exact = rotate(np.sum(xs, axis=0), trial, plan.padded) * plan.scale
         wrapped += bool(np.max(np.abs(centred - exact)) > plan.modulus / 2)  # else off by noise + rounding only
     assert 0 < wrapped / 600 <= bound  # measured about 0.013 against a bound of 0.37
+
+
+def test_the_device_counts_a_distributed_run_as_the_runs_own_ledger_does_not_as_a_gaussian():
+    """The device's policy and lifetime ledger compose what each run announced; a distributed run is its shares'
+    mechanism (the looser subsampling bound), never the Gaussian at the same noise multiplier, which would understate
+    it."""
+    from client.privacy_policy import run_history, run_user_epsilon
+    from privacy.accounting import fast_rdp_epsilon
+
+    plan = plan_run(target_epsilon=2.0, delta=1e-6, sample_rate=0.1, rounds=20, population=10_000, clipping_norm=CLIP,
+                    dimension=7995)
+    instructions = _instructions(plan, planned_rounds=20,
+                                 user_level=UserLevelInstructions(plan.noise_multiplier, 0.1, 1e-6))
+    ledger = DistributedLedger()
+    ledger.record(plan, sample_rate=0.1, steps=20)
+    device, run = run_user_epsilon(instructions), ledger.epsilon(delta=1e-6)
+    gaussian = fast_rdp_epsilon([(plan.noise_multiplier, 0.1, 20)], delta=1e-6)
+    assert run <= device <= 1.05 * run  # the device's orders are Opacus', the run's integers: close, never below
+    assert gaussian < 0.9 * device
+    assert len(run_history(instructions)[0]) == 6
