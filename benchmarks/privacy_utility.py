@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from model.network.personalise import fit_personal_bias
     from model.network.networks import PreferenceLSTM
-    from server.evaluation import central_config, train_central
+    from simulations.federation.references import central_config, train_central
     from server.server_app import compose_settings
     from simulations.federation.held_out import held_out_examples
     from simulations.federation.inprocess import InProcessFederation

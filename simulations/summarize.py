@@ -4,7 +4,7 @@ DIR is a Hydra multirun directory (e.g. from ``python -m simulations.run -m priv
 directory tree holding ``metrics.json`` files. Prints one row per run (sorted by target epsilon) and writes
 ``summary.json`` and ``privacy_utility.png`` (held-out top-1 against spent epsilon, baselines as lines) into DIR.
 The baselines include the strongest prompt-reading rule, ``named_else_recent`` (the genre the prompt names, else the
-user's recent favourite: ``server.evaluation``), next to the recent-favourite rule, so a sweep shows how far the model
+user's recent favourite: ``simulations.federation.references``), next to the recent-favourite rule, so a sweep shows how far the model
 is from the rule it must beat. The log ε axis is labelled in plain numbers (1, 2, 4, 8).
 A metrics.json that cannot be read as a run's (truncated, another program's) is skipped and named on stderr; the
 exit code is then 1 (2 if no run was readable).

@@ -21,7 +21,7 @@ from model.network.batched_training import USERS_PER_BATCH, batchable, train_loc
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
 from protocol.instructions import RecordLevelInstructions, TrainInstructions
-from server.evaluation import train_central
+from simulations.federation.references import train_central
 from server.settings import PopulationSettings, PrivacySettings, RecordPrivacySettings, RunSettings
 from simulations.federation.device_data import device_examples, simulated_data
 from simulations.federation.inprocess import InProcessFederation

@@ -6,7 +6,8 @@ import torch
 from model.features.encoding import Examples, build_examples
 from model.network.networks import ModelConfig
 from model.network.training import LocalTrainConfig
-from server.evaluation import global_mode_top1, recent_mode_top1, score, train_central
+from server.evaluation import score
+from simulations.federation.references import global_mode_top1, recent_mode_top1, train_central
 from simulations.population.population import Population, PopulationConfig
 from simulations.population.world import World
 

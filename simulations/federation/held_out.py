@@ -2,7 +2,7 @@
 
 Held-out users (ids ``num_users .. num_users + eval_users - 1`` of the synthetic population) never train.
 ``SyntheticHeldOut`` is the ``server.evaluation.HeldOutData`` the simulation's ServerApp gives ``FederatedRun``;
-the scoring itself and the baselines' rules are ``server.evaluation``'s.
+the scoring is ``server.evaluation``'s, the baselines' rules ``simulations.federation.references``'.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import torch
 
 from model.features.encoding import Examples
 from protocol.instructions import DataInstructions
-from server.evaluation import (
-    Baselines,
+from server.evaluation import Baselines, score
+from server.settings import RunSettings
+from simulations.federation.background import BackgroundCall
+from simulations.federation.references import (
     central_config,
     global_mode_top1,
     named_else_recent_top1,
     recent_mode_top1,
-    score,
     train_central,
 )
-from server.settings import RunSettings
-from simulations.federation.background import BackgroundCall
 from simulations.federation.device_data import device_examples
 
 

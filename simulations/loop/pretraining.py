@@ -7,7 +7,7 @@ models are trained on them, from the same initial weights:
 * ``federated``: user-level DP-FedAvg, by the real Flower simulation (``simulations.run.run_federated_simulation``,
   engine "flower"), by the same code path in one process (engine "inprocess", ``simulations.federation.inprocess``),
   or loaded from the ``checkpoint.pt`` of an earlier ``python -m simulations.run`` (engine "checkpoint");
-* ``central``: the non-private reference, trained on the pooled logs (``server.evaluation.train_central``) with
+* ``central``: the non-private reference, trained on the pooled logs (``simulations.federation.references.train_central``) with
   the recipe of the federated run's own central baseline.
 """
 
@@ -24,7 +24,7 @@ import torch
 from model.features.encoding import Examples
 from model.network.networks import PreferenceLSTM
 from server.checkpoint import load_checkpoint
-from server.evaluation import train_central
+from simulations.federation.references import train_central
 from server.run_start import data_instructions
 from server.settings import RunSettings
 from simulations.federation.device_data import device_examples, population_items
