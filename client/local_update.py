@@ -32,7 +32,8 @@ from model.features.encoding import Examples
 from model.network.batched_training import batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.personalise import fit_personal_bias, personalised
-from model.network.training import LocalTrainResult, RecordLevelDP, evaluate, examples_kept, train_local
+from model.network.training import LocalTrainResult, evaluate, examples_kept, train_local
+from privacy.record_level import RecordLevelDP
 from privacy.contribution import LOSS_BOUND, DeviceStatistics, encode_statistics, zero_statistics
 from privacy.mechanisms import clip_update, dp_sgd_schedule
 from privacy.randomness import device_generator
@@ -121,7 +122,7 @@ def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLed
         if ledger.rdp_epsilon_after(**mechanism) > budget or (
                 per_run is not None and ledger.run_rdp_epsilon_after(instructions.run_key, **mechanism) > per_run):
             declined = Decline.RECORD_BUDGET
-        dp = RecordLevelDP(record.noise_multiplier, record.max_grad_norm)
+        dp = record
     return _Plan(n, declined, dp)
 
 

@@ -22,20 +22,11 @@ from typing import Any, Optional, Union
 from model.network.networks import ModelConfig
 from model.network.training import LocalTrainConfig
 from privacy.randomness import check_noise_source
+from privacy.record_level import RecordLevelDP
 
 
 class InstructionError(ValueError):
     """A mapping that does not fit a settings dataclass; the message names the key."""
-
-
-@dataclass(frozen=True)
-class RecordLevelInstructions:
-    """DP-SGD on the device and the device's own budget over every round it trains."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-    target_epsilon: float
-    delta: float
 
 
 @dataclass(frozen=True)
@@ -137,7 +128,7 @@ class TrainInstructions:
     train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
     data: DataInstructions = field(default_factory=DataInstructions)
     clipping_norm: Optional[float] = None
-    record: Optional[RecordLevelInstructions] = None
+    record: Optional[RecordLevelDP] = None
     device_dir: Optional[str] = None
     attack: Optional[AttackInstructions] = None
     noise: str = "secure"

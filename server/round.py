@@ -28,7 +28,6 @@ from protocol.instructions import (
     AttackInstructions,
     DataInstructions,
     DistributedInstructions,
-    RecordLevelInstructions,
     TrainInstructions,
     UserLevelInstructions,
     flat_items,
@@ -81,10 +80,7 @@ def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: 
     policies: its key, its planned rounds and the user-level mechanism it announces (``noise_multiplier``, the
     sampling rate, delta, ``evaluation_rate``)."""
     p = run.privacy
-    record = None
-    if p.record_level and p.record is not None:
-        record = RecordLevelInstructions(p.record.noise_multiplier, p.record.max_grad_norm, p.record.target_epsilon,
-                                         p.record.delta)
+    record = p.record if p.record_level else None
     user_level = None
     if p.user_level and noise_multiplier is not None:
         user_level = UserLevelInstructions(noise_multiplier, run.simulation.sample_rate, p.delta, evaluation_rate or 0.0)

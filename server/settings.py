@@ -21,6 +21,7 @@ from privacy.accounting import ACCOUNTANTS
 from privacy.adaptive_clipping import AdaptiveClipping
 from privacy.errors import PrivacyConfigError
 from privacy.randomness import NOISE_SOURCES
+from privacy.record_level import RecordLevelDP
 from protocol.instructions import ATTACK_KINDS, AttackInstructions, dataclass_from_dict
 from validation.config import ConfigError, check_range
 
@@ -67,28 +68,13 @@ class PopulationSettings:
 
 
 @dataclass(frozen=True)
-class RecordPrivacySettings:
-    """Record-level DP-SGD on each client; ``target_epsilon`` is each client's own budget over all its rounds."""
-
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    target_epsilon: float = 10.0
-    delta: float = 1e-3
-
-    def __post_init__(self) -> None:
-        for name in ("noise_multiplier", "max_grad_norm", "target_epsilon"):
-            check_range(f"privacy.record.{name}", getattr(self, name), 0, low_open=True, error=PrivacyConfigError)
-        check_range("privacy.record.delta", self.delta, 0, 1, low_open=True, high_open=True, error=PrivacyConfigError)
-
-
-@dataclass(frozen=True)
 class PrivacySettings:
     mode: str = "user"
     target_epsilon: Optional[float] = 8.0
     delta: float = 1e-5
     clipping_norm: Optional[float] = 0.5
     accountant: str = "rdp"
-    record: Optional[RecordPrivacySettings] = None
+    record: Optional[RecordLevelDP] = None  # privacy.record: record-level DP-SGD (privacy.record_level)
     noise: str = "secure"  # secure: OS entropy at each release; seeded: reproducible, no guarantee (privacy.randomness)
     clipping: str = "fixed"  # fixed: C = clipping_norm; adaptive: C follows a quantile of update norms (Andrew et al.)
     clipping_quantile: float = 0.5  # adaptive: the share of updates C aims to leave unclipped

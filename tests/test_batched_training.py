@@ -19,10 +19,11 @@ from model.features.augment import AugmentConfig
 from model.features.encoding import Examples, empty_examples
 from model.network.batched_training import USERS_PER_BATCH, batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, train_local
-from protocol.instructions import RecordLevelInstructions, TrainInstructions
+from model.network.training import LocalTrainConfig, evaluate, train_local
+from privacy.record_level import RecordLevelDP
+from protocol.instructions import TrainInstructions
 from simulations.federation.references import train_central
-from server.settings import PopulationSettings, PrivacySettings, RecordPrivacySettings, RunSettings
+from server.settings import PopulationSettings, PrivacySettings, RunSettings
 from simulations.federation.device_data import device_examples, simulated_data
 from simulations.federation.inprocess import InProcessFederation
 from simulations.population.population import PopulationConfig
@@ -110,7 +111,7 @@ def test_the_central_reference_is_the_model_train_local_trains(users, model_conf
     assert _max_difference(dict(central.named_parameters()), start) > 1e-3  # it trained
 
 
-def _instructions(model: ModelConfig = PRIOR, record: RecordLevelInstructions | None = None) -> TrainInstructions:
+def _instructions(model: ModelConfig = PRIOR, record: RecordLevelDP | None = None) -> TrainInstructions:
     return TrainInstructions(round=2, seed=7, model=model, train=TRAIN, data=DATA, clipping_norm=0.5, record=record,
                              noise="seeded")
 
@@ -122,7 +123,7 @@ def _ledgers(exhausted: int) -> list[DeviceLedger]:
     return ledgers
 
 
-@pytest.mark.parametrize("record", [None, RecordLevelInstructions(1.0, 0.5, target_epsilon=50.0, delta=1e-3)],
+@pytest.mark.parametrize("record", [None, RecordLevelDP(1.0, 0.5, target_epsilon=50.0, delta=1e-3)],
                          ids=["user-level", "user-and-record-level"])
 def test_local_updates_match_local_update_user_by_user(users, record):
     """Same contribution (update and statistics) and ledgers as each user's own ``local_update``; a declined user stays
@@ -163,7 +164,7 @@ def test_what_cannot_be_batched_exactly_is_trained_one_by_one(users, model):
 
 
 def _federation(users: list[Examples], mode: str) -> InProcessFederation:
-    record = RecordPrivacySettings(noise_multiplier=1.0, max_grad_norm=0.5, target_epsilon=100.0) if mode == "both" else None
+    record = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=0.5, target_epsilon=100.0) if mode == "both" else None
     run = RunSettings(seed=3, train=TRAIN, model=PRIOR,
                       population=PopulationSettings(num_users=len(users), eval_users=0, days=14, window=WINDOW),
                       privacy=PrivacySettings(mode=mode, delta=1e-3, record=record, noise="seeded"))

@@ -12,8 +12,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
 from privacy.contribution import STATISTIC_WEIGHT
-from protocol.instructions import RecordLevelInstructions, TrainInstructions, from_config_items
+from protocol.instructions import TrainInstructions, from_config_items
 from model.network.networks import ModelConfig, PreferenceLSTM
+from privacy.record_level import RecordLevelDP
 from protocol.records import USERS_RECORD, slot_users, user_parts
 from protocol.reply_layout import CONTRIBUTION, EVAL_SCORES, EVALUATION, REASON_CODES, SCORES_ARRAY, STATISTICS_ARRAY
 from simulations.federation.client_app import app
@@ -60,7 +61,7 @@ def test_user_level_update_leaves_the_device_clipped(flower_task_identity):
 def test_device_over_its_record_budget_sends_the_all_zero_contribution(flower_task_identity, tmp_path):
     """A decline looks like any contribution on the wire (under SecAgg+ the server cannot tell it apart); why it
     declined stays on the device."""
-    record = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
+    record = RecordLevelDP(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
     reply = app(app_message("train", train_instructions(record=record, device_dir=str(tmp_path))), partition_context(5))
     contribution = _contribution(reply)
     assert set(contribution) == set(PreferenceLSTM().state_dict()) | {STATISTICS_ARRAY}
@@ -68,7 +69,7 @@ def test_device_over_its_record_budget_sends_the_all_zero_contribution(flower_ta
 
 
 def test_record_level_ledger_persists_on_the_device_across_rounds(flower_task_identity, tmp_path):
-    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+    record = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
     app(app_message("train", train_instructions(record=record, device_dir=str(tmp_path))), partition_context(6))
     ledger = tmp_path / "user-6.ledger.json"
     eps1 = DeviceLedger(ledger).rdp_epsilon(delta=1e-3)
@@ -79,7 +80,7 @@ def test_record_level_ledger_persists_on_the_device_across_rounds(flower_task_id
 
 def test_under_record_level_dp_alone_the_loss_is_not_sent(flower_task_identity, tmp_path):
     """The loss is computed on raw batches: no mechanism covers it unless user-level noise will."""
-    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+    record = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
     alone = _contribution(app(app_message("train", train_instructions(record=record, clipping_norm=None,
                                                                device_dir=str(tmp_path))), partition_context(6)))
     assert alone[STATISTICS_ARRAY].tolist() == [1.0, 1.0, 0.0]
@@ -111,7 +112,7 @@ def _same_model_message(kind: str, instructions: TrainInstructions) -> Message:
 def test_a_slot_playing_several_users_replies_for_each_what_their_own_devices_would(flower_task_identity, tmp_path):
     """Users 3 and 4 in one message: the same contributions as two device messages, in their order. A user over its
     record budget (5) sends the all-zero contribution in its part."""
-    record = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
+    record = RecordLevelDP(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
     instructions = train_instructions(device_dir=str(tmp_path))
     joined = app(slot_message("train", instructions, [3, 4]), partition_context(99)).content
     parts = user_parts(joined, 2)

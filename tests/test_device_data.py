@@ -15,10 +15,11 @@ from client.device_data import DeviceDataError, device_data
 from client.log_store import LogStore
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
-from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from protocol.instructions import DataInstructions, TrainInstructions, to_config_items
 from protocol.reply_layout import CONTRIBUTION, EVALUATION, SCORES_ARRAY, STATISTICS_ARRAY
 from protocol.records import to_array_record
 from model.features.encoding import build_examples, split_recent
+from privacy.record_level import RecordLevelDP
 from simulations.federation.device_data import (
     _EncodedLogs,
     device_examples,
@@ -160,7 +161,7 @@ def _node(config: dict) -> Context:
 
 def test_the_client_app_trains_and_evaluates_from_a_log_db_and_keeps_the_ledger_beside_it(tmp_path, flower_task_identity):
     path = _log_of_user(tmp_path, 5)
-    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
+    record = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
     reply = app(_message("train", record=record), _node({"log-db": str(path)}))
     assert reply.content[CONTRIBUTION][STATISTICS_ARRAY].numpy()[0] > 0  # it trained
     ledger = path.with_name("events.ledger.json")

@@ -14,11 +14,11 @@ from client.device_ledger import DeviceLedger
 from client.privacy_policy import DevicePrivacyPolicy, load_policy, run_user_epsilon
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
+from privacy.record_level import RecordLevelDP
 from privacy.accounting import fast_rdp_epsilon
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import (
     DataInstructions,
-    RecordLevelInstructions,
     TrainInstructions,
     UserLevelInstructions,
     to_config_items,
@@ -31,7 +31,7 @@ from tests.helpers import announced
 MODEL = ModelConfig(hidden_size=8, num_layers=1, bidirectional=False, dropout=0.0, head_dropout=0.0)
 DATA = DataInstructions(window=16)
 USER = UserLevelInstructions(noise_multiplier=1.0, sample_rate=0.1, delta=1e-6)
-RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=5.0, delta=1e-3)
+RECORD = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=5.0, delta=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,9 @@ REFUSED = {
     "user delta 0.99": (dict(user_level=UserLevelInstructions(1.0, 0.1, 0.99)), "policy-user-delta"),
     "a run costing epsilon 1e3": (dict(user_level=UserLevelInstructions(0.5, 1.0, 1e-6), planned_rounds=5000),
                                   "policy-user-epsilon"),
-    "record noise below the floor": (dict(record=RecordLevelInstructions(0.1, 1.0, 5.0, 1e-3)), "policy-record-noise"),
-    "record delta 0.99": (dict(record=RecordLevelInstructions(1.0, 1.0, 5.0, 0.99)), "policy-record-delta"),
-    "record target epsilon 1e9": (dict(record=RecordLevelInstructions(1.0, 1.0, 1e9, 1e-3)), "policy-record-epsilon"),
+    "record noise below the floor": (dict(record=RecordLevelDP(0.1, 1.0, 5.0, 1e-3)), "policy-record-noise"),
+    "record delta 0.99": (dict(record=RecordLevelDP(1.0, 1.0, 5.0, 0.99)), "policy-record-delta"),
+    "record target epsilon 1e9": (dict(record=RecordLevelDP(1.0, 1.0, 1e9, 1e-3)), "policy-record-epsilon"),
     "a round past the plan": (dict(round=11), "policy-round-order"),
 }
 

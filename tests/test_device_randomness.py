@@ -15,7 +15,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from client.client_app import app as device_app
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
-from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from privacy.record_level import RecordLevelDP
+from protocol.instructions import DataInstructions, TrainInstructions, to_config_items
 from protocol.records import to_array_record
 from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from tests.helpers import announced
@@ -27,10 +28,10 @@ from simulations.seed_logs import seed_device_logs
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)
 MODEL = ModelConfig(bidirectional=False, hidden_size=8, num_layers=1)
-RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
+RECORD = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
 
 
-def _message(record: RecordLevelInstructions | None, noise: str, device_dir: str) -> Message:
+def _message(record: RecordLevelDP | None, noise: str, device_dir: str) -> Message:
     torch.manual_seed(0)
     arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM(MODEL).state_dict().items()}
     instructions = TrainInstructions(round=3, seed=11, model=MODEL, train=LocalTrainConfig(batch_size=8), data=DATA,

@@ -35,7 +35,6 @@ from hypothesis import strategies as st
 from protocol.instructions import (
     DataInstructions,
     InstructionError,
-    RecordLevelInstructions,
     TrainInstructions,
     from_config_items,
     to_config_items,
@@ -46,6 +45,7 @@ from model.log.events import FIELDS_BY_KIND, Event
 from model.log.log_file import head_problem
 from model.log.parsing import MAX_PROMPT_CHARS, EventError, event_to_json_line, parse_event
 from model.log.vocab import BPM_MAX, BPM_MIN, EVENT_KINDS
+from privacy.record_level import RecordLevelDP
 from privacy.errors import PrivacyConfigError
 from server.settings import RunSettings, settings_from_config
 from validation.config import ConfigError
@@ -489,7 +489,7 @@ def test_any_edited_config_gives_settings_or_a_config_error_naming_the_key(edits
 
 
 def _instruction_items() -> dict:
-    record = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
+    record = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=10.0, delta=1e-3)
     return to_config_items(TrainInstructions(round=3, seed=0, data=DataInstructions(), clipping_norm=0.5,
                                              record=record, device_dir="/tmp/devices"))
 

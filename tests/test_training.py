@@ -5,7 +5,8 @@ import torch
 
 from model.features.encoding import FEATURE_DIM, Examples
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.training import LocalTrainConfig, RecordLevelDP, evaluate, examples_kept, train_local
+from model.network.training import LocalTrainConfig, evaluate, examples_kept, train_local
+from privacy.record_level import RecordLevelDP
 
 NO_DROPOUT = ModelConfig(dropout=0.0, head_dropout=0.0)
 
@@ -23,6 +24,10 @@ def _flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+NO_NOISE = 1e-9
+"""A noise multiplier whose noise is far below float32 rounding: DP-SGD's clipping alone (z must be > 0)."""
+
+
 def _one_full_batch_step(model, examples, noise, clip, seed):
     config = LocalTrainConfig(epochs=1, batch_size=len(examples), lr=1.0, optimizer="sgd")
     before = _flat(model)
@@ -34,7 +39,7 @@ def _one_full_batch_step(model, examples, noise, clip, seed):
 def test_dp_sgd_adds_gaussian_noise_of_std_z_times_c():
     torch.manual_seed(0)
     base, examples = PreferenceLSTM(NO_DROPOUT), _examples()
-    clean, _ = _one_full_batch_step(copy.deepcopy(base), examples, 0.0, 0.5, seed=1)
+    clean, _ = _one_full_batch_step(copy.deepcopy(base), examples, NO_NOISE, 0.5, seed=1)
     noisy, result = _one_full_batch_step(copy.deepcopy(base), examples, 3.0, 0.5, seed=1)
     assert result.sample_rate == 1.0 and result.steps == 1
     noise = (noisy - clean) * len(examples)  # the update is (clipped sum + noise) / expected batch size
@@ -59,7 +64,7 @@ def test_dp_sgd_clips_every_per_sample_gradient_to_c_before_noise():
     torch.manual_seed(0)
     clip = 0.05
     base, examples = PreferenceLSTM(NO_DROPOUT), _examples()
-    update, _ = _one_full_batch_step(copy.deepcopy(base), examples, 0.0, clip, seed=1)
+    update, _ = _one_full_batch_step(copy.deepcopy(base), examples, NO_NOISE, clip, seed=1)
     # Independent reference: per-example gradients one at a time through the fused nn.LSTM path.
     reference = torch.zeros_like(update)
     norms = []

@@ -41,7 +41,8 @@ from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
 from privacy.contribution import STATISTIC_WEIGHT, STATISTICS
-from protocol.instructions import DataInstructions, RecordLevelInstructions, TrainInstructions, to_config_items
+from privacy.record_level import RecordLevelDP
+from protocol.instructions import DataInstructions, TrainInstructions, to_config_items
 from protocol.reply_layout import (
     CONTRIBUTION,
     EVAL_SCORES,
@@ -261,7 +262,7 @@ def test_every_reply_of_a_real_run_is_a_bounded_contribution_bounded_scores_or_e
 SMALL = ModelConfig(hidden_size=16, num_layers=1, bidirectional=False)
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)
-RECORD = RecordLevelInstructions(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
+RECORD = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=50.0, delta=1e-3)
 MODES = {"none": (None, None), "record": (None, RECORD), "user": (0.5, None), "both": (0.5, RECORD)}
 USERS = (2, 5, 11)
 
@@ -299,7 +300,7 @@ def test_in_process_replies_of_every_privacy_mode_hold_only_declared_content(flo
 
 
 def test_a_declining_device_sends_the_all_zero_contribution_in_the_same_shape(flower_task_identity, tmp_path):
-    broke = RecordLevelInstructions(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
+    broke = RecordLevelDP(noise_multiplier=0.5, max_grad_norm=1.0, target_epsilon=0.01, delta=1e-3)
     ins = TrainInstructions(round=1, seed=0, model=SMALL, train=LocalTrainConfig(batch_size=8), data=DATA,
                             clipping_norm=0.5, record=broke, device_dir=str(tmp_path / "devices"))
     records = _run_in_process(tmp_path, [ins], ("train",))

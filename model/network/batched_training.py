@@ -30,7 +30,8 @@ from model.features.augment import augment_batch
 from model.features.encoding import Examples
 from model.network.batched_model import PARAMETER_NAMES, StackedBatch, loss_and_gradients
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.training import LocalTrainConfig, LocalTrainResult, RecordLevelDP, examples_kept
+from model.network.training import LocalTrainConfig, LocalTrainResult, examples_kept
+from privacy.record_level import RecordLevelDP
 from privacy.mechanisms import dp_sgd_schedule
 
 USERS_PER_BATCH = 32

@@ -21,6 +21,7 @@ from model.features.augment import AugmentConfig, augment_batch
 from model.features.encoding import Examples
 from model.network.networks import PreferenceLSTM
 from privacy.mechanisms import dp_sgd_schedule
+from privacy.record_level import RecordLevelDP
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -55,20 +56,6 @@ class LocalTrainConfig:
             raise ValueError(f"train.max_examples must be >= 0 (0 means all); found {self.max_examples}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer must be one of {list(OPTIMIZERS)}; found {self.optimizer!r}.")
-
-
-@dataclass(frozen=True)
-class RecordLevelDP:
-    """DP-SGD on one device: protects single events (examples) of that user, not the user."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-
-    def __post_init__(self) -> None:
-        if self.noise_multiplier < 0.0:
-            raise ValueError(f"record-level noise_multiplier must be >= 0; found {self.noise_multiplier}.")
-        if not self.max_grad_norm > 0.0:
-            raise ValueError(f"record-level max_grad_norm must be > 0; found {self.max_grad_norm}.")
 
 
 @dataclass(frozen=True)
