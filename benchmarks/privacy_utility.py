@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         plain_model, _ = federate(plain_settings, "federated non-private")
         add_model("federated non-private", plain_model)
         log(f"central non-private reference: {args.central_epochs} epoch(s) over the pooled training points ...")
-        from model.features.encoding import Examples
+        from model.features.examples import Examples
         pooled = Examples.concat([examples_of(u) for u in range(args.users)], data.window)
         cache.clear()  # the pooled copy is all the central model needs (10,000 users: ~4 GB each)
         config = central_config(dp_settings.train, args.central_epochs)

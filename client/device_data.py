@@ -23,7 +23,7 @@ from pathlib import Path
 
 from client.log_store import LogStore, LogStoreError
 from client.privacy_policy import DevicePrivacyPolicy, load_policy
-from model.features.encoding import Examples, build_examples, split_recent
+from model.features.examples import Examples, build_examples, split_recent
 from protocol.instructions import DataInstructions
 from protocol.node_config import LEDGER_PATH, LOG_DB, PARTITION_ID
 

@@ -28,7 +28,7 @@ import torch
 
 from client.device_ledger import DeviceLedger
 from client.privacy_policy import DevicePrivacyPolicy, mechanism_of, run_history
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.batched_training import batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.personalise import fit_personal_bias, personalised

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.features.encoding import Examples, encode_events
+from model.features.encoding import encode_events
+
+from model.features.examples import Examples
 from model.log.events import Event
 from model.log.vocab import GENRE_INDEX, GENRES
 from model.network.networks import PreferenceLSTM

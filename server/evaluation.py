@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.networks import PreferenceLSTM
 from model.network.training import evaluate
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.serverapp import Grid
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.networks import PreferenceLSTM
 from privacy.randomness import SEEDED_WARNING, sampling_generator
 from protocol.instructions import Scalar, TrainInstructions, to_config_items

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.features.encoding import prediction_points
+from model.features.examples import prediction_points
 from model.features.prompt_intent import CALM_MOODS, ENERGETIC_MOODS, parse_prompt
 from model.log.events import Event
 from model.log.vocab import GENRE_INDEX, GENRES

@@ -30,7 +30,8 @@ from generation.cold_start import (
 )
 from model.device.prior_store import KeptPrior, PriorStore
 from model.device.streaming import OnnxStep, StreamingPredictor
-from model.features.encoding import build_examples, encode_events
+from model.features.encoding import encode_events
+from model.features.examples import build_examples
 from model.features.heuristic_prior import prior_logits
 from model.log.events import Event
 from model.log.vocab import GENRES

@@ -18,7 +18,7 @@ from simulations.federation.attacks import (
     is_malicious,
 )
 from client.client_app import app as device_app
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.log.vocab import GENRES
 from model.network.networks import PreferenceLSTM
 from protocol.instructions import AttackInstructions, from_config_items, to_config_items

@@ -16,7 +16,7 @@ import client.local_update as local_update_module
 from client.device_ledger import DeviceLedger
 from client.local_update import Decline, local_update, local_updates
 from model.features.augment import AugmentConfig
-from model.features.encoding import Examples, empty_examples
+from model.features.examples import Examples, empty_examples
 from model.network.batched_training import USERS_PER_BATCH, batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, evaluate, train_local

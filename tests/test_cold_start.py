@@ -14,7 +14,7 @@ from generation.cold_start import (
     questionnaire_distribution,
     starting_preference,
 )
-from model.features.encoding import empty_examples
+from model.features.examples import empty_examples
 from model.log.vocab import GENRE_INDEX, GENRES
 from model.network.networks import ModelConfig, PreferenceLSTM
 

@@ -18,7 +18,7 @@ from model.network.training import LocalTrainConfig
 from protocol.instructions import DataInstructions, TrainInstructions, to_config_items
 from protocol.reply_layout import CONTRIBUTION, EVALUATION, SCORES_ARRAY, STATISTICS_ARRAY
 from protocol.records import to_array_record
-from model.features.encoding import build_examples, split_recent
+from model.features.examples import build_examples, split_recent
 from privacy.record_level import RecordLevelDP
 from simulations.federation.device_data import (
     _EncodedLogs,

@@ -14,7 +14,7 @@ from model.network.distill import (
     new_student,
 )
 from model.device.export import state_dict_bytes
-from model.features.encoding import Examples, build_examples
+from model.features.examples import Examples, build_examples
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, train_local
 from simulations.population.population import Population, PopulationConfig

@@ -5,20 +5,28 @@ import pytest
 import torch
 
 from model.features.encoding import (
+
     BPM,
+
     FEATURE_DIM,
+
     GENRE,
+
     INSTRUMENT_SLOTS,
+
     KIND,
+
     NO_GENRE,
+
     TIME,
+
     EventEncoder,
-    build_examples,
+
     encode_events,
-    encode_log,
-    split_recent,
-    windows,
+
 )
+
+from model.features.examples import build_examples, encode_log, split_recent, windows
 from model.log.events import Event
 from model.log.vocab import GENRE_INDEX, INSTRUMENT_INDEX, KIND_INDEX
 from simulations.population.population import Population, PopulationConfig

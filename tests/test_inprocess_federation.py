@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.features.encoding import empty_examples
+from model.features.examples import empty_examples
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
 from privacy.accounting import PrivacyLedger

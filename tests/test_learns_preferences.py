@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.features.encoding import Examples, build_examples
+from model.features.examples import Examples, build_examples
 from model.network.networks import ModelConfig
 from model.network.training import LocalTrainConfig
 from server.evaluation import score

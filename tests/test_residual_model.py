@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model.features.encoding import EXCLUDED_GENRES, FEATURE_DIM, NAMED_GENRES, RECENT, Examples, build_examples, encode_events
+from model.features.encoding import EXCLUDED_GENRES, FEATURE_DIM, NAMED_GENRES, RECENT, encode_events
+
+from model.features.examples import Examples, build_examples
 from model.features.heuristic_prior import prior_logits
 from model.log.events import Event
 from model.log.vocab import GENRE_INDEX

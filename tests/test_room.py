@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from generation.cold_start import Questionnaire
-from model.features import encoding
+from model.features import examples as encoding_examples
 from model.features.encoding import encode_events
 from model.network.networks import PreferenceLSTM
 from studio.room import DeviceRoom, RoomError, RoomSettings
@@ -83,7 +83,7 @@ def test_the_device_predicts_what_the_model_was_trained_on_the_requests_window(t
     window = room.settings.window
     assert len(events) > window  # a log longer than the window: the whole history gives another prediction
     rows = torch.from_numpy(encode_events(events)).unsqueeze(0)  # each row encoded with the whole log before it
-    with torch.no_grad():  # as model.features.encoding.windows cuts a training example: the last rows, request last
+    with torch.no_grad():  # as model.features.examples.windows cuts a training example: the last rows, request last
         expected = torch.softmax(model(rows[:, -window:], torch.tensor([window])), -1)[0].numpy()
         whole = torch.softmax(model(rows, torch.tensor([len(events)])), -1)[0].numpy()
     np.testing.assert_allclose(proposal.preference.probs, expected, atol=1e-5)
@@ -107,7 +107,7 @@ def test_a_new_user_starts_from_the_questionnaire_and_explores(tmp_path, warm_st
 def test_generate_writes_the_wav_logs_the_request_and_a_keep_is_one_more_training_example(
         tmp_path, warm_storage, prior_arrays):
     room = _room(tmp_path, warm_storage, prior_arrays)
-    before = len(encoding.build_examples(list(room.events), 32))
+    before = len(encoding_examples.build_examples(list(room.events), 32))
     piece = room.generate("something relaxing", seed=5)
     with wave.open(str(piece.audio_path)) as wav:
         assert (wav.getnchannels(), wav.getframerate()) == (2, 48_000)
@@ -117,7 +117,7 @@ def test_generate_writes_the_wav_logs_the_request_and_a_keep_is_one_more_trainin
     [kept] = room.react(piece.id, "keep")
     assert (kept.kind, kept.genre, kept.bpm) == ("segment_kept", piece.proposal.request.main_genre,
                                                  piece.proposal.request.bpm)
-    assert len(encoding.build_examples(list(room.events), 32)) == before + 1
+    assert len(encoding_examples.build_examples(list(room.events), 32)) == before + 1
     assert room.piece(piece.id)["reactions"] == ["keep"] and room.audio_path(piece.id) == piece.audio_path
 
 

@@ -3,7 +3,9 @@ import copy
 import pytest
 import torch
 
-from model.features.encoding import FEATURE_DIM, Examples
+from model.features.encoding import FEATURE_DIM
+
+from model.features.examples import Examples
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, evaluate, examples_kept, train_local
 from privacy.record_level import RecordLevelDP

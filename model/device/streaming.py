@@ -17,7 +17,7 @@ per-event features are exactly those of ``encode_events``: the stream carries th
 state (the previous event's time and the decayed counts of kept genres) in the user's state.
 
 With ``window=W`` the predictor reads what the model was trained on instead: the last W events' rows, from the
-initial state (``model.features.encoding.windows``), so a device's prediction equals the training example's
+initial state (``model.features.examples.windows``), so a device's prediction equals the training example's
 ``model(window)`` for the same point. Each event still costs one encoding (the rows and the encoder state are
 kept); a prediction costs W steps (~0.03 ms each in ONNX Runtime).
 

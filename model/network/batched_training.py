@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from model.features.augment import augment_batch
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.batched_model import PARAMETER_NAMES, StackedBatch, loss_and_gradients
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig, LocalTrainResult, examples_kept

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.networks import ModelConfig, PreferenceLSTM
 
 DEVICE_MODEL = ModelConfig(bidirectional=False, hidden_size=32, num_layers=1, dropout=0.0, head_dropout=0.0)

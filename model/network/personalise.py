@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.networks import PreferenceLSTM
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.features.augment import AugmentConfig, augment_batch
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.networks import PreferenceLSTM
 from privacy.mechanisms import dp_sgd_schedule
 from privacy.record_level import RecordLevelDP

@@ -30,7 +30,7 @@ import torch
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.log.vocab import GENRES
 from protocol.instructions import ATTACK_KINDS, AttackInstructions, from_config_items
 from protocol.node_config import PARTITION_ID

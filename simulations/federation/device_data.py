@@ -10,7 +10,7 @@ The server describes the synthetic population in every message (``DataInstructio
 (``simulations.federation.client_app``): node config ``partition-id=N`` (set by Flower's simulation, or per user by
 a node slot) plays synthetic user N; ``log-db`` is read as on a device. Everything is cached per worker process
 with bounded size, so a worker that serves thousands of users keeps only the most recent ones. A user is kept in
-its compact form (``model.features.encoding.EncodedLog``: encoded events and prediction points, within
+its compact form (``model.features.examples.EncodedLog``: encoded events and prediction points, within
 ``USER_CACHE_BYTES`` in all) and its windows are cut anew on each use: they repeat each event up to ``window``
 times, so the same memory holds ~7 times as many users as it would hold windows.
 """
@@ -32,7 +32,7 @@ from protocol.instructions import (
     flat_items,
     nested_items,
 )
-from model.features.encoding import EncodedLog, Examples, encode_log, split_recent, windows
+from model.features.examples import EncodedLog, Examples, encode_log, split_recent, windows
 from protocol.node_config import LOG_DB, PARTITION_ID
 from simulations.federation.attacks import poisoned_training_examples
 from simulations.population.population import Population, PopulationConfig

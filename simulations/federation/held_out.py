@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from protocol.instructions import DataInstructions
 from server.evaluation import Baselines, score
 from server.settings import RunSettings

@@ -27,7 +27,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.device_ledger import DeviceLedger
 from client.local_update import LocalUpdate, local_updates
 from client.secagg_client import distributed_share
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.batched_training import USERS_PER_BATCH
 from privacy.randomness import SEEDED_WARNING
 from privacy.user_level import UserLevelMechanism

@@ -15,7 +15,9 @@ import dataclasses
 
 import torch
 
-from model.features.encoding import GENRE, KIND, Examples
+from model.features.encoding import GENRE, KIND
+
+from model.features.examples import Examples
 from model.features.heuristic_prior import prior_logits
 from model.log.vocab import GENRES, KIND_INDEX
 from model.network.batched_training import batchable, train_local_batched

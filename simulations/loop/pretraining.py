@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.features.encoding import Examples
+from model.features.examples import Examples
 from model.network.networks import PreferenceLSTM
 from server.checkpoint import load_checkpoint
 from simulations.federation.references import train_central

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from model.features.encoding import Examples, build_examples
+from model.features.examples import Examples, build_examples
 from model.log.events import Event
 from model.network.networks import PreferenceLSTM
 from model.network.training import train_local
