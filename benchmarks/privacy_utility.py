@@ -34,6 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+SURFACE_JSON = ROOT / "privacy" / "measured_surface.json"  # privacy.utility_surface.SURFACE
+"""The measured surface, which ``python -m privacy.plan`` predicts utility from; its table and plot sit beside the
+benchmarks (``benchmarks/results/``)."""
+SURFACE_POPULATIONS = (1_000, 10_000, 100_000, 1_000_000)
+SURFACE_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+SURFACE_COHORT = 10_000
+"""The most clients a round a surface point plans for: q = min(0.1, 10,000 / N)."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -51,6 +59,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="distributed: also train under privacy=distributed (each device noises its own SecAgg+ "
                              "share; the sum's modular arithmetic computed here, not masked) and print it beside the "
                              "central-noise DP model on the same points")
+    parser.add_argument("--stand-for", type=int, default=None, metavar="N",
+                        help="the DP model is a noise-cohort simulation of N users at --stand-for-rate: the --users "
+                             "simulated users train at --sample-rate, the noise and the ledger are N's (labelled in "
+                             "every report)")
+    parser.add_argument("--stand-for-rate", type=float, default=None, metavar="Q",
+                        help="the sampling rate of the population --stand-for names (default --sample-rate)")
+    parser.add_argument("--train-users", type=int, default=None, metavar="N",
+                        help="the DP federation is the first N of the --users (scored on the same held-out users)")
+    parser.add_argument("--surface", action="store_true",
+                        help="measure the privacy-utility surface: populations 1k-1M x epsilon 0.5-8 at delta 1/(10N) "
+                             f"(noise-cohort simulations past --users), written to {SURFACE_JSON.relative_to(ROOT)} "
+                             "with its table and plot")
+    parser.add_argument("--surface-out", type=Path, default=None, metavar="DIR",
+                        help="write the surface's JSON, table and plot into DIR instead (a trial run)")
     parser.add_argument("--quick", action="store_true",
                         help="make simulate's setting: 1,000 users, 200 held out, 30 rounds, epsilon 8, delta 1e-5")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every model, e.g. privacy.clipping_norm=0.1")
@@ -58,6 +80,105 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.users, args.eval_users, args.rounds, args.epsilon, args.delta = 1_000, 200, 30, 8.0, 1e-5
     return args
+
+
+def surface_points(pool: int) -> list[dict]:
+    """The grid: each population N at each epsilon, delta = 1/(10 N), q = min(0.1, 10,000 / N). Populations past the
+    ``pool`` of simulated users are noise-cohort simulations on the pool at q = 0.1."""
+    points = []
+    for n in SURFACE_POPULATIONS:
+        q = min(0.1, SURFACE_COHORT / n)
+        for epsilon in SURFACE_EPSILONS:
+            points.append({"population": n, "epsilon": epsilon, "delta": 1.0 / (10 * n), "sample_rate": q,
+                           "clients_per_round": round(q * n), "simulated_users": min(n, pool),
+                           "noise_cohort": n > pool})
+    return points
+
+
+def measure_surface(args, federate, add_model, table, compose_settings, log) -> dict:
+    """Train every surface point (and the non-private model on each pool), score them on the same held-out points,
+    write the JSON the planner reads, a Markdown table and a plot."""
+    from privacy.plan import plan_user_level
+    from simulations.federation.noise_cohort import LABEL, NoiseCohort
+
+    rows = []
+    for pool in sorted({min(n, args.users) for n in SURFACE_POPULATIONS}):
+        settings = compose_settings("config", [f"population.num_users={pool}", f"simulation.rounds={args.rounds}",
+                                               f"simulation.sample_rate={args.sample_rate}", "privacy=none",
+                                               *args.overrides])
+        name = f"non-private, {pool} users"
+        model, _ = federate(settings, name, users=pool)
+        add_model(name, model)
+    for point in surface_points(args.users):
+        n, epsilon, pool = point["population"], point["epsilon"], point["simulated_users"]
+        settings = compose_settings("config", [
+            f"population.num_users={pool}", f"simulation.rounds={args.rounds}", f"simulation.sample_rate={args.sample_rate}",
+            "privacy=user", f"privacy.target_epsilon={epsilon}", f"privacy.delta={point['delta']}", *args.overrides])
+        cohort = NoiseCohort(n, point["sample_rate"]) if point["noise_cohort"] else None
+        name = f"DP, N = {n:,}, epsilon {epsilon:g}" + (f" ({LABEL})" if cohort else "")
+        model, fed = federate(settings, name, users=pool, cohort=cohort)
+        add_model(name, model)
+        plan = plan_user_level(population=n, sample_rate=point["sample_rate"], rounds=args.rounds, delta=point["delta"],
+                               clipping_norm=settings.privacy.clipping_norm, accountant=settings.privacy.accountant,
+                               noise_multiplier=fed.noise_multiplier)
+        rows.append({**point, "noise_multiplier": fed.noise_multiplier, "epsilon_spent": fed.epsilon(),
+                     "noise_to_signal": plan.noise_to_signal, "top1": table[name]["top1"],
+                     "top1_ci": table[name]["top1_ci"], "nll": table[name]["nll"],
+                     "nonprivate_top1": table[f"non-private, {pool} users"]["top1"]})
+    rules = {rule: table[rule]["top1"] for rule in ("named_else_recent", "recent_most_frequent", "global_most_popular")}
+    result = {"rounds": args.rounds, "simulated_sample_rate": args.sample_rate, "pool_users": args.users,
+              "eval_users": args.eval_users, "points_per_user": args.points, "overrides": args.overrides,
+              "rules": rules, "surface": rows, "label": LABEL}
+    json_path, out = surface_paths(args.surface_out)
+    write_surface(result, json_path, out)
+    log(f"wrote {json_path} and {out / 'privacy_surface.md'}, {out / 'privacy_surface.png'}")
+    print(json.dumps(result))
+    return result
+
+
+def surface_paths(trial_dir: Path | None) -> tuple[Path, Path]:
+    """Where the surface goes: the planner's JSON and the benchmarks' results folder, or all into a trial folder."""
+    if trial_dir is not None:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        return trial_dir / SURFACE_JSON.name, trial_dir
+    return SURFACE_JSON, ROOT / "benchmarks" / "results"
+
+
+def write_surface(result: dict, json_path: Path, out: Path) -> None:
+    """The surface as the planner's JSON, a Markdown table and a plot (top-1 against epsilon, one line per N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["| N | epsilon | delta | q | clients/round | z | noise/C on the mean | DP top-1 | 95 % CI | NLL | "
+             "non-private | simulated as |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["surface"]:
+        low, high = r["top1_ci"]
+        how = f"{result['label']} on {r['simulated_users']:,} users" if r["noise_cohort"] else "true run"
+        lines.append(f"| {r['population']:,} | {r['epsilon']:g} | {r['delta']:.0e} | {r['sample_rate']:g} | "
+                     f"{r['clients_per_round']:,} | {r['noise_multiplier']:.3f} | {r['noise_to_signal']:.2e} | "
+                     f"{r['top1']:.3f} | {low:.3f}–{high:.3f} | {r['nll']:.3f} | {r['nonprivate_top1']:.3f} | {how} |")
+    rules = ", ".join(f"{k} {v:.3f}" for k, v in result["rules"].items())
+    lines.append(f"\nRules on the same held-out points: {rules}.")
+    (out / "privacy_surface.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for n in sorted({r["population"] for r in result["surface"]}):
+        part = [r for r in result["surface"] if r["population"] == n]
+        label = f"N = {n:,}" + (f" ({result['label']})" if part[0]["noise_cohort"] else "")
+        ax.plot([r["epsilon"] for r in part], [r["top1"] for r in part], marker="o", label=label)
+    ax.axhline(result["rules"]["named_else_recent"], color="grey", linestyle="--", label="named-else-recent rule")
+    top = max(r["nonprivate_top1"] for r in result["surface"])
+    ax.axhline(top, color="black", linestyle=":", label="non-private federated")
+    ax.set_xscale("log")
+    ax.set_xticks(SURFACE_EPSILONS, [f"{e:g}" for e in SURFACE_EPSILONS])
+    ax.set_xlabel("user-level epsilon (delta = 1/(10 N))")
+    ax.set_ylabel("held-out top-1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "privacy_surface.png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     from server.server_app import compose_settings
     from simulations.federation.held_out import held_out_examples
     from simulations.federation.inprocess import InProcessFederation
+    from simulations.federation.noise_cohort import LABEL as NOISE_COHORT_LABEL
+    from simulations.federation.noise_cohort import NoiseCohort
     from simulations.population.population import Population
     from simulations.federation.device_data import device_examples, simulated_data
     from simulations.federation.settings import population_config
@@ -121,10 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
     parameters = sum(p.numel() for p in start_model.parameters())
     add_model("start (untrained: the heuristic prior)", PreferenceLSTM(dp_settings.model))
 
-    def federate(settings, label: str) -> tuple[PreferenceLSTM, InProcessFederation]:
-        log(f"{label}: calibrating and training {args.rounds} rounds over {args.users} users ...")
-        fed = InProcessFederation(settings, start, num_users=args.users, sample_rate=args.sample_rate,
-                                  planned_rounds=args.rounds, stream=0)
+    def federate(settings, label: str, users: int = args.users, cohort: NoiseCohort | None = None
+                 ) -> tuple[PreferenceLSTM, InProcessFederation]:
+        stands = f" ({NOISE_COHORT_LABEL} of {cohort.population:,} users at q = {cohort.sample_rate:g})" if cohort else ""
+        log(f"{label}: calibrating and training {args.rounds} rounds over {users} users{stands} ...")
+        fed = InProcessFederation(settings, start, num_users=users, sample_rate=args.sample_rate,
+                                  planned_rounds=args.rounds, stream=0, noise_cohort=cohort)
         for _ in range(args.rounds):
             row = fed.round(examples_of)
             clip = f", C {row['clipping_norm']:.3g}" if row["clipping_norm"] is not None else ""
@@ -134,8 +259,11 @@ def main(argv: list[str] | None = None) -> dict:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in fed.arrays.items()})
         return model, fed
 
-    dp_model, dp_fed = federate(dp_settings, "federated DP")
-    add_model("federated DP", dp_model)
+    if args.surface:
+        return measure_surface(args, federate, add_model, table, compose_settings, log)
+    stand_for = NoiseCohort(args.stand_for, args.stand_for_rate or args.sample_rate) if args.stand_for else None
+    dp_model, dp_fed = federate(dp_settings, "federated DP", users=args.train_users or args.users, cohort=stand_for)
+    add_model("federated DP" + (f" ({NOISE_COHORT_LABEL}, N = {args.stand_for:,})" if stand_for else ""), dp_model)
     distributed_privacy = None
     if args.mechanism == "distributed":
         distributed_settings = compose_settings("config", base + [

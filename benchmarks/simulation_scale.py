@@ -17,8 +17,8 @@ For each point (users in the population, clients expected per round) this measur
 and prints wall time per round, client updates per second, peak memory (RSS of this process and all its
 descendants: Ray's processes included) and the ratios (c)/(a), (c)/(b) and (c)/(b'). ``--quick`` runs 1,000 users / 100 per
 round only. The full run adds 10,000 / 1,000 and 100,000 / 1,000 (memory must not grow with the population at the
-same clients per round). The last line is one JSON object: the 10,000 / 1,000 point (the quick point with
-``--quick``).
+same clients per round). ``--points 100000:10000`` measures the points named instead. The last line is one JSON object:
+the 10,000 / 1,000 point (the quick point with ``--quick``; the second of ``--points``, else its only one).
 
     python benchmarks/simulation_scale.py [--quick] [--rounds 2] [--nodes 4] [--users-per-message K]
 """
@@ -230,6 +230,8 @@ def main() -> None:
                         help="simulation.num_cpus_per_client: Ray starts cores / this many workers (default 1)")
     parser.add_argument("--users-per-message", type=int, default=None,
                         help="simulation.users_per_message: at most this many sampled users per message to a slot (default: conf/'s)")
+    parser.add_argument("--points", default=None, metavar="U:K,...",
+                        help="measure these points instead, users:clients per round, e.g. 100000:10000")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # USERS:PER_ROUND, run by the parent in a fresh process
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,6 +243,8 @@ def main() -> None:
     if args.tiny:
         args.rounds = 1
     points = [(40, 8)] if args.tiny else [(1_000, 100)] if args.quick else [(1_000, 100), (10_000, 1_000), (100_000, 1_000)]
+    if args.points:
+        points = [tuple(map(int, point.split(":"))) for point in args.points.split(",")]
     results = []
     for users, per_round in points:
         print(f"measuring {users:,} users / {per_round:,} per round (a fresh process) ...", flush=True)

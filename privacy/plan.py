@@ -11,8 +11,9 @@ It refuses, with exit code 2 and the flag and rule named, what cannot work: q ou
 that large lets a mechanism leak one user's data outright), a target ε no noise multiplier up to 10⁶ reaches,
 both or neither of ``--epsilon`` / ``--noise-multiplier``.
 
-The utility a plan would give needs a measured privacy-utility surface, which does not exist yet (issue 27): the
-plan says so and predicts no accuracy. ``python -m simulations.run privacy.plan=true`` prints the plan of a run's
+The utility a plan would give is read off the measured privacy-utility surface (``privacy.utility_surface``): the
+held-out top-1 the default model reached at the same noise on each round's mean, with its interval, or why no
+prediction holds (no surface, or more noise than any measured point). ``python -m simulations.run privacy.plan=true`` prints the plan of a run's
 config through ``plan_user_level`` too (``server.run_start.privacy_plan``), with the run's own calibration.
 
 Framework-free: numpy and Opacus' accountants (imported only when ε or z is computed), no torch at import.
@@ -21,6 +22,7 @@ Framework-free: numpy and Opacus' accountants (imported only when ε or z is com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -32,9 +34,8 @@ from pathlib import Path
 from privacy.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, calibrate_noise_multiplier, planned_epsilon
 from privacy.contribution import contribution_sensitivity
 from privacy.errors import PrivacyConfigError
+from privacy.utility_surface import SURFACE, PredictedUtility, load_surface, predict_top1
 
-UTILITY_NOTE = "no measured surface yet (issue 27)"
-"""What a plan says of utility until a measured privacy-utility surface can predict it: no number is invented."""
 USER_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "privacy" / "user.yaml"
 """The project's user-level DP config: the planner's default clipping norm and accountant are the run's."""
 NOISE_DOMINATED = 1.0
@@ -135,7 +136,7 @@ class PrivacyPlan:
             ("signal", f"the mean's norm ≤ C = {self.clipping_norm:g} per round (each update clipped to C)"),
             ("σ/C", f"{self.noise_to_signal:.4g}" + ("" if self.parameters is None else
                     f"  (noise norm ≈ σ·√d = {self.noise_norm_to_signal:.4g}×C over the model's d = {self.parameters:,})")),
-            ("utility", UTILITY_NOTE),
+            ("utility", self.utility_text()),
         ]
         width = max(len(name) for name, _ in rows)
         return ["user-level DP-FedAvg plan"] + [f"  {name.ljust(width)}  {value}" for name, value in rows] + [
@@ -148,7 +149,22 @@ class PrivacyPlan:
                 "epsilon": self.epsilon, "accountant": self.accountant, "clipping_norm": self.clipping_norm,
                 "sensitivity": self.sensitivity, "noise_std": self.noise_std, "noise_to_signal": self.noise_to_signal,
                 "parameters": self.parameters, "noise_norm_to_signal": self.noise_norm_to_signal,
-                "utility": None, "utility_note": UTILITY_NOTE, "verdict": self.verdict()}
+                "utility": self.utility_dict(), "utility_note": self.utility_text(), "verdict": self.verdict()}
+
+    def utility(self) -> PredictedUtility | str:
+        """The held-out top-1 the measured surface predicts for this plan, or why it predicts none."""
+        surface = load_surface()
+        if surface is None:
+            return f"no measured surface ({SURFACE.name} is missing): no utility is predicted"
+        return predict_top1(surface, self.noise_to_signal, rounds=self.rounds, clients_per_round=self.expected_clients)
+
+    def utility_text(self) -> str:
+        predicted = self.utility()
+        return predicted if isinstance(predicted, str) else predicted.text()
+
+    def utility_dict(self) -> dict | None:
+        predicted = self.utility()
+        return None if isinstance(predicted, str) else dataclasses.asdict(predicted)
 
 
 def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: float, clipping_norm: float,

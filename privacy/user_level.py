@@ -152,6 +152,15 @@ class UserLevelGaussian:
         """S: the largest norm of one device's bounded contribution this round."""
         return contribution_sensitivity(self.clipping_norm)
 
+    noise_scale = 1.0
+    """The sum's noise std in units of z·S: 1, unless a simulation sizes the noise for a larger cohort than it trains
+    (``simulations.federation.noise_cohort``)."""
+
+    @property
+    def accounted_sample_rate(self) -> float:
+        """The q the ledger records: the sampling that ran (a noise-cohort simulation records the one it stands for)."""
+        return self.sample_rate
+
     def open_round(self, current: Arrays) -> RoundAccumulator:
         return _ClippedSum(self, current)
 
@@ -173,10 +182,10 @@ class UserLevelGaussian:
         sensitivity = self.sensitivity if sensitivity is None else sensitivity
         if sensitivity < self.sensitivity:
             raise ValueError(f"sensitivity must be >= the contribution's bound {self.sensitivity}; found {sensitivity}.")
-        std = self.noise_multiplier * sensitivity
+        std = self.noise_multiplier * sensitivity * self.noise_scale
         noisy = add_gaussian_noise(dict(total), std, self.noise)
         noisy_statistics = np.asarray(statistics, dtype=np.float64) + self.noise.sample((len(STATISTICS),), std)
-        self.ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self.ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.accounted_sample_rate)
         released = decode_statistics(noisy_statistics, self.clipping_norm, noisy=True)
         if self.adaptive is not None:
             self.clipping_norm = self.adaptive.next_norm(self.clipping_norm, released.unclipped_fraction)
@@ -199,7 +208,7 @@ class UserLevelGaussian:
         if self.target_epsilon is None:
             return None
         after = self.ledger.epsilon_after(noise_multiplier=self.noise_multiplier,
-                                          sample_rate=self.sample_rate if sample_rate is None else sample_rate,
+                                          sample_rate=self.accounted_sample_rate if sample_rate is None else sample_rate,
                                           delta=self.delta, accountant=self.accountant)
         return after if after > self.target_epsilon else None
 

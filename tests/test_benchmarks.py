@@ -48,3 +48,16 @@ def test_every_benchmark_script_has_a_smoke_test():
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
     own = {"privacy_audit.py", "device_room.py"}  # smoke-tested in their own modules
     assert scripts - own == set(SMOKE), f"benchmarks without a smoke test: {sorted(scripts - own - set(SMOKE))}"
+
+
+@pytest.mark.slow
+def test_the_surface_trial_writes_the_json_the_planner_reads_its_table_and_plot(tmp_path):
+    """``--surface`` on a tiny pool, into a trial folder: the committed surface is left alone."""
+    from privacy.plan import load_surface
+
+    line = _json_line("privacy_utility.py", ["--surface", "--users", "60", "--eval-users", "8", "--rounds", "1",
+                                             "--points", "2", "--surface-out", str(tmp_path), "population=small"])
+    assert len(line["surface"]) == 20 and {r["noise_cohort"] for r in line["surface"]} == {True}
+    assert (tmp_path / "privacy_surface.md").read_text().count("noise-cohort simulation") == 20
+    assert (tmp_path / "privacy_surface.png").stat().st_size > 10_000
+    assert load_surface(tmp_path / "measured_surface.json")["surface"] == line["surface"]

@@ -12,7 +12,8 @@ import pytest
 
 from privacy.accounting import PrivacyLedger
 from privacy.contribution import contribution_sensitivity
-from privacy.plan import UTILITY_NOTE, main
+from privacy.plan import main
+from privacy.utility_surface import PredictedUtility, predict_top1
 from tests.conftest import ROOT
 
 
@@ -48,7 +49,7 @@ def test_a_given_noise_multiplier_gives_the_ledgers_epsilon_and_the_noise_per_ro
     assert plan["epsilon"] == pytest.approx(ledger.epsilon(delta=1e-5, accountant="rdp"))
     assert plan["noise_std"] == pytest.approx(1.3 * contribution_sensitivity(0.8) / 50)  # σ = z·S/K
     assert plan["noise_to_signal"] == pytest.approx(plan["noise_std"] / 0.8)
-    assert plan["target_epsilon"] is None and plan["utility"] is None and plan["utility_note"] == UTILITY_NOTE
+    assert plan["target_epsilon"] is None
 
 
 def test_the_default_clipping_norm_is_the_projects_user_level_config(capsys):
@@ -59,12 +60,36 @@ def test_the_default_clipping_norm_is_the_projects_user_level_config(capsys):
     assert plan["clipping_norm"] == configured
 
 
-def test_the_text_plan_names_z_epsilon_the_noise_and_no_invented_utility():
-    run = _cli("--users", "10000", "--clients-per-round", "100", "--rounds", "100", "--epsilon", "2")
+def test_the_text_plan_names_z_epsilon_the_noise_and_the_utility_the_measured_surface_predicts():
+    run = _cli("--users", "100000", "--clients-per-round", "10000", "--rounds", "20", "--epsilon", "2", "--delta", "1e-6")
     assert run.returncode == 0, run.stderr
     for words in ("noise multiplier z", "epsilon ε", "rdp accountant", "noise std σ", "σ/C", "verdict:",
-                  f"utility             {UTILITY_NOTE}"):
+                  "predicted from the measured surface", "named-else-recent rule"):
         assert words in run.stdout
+    noisy = _cli("--users", "1000", "--clients-per-round", "10", "--rounds", "20", "--epsilon", "0.5", "--delta", "1e-5")
+    assert "beyond the measured surface" in noisy.stdout  # no number is invented past what was measured
+
+
+SURFACE = {"rounds": 20, "pool_users": 1000, "simulated_sample_rate": 0.1, "rules": {"named_else_recent": 0.55},
+           "surface": [{"simulated_users": 1000, "noise_to_signal": s, "top1": t, "top1_ci": [t - 0.01, t + 0.02],
+                        "nonprivate_top1": 0.63} for s, t in ((1e-4, 0.62), (1e-3, 0.60), (1e-2, 0.61), (1e-1, 0.50))]
+           + [{"simulated_users": 100, "noise_to_signal": 5e-2, "top1": 0.40, "top1_ci": [0.39, 0.41],
+               "nonprivate_top1": 0.62}]}
+
+
+def test_the_prediction_interpolates_in_log_noise_never_rises_with_noise_and_keeps_its_interval():
+    halfway = predict_top1(SURFACE, 10 ** -3.5, rounds=20, clients_per_round=100)
+    assert isinstance(halfway, PredictedUtility) and halfway.top1 == pytest.approx(0.6125)  # 0.62 .. (0.60+0.61)/2
+    assert halfway.low == pytest.approx(halfway.top1 - 0.01) and halfway.high == pytest.approx(halfway.top1 + 0.02)
+    assert halfway.caveats == ()
+    less = predict_top1(SURFACE, 1e-6, rounds=20, clients_per_round=100)
+    assert less.top1 == pytest.approx(0.62) and "at least this" in less.caveats[0]
+    other = predict_top1(SURFACE, 1e-2, rounds=40, clients_per_round=50)
+    assert other.caveats == ("the surface trained 20 rounds, this plan 40",
+                             "the surface trained 100 clients a round there, this plan 50: optimistic")
+    smaller = predict_top1(SURFACE, 7e-2 / 2, rounds=20, clients_per_round=50)  # between 1e-1 (pool) and 5e-2 (10 a round)
+    assert smaller.top1 < 0.5 and "10 clients a round there" not in " ".join(smaller.caveats)
+    assert "beyond the measured surface" in predict_top1(SURFACE, 0.2, rounds=20, clients_per_round=100)
 
 
 @pytest.mark.parametrize("flags,flag", [

@@ -29,7 +29,7 @@ from client.local_update import LocalUpdate, local_updates
 from client.secagg_client import distributed_share
 from model.features.examples import Examples
 from model.network.batched_training import USERS_PER_BATCH
-from privacy.randomness import SEEDED_WARNING
+from privacy.randomness import SEEDED_WARNING, gaussian_noise
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import DataInstructions, TrainInstructions
 from protocol.reply_layout import STATISTICS_ARRAY
@@ -38,6 +38,8 @@ from server.preflight import distributed_plan
 from server.replies import Verdict
 from server.round import FederatedRound, train_instructions
 from server.secagg import SecureSum
+from simulations.federation.noise_cohort import LABEL as NOISE_COHORT_LABEL
+from simulations.federation.noise_cohort import NoiseCohort, NoiseCohortGaussian
 from server.settings import RunSettings
 
 Arrays = dict[str, np.ndarray]
@@ -131,6 +133,8 @@ class InProcessFederation:
             epsilon is not the budget's); None calibrates it here. Only under user-level DP.
         user_ids: the id under which user ``i``'s device trains (seeds its dropout and augmentation); None: ``i``.
         client_seed: the seed sent to the clients (``TrainInstructions.seed``); None: ``run.seed * 1000 + stream``.
+        noise_cohort: the larger federation this one stands for (``simulations.federation.noise_cohort``): z is
+            calibrated and the ledger kept at its q, the noise sized for its cohort; None: this federation itself.
 
     The expected count that divides the noisy sum is ``sample_rate * num_users``, fixed in advance as the
     accountant's mechanism needs. A user whose ``examples_of`` is empty declines when drawn and adds nothing.
@@ -138,7 +142,7 @@ class InProcessFederation:
 
     def __init__(self, run: RunSettings, arrays: Arrays, *, num_users: int, sample_rate: float, planned_rounds: int,
                  stream: int, noise_multiplier: float | None = None, user_ids: Sequence[int] | None = None,
-                 client_seed: int | None = None) -> None:
+                 client_seed: int | None = None, noise_cohort: NoiseCohort | None = None) -> None:
         if num_users < 1 or planned_rounds < 1:
             raise ValueError(f"num_users and planned_rounds must be >= 1. Found {num_users}, {planned_rounds}.")
         if not 0.0 < sample_rate <= 1.0:
@@ -165,8 +169,22 @@ class InProcessFederation:
         else:
             self.noise_multiplier = noise_multiplier if noise_multiplier is not None else noise_multiplier_for(
                 run.privacy, sample_rate=sample_rate, rounds=planned_rounds)
-        mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
-                                         sample_rate=sample_rate, population=num_users, noise_seed=[run.seed, stream, 1])
+        self.noise_cohort = noise_cohort
+        if noise_cohort is not None:  # the noise and the ledger of the real cohort, on this simulated one
+            if run.privacy.mode != "user" or run.privacy.clipping != "fixed":
+                raise ValueError("a noise cohort simulates privacy=user with fixed clipping; found privacy.mode "
+                                 f"{run.privacy.mode!r}, clipping {run.privacy.clipping!r}.")
+            self.noise_multiplier = noise_multiplier_for(run.privacy, sample_rate=noise_cohort.sample_rate,
+                                                         rounds=planned_rounds)
+            p = run.privacy
+            mechanism = NoiseCohortGaussian(
+                real=noise_cohort, clipping_norm=p.clipping_norm, noise_multiplier=self.noise_multiplier,
+                sample_rate=sample_rate, population=num_users, noise=gaussian_noise(p.noise, [run.seed, stream, 1]),
+                ledger=self.ledger, delta=p.delta, accountant=p.accountant, target_epsilon=p.target_epsilon)
+        else:
+            mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
+                                             sample_rate=sample_rate, population=num_users,
+                                             noise_seed=[run.seed, stream, 1])
         self.federated_round = FederatedRound(make_strategy(run.strategy), mechanism, sample_rate=sample_rate,
                                               sampling_rng=np.random.default_rng([run.seed, stream, 0]))
 
@@ -211,4 +229,8 @@ class InProcessFederation:
             "final_clipping_norm": self.mechanism.clipping_norm, "rounds": self.rounds_done,
             "planned_rounds": self.planned_rounds, "users": self.num_users, "accountant": p.accountant,
             "noise": p.noise, **({"warning": SEEDED_WARNING} if p.noise == "seeded" else {}),
+            **({"noise_cohort": {"label": NOISE_COHORT_LABEL, "population": self.noise_cohort.population,
+                                 "sample_rate": self.noise_cohort.sample_rate,
+                                 "simulated_users": self.num_users, "simulated_sample_rate": self.sample_rate}}
+               if self.noise_cohort is not None else {}),
         }
