@@ -171,9 +171,10 @@ def write_surface(result: dict, json_path: Path, out: Path) -> None:
         ax.plot([r["epsilon"] for r in part], [r["top1"] for r in part], marker="o", label=label)
     ax.axhline(result["rules"]["named_else_recent"], color="grey", linestyle="--", label="named-else-recent rule")
     top = max(r["nonprivate_top1"] for r in result["surface"])
-    ax.axhline(top, color="black", linestyle=":", label="non-private federated")
+    ax.axhline(top, color="black", linestyle=":", label="non-private federated (best pool)")
     ax.set_xscale("log")
     ax.set_xticks(SURFACE_EPSILONS, [f"{e:g}" for e in SURFACE_EPSILONS])
+    ax.minorticks_off()  # else matplotlib labels the log axis' minor ticks "6×10⁻¹"
     ax.set_xlabel("user-level epsilon (delta = 1/(10 N))")
     ax.set_ylabel("held-out top-1")
     ax.legend(fontsize=8)
