@@ -30,7 +30,6 @@ from typing import Optional
 
 from client.device_ledger import DAY_S, DeviceLedger
 from privacy.accounting import Entry, announced_epsilon
-from privacy.distributed_dp import DistributedDiscreteGaussian
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import InstructionError, TrainInstructions, dataclass_from_dict
 from protocol.node_config import PRIVACY_POLICY
@@ -184,8 +183,7 @@ def run_history(instructions: TrainInstructions) -> list[Entry]:
     rounds = max(instructions.planned_rounds, instructions.round)
     share = instructions.distributed
     if share is not None:
-        plan = DistributedDiscreteGaussian(share.dimension, share.sensitivity, share.scale, share.bits,
-                                           share.device_variance, share.min_survivors, share.max_contributors)
+        plan = share.plan
         return [(plan.norm_bound, float(plan.device_variance), plan.min_survivors, plan.padded, user.sample_rate, rounds)]
     history: list[Entry] = [(user.noise_multiplier, user.sample_rate, rounds)]
     if user.evaluation_rate > 0.0:

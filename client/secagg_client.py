@@ -87,8 +87,7 @@ def distributed_plan(instructions: TrainInstructions) -> tuple[DistributedDiscre
             or its noise (the survivors' shares over Delta2) is below the announced noise multiplier.
     """
     sent: DistributedInstructions = instructions.distributed  # type: ignore[assignment]
-    plan = DistributedDiscreteGaussian(sent.dimension, sent.sensitivity, sent.scale, sent.bits, sent.device_variance,
-                                       sent.min_survivors, sent.max_contributors)
+    plan = sent.plan
     bound = contribution_sensitivity(instructions.clipping_norm)  # type: ignore[arg-type]
     if not math.isclose(plan.sensitivity, bound, rel_tol=1e-9):
         raise SecureUpdateError(f"the noise share is sized for sensitivity {plan.sensitivity}, but this round's "

@@ -110,6 +110,17 @@ class DistributedDiscreteGaussian:
     min_survivors: int
     max_contributors: int
 
+    def __post_init__(self) -> None:
+        """Refuse parameters no honest plan has (a server's instructions are not trusted): each names its rule."""
+        checks = [("dimension", self.dimension >= 1, ">= 1"), ("sensitivity", self.sensitivity > 0.0, "> 0"),
+                  ("scale", self.scale > 0.0, "> 0"), ("bits", 1 <= self.bits <= MAX_BITS, f"in [1, {MAX_BITS}]"),
+                  ("device_variance", 1 <= self.device_variance <= MAX_DEVICE_VARIANCE,
+                   f"in [1, {MAX_DEVICE_VARIANCE}]"),
+                  ("min_survivors", 2 <= self.min_survivors <= self.max_contributors, "in [2, max_contributors]")]
+        for name, holds, rule in checks:
+            if not (holds and math.isfinite(float(getattr(self, name)))):
+                raise ValueError(f"{name} must be {rule}; found {getattr(self, name)}.")
+
     @property
     def padded(self) -> int:
         return padded_dimension(self.dimension)
@@ -175,14 +186,17 @@ def plan_distributed(*, dimension: int, sensitivity: float, noise_multiplier: fl
     bits = min(MAX_BITS, SECAGG_MODULUS_BITS - math.ceil(math.log2(max_contributors + 1)))
     padded = padded_dimension(dimension)
 
-    def candidate(scale: float) -> DistributedDiscreteGaussian:
+    def candidate(scale: float) -> DistributedDiscreteGaussian | None:
+        """The plan at ``scale``, or None when its shares' variance is past what the sampler takes."""
         delta2 = rounded_norm_bound(scale * sensitivity, padded)
-        variance = math.ceil((noise_multiplier * delta2) ** 2 / min_survivors)
-        return DistributedDiscreteGaussian(dimension, sensitivity, scale, bits, max(1, variance), min_survivors,
+        variance = max(1, math.ceil((noise_multiplier * delta2) ** 2 / min_survivors))
+        if variance > MAX_DEVICE_VARIANCE:
+            return None
+        return DistributedDiscreteGaussian(dimension, sensitivity, scale, bits, variance, min_survivors,
                                            max_contributors)
 
-    def fits(plan: DistributedDiscreteGaussian) -> bool:
-        return plan.wrap_probability() <= wrap_bound and plan.device_variance <= MAX_DEVICE_VARIANCE
+    def fits(plan: DistributedDiscreteGaussian | None) -> bool:
+        return plan is not None and plan.wrap_probability() <= wrap_bound
 
     low, high = 0.0, 1.0 / sensitivity
     if not fits(candidate(high)):
@@ -197,7 +211,7 @@ def plan_distributed(*, dimension: int, sensitivity: float, noise_multiplier: fl
     for _ in range(40):
         middle = (low + high) / 2.0
         low, high = (middle, high) if fits(candidate(middle)) else (low, middle)
-    return candidate(low)
+    return candidate(low)  # type: ignore[return-value]
 
 
 def encode(contribution: np.ndarray, plan: DistributedDiscreteGaussian, rotation_seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 from model.network.networks import ModelConfig
 from model.network.training import LocalTrainConfig
+from privacy.distributed_dp import DistributedDiscreteGaussian
 from privacy.randomness import check_noise_source
 from privacy.record_level import RecordLevelDP
 
@@ -45,17 +46,11 @@ class UserLevelInstructions:
 
 @dataclass(frozen=True)
 class DistributedInstructions:
-    """Under ``privacy=distributed``: the round's public parameters of the distributed discrete Gaussian
-    (``privacy.distributed_dp.DistributedDiscreteGaussian``) and its public rotation seed. The device adds its own
-    noise share from them; it checks first that they carry at least the noise the run announced."""
+    """Under ``privacy=distributed``: the run's public parameters of the distributed discrete Gaussian and the round's
+    public rotation seed. The device adds its own noise share from them; it checks first that they carry at least the
+    noise the run announced (``client.secagg_client``)."""
 
-    dimension: int
-    sensitivity: float
-    scale: float
-    bits: int
-    device_variance: int
-    min_survivors: int
-    max_contributors: int
+    plan: DistributedDiscreteGaussian
     rotation_seed: int
 
 

@@ -62,7 +62,7 @@ class Transport(Protocol):
 
 def share_modulus(share: DistributedInstructions) -> int:
     """m = 2**bits, the modulus the devices' shares are summed in."""
-    return 1 << share.bits
+    return share.plan.modulus
 
 
 def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_rate: float) -> list[int]:
@@ -171,8 +171,7 @@ class FederatedRound:
     def _share(self) -> DistributedInstructions:
         """The round's public share parameters, with a fresh public rotation seed."""
         plan = self.mechanism.plan  # type: ignore[union-attr]
-        return DistributedInstructions(plan.dimension, plan.sensitivity, plan.scale, plan.bits, plan.device_variance,
-                                       plan.min_survivors, plan.max_contributors, secrets.randbits(62))
+        return DistributedInstructions(plan, secrets.randbits(62))
 
     def _distributed_outcome(self, server_round: int, arrays: Arrays, chosen: list[int], nodes: list[int],
                              sum_shares: Callable[[DistributedInstructions], tuple[np.ndarray | None, SecureSum]],

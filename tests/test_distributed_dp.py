@@ -1,6 +1,7 @@
 """privacy=distributed: the devices noise their own SecAgg+ shares; the server decodes a noisy sum, and nothing else."""
 
 import dataclasses
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -49,8 +50,7 @@ def _dimension(arrays) -> int:
 
 
 def _share(plan, seed: int = 12345) -> DistributedInstructions:
-    return DistributedInstructions(plan.dimension, plan.sensitivity, plan.scale, plan.bits, plan.device_variance,
-                                   plan.min_survivors, plan.max_contributors, seed)
+    return DistributedInstructions(plan, seed)
 
 
 def _instructions(plan, *, announced: float | None = None, **changes) -> TrainInstructions:
@@ -167,12 +167,12 @@ def test_a_device_refuses_a_share_with_less_noise_than_the_run_announced():
     distributed_plan(_instructions(plan))  # as announced: accepted
     with pytest.raises(SecureUpdateError, match="below the"):
         distributed_plan(_instructions(plan, announced=1.5 * plan.noise_multiplier))
-    smaller = dataclasses.replace(_share(plan), device_variance=plan.device_variance // 4)
+    smaller = DistributedInstructions(dataclasses.replace(plan, device_variance=plan.device_variance // 4), 12345)
     with pytest.raises(SecureUpdateError, match="below the"):
         distributed_plan(_instructions(plan, distributed=smaller))
     with pytest.raises(SecureUpdateError, match="announces no noise multiplier"):
         distributed_plan(_instructions(plan, user_level=None))
-    wrong_bound = dataclasses.replace(_share(plan), sensitivity=2 * plan.sensitivity)
+    wrong_bound = DistributedInstructions(dataclasses.replace(plan, sensitivity=2 * plan.sensitivity), 12345)
     with pytest.raises(SecureUpdateError, match="sized for sensitivity"):
         distributed_plan(_instructions(plan, distributed=wrong_bound))
 
@@ -312,3 +312,16 @@ def test_the_device_counts_a_distributed_run_as_the_runs_own_ledger_does_not_as_
     assert run <= device <= 1.05 * run  # the device's orders are Opacus', the run's integers: close, never below
     assert gaussian < 0.9 * device
     assert len(run_history(instructions)[0]) == 6
+
+
+@pytest.mark.parametrize("key,value,rule", [("bits", 40, "bits must be in [1, 31]"),
+                                            ("device-variance", 0, "device_variance must be in [1, 16777216]"),
+                                            ("min-survivors", 1, "min_survivors must be in [2, max_contributors]")])
+def test_a_device_refuses_share_parameters_no_honest_plan_has(key, value, rule):
+    from protocol.instructions import InstructionError, from_config_items
+
+    plan = plan_distributed(dimension=100, sensitivity=contribution_sensitivity(CLIP), noise_multiplier=1.0,
+                            min_survivors=4, max_contributors=10)
+    items = {**to_config_items(_instructions(plan)), f"distributed.plan.{key}": value}
+    with pytest.raises(InstructionError, match=re.escape(f"distributed.plan: {rule}")):
+        from_config_items(items)
