@@ -305,8 +305,11 @@ def main(argv: list[str] | None = None) -> dict:
         nll_text = "—" if row["nll"] is None else f"{row['nll']:.3f}"
         print(f"| {name} | {row['top1']:.3f} | {low:.3f}–{high:.3f} | {nll_text} |")
     print("(told_mood_map uses the simulator's hidden mood map and oracle the hidden taste: references, not rivals.)")
+    cohort = privacy.get("noise_cohort")
+    q = (f"q = {cohort['sample_rate']:g} over N = {cohort['population']:,} ({cohort['label']}: {cohort['simulated_users']:,} "
+         f"users trained at q = {cohort['simulated_sample_rate']:g})") if cohort else f"q = {privacy['sample_rate']}"
     print(f"user-level epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:g} (z = "
-          f"{privacy['noise_multiplier']:.3f}, q = {privacy['sample_rate']}, C = {privacy['clipping_norm']}, "
+          f"{privacy['noise_multiplier']:.3f}, {q}, C = {privacy['clipping_norm']}, "
           f"{privacy['rounds']} rounds, {privacy['accountant']}); {time.perf_counter() - started:.0f} s in all")
     if distributed_privacy is not None:
         print(f"distributed DP: epsilon {distributed_privacy['epsilon']:.3f} at delta {distributed_privacy['delta']:g} "
