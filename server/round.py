@@ -60,11 +60,6 @@ class Transport(Protocol):
         ...
 
 
-def share_modulus(share: DistributedInstructions) -> int:
-    """m = 2**bits, the modulus the devices' shares are summed in."""
-    return share.plan.modulus
-
-
 def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_rate: float) -> list[int]:
     """Every candidate independently with probability ``sample_rate`` (one uniform draw per candidate, in order)."""
     return [int(c) for c, u in zip(candidates, rng.random(len(candidates))) if u < sample_rate]
@@ -114,8 +109,9 @@ class FederatedRound:
         chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
         users = transport.reachable(chosen)
         if isinstance(self.mechanism, DistributedRelease):  # in one process: the transport adds the shares itself
-            return self._distributed_outcome(server_round, arrays, chosen, users, lambda share: transport.sum_shares(  # type: ignore[attr-defined]
-                arrays, dataclasses.replace(instructions, distributed=share), users, share_modulus(share)))
+            share = self._share()
+            return self._distributed_outcome(server_round, arrays, chosen, users, share, lambda: transport.sum_shares(  # type: ignore[attr-defined]
+                arrays, dataclasses.replace(instructions, distributed=share), users, share.plan.modulus))
         round_sum, counts, problems = RoundSum(arrays, self.mechanism), Counter[str](), []
         for owner, verdict in transport.train(server_round, arrays, instructions, users):
             if verdict.kind == "contribution" and not round_sum.add(verdict.update, verdict.statistics):  # type: ignore[arg-type]
@@ -162,11 +158,8 @@ class FederatedRound:
         items = {**config, **{f"distributed.{k}": v for k, v in flat_items(share).items()}}
         nodes = transport.reachable(list(transport.candidates()))
         joined = transport.check_in(server_round, items, nodes)
-
-        def sum_shares(share: DistributedInstructions) -> tuple[np.ndarray | None, SecureSum]:
-            return secure.sum_shares(transport.grid, joined, arrays, items, modulus=share_modulus(share))
-
-        return self._distributed_outcome(server_round, arrays, joined, joined, sum_shares, share)
+        return self._distributed_outcome(server_round, arrays, joined, joined, share, lambda: secure.sum_shares(
+            transport.grid, joined, arrays, items, modulus=share.plan.modulus))
 
     def _share(self) -> DistributedInstructions:
         """The round's public share parameters, with a fresh public rotation seed."""
@@ -174,20 +167,19 @@ class FederatedRound:
         return DistributedInstructions(plan, secrets.randbits(62))
 
     def _distributed_outcome(self, server_round: int, arrays: Arrays, chosen: list[int], nodes: list[int],
-                             sum_shares: Callable[[DistributedInstructions], tuple[np.ndarray | None, SecureSum]],
-                             share: DistributedInstructions | None = None) -> RoundOutcome:
-        """``share`` (the round's public parameters; default ``_share()``) goes to ``nodes``; ``sum_shares``
-        returns the sum mod m of their noised shares; the server decodes it and releases it if at least the planned
-        minimum of survivors' shares is in it (``privacy.distributed_release``)."""
+                             share: DistributedInstructions,
+                             sum_shares: Callable[[], tuple[np.ndarray | None, SecureSum]]) -> RoundOutcome:
+        """``share`` (the round's public parameters, ``_share()``) went to ``nodes``; ``sum_shares`` returns the sum
+        mod m of their noised shares; the server decodes it and releases it if at least the planned minimum of
+        survivors' shares is in it (``privacy.distributed_release``)."""
         mechanism: DistributedRelease = self.mechanism  # type: ignore[assignment]
         plan = mechanism.plan
-        share = share or self._share()
         total, statistics = None, None
         if len(nodes) > plan.max_contributors:
             counts = SecureSum(None, None, 0, len(nodes), halted=f"{len(nodes)} nodes sampled, more than the "
                                f"{plan.max_contributors} the modulus is sized for; the round releases nothing")
         else:
-            noisy, counts = sum_shares(share)
+            noisy, counts = sum_shares()
             if noisy is not None and counts.contributors < plan.min_survivors:
                 counts.halted = (f"{counts.contributors} surviving shares, fewer than the {plan.min_survivors} the "
                                  "noise is sized for; the round releases nothing")

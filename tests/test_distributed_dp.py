@@ -191,13 +191,9 @@ def test_a_round_with_fewer_survivors_than_planned_releases_nothing_and_is_charg
     aggregator = SecureAggregator(SecAggSettings(), timeout_s=5)
     instructions = _instructions(plan, device_dir=str(tmp_path))
     assert _check_in(grid, nodes, instructions) == [101, 102]  # 103 is offline
-    config = to_config_items(dataclasses.replace(instructions, distributed=None))
-
-    def sum_shares(share):
-        items = {**config, **{f"distributed.{k}": v for k, v in to_config_items(share).items()}}
-        return aggregator.sum_shares(grid, nodes, arrays, items, modulus=plan.modulus)
-
-    outcome = federated_round._distributed_outcome(1, arrays, nodes, nodes, sum_shares)
+    share = instructions.distributed
+    outcome = federated_round._distributed_outcome(1, arrays, nodes, nodes, share, lambda: aggregator.sum_shares(
+        grid, nodes, arrays, to_config_items(instructions), modulus=plan.modulus))
     assert "fewer than the 3" in outcome.halted and outcome.replies == 2
     assert all(np.array_equal(outcome.arrays[k], arrays[k]) for k in arrays)  # a zero step
     assert ledger.steps == 1  # charged all the same
