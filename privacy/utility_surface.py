@@ -57,19 +57,25 @@ def _non_increasing(values: list[float]) -> list[float]:
     return [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
 
 
-def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+def _bracket(x: float, xs: list[float]) -> int:
+    """The i with xs[i] <= x <= xs[i + 1]; -1 below xs[0], len(xs) - 1 above xs[-1]."""
+    for i, (x0, x1) in enumerate(zip(xs, xs[1:])):
         if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return ys[0] if x < xs[0] else ys[-1]
+            return i
+    return -1 if x < xs[0] else len(xs) - 1
+
+
+def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
+    i = _bracket(x, xs)
+    if i < 0 or i == len(xs) - 1:
+        return ys[0] if i < 0 else ys[-1]
+    return ys[i] if xs[i + 1] == xs[i] else ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
 
 
 def _neighbours(rows: list[dict], x: float, xs: list[float]) -> list[dict]:
     """The measured points a prediction at log σ/C = ``x`` interpolates between (one at either end)."""
-    for i, (x0, x1) in enumerate(zip(xs, xs[1:])):
-        if x0 <= x <= x1:
-            return rows[i : i + 2]
-    return [rows[0]] if x < xs[0] else [rows[-1]]
+    i = _bracket(x, xs)
+    return [rows[0]] if i < 0 else rows[i : i + 2]
 
 
 def predict_top1(surface: dict, noise_to_signal: float, *, rounds: int, clients_per_round: float
