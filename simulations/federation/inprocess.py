@@ -29,7 +29,7 @@ from client.local_update import LocalUpdate, local_updates
 from client.secagg_client import distributed_share
 from model.features.examples import Examples
 from model.network.batched_training import USERS_PER_BATCH
-from privacy.randomness import SEEDED_WARNING, gaussian_noise
+from privacy.randomness import SEEDED_WARNING
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import DataInstructions, TrainInstructions
 from protocol.reply_layout import STATISTICS_ARRAY
@@ -170,21 +170,15 @@ class InProcessFederation:
             self.noise_multiplier = noise_multiplier if noise_multiplier is not None else noise_multiplier_for(
                 run.privacy, sample_rate=sample_rate, rounds=planned_rounds)
         self.noise_cohort = noise_cohort
-        if noise_cohort is not None:  # the noise and the ledger of the real cohort, on this simulated one
-            if run.privacy.mode != "user" or run.privacy.clipping != "fixed":
-                raise ValueError("a noise cohort simulates privacy=user with fixed clipping; found privacy.mode "
-                                 f"{run.privacy.mode!r}, clipping {run.privacy.clipping!r}.")
+        if noise_cohort is not None:  # z for the real cohort's q
+            if run.privacy.mode != "user":
+                raise ValueError(f"a noise cohort simulates privacy=user; found privacy.mode {run.privacy.mode!r}.")
             self.noise_multiplier = noise_multiplier_for(run.privacy, sample_rate=noise_cohort.sample_rate,
                                                          rounds=planned_rounds)
-            p = run.privacy
-            mechanism = NoiseCohortGaussian(
-                real=noise_cohort, clipping_norm=p.clipping_norm, noise_multiplier=self.noise_multiplier,
-                sample_rate=sample_rate, population=num_users, noise=gaussian_noise(p.noise, [run.seed, stream, 1]),
-                ledger=self.ledger, delta=p.delta, accountant=p.accountant, target_epsilon=p.target_epsilon)
-        else:
-            mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
-                                             sample_rate=sample_rate, population=num_users,
-                                             noise_seed=[run.seed, stream, 1])
+        mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
+                                         sample_rate=sample_rate, population=num_users, noise_seed=[run.seed, stream, 1])
+        if noise_cohort is not None:  # the noise and the ledger of the real cohort, on this simulated one
+            mechanism = NoiseCohortGaussian.standing_for(mechanism, noise_cohort)  # type: ignore[arg-type]
         self.federated_round = FederatedRound(make_strategy(run.strategy), mechanism, sample_rate=sample_rate,
                                               sampling_rng=np.random.default_rng([run.seed, stream, 0]))
 

@@ -41,6 +41,15 @@ class NoiseCohortGaussian(UserLevelGaussian):
                              f"simulated one ({self.expected_clients:g}).")
         self.real = real
 
+    @classmethod
+    def standing_for(cls, simulated: UserLevelGaussian, real: NoiseCohort) -> NoiseCohortGaussian:
+        """The run's own mechanism (``server.aggregation.user_level_mechanism``) on the simulated cohort, with the
+        noise and the ledger of ``real``."""
+        return cls(real=real, clipping_norm=simulated.clipping_norm, noise_multiplier=simulated.noise_multiplier,
+                   sample_rate=simulated.sample_rate, population=simulated.population, noise=simulated.noise,
+                   ledger=simulated.ledger, delta=simulated.delta, accountant=simulated.accountant,
+                   target_epsilon=simulated.target_epsilon, adaptive=simulated.adaptive)
+
     @property
     def noise_scale(self) -> float:  # type: ignore[override]
         return self.expected_clients / self.real.expected_clients
