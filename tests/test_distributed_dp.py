@@ -322,3 +322,26 @@ def test_a_device_refuses_share_parameters_no_honest_plan_has(key, value, rule):
     items = {**to_config_items(_instructions(plan)), f"distributed.plan.{key}": value}
     with pytest.raises(InstructionError, match=re.escape(f"distributed.plan: {rule}")):
         from_config_items(items)
+
+
+def test_a_check_in_reply_holds_one_bool_and_a_check_in_without_share_parameters_gets_only_a_code(flower_task_identity,
+                                                                                                 tmp_path):
+    """What leaves a device at check-in: ``check-in.joined`` and nothing else; a malformed check-in (a server that
+    sends no share parameters) gets the reason code alone, no text."""
+    from flwr.app import ConfigRecord, Message
+
+    from simulations.federation.client_app import app
+
+    plan = plan_distributed(dimension=100, sensitivity=contribution_sensitivity(CLIP), noise_multiplier=1.0,
+                            min_survivors=2, max_contributors=10)
+
+    def ask(instructions):
+        message = Message(RecordDict({"config": ConfigRecord(to_config_items(instructions))}), dst_node_id=1,
+                          message_type="query.check_in")
+        return app(message, _context(0))
+
+    reply = ask(_instructions(plan, device_dir=str(tmp_path)))
+    assert not reply.has_error() and list(reply.content.keys()) == ["check-in"]
+    assert dict(reply.content.config_records["check-in"]) == {"joined": True}  # q = 1
+    refused = ask(_instructions(plan, device_dir=str(tmp_path), distributed=None))
+    assert refused.has_error() and refused.error.reason == "bad-instructions"
