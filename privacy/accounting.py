@@ -9,7 +9,6 @@ contribution clipped to norm C, Gaussian noise of std ``noise_multiplier * C`` a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -188,14 +187,10 @@ def announced_epsilon(entries: Sequence[Entry], *, delta: float) -> float:
         return fast_rdp_epsilon(gaussian, delta=delta)  # type: ignore[arg-type]
     if any(z <= 0.0 for z, _, _ in gaussian):
         return float("inf")
-    from privacy.distributed_accounting import ddg_cdp_epsilon, rdp_to_epsilon, subsampled_rdp
+    from privacy.distributed_accounting import rdp_to_epsilon
+    from privacy.distributed_release import entry_rdp
 
     orders = _alphas()
-    ceilings = sorted({max(2, math.ceil(a)) for a in orders})
     total = sum((n * _rdp_one_step(float(z), float(q)) for z, q, n in gaussian), np.zeros(len(orders)))
-    for delta2, variance, survivors, dimension, rate, steps in distributed:
-        eps_sq = ddg_cdp_epsilon(sensitivity_l2=delta2, sigma_sq=variance, survivors=int(survivors),
-                                 dimension=int(dimension)) ** 2
-        curve = dict(zip(ceilings, subsampled_rdp(lambda alpha: alpha * eps_sq / 2.0, rate, ceilings)))
-        total = total + steps * np.array([curve[max(2, math.ceil(a))] for a in orders])
+    total = total + sum(entry_rdp(entry, orders) for entry in distributed)  # type: ignore[arg-type]
     return rdp_to_epsilon(orders, total, delta)

@@ -162,6 +162,19 @@ def _validate_release(sample_rate: float, steps: int, delta: float) -> None:
         raise ValueError(f"delta must be in (0, 1); found {delta}.")
 
 
+def ddg_release_rdp(*, sensitivity_l2: float, sigma_sq: float, survivors: int, dimension: int, sample_rate: float,
+                    orders: Sequence[float], sensitivity_l1: float | None = None) -> np.ndarray:
+    """The RDP at ``orders`` of one release sampled at ``sample_rate``. A non-integer order alpha takes the value of
+    ceil(alpha): the subsampling bound needs integers and RDP never decreases with the order, so this bounds it, and
+    Opacus' grid of orders (a device's ledger) can hold it beside Gaussian releases."""
+    eps_sq = ddg_cdp_epsilon(sensitivity_l2=sensitivity_l2, sigma_sq=sigma_sq, survivors=survivors,
+                             dimension=dimension, sensitivity_l1=sensitivity_l1) ** 2
+    ceilings = [max(2, math.ceil(a)) for a in orders]
+    integers = sorted(set(ceilings))
+    curve = dict(zip(integers, subsampled_rdp(lambda alpha: alpha * eps_sq / 2.0, sample_rate, integers)))
+    return np.array([curve[c] for c in ceilings])
+
+
 def ddg_epsilon(*, sensitivity_l2: float, sigma_sq: float, survivors: int, dimension: int, sample_rate: float,
                 steps: int, delta: float, sensitivity_l1: float | None = None) -> float:
     """Epsilon at ``delta`` after ``steps`` releases, each sampling every participant with ``sample_rate``.
@@ -170,10 +183,10 @@ def ddg_epsilon(*, sensitivity_l2: float, sigma_sq: float, survivors: int, dimen
     """
     _validate_ddg(sensitivity_l2, sigma_sq, survivors, dimension, sensitivity_l1)
     _validate_release(sample_rate, steps, delta)
-    eps_sq = ddg_cdp_epsilon(sensitivity_l2=sensitivity_l2, sigma_sq=sigma_sq, survivors=survivors,
-                             dimension=dimension, sensitivity_l1=sensitivity_l1) ** 2
     orders = ddg_orders()
-    rdp = steps * subsampled_rdp(lambda alpha: alpha * eps_sq / 2.0, sample_rate, orders)
+    rdp = steps * ddg_release_rdp(sensitivity_l2=sensitivity_l2, sigma_sq=sigma_sq, survivors=survivors,
+                                  dimension=dimension, sample_rate=sample_rate, orders=orders,
+                                  sensitivity_l1=sensitivity_l1)
     return rdp_to_epsilon(orders, rdp, delta)
 
 

@@ -26,14 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from privacy.contribution import ReleasedStatistics, STATISTICS, contribution_sensitivity, decode_statistics
-from privacy.distributed_accounting import (
-    calibrate_ddg_noise,
-    ddg_cdp_epsilon,
-    ddg_orders,
-    rdp_to_epsilon,
-    subsampled_rdp,
-)
-from privacy.distributed_dp import DistributedDiscreteGaussian, plan_distributed
+from privacy.distributed_accounting import calibrate_ddg_noise, ddg_orders, ddg_release_rdp, rdp_to_epsilon
+from privacy.distributed_dp import DistributedDiscreteGaussian, padded_dimension, plan_distributed
 from privacy.errors import PrivacyConfigError
 
 Arrays = dict[str, np.ndarray]
@@ -46,10 +40,11 @@ _CALIBRATION_SENSITIVITY = 1000.0
 the plan's own parameters are then checked against the budget."""
 
 
-def _entry_rdp(entry: Entry, orders: list[int]) -> np.ndarray:
+def entry_rdp(entry: Entry, orders: list[float]) -> np.ndarray:
+    """One ledger entry's RDP at ``orders``: its releases composed."""
     delta2, variance, survivors, dimension, rate, steps = entry
-    eps_sq = ddg_cdp_epsilon(sensitivity_l2=delta2, sigma_sq=variance, survivors=survivors, dimension=dimension) ** 2
-    return steps * subsampled_rdp(lambda alpha: alpha * eps_sq / 2.0, rate, orders)
+    return steps * ddg_release_rdp(sensitivity_l2=delta2, sigma_sq=variance, survivors=int(survivors),
+                                   dimension=int(dimension), sample_rate=rate, orders=orders)
 
 
 class DistributedLedger:
@@ -74,7 +69,7 @@ class DistributedLedger:
         if not self.history:
             return 0.0
         orders = ddg_orders()
-        return rdp_to_epsilon(orders, sum(_entry_rdp(entry, orders) for entry in self.history), delta)
+        return rdp_to_epsilon(orders, sum(entry_rdp(entry, orders) for entry in self.history), delta)
 
     def epsilon_after(self, plan: DistributedDiscreteGaussian, *, sample_rate: float, delta: float, steps: int = 1
                       ) -> float:
@@ -154,7 +149,7 @@ def plan_run(*, target_epsilon: float, delta: float, sample_rate: float, rounds:
     if survivors < 2:
         raise PrivacyConfigError(f"privacy=distributed needs at least 2 expected devices a round; q·N = "
                                  f"{sample_rate * population:g}. Raise simulation.sample_rate.")
-    padded = 1 << (dimension - 1).bit_length()
+    padded = padded_dimension(dimension)
     variance = calibrate_ddg_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=rounds,
                                    sensitivity_l2=_CALIBRATION_SENSITIVITY, survivors=survivors, dimension=padded)
     z = math.sqrt(survivors * variance) / _CALIBRATION_SENSITIVITY
