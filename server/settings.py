@@ -273,7 +273,9 @@ def _check_distributed(s: RunSettings) -> None:
              ("privacy.noise", s.privacy.noise == "secure", "secure", "each device draws its share from its own OS "
               "entropy; a seeded share could be subtracted"),
              ("privacy.clipping", s.privacy.clipping == "fixed", "fixed", "adaptive clipping is not built for the "
-              "distributed mechanism yet")]
+              "distributed mechanism yet"),
+             ("privacy.accountant", s.privacy.accountant == "rdp", "rdp", "the sum of the devices' discrete shares is "
+              "accounted in RDP (Kairouz et al., Zhu & Wang); PRV has no bound for it here")]
     for key, holds, value, why in needs:
         if not holds:
             raise PrivacyConfigError(f"privacy=distributed needs {key}={value} ({why}).")

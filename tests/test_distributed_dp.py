@@ -232,6 +232,7 @@ def test_more_minimum_survivors_than_a_round_expects_is_refused_naming_the_key()
     (["privacy=distributed"], "privacy=distributed needs secagg.enabled=true"),
     (["privacy=distributed", "secagg.enabled=true", "privacy.noise=seeded"], "needs privacy.noise=secure"),
     (["privacy=distributed", "secagg.enabled=true", "privacy.clipping=adaptive"], "needs privacy.clipping=fixed"),
+    (["privacy=distributed", "secagg.enabled=true", "privacy.accountant=prv"], "needs privacy.accountant=rdp"),
     (["privacy=user", "privacy.min_survivors=1"], "privacy.min_survivors"),
 ])
 def test_impossible_distributed_configs_fail_naming_the_key(compose_config, overrides, message):
