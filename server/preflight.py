@@ -6,7 +6,7 @@ fails at once with exit code 2, the key, the rule and the value:
 
 - the checkpoint to resume from exists and ``server.checkpoint`` loads it (weights only: a pickled object is refused);
 - the privacy budget can be met at all over the planned rounds (under ``privacy=distributed``: the devices' noise
-  shares can be planned for it, in a simulation whose N is known);
+  shares can be planned for it, for the simulated users or a deployment's ``deployment.min_nodes``);
 - the model fits in this machine's memory, in every process that holds it.
 
 A simulation also checks that its synthetic population can be generated
@@ -43,8 +43,13 @@ def check_can_start(settings: RunSettings, *, planning: bool = False) -> None:
         check_no_plan(settings)
     if settings.resume and settings.checkpoint:
         check_checkpoint_file(settings.checkpoint)
-    if settings.privacy.distributed and settings.deployment.engine == "simulation":
-        distributed_plan(settings, settings.population.num_users)  # the plan the run will use (cached)
+    if settings.privacy.distributed:
+        # The plan for N: the simulated users (the run's own plan, cached), or on a deployment the fewest nodes it
+        # starts with (more nodes only add expected devices a round); without deployment.min_nodes, N is known late.
+        simulated = settings.deployment.engine == "simulation"
+        population = settings.population.num_users if simulated else settings.deployment.min_nodes
+        if population is not None:
+            distributed_plan(settings, population)
     elif settings.privacy.user_level:
         _check_budget_reachable(settings)
     _check_model_fits(settings)

@@ -346,3 +346,13 @@ def test_a_check_in_reply_holds_one_bool_and_a_check_in_without_share_parameters
     assert dict(reply.content.config_records["check-in"]) == {"joined": True}  # q = 1
     refused = ask(_instructions(plan, device_dir=str(tmp_path), distributed=None))
     assert refused.has_error() and refused.error.reason == "bad-instructions"
+
+
+def test_a_deployment_whose_fewest_nodes_cannot_hold_the_plan_is_refused_before_it_starts():
+    from server.preflight import check_can_start
+    from server.server_app import compose_settings
+
+    settings = compose_settings("deploy", ["privacy=distributed", "secagg.enabled=true", "deployment.min_nodes=3",
+                                           "simulation.sample_rate=1.0", "privacy.min_survivors=5"])
+    with pytest.raises(PrivacyConfigError, match="privacy.min_survivors=5 is above the expected 3"):
+        check_can_start(settings)
