@@ -153,7 +153,8 @@ def _remember(instructions: TrainInstructions, result: LocalTrainResult, ledger:
         ledger.record_training(instructions.run_key, noise_multiplier=record.noise_multiplier,
                                sample_rate=result.sample_rate, steps=result.steps)
         changed = True
-    if policy is not None and policy.tracks_participation and instructions.user_level is not None:
+    user = instructions.user_level
+    if policy is not None and user is not None and (policy.tracks_participation or user.min_separation):
         ledger.join(instructions.run_key, round_number=instructions.round, mechanism=mechanism_of(instructions),
                     announced=run_history(instructions), now=time.time())
         changed = True

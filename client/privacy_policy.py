@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,14 @@ class DevicePrivacyPolicy:
         return None
 
     def sits_out(self, instructions: TrainInstructions, ledger: DeviceLedger, now: float) -> str | None:
-        """Why the device's own state keeps it out of this round (said only in its own log), or None."""
+        """Why the device's own state keeps it out of this round (said only in its own log), or None. Under a banded
+        mechanism (``min_separation`` > 0) that includes a round too soon after the last one it joined in the run: its
+        epsilon assumes rounds at least that far apart, whoever the server picks."""
+        separation = instructions.user_level.min_separation if instructions.user_level is not None else 0
+        known = ledger.run(instructions.run_key) if separation else None
+        if known is not None and instructions.round - int(known["last_round"]) < separation:
+            return (f"it joined round {known['last_round']} of this run, fewer than the {separation} rounds apart its "
+                    "banded mechanism assumes")
         if self.max_rounds_per_day is not None and ledger.rounds_joined_since(now - DAY_S) >= self.max_rounds_per_day:
             return f"it joined {self.max_rounds_per_day} rounds in the last 24 hours"
         user = instructions.user_level
@@ -163,7 +171,8 @@ def mechanism_of(instructions: TrainInstructions) -> list[float]:
     """The announced user-level mechanism a run may not change: noise multiplier, sampling rate, delta."""
     user = instructions.user_level
     assert user is not None
-    return [user.noise_multiplier, user.sample_rate, user.delta]
+    banded = [float(user.min_separation)] if user.min_separation else []
+    return [user.noise_multiplier, user.sample_rate, user.delta] + banded
 
 
 def run_user_epsilon(instructions: TrainInstructions) -> float:
@@ -185,9 +194,12 @@ def run_history(instructions: TrainInstructions) -> list[Entry]:
     if share is not None:
         plan = share.plan
         return [(plan.norm_bound, float(plan.device_variance), plan.min_survivors, plan.padded, user.sample_rate, rounds)]
-    history: list[Entry] = [(user.noise_multiplier, user.sample_rate, rounds)]
+    if user.min_separation:  # banded: the rounds it can join, each unamplified (privacy.banded_release)
+        history: list[Entry] = [(user.noise_multiplier, 1.0, math.ceil(rounds / user.min_separation))]
+    else:
+        history = [(user.noise_multiplier, user.sample_rate, rounds)]
     if user.evaluation_rate > 0.0:
-        history.append((user.noise_multiplier, user.evaluation_rate, 1))
+        history.append((user.noise_multiplier, 1.0 if user.min_separation else user.evaluation_rate, 1))
     return history
 
 

@@ -61,6 +61,9 @@ class PrivacyPlan:
         parameters: d, the model's coordinates, when known: the noise's norm on a round's mean is then about σ·√d.
         sensitivity: S, the largest norm of one device's contribution as the mechanism noises it (0: the update
             clipped to C and its bounded statistics; under SecAgg+ the run passes its larger, quantised bound).
+        bands: b > 0 for DP-FTRL with a banded factor (``privacy.banded_release``): ``sample_rate`` is then 1/b, the
+            share of users each round's group holds, and ε is that of the ceil(R/b) rounds a device can join,
+            unamplified; 0 for DP-FedAvg.
     """
 
     population: int
@@ -75,6 +78,7 @@ class PrivacyPlan:
     also: tuple[tuple[float, int], ...] = ()
     parameters: int | None = None
     sensitivity: float = 0.0
+    bands: int = 0
 
     def __post_init__(self) -> None:
         if not self.sensitivity:  # S: one device's largest contribution (the update clipped to C, its statistics)
@@ -124,22 +128,29 @@ class PrivacyPlan:
         calibrated = (f"calibrated for target ε = {self.target_epsilon:g}" if self.target_epsilon is not None
                       else "given")
         also = "".join(f", plus {n} release{'s' if n > 1 else ''} at q = {q:.4g} (same z)" for q, n in self.also)
+        sampling = (f"none assumed: one of {self.bands} groups a round (K = N/b = {self.expected_clients:,.4g}); "
+                    f"each device joins rounds >= {self.bands} apart, at most {math.ceil(self.rounds / self.bands)}"
+                    if self.bands else
+                    f"{self.sample_rate:.6g}  (Poisson; expected clients per round K = qN = {self.expected_clients:,.4g})")
         rows = [
             ("users N", f"{self.population:,}"),
-            ("sample rate q", f"{self.sample_rate:.6g}  (Poisson; expected clients per round K = qN = {self.expected_clients:,.4g})"),
+            ("sampling" if self.bands else "sample rate q", sampling),
             ("rounds R", f"{self.rounds}{also}"),
             ("delta δ", f"{self.delta:.3g}  (< 1/N = {1.0 / self.population:.3g})"),
             ("noise multiplier z", f"{self.noise_multiplier:.4f}  ({calibrated})"),
-            ("epsilon ε", f"{self.epsilon:.4f}  ({self.accountant} accountant, Opacus, with amplification by sampling)"),
+            ("epsilon ε", f"{self.epsilon:.4f}  ({self.accountant} accountant, Opacus, " + (
+                "no amplification)" if self.bands else "with amplification by sampling)")),
             ("clipping norm C", f"{self.clipping_norm:g}  (S = {self.sensitivity:.4g}: one device's contribution as noised)"),
-            ("noise std σ", f"{self.noise_std:.4g} per coordinate of each round's mean (σ = z·S/K)"),
+            ("noise std σ", f"{self.noise_std:.4g} per coordinate of each round's mean (σ = z·S/K)" + (
+                ", correlated across rounds by the banded factor" if self.bands else "")),
             ("signal", f"the mean's norm ≤ C = {self.clipping_norm:g} per round (each update clipped to C)"),
             ("σ/C", f"{self.noise_to_signal:.4g}" + ("" if self.parameters is None else
                     f"  (noise norm ≈ σ·√d = {self.noise_norm_to_signal:.4g}×C over the model's d = {self.parameters:,})")),
             ("utility", self.utility_text()),
         ]
         width = max(len(name) for name, _ in rows)
-        return ["user-level DP-FedAvg plan"] + [f"  {name.ljust(width)}  {value}" for name, value in rows] + [
+        title = "user-level DP-FTRL (banded matrix factorisation) plan" if self.bands else "user-level DP-FedAvg plan"
+        return [title] + [f"  {name.ljust(width)}  {value}" for name, value in rows] + [
             f"verdict: {self.verdict()}"]
 
     def as_dict(self) -> dict:
@@ -149,10 +160,14 @@ class PrivacyPlan:
                 "epsilon": self.epsilon, "accountant": self.accountant, "clipping_norm": self.clipping_norm,
                 "sensitivity": self.sensitivity, "noise_std": self.noise_std, "noise_to_signal": self.noise_to_signal,
                 "parameters": self.parameters, "noise_norm_to_signal": self.noise_norm_to_signal,
-                "utility": self.utility_dict(), "utility_note": self.utility_text(), "verdict": self.verdict()}
+                "utility": self.utility_dict(), "utility_note": self.utility_text(), "verdict": self.verdict(),
+                "bands": self.bands}
 
     def utility(self) -> PredictedUtility | str:
         """The held-out top-1 the measured surface predicts for this plan, or why it predicts none."""
+        if self.bands:
+            return ("the measured surface is DP-FedAvg's; the banded mechanism's measured points are in "
+                    "benchmarks/results/privacy_surface.md")
         surface = load_surface()
         if surface is None:
             return f"no measured surface ({SURFACE.name} is missing): no utility is predicted"
@@ -170,8 +185,9 @@ class PrivacyPlan:
 def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: float, clipping_norm: float,
                     accountant: str = "rdp", target_epsilon: float | None = None,
                     noise_multiplier: float | None = None, also: Sequence[tuple[float, int]] = (),
-                    parameters: int | None = None, sensitivity: float = 0.0) -> PrivacyPlan:
-    """The plan of R releases at (z, q) over N users, and the ``also`` releases at the same z.
+                    parameters: int | None = None, sensitivity: float = 0.0, bands: int = 0) -> PrivacyPlan:
+    """The plan of R releases at (z, q) over N users, and the ``also`` releases at the same z; with ``bands`` b > 0,
+    of DP-FTRL with a banded factor: ceil(R/b) releases a device can join and the ``also`` ones, all unamplified.
 
     Without ``noise_multiplier``, z is ``calibrate_noise_multiplier``'s for ``target_epsilon``; a caller that has
     calibrated already (the run, ``server.run_start.privacy_plan``) passes both. ε is the ledger's for those releases.
@@ -186,23 +202,24 @@ def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: 
                                  f"larger delta can leak one user's data outright); found {delta}.")
     if not clipping_norm > 0.0:
         raise PrivacyConfigError(f"privacy.clipping_norm must be > 0; found {clipping_norm}.")
-    also = tuple((float(q), int(n)) for q, n in also)
+    also = tuple((1.0 if bands else float(q), int(n)) for q, n in also)
+    accounted_rate, steps = (1.0, math.ceil(rounds / bands)) if bands else (sample_rate, rounds)
     with warnings.catch_warnings():  # much noise or few steps: Opacus' note on its alphas, not a problem of the plan
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         if noise_multiplier is None:
             if target_epsilon is None:
                 raise PrivacyConfigError("a plan needs a target epsilon or a noise multiplier; found neither.")
             noise_multiplier = calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
-                                                          sample_rate=sample_rate, steps=rounds,
+                                                          sample_rate=accounted_rate, steps=steps,
                                                           accountant=accountant, also=also)
         elif not noise_multiplier > 0.0:
             raise PrivacyConfigError(f"the noise multiplier must be > 0; found {noise_multiplier}.")
-        epsilon = planned_epsilon(noise_multiplier, sample_rate=sample_rate, steps=rounds, also=also, delta=delta,
+        epsilon = planned_epsilon(noise_multiplier, sample_rate=accounted_rate, steps=steps, also=also, delta=delta,
                                   accountant=accountant)
     return PrivacyPlan(population=population, sample_rate=sample_rate, rounds=rounds, delta=delta,
                        noise_multiplier=float(noise_multiplier), epsilon=epsilon, accountant=accountant,
                        clipping_norm=clipping_norm, target_epsilon=target_epsilon, also=also, parameters=parameters,
-                       sensitivity=sensitivity)
+                       sensitivity=sensitivity, bands=bands)
 
 
 def _user_config() -> dict:

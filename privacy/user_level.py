@@ -183,13 +183,21 @@ class UserLevelGaussian:
         if sensitivity < self.sensitivity:
             raise ValueError(f"sensitivity must be >= the contribution's bound {self.sensitivity}; found {sensitivity}.")
         std = self.noise_multiplier * sensitivity * self.noise_scale
-        noisy = add_gaussian_noise(dict(total), std, self.noise)
-        noisy_statistics = np.asarray(statistics, dtype=np.float64) + self.noise.sample((len(STATISTICS),), std)
-        self.ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.accounted_sample_rate)
+        noisy, noisy_statistics = self.add_noise(total, np.asarray(statistics, dtype=np.float64), std)
+        self.record_release()
         released = decode_statistics(noisy_statistics, self.clipping_norm, noisy=True)
         if self.adaptive is not None:
             self.clipping_norm = self.adaptive.next_norm(self.clipping_norm, released.unclipped_fraction)
         return {k: (v / self.expected_clients).astype(np.float32) for k, v in noisy.items()}, released
+
+    def add_noise(self, total: Mapping[str, np.ndarray], statistics: np.ndarray,
+                  std: float) -> tuple[Arrays, np.ndarray]:
+        """``total`` and ``statistics`` with independent N(0, std^2) on every coordinate (the arrays back in float32)."""
+        return add_gaussian_noise(dict(total), std, self.noise), statistics + self.noise.sample((len(STATISTICS),), std)
+
+    def record_release(self) -> None:
+        """Record one round's release in the ledger: a Poisson-subsampled Gaussian at (z, q)."""
+        self.ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.accounted_sample_rate)
 
     def release_scores(self, total: np.ndarray, *, sample_rate: float) -> np.ndarray:
         """The devices' summed evaluation scores (each coordinate of a device's scores in [0, 1]) with

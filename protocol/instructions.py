@@ -36,12 +36,20 @@ class UserLevelInstructions:
     privacy policy (``client.privacy_policy``) and keep its own ledger of what each run may cost it: the Gaussian
     noise multiplier on the sum, the Poisson sampling rate, delta, and the rate at which devices are asked to score
     the final model (0: never). Under central DP the server adds the noise, so this is a claim the device holds the
-    server to, not a mechanism the device runs."""
+    server to, not a mechanism the device runs. ``min_separation`` > 0 announces DP-FTRL with a banded factor
+    (``privacy.banded_release``): no sampling (``sample_rate`` 1), and the device joins rounds at least that many
+    apart, which it enforces itself."""
 
     noise_multiplier: float
     sample_rate: float
     delta: float
     evaluation_rate: float = 0.0
+    min_separation: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_separation < 0 or (self.min_separation and self.sample_rate != 1.0):
+            raise InstructionError(f"user_level.min_separation must be >= 0, and > 0 only with sample_rate 1 (no "
+                                   f"amplification); found {self.min_separation} at {self.sample_rate}.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrim
 
 from privacy.accounting import PrivacyLedger, calibrate_noise_multiplier
 from privacy.adaptive_clipping import AdaptiveClipping
+from privacy.banded_release import BandedMatrixGaussian, banded_noise_multiplier
 from privacy.contribution import ReleasedStatistics
 from privacy.distributed_release import DistributedLedger, DistributedRelease
 from privacy.randomness import gaussian_noise
@@ -24,7 +25,7 @@ from privacy.user_level import NoUserLevelPrivacy, UserLevelGaussian, UserLevelM
 from protocol.records import from_array_record, to_array_record
 from server.preflight import distributed_plan
 from server.replies import Contribution
-from server.settings import PrivacySettings, RunSettings, StrategySettings
+from server.settings import PrivacySettings, RunSettings, StrategySettings, bands_of
 
 Arrays = dict[str, np.ndarray]
 
@@ -71,12 +72,18 @@ def new_ledger(settings: RunSettings) -> PrivacyLedger | DistributedLedger:
 
 
 def noise_multiplier_for(privacy: PrivacySettings, *, sample_rate: float, rounds: int,
-                         evaluation_rate: float | None = None) -> float | None:
+                         evaluation_rate: float | None = None, bands: int | None = None) -> float | None:
     """The user-level noise multiplier z that spends ``privacy.target_epsilon`` over ``rounds`` releases at
     ``sample_rate`` and, with ``evaluation_rate``, the devices' federated evaluation (one release at that rate),
-    calibrated once for the whole run; None without user-level DP."""
+    calibrated once for the whole run; under ``privacy.mechanism=bandmf``, over the ceil(rounds / ``bands``) rounds a
+    device can join, unamplified (``privacy.banded_release``). None without user-level DP."""
     if not privacy.user_level:
         return None
+    if privacy.banded:
+        if bands is None:
+            raise ValueError("privacy.mechanism=bandmf: the noise multiplier needs the run's bands (bands_of).")
+        return banded_noise_multiplier(target_epsilon=privacy.target_epsilon, delta=privacy.delta, rounds=rounds,  # type: ignore[arg-type]
+                                       bands=bands, accountant=privacy.accountant, evaluation=bool(evaluation_rate))
     return calibrate_noise_multiplier(target_epsilon=privacy.target_epsilon, delta=privacy.delta,  # type: ignore[arg-type]
                                       sample_rate=sample_rate, steps=rounds, accountant=privacy.accountant,
                                       also=[(evaluation_rate, 1)] if evaluation_rate else [])
@@ -98,6 +105,12 @@ def user_level_mechanism(settings: RunSettings, *, noise_multiplier: float | Non
         return DistributedRelease(distributed_plan(settings, population), p.clipping_norm, sample_rate, population,  # type: ignore[arg-type]
                                   ledger, p.delta, p.target_epsilon)  # type: ignore[arg-type]
     adaptive = AdaptiveClipping(p.clipping_quantile, p.clipping_learning_rate) if p.clipping == "adaptive" else None
+    if p.banded:
+        return BandedMatrixGaussian(
+            bands=bands_of(settings), rounds=settings.simulation.rounds, clipping_norm=p.clipping_norm,  # type: ignore[arg-type]
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, population=population,
+            noise=gaussian_noise(p.noise, noise_seed), ledger=ledger, delta=p.delta, accountant=p.accountant,
+            target_epsilon=p.target_epsilon)
     return UserLevelGaussian(
         clipping_norm=clipping_norm or p.clipping_norm, noise_multiplier=noise_multiplier, sample_rate=sample_rate,  # type: ignore[arg-type]
         population=population, noise=gaussian_noise(p.noise, noise_seed), ledger=ledger, delta=p.delta,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from privacy.accounting import fast_rdp_epsilon
+from privacy.banded_mf import error_against_independent, participations
 from privacy.contribution import LOSS_BOUND, STATISTIC_WEIGHT, STATISTICS, contribution_sensitivity
 from privacy.randomness import SEEDED_WARNING
 from privacy.distributed_dp import DistributedDiscreteGaussian
 from privacy.distributed_release import epsilon_when_joined
 from server.run_state import RunState
 from server.secagg import SecureAggregator
-from server.settings import RunSettings
+from server.settings import RunSettings, bands_of
 
 
 def record_epsilon_per_training(settings: RunSettings) -> float:
@@ -50,8 +51,10 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float |
         report["notes"].append(
             "User-level (ε, δ) covers everything the devices sent: every round's release and the devices' evaluation. "
             "Each device's contribution is its update clipped to C plus bounded statistics (participated, unclipped, "
-            "loss), of norm at most S = C·sqrt(1 + 3β²); Poisson sampling with rate q per round; Gaussian noise z·S on "
-            "every coordinate of the sum; the update divided by the expected count qN. Every per-round figure "
+            "loss), of norm at most S = C·sqrt(1 + 3β²); " + (
+                "no sampling assumed (privacy.mechanism=bandmf, below); " if p.banded else
+                "Poisson sampling with rate q per round; Gaussian noise z·S on every coordinate of the sum; ") +
+            "the update divided by the expected count. Every per-round figure "
             "(participants, unclipped fraction, train loss) and the devices' scores are read from those noisy sums. "
             "Against whom: anyone who sees the released models and reports; the server is trusted with the "
             "individual contributions before the noise (central DP), or only with their sum under SecAgg+."
@@ -77,6 +80,24 @@ def privacy_report(settings: RunSettings, state: RunState, user_epsilon: float |
                 "(fewer than its reconstruction threshold of a device's neighbours collude with the server) and that "
                 "the counted survivors ran this ClientApp unmodified (a server that also runs sybil devices removes "
                 "their shares from the count)."
+            )
+        if p.banded:
+            bands = bands_of(settings)
+            report["user_level"]["sample_rate"] = None
+            report["user_level"]["banded"] = {
+                "mechanism": "DP-FTRL, banded matrix factorisation (Choquette-Choo et al. 2023)", "bands": bands,
+                "max_participations": participations(sim.rounds, bands), "cohort_share": 1.0 / bands,
+                "error_vs_independent_noise": error_against_independent(sim.rounds, bands),
+                "accounting": "k unamplified releases of the Gaussian mechanism (sample rate 1)",
+            }
+            report["notes"].append(
+                f"privacy.mechanism=bandmf: no amplification by sampling is assumed. The users were split into {bands} "
+                "groups, one trained each round; each device joined rounds at least privacy.bands apart (its own "
+                "ledger sits out a round sooner), so it joined at most k = ceil(rounds / bands) of them. The server "
+                "added to each round's sum Gaussian noise correlated across rounds (C^-1 Z, C the banded factor, Z "
+                "i.i.d. N(0, (z·S)²) from the OS, kept in memory only for the last bands rounds and never stored); "
+                "every release is post-processing of C X + Z, whose sensitivity under that separation is sqrt(k)·S. "
+                "ε holds whoever the server picks each round, with the server trusted to add the noise."
             )
         if p.clipping == "adaptive":
             report["notes"].append(

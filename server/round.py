@@ -12,6 +12,7 @@ Under SecAgg+ the nodes' updates are summed before the server sees them, so the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from privacy.contribution import STATISTICS
 from privacy.distributed_dp import decode
+from privacy.banded_release import BandedMatrixGaussian
 from privacy.distributed_release import DistributedRelease
 from privacy.user_level import UserLevelMechanism
 from protocol.instructions import (
@@ -37,7 +39,7 @@ from server.grid_transport import GridTransport
 from server.replies import Verdict
 from server.run_state import RoundOutcome
 from server.secagg import SecureAggregator, SecureSum, release_secure_sum
-from server.settings import RunSettings
+from server.settings import RunSettings, bands_of
 
 Arrays = dict[str, np.ndarray]
 
@@ -65,6 +67,16 @@ def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_r
     return [int(c) for c, u in zip(candidates, rng.random(len(candidates))) if u < sample_rate]
 
 
+def band_sample(key: bytes, candidates: Sequence[int], server_round: int, bands: int) -> list[int]:
+    """Round ``server_round``'s group under ``privacy.mechanism=bandmf``: the candidates ranked by a hash keyed with
+    ``key`` (drawn once a run), every ``bands``-th from position (round - 1) mod ``bands``. While the candidates stay
+    the same, each joins every ``bands``-th round, as the banded factor assumes; a device whose group shifts (nodes
+    come and go) is held to the separation by its own ledger, not by this."""
+    ranked = sorted((int(c) for c in candidates),
+                    key=lambda c: hashlib.blake2b(c.to_bytes(8, "little", signed=True), key=key, digest_size=8).digest())
+    return ranked[(server_round - 1) % bands::bands]
+
+
 def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: DataInstructions,
                        device_dir: str | None = None, attack: AttackInstructions | None = None,
                        clipping_norm: float | None = None, run_key: str = "", noise_multiplier: float | None = None,
@@ -78,7 +90,10 @@ def train_instructions(run: RunSettings, server_round: int, *, seed: int, data: 
     record = p.record if p.record_level else None
     user_level = None
     if p.user_level and noise_multiplier is not None:
-        user_level = UserLevelInstructions(noise_multiplier, run.simulation.sample_rate, p.delta, evaluation_rate or 0.0)
+        if p.banded:  # no amplification, and the separation each device holds itself to
+            user_level = UserLevelInstructions(noise_multiplier, 1.0, p.delta, evaluation_rate or 0.0, bands_of(run))
+        else:
+            user_level = UserLevelInstructions(noise_multiplier, run.simulation.sample_rate, p.delta, evaluation_rate or 0.0)
     return TrainInstructions(
         round=server_round, seed=seed, model=run.model, train=run.train, data=data,
         clipping_norm=(clipping_norm or p.clipping_norm) if p.user_level else None, record=record, device_dir=device_dir,
@@ -102,11 +117,21 @@ class FederatedRound:
         self.strategy, self.mechanism = strategy, mechanism
         self.sampling_rng, self.sample_rate = sampling_rng, sample_rate
         self.on_reply = on_reply
+        self._group_key: bytes | None = None
+
+    def sample(self, server_round: int, candidates: Sequence[int]) -> list[int]:
+        """Who is sent the round: Poisson at q, or under the banded mechanism the round's group (``band_sample``,
+        keyed once from the sampling stream)."""
+        if not isinstance(self.mechanism, BandedMatrixGaussian):
+            return poisson_sample(self.sampling_rng, candidates, self.sample_rate)
+        if self._group_key is None:
+            self._group_key = self.sampling_rng.bytes(16)
+        return band_sample(self._group_key, candidates, server_round, self.mechanism.bands)
 
     def play(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
              transport: Transport) -> RoundOutcome:
         """One round from the global ``arrays``; each contribution is folded into the round's sum as it arrives."""
-        chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
+        chosen = self.sample(server_round, transport.candidates())
         users = transport.reachable(chosen)
         if isinstance(self.mechanism, DistributedRelease):  # in one process: the transport adds the shares itself
             share = self._share()
@@ -136,7 +161,7 @@ class FederatedRound:
         round's instructions as config items."""
         if isinstance(self.mechanism, DistributedRelease):
             return self.play_distributed(server_round, arrays, config, transport, secure)
-        chosen = poisson_sample(self.sampling_rng, transport.candidates(), self.sample_rate)
+        chosen = self.sample(server_round, transport.candidates())
         nodes = transport.reachable(chosen)
         clipping_norm = self.mechanism.clipping_norm
         total = secure.sum_updates(transport.grid, nodes, arrays, config, clipping_norm=clipping_norm)  # type: ignore[arg-type]

@@ -97,8 +97,10 @@ def final_lines(metrics: dict) -> list[str]:
     if privacy["user_level"]:
         u = privacy["user_level"]
         evaluation = " + the devices' evaluation" if u["evaluation_releases"] else ""
+        banded = u.get("banded")
+        sampling = (f"DP-FTRL, {banded['bands']} bands, no sampling assumed" if banded else f"q={u['sample_rate']}")
         lines.append(f"user-level privacy over d={privacy['model_parameters']} parameters: ε={u['epsilon']:.3f} "
-                     f"δ={u['delta']:g} (z={u['noise_multiplier']:.3f}, q={u['sample_rate']}, C={u['clipping_norm']}"
+                     f"δ={u['delta']:g} (z={u['noise_multiplier']:.3f}, {sampling}, C={u['clipping_norm']}"
                      f"{' adaptive' if u['clipping'] == 'adaptive' else ''}, {u['rounds']} rounds"
                      f"{evaluation}, {u['accountant']}); it covers "
                      "everything the devices sent")

@@ -15,6 +15,7 @@ import torch
 from flwr.serverapp.strategy import FedAvg
 
 from model.network.networks import PreferenceLSTM
+from privacy.banded_mf import participations
 from privacy.contribution import STATISTICS
 from privacy.plan import PrivacyPlan, plan_user_level
 from protocol.instructions import DataInstructions, Scalar
@@ -23,7 +24,7 @@ from server.preflight import distributed_plan, model_parameters
 from server.checkpoint import load_checkpoint
 from server.run_state import RunState
 from server.secagg import SecureAggregator
-from server.settings import RunSettings
+from server.settings import RunSettings, bands_of
 from validation.config import ConfigError
 
 
@@ -55,13 +56,16 @@ def privacy_plan(settings: RunSettings, population: int) -> PrivacyPlan | None:
     if not privacy.user_level:
         return None
     rate = evaluation_rate(settings, population)
-    z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
+    z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate,
+                             bands=bands_of(settings))
     d = model_parameters(settings)
     sensitivity = 0.0  # the plan's default: the clipped contribution's bound
     if settings.secagg.enabled:  # the quantised contribution's larger bound, as each SecAgg+ round noises it
         secure = SecureAggregator(settings.secagg, timeout_s=sim.round_timeout_s)
         sensitivity = secure.sensitivity(privacy.clipping_norm, d + len(STATISTICS))  # type: ignore[arg-type]
-    return plan_user_level(population=population, sample_rate=sim.sample_rate, rounds=sim.rounds, delta=privacy.delta,
+    bands = bands_of(settings) if privacy.banded else 0
+    return plan_user_level(population=population, sample_rate=1.0 / bands if bands else sim.sample_rate,
+                           rounds=sim.rounds, delta=privacy.delta, bands=bands,
                            clipping_norm=privacy.clipping_norm, accountant=privacy.accountant,  # type: ignore[arg-type]
                            target_epsilon=privacy.target_epsilon, noise_multiplier=z,
                            also=[(rate, 1)] if rate else [], parameters=d, sensitivity=sensitivity)
@@ -89,8 +93,16 @@ def fresh_state(settings: RunSettings, line: Callable[[str], None], *, populatio
              f"q={sim.sample_rate}; the sum wraps around the modulus with probability <= "
              f"{max(plan.wrap_probability(), 1e-300):.1g} a round ({time.perf_counter() - started:.1f} s)")
     else:
-        z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate)
-    if z is not None and not privacy.distributed:
+        z = noise_multiplier_for(privacy, sample_rate=sim.sample_rate, rounds=sim.rounds, evaluation_rate=rate,
+                             bands=bands_of(settings))
+    if z is not None and privacy.banded:
+        bands = bands_of(settings)
+        also = " and the final evaluation" if rate else ""
+        line(f"user-level DP-FTRL (banded matrix factorisation, {bands} bands): noise multiplier z={z:.4f} calibrated for "
+             f"ε={privacy.target_epsilon} δ={privacy.delta:g} over the {participations(sim.rounds, bands)} of "
+             f"{sim.rounds} rounds a device can join{also}, no amplification by sampling ({privacy.accountant}, "
+             f"{time.perf_counter() - started:.1f} s)")
+    elif z is not None and not privacy.distributed:
         also = f" and the final evaluation at q={rate:.3g}" if rate else ""
         line(f"user-level DP: noise multiplier z={z:.4f} calibrated for ε={privacy.target_epsilon} δ={privacy.delta:g} "
              f"over {sim.rounds} rounds at q={sim.sample_rate}{also} ({privacy.accountant}, "

@@ -27,6 +27,7 @@ from validation.config import ConfigError, check_range
 
 PRIVACY_MODES = ("none", "record", "user", "both", "distributed")
 CLIPPING_RULES = ("fixed", "adaptive")
+USER_LEVEL_MECHANISMS = ("dpfedavg", "bandmf")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 MEAN_STRATEGIES = ("fedavg", "fedadam")
 """Strategies whose aggregate is a mean of updates: the only ones the user-level Gaussian mechanism bounds."""
@@ -81,6 +82,13 @@ class PrivacySettings:
     clipping_learning_rate: float = 0.2  # adaptive: the geometric step of C per round
     plan: bool = False  # print the run's privacy plan (privacy.plan) and exit before anything starts
     min_survivors: Optional[int] = None  # distributed: fewest devices whose noise a released sum holds (None: derived)
+    mechanism: str = "dpfedavg"  # dpfedavg: Poisson sampling, amplified | bandmf: DP-FTRL, banded MF, no sampling
+    bands: Optional[int] = None  # bandmf: the factor's bands = a device's fewest rounds between two it joins
+
+    @property
+    def banded(self) -> bool:
+        """DP-FTRL with a banded matrix factorisation (``privacy.banded_release``) instead of amplified DP-FedAvg."""
+        return self.mechanism == "bandmf"
 
     @property
     def user_level(self) -> bool:
@@ -110,6 +118,18 @@ class PrivacySettings:
                 check_range(f"privacy.{name}", getattr(self, name), 0, low_open=True, note=f" for mode '{self.mode}'",
                             fix="Without user-level DP use privacy=none or record.", error=PrivacyConfigError)
             check_range("privacy.delta", self.delta, 0, 1, low_open=True, high_open=True, error=PrivacyConfigError)
+        if self.mechanism not in USER_LEVEL_MECHANISMS:
+            raise PrivacyConfigError(f"privacy.mechanism must be one of {list(USER_LEVEL_MECHANISMS)}; found {self.mechanism!r}.")
+        if self.banded:
+            if self.mode not in ("user", "both"):
+                raise PrivacyConfigError(f"privacy.mechanism=bandmf needs privacy.mode user or both (the server adds the "
+                                         f"correlated noise); found {self.mode!r}.")
+            if self.clipping != "fixed":
+                raise PrivacyConfigError("privacy.mechanism=bandmf needs privacy.clipping=fixed (its sensitivity "
+                                         "assumes one clipping norm for every round).")
+        if self.bands is not None:
+            check_range("privacy.bands", self.bands, 1, integer=True, note=" (rounds between two a device joins)",
+                        error=PrivacyConfigError)
         if self.min_survivors is not None:
             check_range("privacy.min_survivors", self.min_survivors, 2, note=" (a sum of one device's share is that device's)",
                         error=PrivacyConfigError)
@@ -281,6 +301,24 @@ def _check_distributed(s: RunSettings) -> None:
             raise PrivacyConfigError(f"privacy=distributed needs {key}={value} ({why}).")
 
 
+def bands_of(s: RunSettings) -> int:
+    """privacy=bandmf: the factor's bands b, ``privacy.bands`` or, unset, ``round(1 / simulation.sample_rate)`` (each
+    round then trains the same expected cohort qN as DP-FedAvg at q), at most the rounds."""
+    bands = s.privacy.bands or max(1, round(1.0 / s.simulation.sample_rate))
+    return min(bands, s.simulation.rounds)
+
+
+def _check_banded(s: RunSettings) -> None:
+    """privacy.mechanism=bandmf: the server adds correlated noise it keeps in memory between rounds."""
+    if s.privacy.bands is not None and s.privacy.bands > s.simulation.rounds:
+        raise PrivacyConfigError(f"privacy.bands must be <= simulation.rounds = {s.simulation.rounds} (a device joins at "
+                                 f"most once a band); found {s.privacy.bands}.")
+    if s.resume:
+        raise ConfigError("resume=true is refused with privacy.mechanism=bandmf: the correlated noise of the last "
+                          "privacy.bands rounds lives only in the server's memory (stored, it could be subtracted), "
+                          "so a resumed run could not continue the factorisation. Start a new run.")
+
+
 def _check_across_groups(s: RunSettings) -> None:
     if s.simulation.nodes > s.population.num_users:
         raise ConfigError(
@@ -309,6 +347,8 @@ def _check_across_groups(s: RunSettings) -> None:
             )
     if s.privacy.distributed:
         _check_distributed(s)
+    if s.privacy.banded:
+        _check_banded(s)
     if s.secagg.enabled:
         if not s.privacy.user_level:
             raise ConfigError(

@@ -19,6 +19,7 @@ from privacy.accounting import fast_rdp_epsilon
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import (
     DataInstructions,
+    InstructionError,
     TrainInstructions,
     UserLevelInstructions,
     to_config_items,
@@ -173,3 +174,19 @@ def test_a_device_whose_policy_file_is_broken_answers_with_a_code(flower_task_id
 def test_instructions_that_announce_user_level_dp_without_a_run_key_are_malformed():
     with pytest.raises(ValueError, match="need run-key"):
         TrainInstructions(round=1, seed=0, user_level=USER)
+
+
+def test_under_a_banded_mechanism_the_device_joins_rounds_only_as_far_apart_as_announced(flower_task_identity, log_db,
+                                                                                         tmp_path):
+    """DP-FTRL with a banded factor assumes nothing about who the server picks, only that a device's rounds are at
+    least ``min_separation`` apart: the device holds itself to it, sitting out quietly (the all-zero contribution)
+    even under the permissive default of a simulation, and counts the run as its k unamplified releases."""
+    banded = UserLevelInstructions(noise_multiplier=2.0, sample_rate=1.0, delta=1e-6, min_separation=4)
+    device = _device(log_db, tmp_path)
+    assert _participated(_send(_instructions(round=1, user_level=banded), device))
+    assert _all_zero(_send(_instructions(round=4, user_level=banded), device))  # 3 rounds after: too soon
+    assert _participated(_send(_instructions(round=5, user_level=banded), device))
+    assert run_user_epsilon(_instructions(user_level=banded)) == fast_rdp_epsilon([(2.0, 1.0, 3)], delta=1e-6)  # ceil(10/4)
+    assert DeviceLedger(tmp_path / "ledger.json").run("test-run")["last_round"] == 5
+    with pytest.raises(InstructionError, match="min_separation"):  # a separation with amplification claimed: malformed
+        UserLevelInstructions(noise_multiplier=2.0, sample_rate=0.1, delta=1e-6, min_separation=4)

@@ -40,7 +40,7 @@ from server.round import FederatedRound, train_instructions
 from server.secagg import SecureSum
 from simulations.federation.noise_cohort import LABEL as NOISE_COHORT_LABEL
 from simulations.federation.noise_cohort import NoiseCohort, NoiseCohortGaussian
-from server.settings import RunSettings
+from server.settings import RunSettings, bands_of
 
 Arrays = dict[str, np.ndarray]
 ExamplesOf = Callable[[int], Examples]
@@ -164,15 +164,19 @@ class InProcessFederation:
             raise ValueError("privacy=distributed plans the devices' noise for simulation.sample_rate and "
                              f"simulation.rounds ({run.simulation.sample_rate}, {run.simulation.rounds}); found "
                              f"{sample_rate}, {planned_rounds}.")
+        if run.privacy.banded and planned_rounds != run.simulation.rounds:
+            raise ValueError("privacy.mechanism=bandmf factors the noise over simulation.rounds "
+                             f"({run.simulation.rounds}); found {planned_rounds} planned rounds.")
         if run.privacy.distributed:
             self.noise_multiplier = distributed_plan(run, num_users).noise_multiplier
         else:
             self.noise_multiplier = noise_multiplier if noise_multiplier is not None else noise_multiplier_for(
-                run.privacy, sample_rate=sample_rate, rounds=planned_rounds)
+                run.privacy, sample_rate=sample_rate, rounds=planned_rounds, bands=bands_of(run))
         self.noise_cohort = noise_cohort
         if noise_cohort is not None:  # z for the real cohort's q
-            if run.privacy.mode != "user":
-                raise ValueError(f"a noise cohort simulates privacy=user; found privacy.mode {run.privacy.mode!r}.")
+            if run.privacy.mode != "user" or run.privacy.banded:
+                raise ValueError(f"a noise cohort simulates privacy=user with DP-FedAvg; found privacy.mode "
+                                 f"{run.privacy.mode!r}, mechanism {run.privacy.mechanism!r}.")
             self.noise_multiplier = noise_multiplier_for(run.privacy, sample_rate=noise_cohort.sample_rate,
                                                          rounds=planned_rounds)
         mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
@@ -217,12 +221,14 @@ class InProcessFederation:
         """What ran, as data, and the epsilon it adds up to."""
         p = self.run.privacy
         return {
-            "mode": p.mode, "epsilon": self.epsilon(), "delta": p.delta if self.noise_multiplier is not None else None,
+            "mode": p.mode, "mechanism": p.mechanism, "epsilon": self.epsilon(), "delta": p.delta if self.noise_multiplier is not None else None,
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
             "clipping_norm": p.clipping_norm if p.user_level else None, "clipping": p.clipping if p.user_level else None,
             "final_clipping_norm": self.mechanism.clipping_norm, "rounds": self.rounds_done,
             "planned_rounds": self.planned_rounds, "users": self.num_users, "accountant": p.accountant,
             "noise": p.noise, **({"warning": SEEDED_WARNING} if p.noise == "seeded" else {}),
+            **({"bands": self.mechanism.bands, "max_participations": self.mechanism.max_participations,  # type: ignore[union-attr]
+                "sample_rate": None} if p.banded and p.user_level else {}),
             **({"noise_cohort": {"label": NOISE_COHORT_LABEL, "population": self.noise_cohort.population,
                                  "sample_rate": self.noise_cohort.sample_rate,
                                  "simulated_users": self.num_users, "simulated_sample_rate": self.sample_rate}}
