@@ -157,3 +157,20 @@ def test_bandmf_settings_derive_the_bands_and_refuse_what_its_analysis_does_not_
             _settings(compose_config, override, "simulation.rounds=20")
     with pytest.raises(ConfigError, match="resume=true is refused with privacy.mechanism=bandmf"):
         _settings(compose_config, "resume=true", "checkpoint=/tmp/none.pt")
+
+
+@pytest.mark.slow
+def test_a_banded_run_in_flowers_simulation_engine_trains_one_group_a_round_and_accounts_k_releases(compose_config,
+                                                                                                    tmp_path):
+    from tests.helpers import tiny_simulation
+
+    metrics = tiny_simulation(compose_config, tmp_path, "privacy=bandmf", "simulation.rounds=4",
+                              "privacy.target_epsilon=8", "privacy.delta=1e-3")
+    user = metrics["privacy"]["user_level"]
+    assert user["banded"]["bands"] == 2 and user["banded"]["max_participations"] == 2  # b = 1/q = 2
+    assert [r["sampled"] for r in metrics["rounds"]] == [8, 8, 8, 8]  # one of two groups of the 16 users a round
+    assert user["releases"] == 2 + user["evaluation_releases"]  # k = 2 rounds a device joins, and its evaluation
+    z = banded_noise_multiplier(target_epsilon=8, delta=1e-3, rounds=4, bands=2, accountant="rdp",
+                                evaluation=bool(user["evaluation_releases"]))
+    assert user["noise_multiplier"] == z and user["epsilon"] <= 8.0
+    assert [round(r["epsilon"], 9) for r in metrics["rounds"]][::2] == [round(r["epsilon"], 9) for r in metrics["rounds"]][1::2]
