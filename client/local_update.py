@@ -32,10 +32,10 @@ from model.features.examples import Examples
 from model.network.batched_training import batchable, train_local_batched
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.personalise import fit_personal_bias, personalised
-from model.network.training import LocalTrainResult, evaluate, examples_kept, train_local
+from model.network.training import LocalTrainResult, evaluate, local_schedule, train_local
 from privacy.record_level import RecordLevelDP
 from privacy.contribution import LOSS_BOUND, DeviceStatistics, encode_statistics, zero_statistics
-from privacy.mechanisms import clip_update, dp_sgd_schedule
+from privacy.mechanisms import clip_update
 from privacy.randomness import device_generator
 from protocol.instructions import TrainInstructions
 from protocol.reply_layout import EVAL_SCORES
@@ -110,13 +110,13 @@ def _plan(instructions: TrainInstructions, examples: Examples, ledger: DeviceLed
             logger.info("sitting this round out: %s", why)
             return _Plan(0, Decline.OWNER_CAP, None)
     record = instructions.record
-    n = len(examples_kept(examples, instructions.train.max_examples))  # what the trainer will train on
+    schedule = local_schedule(examples, instructions.train, dp=record is not None)  # what the trainer will run
+    n = len(schedule.examples)
     declined = Decline.NO_DATA if n == 0 else Decline.NO
     dp = None
     if record is not None and n > 0:
-        sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=instructions.train.batch_size,
-                                             epochs=instructions.train.epochs)
-        mechanism = dict(noise_multiplier=record.noise_multiplier, sample_rate=sample_rate, steps=steps, delta=record.delta)
+        mechanism = dict(noise_multiplier=record.noise_multiplier, sample_rate=schedule.sample_rate,
+                         steps=schedule.steps, delta=record.delta)
         budget = record.target_epsilon if policy is None else policy.record_budget(instructions)
         per_run = None if policy is None else policy.max_record_epsilon_per_run
         if ledger.rdp_epsilon_after(**mechanism) > budget or (

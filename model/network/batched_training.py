@@ -30,9 +30,8 @@ from model.features.augment import augment_batch
 from model.features.examples import Examples
 from model.network.batched_model import PARAMETER_NAMES, StackedBatch, loss_and_gradients
 from model.network.networks import ModelConfig, PreferenceLSTM
-from model.network.training import LocalTrainConfig, LocalTrainResult, examples_kept
+from model.network.training import LocalTrainConfig, LocalTrainResult, local_schedule
 from privacy.record_level import RecordLevelDP
-from privacy.mechanisms import dp_sgd_schedule
 
 USERS_PER_BATCH = 32
 """Users trained as one computation: past about 32 a larger batch is no faster per user (measured), and memory grows
@@ -131,14 +130,8 @@ def _train_users(model: PreferenceLSTM, users: list[_User], config: LocalTrainCo
 
 def _user(examples: Examples, config: LocalTrainConfig, dp: RecordLevelDP | None, generator: torch.Generator,
           dp_generator: torch.Generator | None) -> _User:
-    examples = examples_kept(examples, config.max_examples)
-    n = len(examples)
-    if n == 0:
-        return _User(examples, generator, dp_generator, steps=0)
-    if dp is None:
-        return _User(examples, generator, dp_generator, steps=config.epochs * -(-n // config.batch_size))
-    sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=config.batch_size, epochs=config.epochs)
-    return _User(examples, generator, dp_generator, steps=steps, sample_rate=sample_rate)
+    schedule = local_schedule(examples, config, dp=dp is not None)
+    return _User(schedule.examples, generator, dp_generator, steps=schedule.steps, sample_rate=schedule.sample_rate)
 
 
 def _gradients(params: dict[str, torch.Tensor], users: list[_User], step: int, config: LocalTrainConfig,

@@ -83,11 +83,35 @@ def _make_optimizer(model: nn.Module, config: LocalTrainConfig) -> torch.optim.O
 
 
 def examples_kept(examples: Examples, max_examples: int) -> Examples:
-    """The examples a client trains on in a round: its ``max_examples`` most recent (all when 0). The one definition
-    both trainers and the device's ledger read, so the ledger accounts DP-SGD on exactly the examples that trained."""
+    """The examples a client trains on in a round: its ``max_examples`` most recent (all when 0)."""
     if max_examples and len(examples) > max_examples:
         return examples.subset(slice(len(examples) - max_examples, len(examples)))
     return examples
+
+
+@dataclass(frozen=True)
+class LocalSchedule:
+    """What one local training will do, fixed before it starts: the examples it trains on, its steps and, under
+    DP-SGD, its Poisson sample rate (None without)."""
+
+    examples: Examples
+    steps: int
+    sample_rate: float | None = None
+
+
+def local_schedule(examples: Examples, config: LocalTrainConfig, *, dp: bool) -> LocalSchedule:
+    """The one definition both trainers (``train_local``, ``model.network.batched_training``) and the device's ledger
+    (``client.local_update``) read, so the ledger accounts DP-SGD on exactly the examples and steps that trained:
+    the ``max_examples`` most recent examples; ``epochs`` passes of ``batch_size`` batches, or under DP-SGD
+    ``privacy.mechanisms.dp_sgd_schedule``'s Poisson rate and steps."""
+    examples = examples_kept(examples, config.max_examples)
+    n = len(examples)
+    if n == 0:
+        return LocalSchedule(examples, 0)
+    if not dp:
+        return LocalSchedule(examples, config.epochs * -(-n // config.batch_size))
+    sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=config.batch_size, epochs=config.epochs)
+    return LocalSchedule(examples, steps, sample_rate)
 
 
 def train_local(
@@ -105,15 +129,14 @@ def train_local(
     """
     if dp is not None and dp_generator is None:
         raise ValueError("DP-SGD needs dp_generator: the source of its noise and batches (the device's own entropy).")
-    examples = examples_kept(examples, config.max_examples)
-    n = len(examples)
-    if n == 0:
+    schedule = local_schedule(examples, config, dp=dp is not None)
+    if schedule.steps == 0:
         return LocalTrainResult(loss=float("nan"), steps=0, num_examples=0)
     model.train()
     optimizer = _make_optimizer(model, config)
     if dp is None:
-        return _train_plain(model, examples, config, optimizer, generator)
-    return _train_dp_sgd(model, examples, config, dp, optimizer, generator, dp_generator)
+        return _train_plain(model, schedule.examples, config, optimizer, generator)
+    return _train_dp_sgd(model, schedule, config, dp, optimizer, generator, dp_generator)
 
 
 def _batch_loss(model: PreferenceLSTM, examples: Examples, index: torch.Tensor, config: LocalTrainConfig,
@@ -138,9 +161,9 @@ def _train_plain(model, examples, config, optimizer, generator) -> LocalTrainRes
     return LocalTrainResult(loss=total / (n * config.epochs), steps=steps, num_examples=n)
 
 
-def _train_dp_sgd(model, examples, config, dp, optimizer, generator, dp_generator) -> LocalTrainResult:
+def _train_dp_sgd(model, schedule: LocalSchedule, config, dp, optimizer, generator, dp_generator) -> LocalTrainResult:
+    examples, steps, sample_rate = schedule.examples, schedule.steps, schedule.sample_rate
     n = len(examples)
-    sample_rate, steps = dp_sgd_schedule(num_examples=n, batch_size=config.batch_size, epochs=config.epochs)
     expected_batch = sample_rate * n
     from opacus.optimizers import DPOptimizer  # here, not at the top: non-DP clients never pay Opacus' import
 
