@@ -237,7 +237,8 @@ def _parser(defaults: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m privacy.plan",
         description="Plan a user-level DP-FedAvg run: the noise multiplier for a target ε (or the ε of a noise "
-                    "multiplier), and the noise on each round's mean against its signal.",
+                    "multiplier), and the noise on each round's mean against its signal. With --bands, plan DP-FTRL "
+                    "with a banded matrix factorisation instead (privacy=bandmf: no amplification by sampling).",
         epilog="example: python -m privacy.plan --users 10000 --clients-per-round 100 --rounds 100 --epsilon 2")
     parser.add_argument("--users", type=int, required=True, help="N, the population sampled from")
     cohort = parser.add_mutually_exclusive_group(required=True)
@@ -252,6 +253,9 @@ def _parser(defaults: dict) -> argparse.ArgumentParser:
                         help=f"C (default: conf/privacy/user.yaml's clipping_norm, {clipping})")
     parser.add_argument("--accountant", choices=ACCOUNTANTS, default=defaults.get("accountant", "rdp"),
                         help="Opacus' accountant (default: conf/privacy/user.yaml's, %(default)s)")
+    parser.add_argument("--bands", type=int, metavar="B",
+                        help="plan DP-FTRL with a B-banded factor (privacy=bandmf): one of B groups a round, each "
+                             "device at most ceil(R/B) rounds, B apart, no amplification (q is then ignored: K = N/B)")
     parser.add_argument("--parameters", type=int, metavar="D",
                         help="the model's coordinates d, to compare the noise's norm (≈ σ·√d) with the signal's")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON line")
@@ -278,6 +282,8 @@ def _refusal(args: argparse.Namespace) -> str | None:
         return f"--noise-multiplier must be > 0; found {args.noise_multiplier:g}."
     if not args.clipping_norm > 0.0:
         return f"--clipping-norm must be > 0; found {args.clipping_norm:g}."
+    if args.bands is not None and not 1 <= args.bands <= args.rounds:
+        return f"--bands must be in [1, --rounds = {args.rounds}] (a device joins at most once a band); found {args.bands}."
     if args.parameters is not None and args.parameters < 1:
         return f"--parameters must be >= 1; found {args.parameters}."
     return None
@@ -290,12 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:
         parser.error(refusal)  # exit code 2
     q = args.sample_rate if args.sample_rate is not None else args.clients_per_round / args.users
+    if args.bands:
+        q = 1.0 / args.bands
     delta = args.delta if args.delta is not None else 1.0 / (10 * args.users)
     try:
         plan = plan_user_level(population=args.users, sample_rate=q, rounds=args.rounds, delta=delta,
                                clipping_norm=args.clipping_norm, accountant=args.accountant,
                                target_epsilon=args.epsilon, noise_multiplier=args.noise_multiplier,
-                               parameters=args.parameters)
+                               parameters=args.parameters, bands=args.bands or 0)
     except PrivacyConfigError as error:
         if args.epsilon is None:
             parser.error(str(error))

@@ -52,6 +52,15 @@ def test_a_given_noise_multiplier_gives_the_ledgers_epsilon_and_the_noise_per_ro
     assert plan["target_epsilon"] is None
 
 
+def test_a_banded_plan_accounts_the_rounds_a_device_can_join_unamplified_and_its_cohort_is_n_over_b(capsys):
+    plan = _plan(capsys, "--users", "10000", "--clients-per-round", "1000", "--rounds", "20", "--epsilon", "2",
+                 "--bands", "10")
+    ledger = PrivacyLedger()
+    ledger.record(noise_multiplier=plan["noise_multiplier"], sample_rate=1.0, steps=2)  # ceil(20 / 10), no sampling
+    assert plan["epsilon"] == pytest.approx(ledger.epsilon(delta=1e-5)) and 1.98 <= plan["epsilon"] <= 2.0
+    assert plan["bands"] == 10 and plan["clients_per_round"] == pytest.approx(1000)
+
+
 def test_the_default_clipping_norm_is_the_projects_user_level_config(capsys):
     import yaml
 
@@ -102,6 +111,7 @@ def test_the_prediction_interpolates_in_log_noise_never_rises_with_noise_and_kee
     (["--sample-rate", "0.1"], "one of the arguments --epsilon --noise-multiplier is required"),
     (["--sample-rate", "0.1", "--clients-per-round", "10", "--epsilon", "2"], "--clients-per-round: not allowed with"),
     (["--sample-rate", "0.1", "--noise-multiplier", "0"], "--noise-multiplier must be > 0"),
+    (["--sample-rate", "0.1", "--epsilon", "2", "--bands", "0"], "--bands must be in [1, --rounds"),
 ])
 def test_what_cannot_work_exits_2_naming_the_flag_and_the_rule(flags, flag, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse's error: the exit a shell sees (the CLI test below runs it)
