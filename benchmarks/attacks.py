@@ -80,8 +80,8 @@ def run_cell(overrides: list[str], output_dir: Path) -> dict:
     from server.server_app import compose_settings
     from simulations.federation.inprocess import server_task_identity
     from simulations.federation.inprocess_grid import InProcessGrid
-    from simulations.federation.client_app import app as client_app
-    from simulations.federation.server_app import simulated_run
+    from simulations.federation.simulation_client_app import app as client_app
+    from simulations.federation.simulation_server_app import simulated_run
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the strategies log every aggregation at INFO
     settings = compose_settings("config", overrides)

@@ -16,7 +16,7 @@ builds the app around any source. ``app``, the product ClientApp that ``flwr run
 (pyproject.toml), reads the log store named by node config ``log-db``, and keeps each global prior it receives in the
 device's storage for the device's own app (``client.received_prior``), after its reply is built and without ever
 changing it. The simulation builds its own from these same
-functions (``simulations.federation.client_app``: synthetic user ``partition-id``, and its attacks as a client mod).
+functions (``simulations.federation.simulation_client_app``: synthetic user ``partition-id``, and its attacks as a client mod).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Composes ``conf/config.yaml`` with your overrides and validates it before anythi
 ``simulations.federation.settings.check_simulation_can_start``: checkpoint file, population, privacy budget, model size
 against memory), exiting 2 with the reason; with ``privacy.plan=true`` it prints the run's privacy plan (noise
 multiplier, ε, noise per round: ``privacy.plan``) and exits 0; then runs the simulation's ServerApp and ClientApp
-(``simulations.federation.server_app``, ``simulations.federation.client_app``: the product's apps with the synthetic
+(``simulations.federation.simulation_server_app``, ``simulations.federation.simulation_client_app``: the product's apps with the synthetic
 population, its held-out users and the attack mod plugged in) in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
 CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic users the server samples (or one
 SuperNode per user with ``simulation.nodes=0``). Everything the run writes (metrics.json, checkpoint.pt, run.log,
@@ -67,8 +67,8 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    from simulations.federation.client_app import app as client_app
-    from simulations.federation.server_app import app as server_app
+    from simulations.federation.simulation_client_app import app as client_app
+    from simulations.federation.simulation_server_app import app as server_app
 
     quiet_known_warnings()
 

@@ -76,7 +76,7 @@ def test_the_simulations_data_source_reads_a_log_db_as_a_device_does(tmp_path):
 
 
 def test_a_devices_data_source_refuses_a_synthetic_user_and_names_the_simulations_app():
-    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.federation.client_app"):
+    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.federation.simulation_client_app"):
         device_data(DATA, {"partition-id": 4})
 
 

@@ -7,7 +7,7 @@ The server describes the synthetic population in every message (``DataInstructio
 ``client/`` and ``server/`` carry the entries without reading them, so only ``simulations/`` knows the world's types.
 
 ``simulated_device_data`` is the ``client.device_data.DataSource`` of the simulation's ClientApp
-(``simulations.federation.client_app``): node config ``partition-id=N`` (set by Flower's simulation, or per user by
+(``simulations.federation.simulation_client_app``): node config ``partition-id=N`` (set by Flower's simulation, or per user by
 a node slot) plays synthetic user N; ``log-db`` is read as on a device. Everything is cached per worker process
 with bounded size, so a worker that serves thousands of users keeps only the most recent ones. A user is kept in
 its compact form (``model.features.examples.EncodedLog``: encoded events and prediction points, within

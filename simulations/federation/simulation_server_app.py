@@ -4,7 +4,7 @@
 description of the synthetic population its nodes play (sent in every message, ``simulations.federation.device_data``)
 and the held-out synthetic users the server scores on (``simulations.federation.held_out``). ``app`` reads the same run
 config as the product ServerApp (``server.server_app.run_settings``) with the simulation's schema; Flower's
-simulation engine runs it with ``simulations.federation.client_app`` (``simulations.run``).
+simulation engine runs it with ``simulations.federation.simulation_client_app`` (``simulations.run``).
 """
 
 from __future__ import annotations
