@@ -11,7 +11,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import app
-from client.device_data import DeviceDataError, device_data
+from client.data_source import DeviceDataError, device_data
 from client.log_store import LogStore
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
