@@ -21,7 +21,7 @@ worker processes are left out. Configuration is composed from conf/ with Hydra o
 Prints the Markdown table (top-1, NLL in brackets), the rejected replies per attack, the baselines, the DP
 column's epsilon, and last one JSON line. ``--quick`` runs 20 users for 10 rounds (about 4 minutes here).
 
-    python benchmarks/attacks.py [--quick] [--fraction 0.2] [--rounds 20] [--out DIR]
+    python benchmarks/attacks_vs_defences.py [--quick] [--fraction 0.2] [--rounds 20] [--out DIR]
 """
 
 from __future__ import annotations
