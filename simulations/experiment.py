@@ -38,7 +38,7 @@ from server.report import write_json  # noqa: E402
 from validation.config import ConfigError  # noqa: E402
 from simulations.loop.closed_loop import ClosedLoop, build_cohort  # noqa: E402
 from simulations.loop.generation import LoopGeneration  # noqa: E402
-from simulations.loop.report import (  # noqa: E402
+from simulations.loop.experiment_report import (  # noqa: E402
     cold_start_curve,
     format_table,
     plot_cold_start,

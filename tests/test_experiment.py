@@ -15,7 +15,7 @@ from simulations.federation.settings import simulated_settings
 from simulations.loop.closed_loop import Edits, edited_request
 from simulations.loop.policies import Conditioning
 from simulations.loop.pretraining import flower_overrides
-from simulations.loop.report import METRICS
+from simulations.loop.experiment_report import METRICS
 from simulations.loop.settings import POLICIES, LoopSettings, experiment_settings_from_config
 from validation.config import ConfigError
 from tests.conftest import ROOT
