@@ -31,7 +31,7 @@ from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.grid_transport import GridTransport
 from server.privacy_report import privacy_report
 from server.progress import Progress
-from server.report import plot_rounds, write_json
+from server.report_files import plot_rounds, write_json
 from server.round import FederatedRound, poisson_sample, train_instructions
 from server.round_report import federated_evaluation_summary, final_lines, round_line, round_row
 from server.run_start import data_instructions, evaluation_rate, fresh_state, resumed_state

@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from privacy.randomness import SEEDED_WARNING  # noqa: E402
-from server.report import write_json  # noqa: E402
+from server.report_files import write_json  # noqa: E402
 from validation.config import ConfigError  # noqa: E402
 from simulations.loop.closed_loop import ClosedLoop, build_cohort  # noqa: E402
 from simulations.loop.generation import LoopGeneration  # noqa: E402
