@@ -52,7 +52,7 @@ from simulations.loop.policies import (  # noqa: E402
 )
 from simulations.loop.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
 from simulations.loop.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
-from simulations.federation.settings import world_of  # noqa: E402
+from simulations.federation.simulation_settings import world_of  # noqa: E402
 
 DEFINITIONS = {
     "first_satisfaction": "share of requests whose first generated piece reached the user's keep threshold",

@@ -19,7 +19,8 @@ from server.server_app import run_settings
 from server.settings import RunSettings
 from simulations.federation.device_data import population_items
 from simulations.federation.held_out import SyntheticHeldOut
-from simulations.federation.settings import SimulatedRunSettings, check_simulation_can_start, population_config
+from simulations.federation.simulation_settings import (SimulatedRunSettings, check_simulation_can_start,
+                                                         population_config)
 
 
 def simulated_run(settings: RunSettings, output_dir: Path, progress: Progress | None = None) -> FederatedRun:
