@@ -45,7 +45,7 @@ from simulations.loop.experiment_report import (  # noqa: E402
     plot_table,
     policy_table,
 )
-from simulations.loop.settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
+from simulations.loop.experiment_settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
 from simulations.loop.judging import __doc__ as JUDGING_DOC  # noqa: E402
 from simulations.loop.policies import (  # noqa: E402
     BaselinePolicy, DeviceRoomPolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy,

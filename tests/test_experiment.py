@@ -16,7 +16,7 @@ from simulations.loop.closed_loop import Edits, edited_request
 from simulations.loop.policies import Conditioning
 from simulations.loop.pretraining import flower_overrides
 from simulations.loop.experiment_report import METRICS
-from simulations.loop.settings import POLICIES, LoopSettings, experiment_settings_from_config
+from simulations.loop.experiment_settings import POLICIES, LoopSettings, experiment_settings_from_config
 from validation.config import ConfigError
 from tests.conftest import ROOT
 

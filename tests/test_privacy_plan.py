@@ -172,7 +172,7 @@ def test_an_entry_that_would_run_refuses_a_config_that_asks_only_for_a_plan(conf
 def test_the_closed_loop_experiment_refuses_a_config_that_asks_only_for_a_plan():
     from hydra import compose, initialize_config_dir
 
-    from simulations.loop.settings import experiment_settings_from_config
+    from simulations.loop.experiment_settings import experiment_settings_from_config
     from validation.config import ConfigError
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
