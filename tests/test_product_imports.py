@@ -19,7 +19,7 @@ FORBIDDEN = "simulations"
 
 
 def test_loading_the_product_apps_loads_no_simulations_module():
-    code = ("import sys, client.client_app, server.server_app, launch.cli; "
+    code = ("import sys, client.client_app, server.server_app, launch.launch_cli; "
             f"print(sorted(m for m in sys.modules if m == {FORBIDDEN!r} or m.startswith({FORBIDDEN + '.'!r})))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
