@@ -21,7 +21,7 @@ from launch.certs import (
     CertificateError, certificate_hosts, check_superlink_tls, generate_node_key, generate_server_certificates,
     server_certificates,
 )
-from launch.commands import (
+from launch.flower_commands import (
     CommandError, flower_environment, node_config_text, superlink_command, supernode_command, write_run_config,
 )
 from launch.connection import write_connection
