@@ -64,7 +64,8 @@ class FederatedRun:
         if settings.deployment.server_eval and held_out is None:
             raise ConfigError("deployment.server_eval=true needs held-out examples to score, and this server has none: "
                               "a real server holds no users' data (set deployment.server_eval=false); the simulation's "
-                              "ServerApp (simulations.federation.simulation_server_app) scores on held-out synthetic users.")
+                              "ServerApp (simulations.federation.simulation_server_app) scores on held-out synthetic "
+                              "users.")
         self.held_out_data = held_out if settings.deployment.server_eval else None
         self.settings = settings
         self.output_dir = Path(output_dir).resolve()

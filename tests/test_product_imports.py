@@ -1,9 +1,9 @@
 """The product path never contains the synthetic-user generator: nothing under client/ or server/ imports simulations/.
 
-Synthetic users, their held-out evaluation, seed-logs and the attacks live in ``simulations/`` and are plugged into
-the product's ClientApp and ServerApp by the simulation (``simulations.federation.simulation_client_app``,
-``simulations.federation.simulation_server_app``). Checked statically by ``tests/test_layers.py`` (every import, in functions
-too, points down the layers, and simulations/ is the top one) and here by loading the product apps in a fresh
+Synthetic users, their held-out evaluation, seed-logs and the attacks live in ``simulations/`` and are plugged into the
+product's ClientApp and ServerApp by the simulation (``simulations.federation.simulation_client_app``,
+``simulations.federation.simulation_server_app``). Checked statically by ``tests/test_layers.py`` (every import, in
+functions too, points down the layers, and simulations/ is the top one) and here by loading the product apps in a fresh
 interpreter.
 """
 

@@ -1,10 +1,10 @@
 """What leaves the device: every reply a client sends is its bounded contribution, its bounded scores, a reason code or
 nothing; every key of every reply type is enumerated here.
 
-A Flower client mod (``Recorder``) sits around the simulation's ClientApp (``simulations.federation.simulation_client_app.app``:
-the product ClientApp's functions, synthetic users and the attack mod) and records every outgoing reply:
-its records (names, types, keys, values or array shapes) and its exact wire bytes (Flower's protobuf encoding, the
-metadata included). Two sources of replies are checked against the same rules:
+A Flower client mod (``Recorder``) sits around the simulation's ClientApp
+(``simulations.federation.simulation_client_app.app``: the product ClientApp's functions, synthetic users and the attack
+mod) and records every outgoing reply: its records (names, types, keys, values or array shapes) and its exact wire bytes
+(Flower's protobuf encoding, the metadata included). Two sources of replies are checked against the same rules:
 
 - a real run in Flower's simulation engine (``simulations.run.run_federated_simulation``, Ray, the real ServerApp)
   with privacy=both, node slots playing several users per message (each user's part of a slot's reply is held to
