@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     from flwr.supercore.telemetry import EventType
 
     from server.server_app import compose_settings
-    from simulations.federation.client_app import app as client_app
-    from simulations.federation.server_app import simulated_run
+    from simulations.federation.simulation_client_app import app as client_app
+    from simulations.federation.simulation_server_app import simulated_run
 
     base = [f"population.num_users={args.devices}", "population.eval_users=0", "population.days=10",
             "population=small", "simulation.rounds=1", "simulation.sample_rate=1.0", "simulation.final_eval_clients=0",

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     from simulations.federation.noise_cohort import NoiseCohort
     from simulations.population.population import Population
     from simulations.federation.device_data import device_examples, simulated_data
-    from simulations.federation.settings import population_config
+    from simulations.federation.simulation_settings import population_config
     from simulations.yardstick import model_scores, rule_rows, score_rules, summarise
 
     started = time.perf_counter()

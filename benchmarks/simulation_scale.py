@@ -115,7 +115,7 @@ def measure_floor(settings, users: list[int], *, batched: bool, start_together=N
     from model.network.networks import PreferenceLSTM
     from server.round import train_instructions
     from simulations.federation import device_data
-    from simulations.federation.server_app import simulated_run
+    from simulations.federation.simulation_server_app import simulated_run
 
     torch.set_num_threads(1)
     run = simulated_run(settings, Path(tempfile.mkdtemp(prefix="floor-")))

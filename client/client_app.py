@@ -11,12 +11,12 @@ Whatever goes wrong, the reply is an error with a fixed reason code (``protocol.
 exception, its text and the traceback stay in the device's own log. Flower would otherwise send the exception's
 text, which can name the log's path or a value from it.
 
-Where the data comes from is pluggable (``client.device_data.DataSource``): ``make_client_app(source, mods=...)``
-builds the app around any source. ``app``, the product ClientApp that ``flwr run`` and every SuperNode run
-(pyproject.toml), reads the log store named by node config ``log-db``, and keeps each global prior it receives in the
-device's storage for the device's own app (``client.received_prior``), after its reply is built and without ever
-changing it. The simulation builds its own from these same
-functions (``simulations.federation.client_app``: synthetic user ``partition-id``, and its attacks as a client mod).
+Where the data comes from is pluggable (``client.data_source.DataSource``): ``make_client_app(source, mods=...)`` builds
+the app around any source. ``app``, the product ClientApp that ``flwr run`` and every SuperNode run (pyproject.toml),
+reads the log store named by node config ``log-db``, and keeps each global prior it receives in the device's storage for
+the device's own app (``client.received_prior``), after its reply is built and without ever changing it. The simulation
+builds its own from these same functions (``simulations.federation.simulation_client_app``: synthetic user
+``partition-id``, and its attacks as a client mod).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from flwr.clientapp.typing import Mod
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from client.device_data import DataSource, DeviceDataError, device_data
+from client.data_source import DataSource, DeviceDataError, device_data
 from client.device_ledger import DeviceLedger
 from client.local_update import local_evaluation, local_updates
 from client.privacy_policy import PolicyRefusal

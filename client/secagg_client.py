@@ -26,7 +26,7 @@ from flwr.app import Context
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 
-from client.device_data import DataSource, device_data
+from client.data_source import DataSource, device_data
 from client.device_ledger import DeviceLedger
 from client.local_update import local_update
 from privacy.contribution import contribution_sensitivity

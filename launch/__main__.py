@@ -1,7 +1,7 @@
-"""``python -m launch ...``: see ``launch.cli``."""
+"""``python -m launch ...``: see ``launch.launch_cli``."""
 
 import sys
 
-from launch.cli import main
+from launch.launch_cli import main
 
 sys.exit(main())

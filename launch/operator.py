@@ -15,7 +15,7 @@ from pathlib import Path
 from launch import certs as certs_module
 from launch.approved_apps import bundle_hash
 from launch.args import CannotStart, existing_file, flwr_home, host_port, warn_insecure
-from launch.commands import (
+from launch.flower_commands import (
     flower_environment, list_runs_command, register_command, run_command, stop_run_command, write_run_config,
 )
 from launch.connection import write_connection

@@ -19,7 +19,7 @@ from client.log_store import LogStore, LogStoreError
 from launch import certs as certs_module
 from launch.approved_apps import ApprovedAppsError, read_approved_apps
 from launch.args import CannotStart, existing_file, flwr_home, host_port, warn_insecure
-from launch.commands import (
+from launch.flower_commands import (
     LOOPBACK, flower_environment, supernode_command, superlink_command, task_launcher_command,
 )
 from launch.processes import ensure_port_free, is_listening

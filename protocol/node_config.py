@@ -1,6 +1,6 @@
 """The node config keys a device's SuperNode is started with (``flower-supernode --node-config``).
 
-Kept apart from ``client.device_data`` so that tools which only start nodes (``python -m launch``) need
+Kept apart from ``client.data_source`` so that tools which only start nodes (``python -m launch``) need
 not import torch.
 """
 

@@ -31,7 +31,7 @@ from server.grid_io import RoundChannel, wait_for_nodes, warm_up
 from server.grid_transport import GridTransport
 from server.privacy_report import privacy_report
 from server.progress import Progress
-from server.report import plot_rounds, write_json
+from server.report_files import plot_rounds, write_json
 from server.round import FederatedRound, poisson_sample, train_instructions
 from server.round_report import federated_evaluation_summary, final_lines, round_line, round_row
 from server.run_start import data_instructions, evaluation_rate, fresh_state, resumed_state
@@ -64,7 +64,8 @@ class FederatedRun:
         if settings.deployment.server_eval and held_out is None:
             raise ConfigError("deployment.server_eval=true needs held-out examples to score, and this server has none: "
                               "a real server holds no users' data (set deployment.server_eval=false); the simulation's "
-                              "ServerApp (simulations.federation.server_app) scores on held-out synthetic users.")
+                              "ServerApp (simulations.federation.simulation_server_app) scores on held-out synthetic "
+                              "users.")
         self.held_out_data = held_out if settings.deployment.server_eval else None
         self.settings = settings
         self.output_dir = Path(output_dir).resolve()

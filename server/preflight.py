@@ -10,7 +10,7 @@ fails at once with exit code 2, the key, the rule and the value:
 - the model fits in this machine's memory, in every process that holds it.
 
 A simulation also checks that its synthetic population can be generated
-(``simulations.federation.settings.check_simulation_can_start``).
+(``simulations.federation.simulation_settings.check_simulation_can_start``).
 """
 
 from __future__ import annotations

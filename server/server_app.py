@@ -4,8 +4,8 @@ Run config keys (``[tool.flwr.app.config]`` in pyproject.toml, or passed by ``si
 ``config-name`` (a file in conf/), ``overrides`` (a JSON list of Hydra overrides) and ``output-dir`` (absolute;
 empty means ``~/.fedpref/runs/<timestamp>``: the ServerApp's working directory is the SuperLink's, not yours).
 
-``app`` is the product ServerApp (``flwr run``, pyproject.toml): it holds no users' data, so it scores nothing
-itself (``deployment.server_eval=false``). The simulation's ServerApp (``simulations.federation.server_app``) reads
+``app`` is the product ServerApp (``flwr run``, pyproject.toml): it holds no users' data, so it scores nothing itself
+(``deployment.server_eval=false``). The simulation's ServerApp (``simulations.federation.simulation_server_app``) reads
 the same run config (``run_settings``) and gives the run its held-out synthetic users.
 """
 

@@ -34,25 +34,25 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from privacy.randomness import SEEDED_WARNING  # noqa: E402
-from server.report import write_json  # noqa: E402
+from server.report_files import write_json  # noqa: E402
 from validation.config import ConfigError  # noqa: E402
 from simulations.loop.closed_loop import ClosedLoop, build_cohort  # noqa: E402
 from simulations.loop.generation import LoopGeneration  # noqa: E402
-from simulations.loop.report import (  # noqa: E402
+from simulations.loop.experiment_report import (  # noqa: E402
     cold_start_curve,
     format_table,
     plot_cold_start,
     plot_table,
     policy_table,
 )
-from simulations.loop.settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
+from simulations.loop.experiment_settings import ExperimentSettings, experiment_settings_from_config  # noqa: E402
 from simulations.loop.judging import __doc__ as JUDGING_DOC  # noqa: E402
 from simulations.loop.policies import (  # noqa: E402
     BaselinePolicy, DeviceRoomPolicy, ModelPolicy, OraclePolicy, Policy, RecentChoicesPolicy,
 )
 from simulations.loop.pretraining import HistoricExamples, pretrain_central, pretrain_federated  # noqa: E402
 from simulations.loop.retraining import CentralRetrainer, FederatedRetrainer  # noqa: E402
-from simulations.federation.settings import world_of  # noqa: E402
+from simulations.federation.simulation_settings import world_of  # noqa: E402
 
 DEFINITIONS = {
     "first_satisfaction": "share of requests whose first generated piece reached the user's keep threshold",

@@ -1,15 +1,16 @@
 """Federated simulation entry point: ``python -m simulations.run [hydra overrides]``.
 
 Composes ``conf/config.yaml`` with your overrides and validates it before anything starts (schema, then
-``simulations.federation.settings.check_simulation_can_start``: checkpoint file, population, privacy budget, model size
-against memory), exiting 2 with the reason; with ``privacy.plan=true`` it prints the run's privacy plan (noise
-multiplier, ε, noise per round: ``privacy.plan``) and exits 0; then runs the simulation's ServerApp and ClientApp
-(``simulations.federation.server_app``, ``simulations.federation.client_app``: the product's apps with the synthetic
-population, its held-out users and the attack mod plugged in) in Flower's simulation engine (Ray, ``simulation.num_cpus_per_client``
-CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic users the server samples (or one
-SuperNode per user with ``simulation.nodes=0``). Everything the run writes (metrics.json, checkpoint.pt, run.log,
-accuracy.png, epsilon.png) goes to Hydra's output directory; ``hydra.run.dir=DIR`` places it. Heavy imports (torch,
-Flower) wait until a config is composed, so ``--help`` is quick. Examples::
+``simulations.federation.simulation_settings.check_simulation_can_start``: checkpoint file, population, privacy budget,
+model size against memory), exiting 2 with the reason; with ``privacy.plan=true`` it prints the run's privacy plan
+(noise multiplier, ε, noise per round: ``privacy.plan``) and exits 0; then runs the simulation's ServerApp and ClientApp
+(``simulations.federation.simulation_server_app``, ``simulations.federation.simulation_client_app``: the product's apps
+with the synthetic population, its held-out users and the attack mod plugged in) in Flower's simulation engine (Ray,
+``simulation.num_cpus_per_client`` CPUs per worker) with ``simulation.nodes`` SuperNode slots playing the synthetic
+users the server samples (or one SuperNode per user with ``simulation.nodes=0``). Everything the run writes
+(metrics.json, checkpoint.pt, run.log, accuracy.png, epsilon.png) goes to Hydra's output directory;
+``hydra.run.dir=DIR`` places it. Heavy imports (torch, Flower) wait until a config is composed, so ``--help`` is quick.
+Examples::
 
     python -m simulations.run privacy=both privacy.target_epsilon=4 simulation.rounds=20
     python -m simulations.run -m privacy.target_epsilon=1,2,4,8      # a privacy-utility sweep
@@ -67,8 +68,8 @@ def run_federated_simulation(settings_overrides: list[str], settings: RunSetting
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    from simulations.federation.client_app import app as client_app
-    from simulations.federation.server_app import app as server_app
+    from simulations.federation.simulation_client_app import app as client_app
+    from simulations.federation.simulation_server_app import app as server_app
 
     quiet_known_warnings()
 
@@ -125,7 +126,7 @@ def main(cfg: DictConfig) -> None:
     _task_started = True
     for noisy in ("alembic", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from simulations.federation.settings import check_simulation_can_start, simulated_settings
+    from simulations.federation.simulation_settings import check_simulation_can_start, simulated_settings
 
     try:
         settings = simulated_settings(cfg)

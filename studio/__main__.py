@@ -1,7 +1,7 @@
-"""``python -m studio``: see ``studio.cli``."""
+"""``python -m studio``: see ``studio.studio_cli``."""
 
 import sys
 
-from studio.cli import main
+from studio.studio_cli import main
 
 sys.exit(main())

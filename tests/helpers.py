@@ -273,7 +273,7 @@ class InProcessGrid:
     def send_and_receive(self, messages, *, timeout=None):
         from flwr.app import Error, Message
 
-        from simulations.federation.client_app import app
+        from simulations.federation.simulation_client_app import app
 
         replies = []
         for sent in messages:

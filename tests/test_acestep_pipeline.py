@@ -20,7 +20,7 @@ from model.features.recent_choices import RecentChoices
 from model.log.vocab import GENRES
 from simulations.loop.closed_loop import Edits, edited_request
 from simulations.loop.policies import Conditioning
-from simulations.loop.settings import LoopSettings
+from simulations.loop.experiment_settings import LoopSettings
 
 DURATION = 10.0  # ACE-Step 1.5's shortest piece
 

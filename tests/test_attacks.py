@@ -25,7 +25,7 @@ from protocol.instructions import AttackInstructions, from_config_items, to_conf
 from protocol.records import user_parts
 from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from server.replies import judge_reply
-from simulations.federation.client_app import app
+from simulations.federation.simulation_client_app import app
 from simulations.seed_logs import seed_device_logs
 from tests.helpers import announced, app_message, partition_context, slot_message, train_instructions
 

@@ -15,8 +15,8 @@ from tests.conftest import ROOT
 SMOKE = {
     "dp_step.py": (["--quick", "--repetitions", "1"], {"dp_over_nonprivate", "opacus_over_dp"}),
     "device_inference.py": (["--quick"], None),
-    "attacks.py": (["--users", "6", "--eval-users", "4", "--rounds", "2", "--days", "7",
-                    "--attacks", "none,overflow", "--defences", "FedAvg,FedAvg+DP"], None),
+    "attacks_vs_defences.py": (["--users", "6", "--eval-users", "4", "--rounds", "2", "--days", "7",
+                                "--attacks", "none,overflow", "--defences", "FedAvg,FedAvg+DP"], None),
     "privacy_utility.py": (["--users", "40", "--eval-users", "8", "--points", "2", "--rounds", "2", "--epsilon", "8",
                             "--delta", "1e-3", "--central-epochs", "1", "population=small"],
                            {"users", "eval_points", "parameters", "privacy", "table", "seconds"}),

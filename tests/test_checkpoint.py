@@ -14,7 +14,7 @@ from server.federation import Progress
 from server.preflight import check_checkpoint_file
 from server.run_start import fresh_state
 from server.settings import settings_from_config
-from simulations.federation.server_app import simulated_run
+from simulations.federation.simulation_server_app import simulated_run
 from validation.config import ConfigError
 
 FIELDS = {"format_version", "round", "arrays", "ledger", "noise_multiplier", "strategy_state", "device_dir",

@@ -17,7 +17,7 @@ from model.network.networks import ModelConfig, PreferenceLSTM
 from privacy.record_level import RecordLevelDP
 from protocol.records import USERS_RECORD, slot_users, user_parts
 from protocol.reply_layout import CONTRIBUTION, EVAL_SCORES, EVALUATION, REASON_CODES, SCORES_ARRAY, STATISTICS_ARRAY
-from simulations.federation.client_app import app
+from simulations.federation.simulation_client_app import app
 from simulations.federation.device_data import device_examples, population, population_of, simulated_data
 from simulations.population.world import PromptMix, World
 from tests.helpers import CLIENT_POPULATION, app_message, partition_context, slot_message, train_instructions

@@ -16,12 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from launch import cli, serve
+from launch import launch_cli, serve
 from launch.certs import (
     CertificateError, certificate_hosts, check_superlink_tls, generate_node_key, generate_server_certificates,
     server_certificates,
 )
-from launch.commands import (
+from launch.flower_commands import (
     CommandError, flower_environment, node_config_text, superlink_command, supernode_command, write_run_config,
 )
 from launch.connection import write_connection
@@ -161,7 +161,7 @@ def test_cli_refuses_to_start_a_superlink_without_certificates(tmp_path):
 
 
 def _superlink_args(*extra: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(["superlink", "--port", str(free_port()), "--local-port", str(free_port()), *extra])
+    return launch_cli.build_parser().parse_args(["superlink", "--port", str(free_port()), "--local-port", str(free_port()), *extra])
 
 
 def test_cli_insecure_mode_needs_the_flag_and_warns(tmp_path, capsys):
@@ -188,7 +188,7 @@ def test_cli_refuses_a_supernode_without_a_log_store_or_key(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ issue 16, item 8-9
 def test_every_option_of_every_subcommand_has_help_text_and_defaults_are_shown():
-    parser = cli.build_parser()
+    parser = launch_cli.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subparsers.choices.items():
         for action in sub._actions:

@@ -11,7 +11,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import app
-from client.device_data import DeviceDataError, device_data
+from client.data_source import DeviceDataError, device_data
 from client.log_store import LogStore
 from model.network.networks import ModelConfig, PreferenceLSTM
 from model.network.training import LocalTrainConfig
@@ -76,7 +76,7 @@ def test_the_simulations_data_source_reads_a_log_db_as_a_device_does(tmp_path):
 
 
 def test_a_devices_data_source_refuses_a_synthetic_user_and_names_the_simulations_app():
-    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.federation.client_app"):
+    with pytest.raises(DeviceDataError, match="'partition-id'.*simulations.federation.simulation_client_app"):
         device_data(DATA, {"partition-id": 4})
 
 

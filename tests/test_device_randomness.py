@@ -20,7 +20,7 @@ from protocol.instructions import DataInstructions, TrainInstructions, to_config
 from protocol.records import to_array_record
 from protocol.reply_layout import CONTRIBUTION, STATISTICS_ARRAY
 from tests.helpers import announced
-from simulations.federation.client_app import app as simulation_app
+from simulations.federation.simulation_client_app import app as simulation_app
 from simulations.federation.device_data import simulated_data
 from simulations.population.population import PopulationConfig
 from simulations.seed_logs import seed_device_logs

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from client.device_data import device_data
+from client.data_source import device_data
 from client.log_store import LogStore
 from launch.processes import free_port, start
 from model.device.prior_store import PriorStore

@@ -331,7 +331,7 @@ def test_a_check_in_reply_holds_one_bool_and_a_check_in_without_share_parameters
     sends no share parameters) gets the reason code alone, no text."""
     from flwr.app import ConfigRecord, Message
 
-    from simulations.federation.client_app import app
+    from simulations.federation.simulation_client_app import app
 
     plan = plan_distributed(dimension=100, sensitivity=contribution_sensitivity(CLIP), noise_multiplier=1.0,
                             min_survivors=2, max_contributors=10)

@@ -25,7 +25,7 @@ from server.settings import settings_from_config
 from simulations.federation.device_data import device_examples
 from simulations.federation.held_out import held_out_examples
 from simulations.federation.inprocess import server_task_identity
-from simulations.federation.server_app import simulated_run
+from simulations.federation.simulation_server_app import simulated_run
 from simulations.run import run_federated_simulation
 
 OVERRIDES = ["population=small", "population.num_users=24", "population.eval_users=6", "population.days=10",

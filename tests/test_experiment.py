@@ -11,12 +11,12 @@ from generation.conditioning import build_request
 from model.features.recent_choices import RecentChoices
 from server.settings import settings_from_config
 from simulations.experiment import run_experiment
-from simulations.federation.settings import simulated_settings
+from simulations.federation.simulation_settings import simulated_settings
 from simulations.loop.closed_loop import Edits, edited_request
 from simulations.loop.policies import Conditioning
 from simulations.loop.pretraining import flower_overrides
-from simulations.loop.report import METRICS
-from simulations.loop.settings import POLICIES, LoopSettings, experiment_settings_from_config
+from simulations.loop.experiment_report import METRICS
+from simulations.loop.experiment_settings import POLICIES, LoopSettings, experiment_settings_from_config
 from validation.config import ConfigError
 from tests.conftest import ROOT
 

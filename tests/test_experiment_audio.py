@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from simulations.experiment import run_experiment
-from simulations.loop.settings import experiment_settings_from_config
+from simulations.loop.experiment_settings import experiment_settings_from_config
 from validation.config import ConfigError
 from tests.conftest import ROOT
 

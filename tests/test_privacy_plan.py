@@ -136,7 +136,7 @@ def test_the_planner_imports_no_torch():
 def test_privacy_plan_true_prints_the_runs_own_calibration_and_starts_nothing(tmp_path, compose_config):
     from server.run_start import evaluation_rate
     from server.aggregation import noise_multiplier_for
-    from simulations.federation.settings import simulated_settings
+    from simulations.federation.simulation_settings import simulated_settings
 
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-m", "simulations.run", "population=small", "privacy.plan=true",
@@ -153,7 +153,7 @@ def test_privacy_plan_true_prints_the_runs_own_calibration_and_starts_nothing(tm
 
 
 def test_privacy_plan_true_without_user_level_dp_says_there_is_nothing_to_plan(compose_config, capsys):
-    from simulations.federation.settings import simulated_settings
+    from simulations.federation.simulation_settings import simulated_settings
     from simulations.run import print_plan
 
     print_plan(simulated_settings(compose_config("population=small", "privacy=none", "privacy.plan=true")))
@@ -161,7 +161,7 @@ def test_privacy_plan_true_without_user_level_dp_says_there_is_nothing_to_plan(c
 
 
 def test_the_schema_refuses_a_plan_that_is_not_a_boolean(compose_config):
-    from simulations.federation.settings import simulated_settings
+    from simulations.federation.simulation_settings import simulated_settings
     from validation.config import ConfigError
 
     with pytest.raises(ConfigError, match="privacy.plan"):
@@ -182,7 +182,7 @@ def test_an_entry_that_would_run_refuses_a_config_that_asks_only_for_a_plan(conf
 def test_the_closed_loop_experiment_refuses_a_config_that_asks_only_for_a_plan():
     from hydra import compose, initialize_config_dir
 
-    from simulations.loop.settings import experiment_settings_from_config
+    from simulations.loop.experiment_settings import experiment_settings_from_config
     from validation.config import ConfigError
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -196,7 +196,7 @@ def test_under_secagg_the_runs_plan_uses_the_quantised_contributions_sensitivity
     from server.preflight import model_parameters
     from server.run_start import privacy_plan
     from server.secagg import SecureAggregator
-    from simulations.federation.settings import simulated_settings
+    from simulations.federation.simulation_settings import simulated_settings
 
     settings = simulated_settings(compose_config("population=small", "secagg.enabled=true", "simulation.nodes=0"))
     plan = privacy_plan(settings, settings.population.num_users)

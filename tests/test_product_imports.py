@@ -1,9 +1,9 @@
 """The product path never contains the synthetic-user generator: nothing under client/ or server/ imports simulations/.
 
-Synthetic users, their held-out evaluation, seed-logs and the attacks live in ``simulations/`` and are plugged into
-the product's ClientApp and ServerApp by the simulation (``simulations.federation.client_app``,
-``simulations.federation.server_app``). Checked statically by ``tests/test_layers.py`` (every import, in functions
-too, points down the layers, and simulations/ is the top one) and here by loading the product apps in a fresh
+Synthetic users, their held-out evaluation, seed-logs and the attacks live in ``simulations/`` and are plugged into the
+product's ClientApp and ServerApp by the simulation (``simulations.federation.simulation_client_app``,
+``simulations.federation.simulation_server_app``). Checked statically by ``tests/test_layers.py`` (every import, in
+functions too, points down the layers, and simulations/ is the top one) and here by loading the product apps in a fresh
 interpreter.
 """
 
@@ -19,7 +19,7 @@ FORBIDDEN = "simulations"
 
 
 def test_loading_the_product_apps_loads_no_simulations_module():
-    code = ("import sys, client.client_app, server.server_app, launch.cli; "
+    code = ("import sys, client.client_app, server.server_app, launch.launch_cli; "
             f"print(sorted(m for m in sys.modules if m == {FORBIDDEN!r} or m.startswith({FORBIDDEN + '.'!r})))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

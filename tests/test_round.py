@@ -13,11 +13,11 @@ from server.grid_transport import GridTransport
 from server.round import FederatedRound, poisson_sample, train_instructions
 from server.run_start import data_instructions, fresh_state
 from server.server_app import compose_settings
-from simulations.federation.client_app import app as client_app
+from simulations.federation.simulation_client_app import app as client_app
 from simulations.federation.device_data import device_examples, population_items
 from simulations.federation.inprocess import InProcessTransport, server_task_identity
 from simulations.federation.inprocess_grid import InProcessGrid
-from simulations.federation.settings import population_config
+from simulations.federation.simulation_settings import population_config
 
 USERS = 8
 OVERRIDES = ["population=small", f"population.num_users={USERS}", "population.eval_users=0", "population.days=7",

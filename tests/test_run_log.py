@@ -7,10 +7,10 @@ import logging
 
 from server.federation import Progress
 from server.server_app import compose_settings
-from simulations.federation.client_app import app as client_app
+from simulations.federation.simulation_client_app import app as client_app
 from simulations.federation.inprocess import server_task_identity
 from simulations.federation.inprocess_grid import InProcessGrid
-from simulations.federation.server_app import simulated_run
+from simulations.federation.simulation_server_app import simulated_run
 
 TINY = ["population=small", "population.num_users=4", "population.eval_users=2", "population.days=7", "model=causal",
         "model.hidden_size=8", "model.num_layers=1", "model.dropout=0.0", "simulation.rounds=2",

@@ -327,8 +327,8 @@ def plain_and_secure_runs(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     import server.round
-    from simulations.federation.client_app import app as client_app
-    from simulations.federation.server_app import simulated_run
+    from simulations.federation.simulation_client_app import app as client_app
+    from simulations.federation.simulation_server_app import simulated_run
     from tests.conftest import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

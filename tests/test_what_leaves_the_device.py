@@ -1,10 +1,10 @@
 """What leaves the device: every reply a client sends is its bounded contribution, its bounded scores, a reason code or
 nothing; every key of every reply type is enumerated here.
 
-A Flower client mod (``Recorder``) sits around the simulation's ClientApp (``simulations.federation.client_app.app``:
-the product ClientApp's functions, synthetic users and the attack mod) and records every outgoing reply:
-its records (names, types, keys, values or array shapes) and its exact wire bytes (Flower's protobuf encoding, the
-metadata included). Two sources of replies are checked against the same rules:
+A Flower client mod (``Recorder``) sits around the simulation's ClientApp
+(``simulations.federation.simulation_client_app.app``: the product ClientApp's functions, synthetic users and the attack
+mod) and records every outgoing reply: its records (names, types, keys, values or array shapes) and its exact wire bytes
+(Flower's protobuf encoding, the metadata included). Two sources of replies are checked against the same rules:
 
 - a real run in Flower's simulation engine (``simulations.run.run_federated_simulation``, Ray, the real ServerApp)
   with privacy=both, node slots playing several users per message (each user's part of a slot's reply is held to
@@ -51,7 +51,7 @@ from protocol.reply_layout import (
     SCORES_ARRAY,
     STATISTICS_ARRAY,
 )
-import simulations.federation.client_app
+import simulations.federation.simulation_client_app
 from protocol.records import (
     USER_RECORD_NAMES,
     USERS_RECORD,
@@ -67,7 +67,7 @@ from model.network.training import LocalTrainConfig
 from simulations.federation.device_data import device_examples, population, simulated_data
 from simulations.population.population import PopulationConfig
 
-REAL_APP = simulations.federation.client_app.app
+REAL_APP = simulations.federation.simulation_client_app.app
 """The ClientApp every simulated device runs; in a Ray worker this module is imported afresh and finds the same one."""
 EVENT_FIELD_NAMES = {"time", "kind", *itertools.chain.from_iterable(FIELDS_BY_KIND.values())}
 
@@ -226,7 +226,7 @@ def recorded_run(tmp_path_factory):
         settings = settings_from_config(compose(config_name="config", overrides=TINY))
     base = tmp_path_factory.mktemp("recorded")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(simulations.federation.client_app, "app", recording_app(base / "replies"))
+        patch.setattr(simulations.federation.simulation_client_app, "app", recording_app(base / "replies"))
         metrics = run_federated_simulation(TINY, settings, base / "run")
     return metrics, load_records(base / "replies"), settings
 

@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord
 from model.log.vocab import GENRES
 from protocol.instructions import TrainInstructions, from_config_items, to_config_items
 from simulations.federation.device_data import population_of, simulated_data
-from simulations.federation.settings import simulated_settings
+from simulations.federation.simulation_settings import simulated_settings
 from simulations.loop.pretraining import flower_overrides
 from simulations.loop.user import draw_prompt
 from simulations.population.population import Population, PopulationConfig

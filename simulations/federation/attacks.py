@@ -16,8 +16,8 @@ malicious set at 0.1 is inside the one at 0.2). The attacks:
   permutation (data poisoning; Tolpegin et al. 2020); its reply is well formed.
 
 The attacks are a Flower client mod (``attack_mod``) that only the simulation's ClientApp
-(``simulations.federation.client_app``) installs: a device's ClientApp never attacks, whatever the server sends (and
-the server refuses ``simulation.attack`` outside simulation).
+(``simulations.federation.simulation_client_app``) installs: a device's ClientApp never attacks, whatever the server
+sends (and the server refuses ``simulation.attack`` outside simulation).
 """
 
 from __future__ import annotations

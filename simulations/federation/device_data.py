@@ -6,13 +6,13 @@ The server describes the synthetic population in every message (``DataInstructio
 (unknown keys, wrong types and out-of-range values are errors naming ``data.population.<key>``). The product's
 ``client/`` and ``server/`` carry the entries without reading them, so only ``simulations/`` knows the world's types.
 
-``simulated_device_data`` is the ``client.device_data.DataSource`` of the simulation's ClientApp
-(``simulations.federation.client_app``): node config ``partition-id=N`` (set by Flower's simulation, or per user by
-a node slot) plays synthetic user N; ``log-db`` is read as on a device. Everything is cached per worker process
-with bounded size, so a worker that serves thousands of users keeps only the most recent ones. A user is kept in
-its compact form (``model.features.examples.EncodedLog``: encoded events and prediction points, within
-``USER_CACHE_BYTES`` in all) and its windows are cut anew on each use: they repeat each event up to ``window``
-times, so the same memory holds ~7 times as many users as it would hold windows.
+``simulated_device_data`` is the ``client.data_source.DataSource`` of the simulation's ClientApp
+(``simulations.federation.simulation_client_app``): node config ``partition-id=N`` (set by Flower's simulation, or per
+user by a node slot) plays synthetic user N; ``log-db`` is read as on a device. Everything is cached per worker process
+with bounded size, so a worker that serves thousands of users keeps only the most recent ones. A user is kept in its
+compact form (``model.features.examples.EncodedLog``: encoded events and prediction points, within ``USER_CACHE_BYTES``
+in all) and its windows are cut anew on each use: they repeat each event up to ``window`` times, so the same memory
+holds ~7 times as many users as it would hold windows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from client.device_data import DeviceData, DeviceDataError, device_data, ledger_path_of
+from client.data_source import DeviceData, DeviceDataError, device_data, ledger_path_of
 from protocol.instructions import (
     DataInstructions,
     InstructionError,

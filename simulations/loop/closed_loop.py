@@ -41,8 +41,8 @@ from model.features.prompt_intent import parse_prompt
 from model.log.events import Event
 from model.log.vocab import GENRE_INDEX, GENRES
 from simulations.loop.judging import judge, mood_match
-from simulations.loop.records import LoopRecords, RequestRecord
-from simulations.loop.settings import LoopSettings
+from simulations.loop.loop_records import LoopRecords, RequestRecord
+from simulations.loop.experiment_settings import LoopSettings
 from simulations.loop.simulated_generator import SimulatedGenerator
 from simulations.loop.user import (
     SECONDS_PER_DAY,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from generation.conditioning import MusicRequest
 from generation.generators import GenerationResult, Generator
-from generation.settings import GenerationSettings
+from generation.generation_settings import GenerationSettings
 from simulations.loop.simulated_generator import AdherenceNoise, SimulatedGenerator
 
 SOURCES = {"acestep_tiny": "ace-step-1.5-tiny", "acestep": "ace-step-1.5"}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from generation.conditioning import request_energy
 from generation.generators import SegmentDescriptor
 from model.log.vocab import GENRE_INDEX, GENRES, INSTRUMENT_INDEX, INSTRUMENTS
-from simulations.loop.settings import JudgeSettings
+from simulations.loop.experiment_settings import JudgeSettings
 from simulations.population.taste import Taste
 
 

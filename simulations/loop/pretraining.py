@@ -29,8 +29,8 @@ from server.run_start import data_instructions
 from server.settings import RunSettings
 from simulations.federation.device_data import device_examples, population_items
 from simulations.federation.inprocess import InProcessFederation
-from simulations.federation.settings import population_config
-from simulations.loop.settings import ExperimentSettings
+from simulations.federation.simulation_settings import population_config
+from simulations.loop.experiment_settings import ExperimentSettings
 
 Arrays = dict[str, np.ndarray]
 Progress = Callable[[str], None]

@@ -26,7 +26,7 @@ from model.network.training import train_local
 from server.settings import RunSettings
 from simulations.federation.inprocess import InProcessFederation
 from simulations.loop.pretraining import CENTRAL_BATCH_SIZE, CENTRAL_LR
-from simulations.loop.settings import RetrainSettings
+from simulations.loop.experiment_settings import RetrainSettings
 
 Arrays = dict[str, np.ndarray]
 RETRAIN_STREAM = 2

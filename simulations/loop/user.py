@@ -27,7 +27,7 @@ from generation.cold_start import MAX_FAVOURITES, Questionnaire
 from generation.generators import SegmentDescriptor
 from model.log.vocab import BPM_MAX, BPM_MIN, GENRES, INSTRUMENT_INDEX, INSTRUMENTS
 from simulations.loop.judging import Judgement
-from simulations.loop.settings import BehaviourSettings
+from simulations.loop.experiment_settings import BehaviourSettings
 from simulations.population.population import (
     ANOTHER_REQUEST_PROB,
     LISTENING_PEAKS,

@@ -21,7 +21,7 @@ worker processes are left out. Configuration is composed from conf/ with Hydra o
 Prints the Markdown table (top-1, NLL in brackets), the rejected replies per attack, the baselines, the DP
 column's epsilon, and last one JSON line. ``--quick`` runs 20 users for 10 rounds (about 4 minutes here).
 
-    python benchmarks/attacks.py [--quick] [--fraction 0.2] [--rounds 20] [--out DIR]
+    python benchmarks/attacks_vs_defences.py [--quick] [--fraction 0.2] [--rounds 20] [--out DIR]
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def run_cell(overrides: list[str], output_dir: Path) -> dict:
     from server.server_app import compose_settings
     from simulations.federation.inprocess import server_task_identity
     from simulations.federation.inprocess_grid import InProcessGrid
-    from simulations.federation.client_app import app as client_app
-    from simulations.federation.server_app import simulated_run
+    from simulations.federation.simulation_client_app import app as client_app
+    from simulations.federation.simulation_server_app import simulated_run
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the strategies log every aggregation at INFO
     settings = compose_settings("config", overrides)

@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from simulations.loop.settings import RETENTION_DAY, ReportSettings  # noqa: E402
-from simulations.loop.records import LoopRecords  # noqa: E402
+from simulations.loop.experiment_settings import RETENTION_DAY, ReportSettings  # noqa: E402
+from simulations.loop.loop_records import LoopRecords  # noqa: E402
 
 METRICS = ("first_satisfaction", "edits", "retention_7d", "mood_match")
 LABELS = {"first_satisfaction": "first-generation satisfaction", "edits": "edits before a keep",

@@ -12,6 +12,10 @@ Subcommands (each ``--help`` lists its flags):
 - ``run``        check the config locally, submit a training run (``flwr run``), exit non-zero unless it completed
 - ``stop``       stop a run (e.g. one whose ServerApp process died), before resuming it from its checkpoint
 
+This module is the entry point: the parser, the dispatch and the key-material subcommands. ``superlink`` and
+``supernode`` are implemented in ``launch.serve``, ``register``, ``run`` and ``stop`` in ``launch.operator``; the
+command lines of Flower's own tools they start are built in ``launch.flower_commands``.
+
 ``register``, ``run`` and ``stop`` reach the SuperLink on 127.0.0.1 (run them on the server host, or through an SSH
 tunnel). Plain TCP without TLS or node authentication needs ``--insecure`` and prints a warning. Exit codes:
 0 success, 1 the run failed, 2 the command could not start (missing files, port in use, bad arguments or config, a
@@ -29,7 +33,7 @@ from pathlib import Path
 from launch import certs as certs_module
 from launch.approved_apps import ApprovedAppsError
 from launch.args import CannotStart
-from launch.commands import CommandError
+from launch.flower_commands import CommandError
 from launch.connection import ConnectionConfigError
 from launch.processes import PortInUseError
 from launch.proxy import ProxyError

@@ -106,7 +106,7 @@ def device_data(data: DataInstructions, node_config: Mapping[str, object], devic
         raise DeviceDataError(
             f"node config sets '{PARTITION_ID}' (a synthetic user of Flower's simulation), but this ClientApp trains "
             f"on a device's own log ({LOG_DB}=PATH). Simulations run the simulation's ClientApp "
-            "(simulations.federation.client_app, started by python -m simulations.run)."
+            "(simulations.federation.simulation_client_app, started by python -m simulations.run)."
         )
     if node_config.get(LOG_DB) in (None, ""):
         raise DeviceDataError(

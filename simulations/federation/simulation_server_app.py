@@ -4,7 +4,7 @@
 description of the synthetic population its nodes play (sent in every message, ``simulations.federation.device_data``)
 and the held-out synthetic users the server scores on (``simulations.federation.held_out``). ``app`` reads the same run
 config as the product ServerApp (``server.server_app.run_settings``) with the simulation's schema; Flower's
-simulation engine runs it with ``simulations.federation.client_app`` (``simulations.run``).
+simulation engine runs it with ``simulations.federation.simulation_client_app`` (``simulations.run``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from server.server_app import run_settings
 from server.settings import RunSettings
 from simulations.federation.device_data import population_items
 from simulations.federation.held_out import SyntheticHeldOut
-from simulations.federation.settings import SimulatedRunSettings, check_simulation_can_start, population_config
+from simulations.federation.simulation_settings import (SimulatedRunSettings, check_simulation_can_start,
+                                                         population_config)
 
 
 def simulated_run(settings: RunSettings, output_dir: Path, progress: Progress | None = None) -> FederatedRun:

@@ -1,12 +1,12 @@
-"""``server.report``: the run's plots and its metrics file."""
+"""``server.report_files``: the run's plots and its metrics file."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from server import report as report_module
-from server.report import BASELINE_STYLES, figure_against_round, plot_rounds, write_json
+from server import report_files as report_module
+from server.report_files import BASELINE_STYLES, figure_against_round, plot_rounds, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -2,11 +2,11 @@
 
 The composed config has two parts. Everything the federated training run understands (``seed``, ``train``,
 ``population``, ``model``, ``privacy``, ``strategy``, ``simulation`` ...) is checked by the project's own schema
-(``simulations.federation.settings.simulated_settings``): it describes the *historic* federation the global model is pre-trained
-on. The ``experiment`` key describes the loop: the new users, the policies, periodic retraining, the simulated
-generator's adherence noise, how users judge and come back. The ``generation`` group says whether ACE-Step 1.5's
-pipeline makes audio too (``generation.settings``). Unknown keys and wrong types are rejected with the key
-named (``protocol.instructions.dataclass_from_dict``); each dataclass checks its own ranges.
+(``simulations.federation.simulation_settings.simulated_settings``): it describes the *historic* federation the global
+model is pre-trained on. The ``experiment`` key describes the loop: the new users, the policies, periodic retraining,
+the simulated generator's adherence noise, how users judge and come back. The ``generation`` group says whether ACE-Step
+1.5's pipeline makes audio too (``generation.generation_settings``). Unknown keys and wrong types are rejected with the
+key named (``protocol.instructions.dataclass_from_dict``); each dataclass checks its own ranges.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from generation.cold_start import ExplorationConfig
 from generation.conditioning import ConditioningConfig
-from generation.settings import GenerationSettings
+from generation.generation_settings import GenerationSettings
 from protocol.instructions import InstructionError, dataclass_from_dict
 from server.preflight import check_no_plan
 from simulations.loop.simulated_generator import AdherenceNoise
@@ -28,7 +28,7 @@ from server.settings import (
     RunSettings,
     check_range,
 )
-from simulations.federation.settings import simulated_settings
+from simulations.federation.simulation_settings import simulated_settings
 
 POLICIES = ("baseline", "recent_choices", "federated_dp", "federated_dp_personal", "central", "oracle")
 PRETRAIN_ENGINES = ("flower", "inprocess", "checkpoint")
