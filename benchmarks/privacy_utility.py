@@ -43,6 +43,16 @@ SURFACE_COHORT = 10_000
 """The most clients a round a surface point plans for: q = min(0.1, 10,000 / N)."""
 
 
+def _populations(text: str) -> tuple[int, ...]:
+    try:
+        populations = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of populations, e.g. 1000,10000; found {text!r}")
+    if not populations or min(populations) < 1:
+        raise argparse.ArgumentTypeError(f"populations must be >= 1; found {text!r}")
+    return populations
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measure the privacy-utility surface: populations 1k-1M x epsilon 0.5-8 at delta 1/(10N) "
                              f"(noise-cohort simulations past --users), written to {SURFACE_JSON.relative_to(ROOT)} "
                              "with its table and plot")
+    parser.add_argument("--surface-populations", type=_populations, default=SURFACE_POPULATIONS, metavar="N,N",
+                        help="the surface's populations (default: 1000,10000,100000,1000000); with fewer, write it "
+                             "to --surface-out, not over the committed surface the planner reads")
     parser.add_argument("--surface-out", type=Path, default=None, metavar="DIR",
                         help="write the surface's JSON, table and plot into DIR instead (a trial run)")
     parser.add_argument("--quick", action="store_true",
@@ -81,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.eval_users, args.rounds, args.epsilon, args.delta = 1_000, 200, 30, 8.0, 1e-5
+    if args.surface and args.surface_populations != SURFACE_POPULATIONS and args.surface_out is None:
+        parser.error("--surface-populations other than the full grid needs --surface-out DIR: the committed surface "
+                     "(privacy/measured_surface.json) is the full grid the planner reads")
     return args
 
 
@@ -94,11 +110,11 @@ OTHER_MECHANISMS = {
 """The mechanisms ``--mechanism`` trains beside central-noise DP-FedAvg: their overrides and how they are accounted."""
 
 
-def surface_points(pool: int) -> list[dict]:
+def surface_points(pool: int, populations: tuple[int, ...] = SURFACE_POPULATIONS) -> list[dict]:
     """The grid: each population N at each epsilon, delta = 1/(10 N), q = min(0.1, 10,000 / N). Populations past the
     ``pool`` of simulated users are noise-cohort simulations on the pool at q = 0.1."""
     points = []
-    for n in SURFACE_POPULATIONS:
+    for n in populations:
         q = min(0.1, SURFACE_COHORT / n)
         for epsilon in SURFACE_EPSILONS:
             points.append({"population": n, "epsilon": epsilon, "delta": 1.0 / (10 * n), "sample_rate": q,
@@ -114,14 +130,14 @@ def measure_surface(args, federate, add_model, table, compose_settings, log) -> 
     from simulations.federation.noise_cohort import LABEL, NoiseCohort
 
     rows = []
-    for pool in sorted({min(n, args.users) for n in SURFACE_POPULATIONS}):
+    for pool in sorted({min(n, args.users) for n in args.surface_populations}):
         settings = compose_settings("config", [f"population.num_users={pool}", f"simulation.rounds={args.rounds}",
                                                f"simulation.sample_rate={args.sample_rate}", "privacy=none",
                                                *args.overrides])
         name = f"non-private, {pool} users"
         model, _ = federate(settings, name, users=pool)
         add_model(name, model)
-    for point in surface_points(args.users):
+    for point in surface_points(args.users, args.surface_populations):
         n, epsilon, pool = point["population"], point["epsilon"], point["simulated_users"]
         settings = compose_settings("config", [
             f"population.num_users={pool}", f"simulation.rounds={args.rounds}", f"simulation.sample_rate={args.sample_rate}",
