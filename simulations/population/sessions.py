@@ -96,8 +96,14 @@ SegmentGenerator = Callable[[GenerationRequest], Segment]
 
 def default_generator(request: GenerationRequest) -> Segment:
     """The unpersonalised app: the chosen style (else pop) at its default tempo and instruments, user edits applied."""
-    genre = request.style or APP_DEFAULT_GENRE
-    return Segment(genre, request.bpm or GENRE_BPM[genre], _apply_toggles(genre, request.toggles))
+    return _default_segment(request.style, request.bpm, request.toggles)
+
+
+def _default_segment(style: str | None, bpm: float | None, toggles: tuple[tuple[str, bool], ...]) -> Segment:
+    """``default_generator`` on the only fields it reads. ``play_request`` calls it directly for the default app,
+    which spares building a ``GenerationRequest`` that copies the user's whole history for every segment."""
+    genre = style or APP_DEFAULT_GENRE
+    return Segment(genre, bpm or GENRE_BPM[genre], _apply_toggles(genre, toggles))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -237,10 +243,12 @@ def play_request(rng: np.random.Generator, *, taste: Taste, ts: int, utc_offset_
             request.nudge_bpm()
         for _ in range(int(rng.random() < TOGGLE_PROB) + int(rng.random() < TOGGLE_PROB / 3)):
             request.toggle_instrument()
-        segment = generator(GenerationRequest(
-            float(request.ts), utc_offset_min, prompt, request.style, request.bpm,
-            tuple(request.toggles), attempt, (*history, *request.events),
-        ))
+        toggles = tuple(request.toggles)
+        if generator is default_generator:
+            segment = _default_segment(request.style, request.bpm, toggles)
+        else:
+            segment = generator(GenerationRequest(float(request.ts), utc_offset_min, prompt, request.style,
+                                                  request.bpm, toggles, attempt, (*history, *request.events)))
         request.last_segment = segment
         kept = segment.genre == want or rng.random() < SETTLE_PROB or attempt == MAX_ATTEMPTS - 1
         request.emit("segment_kept" if kept else "segment_redone", (20, 120), genre=segment.genre,
