@@ -129,16 +129,17 @@ class SyntheticUser:
             a few minutes later.
         """
         rng = _stream(self._config.seed, self.user_id, SESSIONS_STREAM)
+        integers, taste_at, offset, world = rng.integers, self.taste_at, self.utc_offset_min, self.world
         log: list[Event] = []
         # Local days one beyond each end, so every UTC day of the window is fully covered in any time zone.
         for day in range(-1, self._config.days + 1):
             for ts in self._session_starts(rng, day):
                 for _ in range(self._requests_in_session(rng)):
-                    pause = int(rng.integers(30, 300))
+                    pause = int(integers(30, 300))
                     if log:  # the next request, or a session overlapping the last one, waits for it to end
                         ts = max(ts, int(log[-1].ts) + pause)
-                    log.extend(play_request(rng, taste=self.taste_at(ts), ts=ts, utc_offset_min=self.utc_offset_min,
-                                            generator=generator, history=log, world=self.world))
+                    log.extend(play_request(rng, taste=taste_at(ts), ts=ts, utc_offset_min=offset,
+                                            generator=generator, history=log, world=world))
         return log
 
     def _session_starts(self, rng: np.random.Generator, day: int) -> list[int]:

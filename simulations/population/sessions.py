@@ -96,8 +96,14 @@ SegmentGenerator = Callable[[GenerationRequest], Segment]
 
 def default_generator(request: GenerationRequest) -> Segment:
     """The unpersonalised app: the chosen style (else pop) at its default tempo and instruments, user edits applied."""
-    genre = request.style or APP_DEFAULT_GENRE
-    return Segment(genre, request.bpm or GENRE_BPM[genre], _apply_toggles(genre, request.toggles))
+    return _default_segment(request.style, request.bpm, request.toggles)
+
+
+def _default_segment(style: str | None, bpm: float | None, toggles: tuple[tuple[str, bool], ...]) -> Segment:
+    """``default_generator`` on the only fields it reads. ``play_request`` calls it directly for the default app,
+    which spares building a ``GenerationRequest`` that copies the user's whole history for every segment."""
+    genre = style or APP_DEFAULT_GENRE
+    return Segment(genre, bpm or GENRE_BPM[genre], _apply_toggles(genre, toggles))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -145,10 +151,19 @@ def _prompt(rng: np.random.Generator, want: str, world: World) -> str:
 
 
 class _Request:
-    """The state of one request while the user steers it; collects the events it produces."""
+    """The state of one request while the user steers it; collects the events it produces.
 
-    def __init__(self, rng: np.random.Generator, taste: Taste, ts: int, utc_offset_min: int) -> None:
-        self.rng, self.taste, self.ts, self.offset = rng, taste, ts, utc_offset_min
+    The taste's probabilities are read as plain floats once per request (instruments only when the user first
+    toggles one), not once per draw.
+    """
+
+    __slots__ = ("rng", "taste", "ts", "offset", "genre_probs", "_instrument_probs", "events", "style", "bpm",
+                 "toggles", "last_segment")
+
+    def __init__(self, rng: np.random.Generator, taste: Taste, ts: int, utc_offset_min: int,
+                 genre_probs: list[float]) -> None:
+        self.rng, self.taste, self.ts, self.offset, self.genre_probs = rng, taste, ts, utc_offset_min, genre_probs
+        self._instrument_probs: list[float] | None = None
         self.events: list[Event] = []
         self.style: str | None = None
         self.bpm: float | None = None
@@ -157,14 +172,15 @@ class _Request:
 
     def emit(self, kind: str, pause_s: tuple[int, int], **fields: object) -> None:
         """Record an event after a pause drawn from ``pause_s`` (whole seconds, low inclusive, high exclusive)."""
-        self.ts += _uniform_int(self.rng, *pause_s)
+        low, high = pause_s
+        self.ts += low + int((high - low) * self.rng.random())  # _uniform_int, inlined: it runs once per event
         self.events.append(Event(float(self.ts), self.offset, kind, **fields))
 
     def choose_style(self, want: str, attempt: int) -> None:
         """Pick the wanted style, or now and then explore another the user also likes."""
         genre = want
         if self.rng.random() < EXPLORE_PROB / 2**attempt:
-            genre = GENRES[_draw(self.rng, self.taste.genre_probs.tolist())]  # exploring within what they like
+            genre = GENRES[_draw(self.rng, self.genre_probs)]  # exploring within what they like
         self.style = genre
         self.emit("style_chosen", (2, 15), genre=genre)
 
@@ -186,9 +202,11 @@ class _Request:
 
     def toggle_instrument(self) -> None:
         """Switch one instrument, chosen in proportion to how much its state disagrees with the user's liking."""
+        if self._instrument_probs is None:
+            self._instrument_probs = self.taste.instrument_probs.tolist()
         playing = _apply_toggles(self.style or APP_DEFAULT_GENRE, tuple(self.toggles))
         disagreement = [1.0 - prob if name in playing else prob
-                        for name, prob in zip(INSTRUMENTS, self.taste.instrument_probs.tolist())]
+                        for name, prob in zip(INSTRUMENTS, self._instrument_probs)]
         instrument = INSTRUMENTS[_draw(self.rng, disagreement)]
         enabled = instrument not in playing
         if not enabled and len(playing) == 1:
@@ -213,9 +231,10 @@ def play_request(rng: np.random.Generator, *, taste: Taste, ts: int, utc_offset_
     Returns:
         The request's events in time order: ``generation_requested`` first and ``segment_kept`` last.
     """
-    want = GENRES[_draw(rng, taste.genre_probs.tolist())]
+    genre_probs = taste.genre_probs.tolist()
+    want = GENRES[_draw(rng, genre_probs)]
     prompt = _prompt(rng, want, world)
-    request = _Request(rng, taste, ts, utc_offset_min)
+    request = _Request(rng, taste, ts, utc_offset_min, genre_probs)
     request.emit("generation_requested", (0, 1), prompt=prompt)  # a pause in [0, 1): at ``ts`` itself
     for attempt in range(MAX_ATTEMPTS):  # the last attempt is always kept, so the loop ends with a kept segment
         if attempt > 0 or rng.random() < STYLE_PROB:
@@ -224,10 +243,12 @@ def play_request(rng: np.random.Generator, *, taste: Taste, ts: int, utc_offset_
             request.nudge_bpm()
         for _ in range(int(rng.random() < TOGGLE_PROB) + int(rng.random() < TOGGLE_PROB / 3)):
             request.toggle_instrument()
-        segment = generator(GenerationRequest(
-            float(request.ts), utc_offset_min, prompt, request.style, request.bpm,
-            tuple(request.toggles), attempt, tuple(history) + tuple(request.events),
-        ))
+        toggles = tuple(request.toggles)
+        if generator is default_generator:
+            segment = _default_segment(request.style, request.bpm, toggles)
+        else:
+            segment = generator(GenerationRequest(float(request.ts), utc_offset_min, prompt, request.style,
+                                                  request.bpm, toggles, attempt, (*history, *request.events)))
         request.last_segment = segment
         kept = segment.genre == want or rng.random() < SETTLE_PROB or attempt == MAX_ATTEMPTS - 1
         request.emit("segment_kept" if kept else "segment_redone", (20, 120), genre=segment.genre,

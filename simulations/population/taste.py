@@ -11,6 +11,7 @@ The taste drives simulated behaviour and is the ground truth of evaluation; it n
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,11 +102,18 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 def _softmax(logits: list[float]) -> np.ndarray:
-    """Probabilities from logits, shifted by their maximum so that ``exp`` cannot overflow."""
+    """Probabilities from logits, shifted by their maximum so that ``exp`` cannot overflow.
+
+    ``np.add.reduce`` is what ``exp.sum()`` calls, without the method's Python wrapper; numpy's ``exp`` stays, as
+    ``math.exp`` may differ from it in the last bit.
+    """
     top = max(logits)
     exp = np.exp([logit - top for logit in logits])
-    exp /= exp.sum()
+    exp /= _add_reduce(exp)
     return exp
+
+
+_add_reduce = np.add.reduce
 
 
 def _persona_phase(personas: Sequence[Persona], weights: np.ndarray, noise: np.ndarray, bpm_offset: float,
@@ -156,16 +164,17 @@ class HiddenTaste:
             weekday: 0 = Monday ... 6 = Sunday.
         """
         phase = self.after if self.switch_day is not None and local_day >= self.switch_day else self.before
-        knot = min(max(local_day / DAYS_PER_KNOT, 0.0), len(self.drift_knots) - 1.0)
-        low = min(int(knot), len(self.drift_knots) - 2)
+        lists = self._lists
+        knot = min(max(local_day / DAYS_PER_KNOT, 0.0), lists.last_knot)
+        low = min(int(knot), lists.last_low)
         frac = knot - low
+        keep = 1.0 - frac
         night = self.rhythm * night_ness(hour)
         # genre_logits + drift + night * night_shift, the drift interpolated between two weekly knots; on plain
         # floats, which for eight genres are cheaper than arrays and round exactly alike.
-        drift_low, drift_high = self.drift_knots[low:low + 2].tolist()
-        night_shift = self.night_shift.tolist()
-        logits = [base + ((1.0 - frac) * d0 + frac * d1) + night * shift
-                  for base, d0, d1, shift in zip(phase.genre_logits.tolist(), drift_low, drift_high, night_shift)]
+        logits = [base + (keep * d0 + frac * d1) + night * shift
+                  for base, d0, d1, shift in zip(lists.genre_logits[phase is self.after], lists.drift[low],
+                                                 lists.drift[low + 1], lists.night_shift)]
         if self.weekend_genre is not None and weekday >= 5:
             logits[self.weekend_genre] += WEEKEND_BONUS
         return Taste(
@@ -174,6 +183,33 @@ class HiddenTaste:
             bpm_sd=phase.bpm_sd,
             instrument_probs=phase.instrument_probs,
         )
+
+    @functools.cached_property
+    def _lists(self) -> _TasteLists:
+        """The arrays ``at`` reads, once as plain floats: ``at`` runs once per simulated request."""
+        knots = len(self.drift_knots)
+        return _TasteLists(
+            genre_logits=(self.before.genre_logits.tolist(), self.after.genre_logits.tolist()),
+            drift=self.drift_knots.tolist(),
+            night_shift=self.night_shift.tolist(),
+            last_knot=knots - 1.0,
+            last_low=knots - 2,
+        )
+
+
+@dataclass(frozen=True)
+class _TasteLists:
+    """A ``HiddenTaste``'s arrays as lists of floats (same values), and its last drift knot and interval.
+
+    Attributes:
+        genre_logits: (before, after) the switch; both the same values when the user never switches.
+    """
+
+    genre_logits: tuple[list[float], list[float]]
+    drift: list[list[float]]
+    night_shift: list[float]
+    last_knot: float
+    last_low: int
 
 
 def _persona_weights(rng: np.random.Generator, personas: Sequence[Persona]) -> np.ndarray:
