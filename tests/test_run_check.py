@@ -17,7 +17,7 @@ from tests.conftest import ROOT
     (["nosuchgroup.x=1"], r"override nosuchgroup\.x=1: conf/deploy\.yaml has no key nosuchgroup; the top level has: "
                           r".*\bsimulation\b"),
     (["+simulation.roundz=3"], r"Unknown key simulation\.roundz"),
-    (["privacy=usr"], r"privacy=usr: conf/privacy/ has no option 'usr'; choose one of both, distributed, none, record, user\."),
+    (["privacy=usr"], r"privacy=usr: conf/privacy/ has no option 'usr'; choose one of bandmf, both, distributed, none, record, user\."),
     (["simulation.rounds"], r"cannot read override: .*simulation\.rounds.* \(write KEY=VALUE\)"),
     (["simulation.rounds=abc"], r"simulation\.rounds must be of type int; found 'abc'"),
     (["simulation.rounds=-1"], r"simulation\.rounds must be >= 1; found -1"),
