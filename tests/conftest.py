@@ -2,12 +2,14 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# This worktree's code before any installed copy of the project (tests.helpers.ROOT is this folder).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from tests.helpers import ROOT  # noqa: E402
 
 # tests.ray_guard: a test not marked slow that starts Ray fails. pytester: the guard's own test runs an inner pytest.
 pytest_plugins = ["tests.ray_guard", "pytester"]

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from launch.approved_apps import ApprovedAppsError, bundle_bytes, bundle_hash, read_approved_apps
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PRODUCT = {"client", "model", "privacy", "protocol", "server", "storage", "validation", "conf"}
 """What the ServerApp and ClientApp need: the packages they import and the YAML the ServerApp composes."""

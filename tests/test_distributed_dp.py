@@ -264,7 +264,7 @@ def test_a_plan_that_cannot_work_stops_the_run_before_anything_starts_with_exit_
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     result = subprocess.run([sys.executable, "-m", "simulations.run", "privacy=distributed", "secagg.enabled=true",
                              "simulation.nodes=0", "privacy.min_survivors=500"], cwd=ROOT, capture_output=True,

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from simulations.experiment import run_experiment
 from simulations.loop.settings import experiment_settings_from_config
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TINY_LOOP = [
     "population=small", "population.num_users=20", "population.eval_users=4", "population.days=10",

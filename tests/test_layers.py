@@ -11,8 +11,8 @@ A module reaches another not only by ``import``: ``importlib.import_module("a.b"
 counts as an import of it. No chain of imports leads from a module back to itself (``if TYPE_CHECKING:`` imports,
 which never run, aside).
 
-In tests/, no test module imports another: what they share lives in tests/helpers.py (builders) or
-tests/conftest.py (fixtures).
+In tests/, no test module imports another or tests/conftest.py: what they share lives in tests/helpers.py
+(builders and constants such as ROOT) or tests/conftest.py (fixtures, which pytest hands to the tests).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 LAYERS = [("storage", "validation"), "privacy", "model.log", "model.features", "model.per_sample", "model.network",
           "model.device", "generation", "protocol", ("client", "server"), "studio", "launch", "simulations",
@@ -231,8 +231,9 @@ def test_no_module_imports_itself_through_others() -> None:
 
 
 def imported_test_modules(source: str) -> list[tuple[int, str]]:
-    """(line, name) of every import in ``source`` of a test module: ``tests.test_x``, ``test_x`` (tests/ is on
-    ``sys.path`` under pytest), ``from tests import test_x``, ``from .test_x import y``, ``from . import test_x``."""
+    """(line, name) of every import in ``source`` of a test module or of the conftest: ``tests.test_x``, ``test_x``
+    (tests/ is on ``sys.path`` under pytest), ``from tests import test_x``, ``from .test_x import y``,
+    ``from . import test_x``, and the same of ``conftest``."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -243,23 +244,29 @@ def imported_test_modules(source: str) -> list[tuple[int, str]]:
         else:
             continue
         found += [(node.lineno, name) for name in names
-                  if name.split(".")[-1].startswith("test_") and name.split(".")[:-1] in ([], ["tests"])]
+                  if (name.split(".")[-1].startswith("test_") or name.split(".")[-1] == "conftest")
+                  and name.split(".")[:-1] in ([], ["tests"])]
     return found
 
 
 def test_the_walk_finds_every_import_of_a_test_module() -> None:
     for source in ("from tests.test_client_app import _context", "import tests.test_federated_run",
                    "from test_hostile_inputs import FAST", "from .test_x import y", "from . import test_x",
-                   "from tests import test_x", "def f():\n    from tests.test_x import y\n"):
+                   "from tests import test_x", "def f():\n    from tests.test_x import y\n",
+                   "from tests.conftest import ROOT", "import conftest", "from . import conftest",
+                   "def f():\n    from tests.conftest import ROOT\n"):
         assert imported_test_modules(source), source
-    assert not imported_test_modules("from tests.helpers import announced\nfrom tests.conftest import ROOT\n"
-                                     "import pytest\nfrom tests import helpers\nfrom torch.testing import test_x")
+    assert not imported_test_modules("from tests.helpers import announced, ROOT\nimport pytest\n"
+                                     "from tests import helpers\nfrom torch.testing import test_x\n"
+                                     "from tests.ray_guard import left_by_ray\nimport conftest_x")
 
 
 def test_no_test_module_imports_another() -> None:
     """What tests share lives in tests/helpers.py (builders) or tests/conftest.py (fixtures). A test module imported
     by another runs its module-level set-up a second time (pytest imports it under its own name), ties one test
-    file's private helpers to another's, and a slow module's helpers pull its set-up into fast tests."""
+    file's private helpers to another's, and a slow module's helpers pull its set-up into fast tests. The conftest
+    too is imported by pytest under its own name: ``tests.conftest`` would be a second copy of it."""
     found = [f"{path.relative_to(ROOT)}:{line} imports {name}" for path in sorted((ROOT / "tests").glob("test_*.py"))
              for line, name in imported_test_modules(path.read_text())]
-    assert not found, "test modules import test modules (share through tests/helpers.py):\n" + "\n".join(found)
+    assert not found, ("test modules import test modules or the conftest (share through tests/helpers.py):\n"
+                       + "\n".join(found))

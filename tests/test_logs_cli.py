@@ -14,8 +14,8 @@ import pytest
 from client.log_store import PROGRESS_LINES, LogStore
 from client.logs import SHOWN_ERRORS
 from model.log.event_log import parse_lines
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("import", "validate", "stats", "drop")
 
 GOOD = [

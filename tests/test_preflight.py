@@ -17,7 +17,7 @@ import torch
 from server.preflight import model_bytes_per_process
 from server.settings import settings_from_config
 from simulations.federation.settings import check_simulation_can_start, simulated_settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _refused(compose_config, *overrides: str) -> str:

@@ -14,7 +14,7 @@ from privacy.accounting import PrivacyLedger
 from privacy.contribution import contribution_sensitivity
 from privacy.plan import main
 from privacy.utility_surface import PredictedUtility, predict_top1
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _plan(capsys, *flags: str) -> dict:

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 FORBIDDEN = "simulations"
 

@@ -8,7 +8,7 @@ import pytest
 
 from launch.processes import free_port
 from launch.run_check import RunConfigError, check_run_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -5,7 +5,7 @@ import pytest
 
 from server.settings import settings_from_config
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("group,options", [

@@ -19,9 +19,7 @@ import torch
 from launch.processes import free_port, is_listening
 from model.network.networks import PreferenceLSTM
 from studio.room import DeviceRoom
-from tests.conftest import ROOT
-from tests.helpers import CALM_ACOUSTIC, PRIOR_MODEL, listener_log
-from tests.outsider import refuses_connections
+from tests.helpers import CALM_ACOUSTIC, PRIOR_MODEL, ROOT, listener_log, refuses_connections
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 

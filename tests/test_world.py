@@ -20,7 +20,7 @@ from simulations.population.population import Population, PopulationConfig
 from simulations.population.sessions import MOOD_PROMPTS, VAGUE_PROMPTS
 from simulations.population.world import MOODS, GenreLogits, GenreMoods, Persona, World
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TODAY_FINGERPRINTS = [((0, 28, 7), "08439f158fbc067a", 372), ((3, 14, 1), "14a12ed50b109d62", 268)]
 """(seed, days, user) -> sha256 of repr(events)[:16] and event count, computed before worlds were configurable."""
