@@ -7,8 +7,8 @@ benchmarks (which may use anything), then tests. Neither the product (client, se
 simulations, and nothing imports benchmarks or tests. A violation names the file, the line and the module it imports.
 
 A module reaches another not only by ``import``: ``importlib.import_module("a.b")``, a child process started as
-``[sys.executable, "-m", "a.b", ...]`` and an entry point ``"a.b:function"`` run that module's code too, so each
-counts as an import of it. No chain of imports leads from a module back to itself (``if TYPE_CHECKING:`` imports,
+``[sys.executable, "-m", "a.b", ...]`` (of a package: its ``a/b/__main__.py``) and an entry point ``"a.b:function"``
+run that module's code too, so each counts as an import of it. No chain of imports leads from a module back to itself (``if TYPE_CHECKING:`` imports,
 which never run, aside).
 
 In tests/, no test module imports another or tests/conftest.py: what they share lives in tests/helpers.py
@@ -62,11 +62,17 @@ def _nodes(tree: ast.AST):
             yield from _nodes(child)
 
 
+def run_as_main(module: str) -> str:
+    """The module ``python -m module`` runs: ``module.__main__`` for a package of this project that has one."""
+    return f"{module}.__main__" if (ROOT.joinpath(*module.split(".")) / "__main__.py").is_file() else module
+
+
 def imported_modules(source: str, *, type_checking: bool = True) -> list[tuple[int, str]]:
     """(line, module) of every import in ``source``: ``import a.b``, ``from a.b import c`` (anywhere, functions
     included), ``importlib.import_module("a.b")`` or ``__import__("a.b")`` with a literal name, a child process
-    ``[..., "-m", "a.b", ...]`` (a list, a tuple or a call's arguments) and an entry point ``"a.b:name"`` naming a
-    module of this project. ``type_checking=False`` leaves out the imports under ``if TYPE_CHECKING:``."""
+    ``[..., "-m", "a.b", ...]`` (a list, a tuple or a call's arguments; a package's ``__main__``) and an entry point
+    ``"a.b:name"`` naming a module of this project. ``type_checking=False`` leaves out the imports under
+    ``if TYPE_CHECKING:``."""
     tree = ast.parse(source)
     found = []
     for node in (ast.walk(tree) if type_checking else _nodes(tree)):
@@ -80,7 +86,7 @@ def imported_modules(source: str, *, type_checking: bool = True) -> list[tuple[i
                 found.append((node.lineno, node.args[0].value))
         if isinstance(node, (ast.List, ast.Tuple, ast.Call)):  # python -m a.b: the child process imports a.b
             items = node.args if isinstance(node, ast.Call) else node.elts
-            found += [(node.lineno, module.value) for flag, module in zip(items, items[1:])
+            found += [(node.lineno, run_as_main(module.value)) for flag, module in zip(items, items[1:])
                       if isinstance(flag, ast.Constant) and flag.value == "-m"
                       and isinstance(module, ast.Constant) and isinstance(module.value, str)]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.count(":") == 1:
@@ -216,6 +222,8 @@ def test_the_cycle_search_finds_rings_and_only_rings() -> None:
     assert import_cycles({"a": {"b"}, "b": {"a"}, "x": {"y"}, "y": {"x"}}) == [["a", "b", "a"], ["x", "y", "x"]]
     child = imported_modules("subprocess.run([sys.executable, '-m', 'simulations.seed_logs', '--out', out])")
     assert child == [(1, "simulations.seed_logs")]
+    package = imported_modules("subprocess.run([sys.executable, '-m', 'launch', 'run'])")  # runs launch/__main__.py
+    assert package == [(1, "launch.__main__")] and "launch.cli" in _import_graph()["launch.__main__"]
     assert imported_modules("p.set_defaults(func='launch.serve:run_superlink')") == [(1, "launch.serve")]
     assert not imported_modules("print('server:port', 'x:y', 'a b:c')")
     hidden = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from model.network.networks import X\n"
