@@ -101,6 +101,7 @@ def test_impossible_worlds_fail_validation_naming_the_key(compose_config, overri
     assert message in str(error.value)
 
 
+@pytest.mark.slow  # the real command in a child process (seconds of imports); the rule itself: in this process above
 def test_entry_point_refuses_an_impossible_world_with_exit_2():
     result = subprocess.run(
         [sys.executable, "-m", "simulations.run", "population.world.prompt_mix.genre=0.5",
