@@ -35,6 +35,32 @@ def flower_task_identity():
     yield
 
 
+@pytest.fixture(scope="session")
+def prior_arrays():
+    """The default global model's weights (``tests.helpers.PRIOR_MODEL``), drawn after ``torch.manual_seed(0)``."""
+    import torch
+
+    from model.network.networks import PreferenceLSTM
+    from tests.helpers import PRIOR_MODEL
+
+    torch.manual_seed(0)
+    return {k: v.numpy().copy() for k, v in PreferenceLSTM(PRIOR_MODEL).state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def warm_storage(tmp_path_factory, prior_arrays):
+    """A device storage with the default architecture's step graph and the tiny pipeline built (seconds, once a
+    session); ``tests.helpers.warm`` copies both into a test's own storage (the device room's and the studio's)."""
+    from studio.room import DeviceRoom
+    from tests.helpers import PRIOR_MODEL
+
+    folder = tmp_path_factory.mktemp("warm") / "events.device"
+    with DeviceRoom(folder.parent / "events.db", folder, utc_offset_min=60) as room:
+        room.receive_prior(prior_arrays, PRIOR_MODEL, run_key="warm", round_number=1)
+        room.pipeline()
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """One thread per test process: on this 2-core shared machine a second thread mostly adds contention."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -38,6 +39,13 @@ PRIOR_MODEL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dro
 CALM_ACOUSTIC = (("folk", "classical"), 72.0, ("acoustic_guitar", "strings"))
 CLUB = (("electronic",), 128.0, ("synth", "drums"))
 """(genres kept in turn, tempo, instruments) of two listeners who ask for the same vague music."""
+
+
+def warm(storage: Path, warm_storage: Path) -> None:
+    """Give a new device storage the step graphs and the tiny pipeline of the session's ``warm_storage`` fixture, so
+    its room neither exports the default architecture's graph nor builds the pipeline again."""
+    shutil.copytree(warm_storage / "prior" / "graphs", storage / "prior" / "graphs")
+    shutil.copytree(warm_storage / "tiny-pipeline", storage / "tiny-pipeline")
 
 
 def request(ts: float, prompt: str = "something relaxing", offset: int = 0) -> Event:

@@ -16,31 +16,15 @@ from model.features import examples as encoding_examples
 from model.features.encoding import encode_events
 from model.network.networks import PreferenceLSTM
 from studio.room import DeviceRoom, RoomError, RoomSettings
-from tests.helpers import CALM_ACOUSTIC, CLUB, PRIOR_MODEL, listener_log
+from tests.helpers import CALM_ACOUSTIC, CLUB, PRIOR_MODEL, listener_log, warm
 
 START = time.time() - 30 * 86_400
 
 
-@pytest.fixture(scope="module")
-def prior_arrays():
-    torch.manual_seed(0)
-    return {k: v.numpy().copy() for k, v in PreferenceLSTM(PRIOR_MODEL).state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def warm_storage(tmp_path_factory, prior_arrays):
-    """A device storage with the default architecture's step graph and the tiny pipeline built (seconds, once)."""
-    folder = tmp_path_factory.mktemp("warm") / "events.device"
-    with DeviceRoom(folder.parent / "events.db", folder, utc_offset_min=60) as room:
-        room.receive_prior(prior_arrays, PRIOR_MODEL, run_key="warm", round_number=1)
-        room.pipeline()
-    return folder
-
-
 def _room(tmp_path, warm_storage, prior_arrays, taste=CALM_ACOUSTIC, **settings) -> DeviceRoom:
+    """A room of ``taste``'s listener (``warm_storage`` and ``prior_arrays``: tests/conftest.py)."""
     storage = tmp_path / f"{taste[0][0]}.device"
-    shutil.copytree(warm_storage / "prior" / "graphs", storage / "prior" / "graphs")
-    shutil.copytree(warm_storage / "tiny-pipeline", storage / "tiny-pipeline")
+    warm(storage, warm_storage)
     room = DeviceRoom(tmp_path / f"{taste[0][0]}.db", storage, settings=RoomSettings(**settings), utc_offset_min=60)
     room.log(listener_log(taste, start=START))
     room.receive_prior(prior_arrays, PRIOR_MODEL, run_key="run", round_number=2)
