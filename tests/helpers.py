@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
+import tomli_w
 import torch
 from flwr.app import Context, RecordDict
 from hypothesis import HealthCheck, settings
@@ -19,6 +30,8 @@ from model.log.vocab import BPM_DIRECTIONS, BPM_MAX, BPM_MIN, EVENT_KINDS, GENRE
 from model.network.networks import ModelConfig
 from simulations.population.population import PopulationConfig
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The project's root: the worktree these tests run (``tests/conftest.py`` puts it first on ``sys.path``)."""
 T0 = 1_788_739_200  # 2026-09-07 00:00:00 UTC, a Monday
 PRIOR_MODEL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dropout=0.0, head_dropout=0.0,
                           style_embedding_dim=8, residual=True)
@@ -26,6 +39,13 @@ PRIOR_MODEL = ModelConfig(bidirectional=False, hidden_size=16, num_layers=1, dro
 CALM_ACOUSTIC = (("folk", "classical"), 72.0, ("acoustic_guitar", "strings"))
 CLUB = (("electronic",), 128.0, ("synth", "drums"))
 """(genres kept in turn, tempo, instruments) of two listeners who ask for the same vague music."""
+
+
+def warm(storage: Path, warm_storage: Path) -> None:
+    """Give a new device storage the step graphs and the tiny pipeline of the session's ``warm_storage`` fixture, so
+    its room neither exports the default architecture's graph nor builds the pipeline again."""
+    shutil.copytree(warm_storage / "prior" / "graphs", storage / "prior" / "graphs")
+    shutil.copytree(warm_storage / "tiny-pipeline", storage / "tiny-pipeline")
 
 
 def request(ts: float, prompt: str = "something relaxing", offset: int = 0) -> Event:
@@ -288,3 +308,56 @@ class InProcessGrid:
             except Exception as error:  # noqa: BLE001 - the SuperNode turns any ClientApp failure into an error reply
                 replies.append(Message(Error(code=2, reason=str(error)), reply_to=message))
         return replies
+
+
+# ------------------------------------------------------- the outsider of a deployment, and a port nothing listens on
+FLWR_CLI = str(Path(sys.executable).parent / "flwr")
+OUTSIDER_CONNECTION = "target"
+"""The name of the outsider's connection to the server in its own Flower config (``flwr ... target``)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    server: str
+    body: bytes
+
+
+@dataclass
+class Outsider:
+    """The outsider of tests/test_deployment.py: anyone who can reach the server's public address and holds only the
+    federation's public CA certificate (no node key, no secret). It drives Flower's own ``flwr`` CLI and plain HTTPS."""
+
+    home: Path
+    address: str  # the public HOST:PORT
+    ca: Path
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        connection = {"address": self.address, "root-certificates": str(self.ca)}
+        superlink = {"default": OUTSIDER_CONNECTION, OUTSIDER_CONNECTION: connection}
+        (self.home / "config.toml").write_text(tomli_w.dumps({"superlink": superlink}))
+
+    def flwr(self, *args: object) -> subprocess.CompletedProcess:
+        """``flwr ARGS...`` against the public address; stdout and stderr together in ``.stdout``."""
+        env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200"}
+        argv = [FLWR_CLI, *map(str, args)]
+        return subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+    def request(self, method: str, path: str, body: bytes = b"", address: str | None = None) -> Response:
+        """One HTTPS request (protobuf content type, as Flower's clients send), verified with the CA only."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        request = urllib.request.Request(f"https://{address or self.address}{path}", data=body if method != "GET" else None,
+                                         method=method, headers={"content-type": "application/protobuf"})
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as response:
+                return Response(response.status, response.headers.get("server", ""), response.read())
+        except urllib.error.HTTPError as error:
+            return Response(error.code, error.headers.get("server", ""), error.read())
+
+
+def refuses_connections(host: str, port: int) -> bool:
+    """True if nothing accepts TCP connections on ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        return sock.connect_ex((host, port)) != 0

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from launch.approved_apps import ApprovedAppsError, bundle_bytes, bundle_hash, read_approved_apps
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PRODUCT = {"client", "model", "privacy", "protocol", "server", "storage", "validation", "conf"}
 """What the ServerApp and ClientApp need: the packages they import and the YAML the ServerApp composes."""
@@ -30,6 +30,7 @@ def test_the_bundle_ships_the_product_only(bundle):
     assert all(n.endswith((".py", ".yaml")) for n in names if n.split("/")[0] in PRODUCT)
 
 
+@pytest.mark.slow  # a fresh interpreter importing both apps from the bundle (seconds); what it ships: checked above
 def test_both_apps_and_the_servers_config_load_from_the_bundle_alone(bundle, tmp_path):
     zipfile.ZipFile(io.BytesIO(bundle)).extractall(tmp_path)
     code = ("import sys, client.client_app, server.server_app; "

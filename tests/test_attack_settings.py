@@ -47,7 +47,7 @@ def test_a_real_server_refuses_to_tell_devices_to_attack(compose_config, overrid
 def test_the_real_server_config_refuses_attacks(compose_config):
     from hydra import compose, initialize_config_dir
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert settings_from_config(compose(config_name="deploy")).deployment.engine == "real"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SMOKE = {
     "dp_step.py": (["--quick", "--repetitions", "1"], {"dp_over_nonprivate", "opacus_over_dp"}),

@@ -297,7 +297,7 @@ def test_a_device_needs_a_valid_approved_apps_file(tmp_path):
 
 def test_app_hash_prints_the_hash_alone(tmp_path):
     from launch.approved_apps import bundle_hash
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     result = _cli("app-hash")
     assert result.returncode == 0 and result.stdout == bundle_hash(ROOT) + "\n"

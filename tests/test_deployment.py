@@ -43,8 +43,7 @@ from launch.proxy import FLEET_PATHS
 from model.network.networks import PreferenceLSTM
 from server.checkpoint import load_checkpoint
 from server.server_app import compose_settings
-from tests.conftest import ROOT
-from tests.outsider import CONNECTION as TARGET, Outsider, refuses_connections
+from tests.helpers import OUTSIDER_CONNECTION as TARGET, ROOT, Outsider, refuses_connections
 
 # `deployment` selects it (-m deployment); `slow` keeps it out of `make test-fast` (it takes minutes on a busy machine).
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]

@@ -30,8 +30,7 @@ from simulations.federation.device_data import (
 from simulations.population.population import PopulationConfig
 from simulations import seed_logs
 from simulations.seed_logs import SeedError, seed_device_logs
-from tests.conftest import ROOT
-from tests.helpers import announced
+from tests.helpers import ROOT, announced
 
 POPULATION = PopulationConfig(seed=0, num_users=20, days=7)
 DATA = simulated_data(POPULATION, window=16)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.slow  # a benchmark's smoke test, as in tests/test_benchmarks.py: make test runs it

@@ -26,8 +26,7 @@ from model.device.prior_store import PriorStore
 from model.log.vocab import GENRES
 from protocol.instructions import DataInstructions
 from studio.room import DeviceRoom
-from tests.conftest import ROOT
-from tests.helpers import CALM_ACOUSTIC, CLUB, listener_log
+from tests.helpers import CALM_ACOUSTIC, CLUB, ROOT, listener_log
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 

@@ -260,11 +260,22 @@ def test_the_distributed_option_composes_with_secure_aggregation(compose_config)
     assert settings.privacy.distributed and settings.privacy.user_level
 
 
+def test_a_simulation_whose_plan_cannot_work_is_refused_before_it_starts(compose_config):
+    """The check the command below makes before anything starts, in this process."""
+    from simulations.federation.simulation_settings import check_simulation_can_start, simulated_settings
+
+    settings = simulated_settings(compose_config("privacy=distributed", "secagg.enabled=true", "simulation.nodes=0",
+                                                 "privacy.min_survivors=500"))
+    with pytest.raises(PrivacyConfigError, match="privacy.min_survivors=500 is above the expected 100"):
+        check_simulation_can_start(settings)
+
+
+@pytest.mark.slow  # the real command in a child process: seconds of imports (torch, Opacus) before it plans
 def test_a_plan_that_cannot_work_stops_the_run_before_anything_starts_with_exit_2():
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     result = subprocess.run([sys.executable, "-m", "simulations.run", "privacy=distributed", "secagg.enabled=true",
                              "simulation.nodes=0", "privacy.min_survivors=500"], cwd=ROOT, capture_output=True,

@@ -18,7 +18,7 @@ from simulations.loop.pretraining import flower_overrides
 from simulations.loop.experiment_report import METRICS
 from simulations.loop.experiment_settings import POLICIES, LoopSettings, experiment_settings_from_config
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SMALL = [
     "population=small", "population.num_users=30", "population.eval_users=6", "population.days=10",

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import wave
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from simulations.experiment import run_experiment
 from simulations.loop.experiment_settings import experiment_settings_from_config
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TINY_LOOP = [
     "population=small", "population.num_users=20", "population.eval_users=4", "population.days=10",
@@ -63,10 +64,13 @@ def test_real_weights_need_a_complete_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"Missing: model_index.json; transformer/ \(no such folder\); .*"
                                           r"vae/config.json; vae/ weights"):
         _settings("generation=acestep", f"generation.pipeline_dir={tmp_path / 'ace'}")
+    with pytest.raises(ConfigError, match=re.escape(f"Missing: {tmp_path / 'nowhere'} (no such folder)")):
+        _settings("generation=acestep", f"generation.pipeline_dir={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match=r"pipeline_dir is read only with generation=acestep"):
         _settings(f"generation.pipeline_dir={tmp_path / 'ace'}")
 
 
+@pytest.mark.slow  # the real command in a child process: seconds of imports; the same check in this process above
 def test_an_incomplete_folder_stops_the_command_before_anything_starts(tmp_path):
     run_dir = tmp_path / "run"
     done = subprocess.run(

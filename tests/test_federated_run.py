@@ -18,7 +18,7 @@ def user_level_runs(tmp_path_factory):
     """Two rounds under user-level DP; a resume to four rounds with a larger budget; a resume past that budget."""
     from hydra import compose, initialize_config_dir
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     def compose_config(*overrides):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -49,7 +49,6 @@ from privacy.record_level import RecordLevelDP
 from privacy.errors import PrivacyConfigError
 from server.settings import RunSettings, settings_from_config
 from validation.config import ConfigError
-from tests.conftest import ROOT
 from tests.helpers import (
     ANY_UNICODE,
     FAST,
@@ -59,6 +58,7 @@ from tests.helpers import (
     JSON_VALUES,
     OFFSETS_MIN,
     READ_IN_2100,
+    ROOT,
     SURROGATES,
     event_line,
     event_objects,

@@ -7,12 +7,12 @@ benchmarks (which may use anything), then tests. Neither the product (client, se
 simulations, and nothing imports benchmarks or tests. A violation names the file, the line and the module it imports.
 
 A module reaches another not only by ``import``: ``importlib.import_module("a.b")``, a child process started as
-``[sys.executable, "-m", "a.b", ...]`` and an entry point ``"a.b:function"`` run that module's code too, so each
-counts as an import of it. No chain of imports leads from a module back to itself (``if TYPE_CHECKING:`` imports,
+``[sys.executable, "-m", "a.b", ...]`` (of a package: its ``a/b/__main__.py``) and an entry point ``"a.b:function"``
+run that module's code too, so each counts as an import of it. No chain of imports leads from a module back to itself (``if TYPE_CHECKING:`` imports,
 which never run, aside).
 
-In tests/, no test module imports another: what they share lives in tests/helpers.py (builders) or
-tests/conftest.py (fixtures).
+In tests/, no test module imports another or tests/conftest.py: what they share lives in tests/helpers.py
+(builders and constants such as ROOT) or tests/conftest.py (fixtures, which pytest hands to the tests).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 LAYERS = [("storage", "validation"), "privacy", "model.log", "model.features", "model.per_sample", "model.network",
           "model.device", "generation", "protocol", ("client", "server"), "studio", "launch", "simulations",
@@ -62,11 +62,17 @@ def _nodes(tree: ast.AST):
             yield from _nodes(child)
 
 
+def run_as_main(module: str) -> str:
+    """The module ``python -m module`` runs: ``module.__main__`` for a package of this project that has one."""
+    return f"{module}.__main__" if (ROOT.joinpath(*module.split(".")) / "__main__.py").is_file() else module
+
+
 def imported_modules(source: str, *, type_checking: bool = True) -> list[tuple[int, str]]:
     """(line, module) of every import in ``source``: ``import a.b``, ``from a.b import c`` (anywhere, functions
     included), ``importlib.import_module("a.b")`` or ``__import__("a.b")`` with a literal name, a child process
-    ``[..., "-m", "a.b", ...]`` (a list, a tuple or a call's arguments) and an entry point ``"a.b:name"`` naming a
-    module of this project. ``type_checking=False`` leaves out the imports under ``if TYPE_CHECKING:``."""
+    ``[..., "-m", "a.b", ...]`` (a list, a tuple or a call's arguments; a package's ``__main__``) and an entry point
+    ``"a.b:name"`` naming a module of this project. ``type_checking=False`` leaves out the imports under
+    ``if TYPE_CHECKING:``."""
     tree = ast.parse(source)
     found = []
     for node in (ast.walk(tree) if type_checking else _nodes(tree)):
@@ -80,7 +86,7 @@ def imported_modules(source: str, *, type_checking: bool = True) -> list[tuple[i
                 found.append((node.lineno, node.args[0].value))
         if isinstance(node, (ast.List, ast.Tuple, ast.Call)):  # python -m a.b: the child process imports a.b
             items = node.args if isinstance(node, ast.Call) else node.elts
-            found += [(node.lineno, module.value) for flag, module in zip(items, items[1:])
+            found += [(node.lineno, run_as_main(module.value)) for flag, module in zip(items, items[1:])
                       if isinstance(flag, ast.Constant) and flag.value == "-m"
                       and isinstance(module, ast.Constant) and isinstance(module.value, str)]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.count(":") == 1:
@@ -216,6 +222,9 @@ def test_the_cycle_search_finds_rings_and_only_rings() -> None:
     assert import_cycles({"a": {"b"}, "b": {"a"}, "x": {"y"}, "y": {"x"}}) == [["a", "b", "a"], ["x", "y", "x"]]
     child = imported_modules("subprocess.run([sys.executable, '-m', 'simulations.seed_logs', '--out', out])")
     assert child == [(1, "simulations.seed_logs")]
+    package = imported_modules("subprocess.run([sys.executable, '-m', 'launch', 'run'])")  # runs launch/__main__.py
+    assert package == [(1, "launch.__main__")] and (2, "launch.launch_cli") in imported_modules("import sys\nfrom launch.launch_cli import main")
+    assert "from launch.launch_cli import" in (ROOT / "launch" / "__main__.py").read_text()  # the edge the graph then follows
     assert imported_modules("p.set_defaults(func='launch.serve:run_superlink')") == [(1, "launch.serve")]
     assert not imported_modules("print('server:port', 'x:y', 'a b:c')")
     hidden = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from model.network.networks import X\n"
@@ -231,8 +240,9 @@ def test_no_module_imports_itself_through_others() -> None:
 
 
 def imported_test_modules(source: str) -> list[tuple[int, str]]:
-    """(line, name) of every import in ``source`` of a test module: ``tests.test_x``, ``test_x`` (tests/ is on
-    ``sys.path`` under pytest), ``from tests import test_x``, ``from .test_x import y``, ``from . import test_x``."""
+    """(line, name) of every import in ``source`` of a test module or of the conftest: ``tests.test_x``, ``test_x``
+    (tests/ is on ``sys.path`` under pytest), ``from tests import test_x``, ``from .test_x import y``,
+    ``from . import test_x``, and the same of ``conftest``."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -243,23 +253,29 @@ def imported_test_modules(source: str) -> list[tuple[int, str]]:
         else:
             continue
         found += [(node.lineno, name) for name in names
-                  if name.split(".")[-1].startswith("test_") and name.split(".")[:-1] in ([], ["tests"])]
+                  if (name.split(".")[-1].startswith("test_") or name.split(".")[-1] == "conftest")
+                  and name.split(".")[:-1] in ([], ["tests"])]
     return found
 
 
 def test_the_walk_finds_every_import_of_a_test_module() -> None:
     for source in ("from tests.test_client_app import _context", "import tests.test_federated_run",
                    "from test_hostile_inputs import FAST", "from .test_x import y", "from . import test_x",
-                   "from tests import test_x", "def f():\n    from tests.test_x import y\n"):
+                   "from tests import test_x", "def f():\n    from tests.test_x import y\n",
+                   "from tests.conftest import ROOT", "import conftest", "from . import conftest",
+                   "def f():\n    from tests.conftest import ROOT\n"):
         assert imported_test_modules(source), source
-    assert not imported_test_modules("from tests.helpers import announced\nfrom tests.conftest import ROOT\n"
-                                     "import pytest\nfrom tests import helpers\nfrom torch.testing import test_x")
+    assert not imported_test_modules("from tests.helpers import announced, ROOT\nimport pytest\n"
+                                     "from tests import helpers\nfrom torch.testing import test_x\n"
+                                     "from tests.ray_guard import left_by_ray\nimport conftest_x")
 
 
 def test_no_test_module_imports_another() -> None:
     """What tests share lives in tests/helpers.py (builders) or tests/conftest.py (fixtures). A test module imported
     by another runs its module-level set-up a second time (pytest imports it under its own name), ties one test
-    file's private helpers to another's, and a slow module's helpers pull its set-up into fast tests."""
+    file's private helpers to another's, and a slow module's helpers pull its set-up into fast tests. The conftest
+    too is imported by pytest under its own name: ``tests.conftest`` would be a second copy of it."""
     found = [f"{path.relative_to(ROOT)}:{line} imports {name}" for path in sorted((ROOT / "tests").glob("test_*.py"))
              for line, name in imported_test_modules(path.read_text())]
-    assert not found, "test modules import test modules (share through tests/helpers.py):\n" + "\n".join(found)
+    assert not found, ("test modules import test modules or the conftest (share through tests/helpers.py):\n"
+                       + "\n".join(found))

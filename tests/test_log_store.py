@@ -17,9 +17,8 @@ from model.log.events import Event
 from model.log.log_file import LogFileError
 from model.log.parsing import EventError
 from model.log.vocab import EVENT_KINDS, GENRES
-from tests.helpers import T0, kept, redone, request
+from tests.helpers import ROOT, T0, kept, redone, request
 
-ROOT = Path(__file__).resolve().parents[1]
 
 ONE_OF_EACH_KIND = [
     request(T0, prompt="café ☕ with a sax 🎷", offset=-300),

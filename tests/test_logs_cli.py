@@ -14,8 +14,8 @@ import pytest
 from client.log_store import PROGRESS_LINES, LogStore
 from client.logs import SHOWN_ERRORS
 from model.log.event_log import parse_lines
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("import", "validate", "stats", "drop")
 
 GOOD = [
@@ -262,6 +262,7 @@ def test_a_damaged_store_is_refused_by_stats_and_import_with_exit_2(tmp_path):
         assert run.returncode == 2 and "integrity check" in run.stderr and ".recover" in run.stderr
 
 
+@pytest.mark.slow  # 50,000 lines through the command (seconds); the progress itself: tests/test_log_store.py, fast
 def test_a_long_import_reports_progress_on_stderr(tmp_path):
     lines = [json.dumps({"time": f"2026-11-02T{10 + i // 3600:02}:{i // 60 % 60:02}:{i % 60:02}Z",
                          "kind": "style_chosen", "genre": "pop"}) for i in range(PROGRESS_LINES + 1)]

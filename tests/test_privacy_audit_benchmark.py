@@ -6,7 +6,7 @@ import importlib.util
 import json
 import math
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_benchmark_prints_a_markdown_table_and_one_json_line_last(capsys):

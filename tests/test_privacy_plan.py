@@ -14,7 +14,7 @@ from privacy.accounting import PrivacyLedger
 from privacy.contribution import contribution_sensitivity
 from privacy.plan import main
 from privacy.utility_surface import PredictedUtility, predict_top1
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _plan(capsys, *flags: str) -> dict:
@@ -69,14 +69,17 @@ def test_the_default_clipping_norm_is_the_projects_user_level_config(capsys):
     assert plan["clipping_norm"] == configured
 
 
-def test_the_text_plan_names_z_epsilon_the_noise_and_the_utility_the_measured_surface_predicts():
-    run = _cli("--users", "100000", "--clients-per-round", "10000", "--rounds", "20", "--epsilon", "2", "--delta", "1e-6")
-    assert run.returncode == 0, run.stderr
+def test_the_text_plan_names_z_epsilon_the_noise_and_the_utility_the_measured_surface_predicts(capsys):
+    # In this process: a child would spend seconds importing Opacus (the exit code of the command line: below).
+    assert main(["--users", "100000", "--clients-per-round", "10000", "--rounds", "20", "--epsilon", "2",
+                 "--delta", "1e-6"]) == 0
+    printed = capsys.readouterr().out
     for words in ("noise multiplier z", "epsilon ε", "rdp accountant", "noise std σ", "σ/C", "verdict:",
                   "predicted from the measured surface", "named-else-recent rule"):
-        assert words in run.stdout
-    noisy = _cli("--users", "1000", "--clients-per-round", "10", "--rounds", "20", "--epsilon", "0.5", "--delta", "1e-5")
-    assert "beyond the measured surface" in noisy.stdout  # no number is invented past what was measured
+        assert words in printed
+    assert main(["--users", "1000", "--clients-per-round", "10", "--rounds", "20", "--epsilon", "0.5",
+                 "--delta", "1e-5"]) == 0
+    assert "beyond the measured surface" in capsys.readouterr().out  # no number is invented past what was measured
 
 
 SURFACE = {"rounds": 20, "pool_users": 1000, "simulated_sample_rate": 0.1, "rules": {"named_else_recent": 0.55},
@@ -133,6 +136,7 @@ def test_the_planner_imports_no_torch():
     assert run.stdout.strip() == "False", run.stderr
 
 
+@pytest.mark.slow  # the real command in a child process: seconds of imports (torch, Opacus, Flower) on 2 cores
 def test_privacy_plan_true_prints_the_runs_own_calibration_and_starts_nothing(tmp_path, compose_config):
     from server.run_start import evaluation_rate
     from server.aggregation import noise_multiplier_for
@@ -150,6 +154,24 @@ def test_privacy_plan_true_prints_the_runs_own_calibration_and_starts_nothing(tm
                              evaluation_rate=evaluation_rate(settings, settings.population.num_users))
     printed = re.search(r"noise multiplier z\s+([0-9.]+)", run.stdout)
     assert printed and float(printed.group(1)) == pytest.approx(z, abs=1e-4)
+
+
+def test_the_printed_plan_is_the_runs_own_calibration(compose_config, capsys):
+    """What the command above prints (``print_plan``), in this process: the run's own z, and nothing ran."""
+    from server.aggregation import noise_multiplier_for
+    from server.run_start import evaluation_rate
+    from simulations.federation.simulation_settings import simulated_settings
+    from simulations.run import print_plan
+
+    settings = simulated_settings(compose_config("population=small", "privacy.plan=true"))
+    print_plan(settings)
+    printed = capsys.readouterr().out
+    assert "privacy.plan=true" in printed and "nothing ran" in printed and "verdict:" in printed
+    sim = settings.simulation
+    z = noise_multiplier_for(settings.privacy, sample_rate=sim.sample_rate, rounds=sim.rounds,
+                             evaluation_rate=evaluation_rate(settings, settings.population.num_users))
+    shown = re.search(r"noise multiplier z\s+([0-9.]+)", printed)
+    assert shown and float(shown.group(1)) == pytest.approx(z, abs=1e-4)
 
 
 def test_privacy_plan_true_without_user_level_dp_says_there_is_nothing_to_plan(compose_config, capsys):

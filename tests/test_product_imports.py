@@ -13,11 +13,14 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.helpers import ROOT
 
 FORBIDDEN = "simulations"
 
 
+@pytest.mark.slow  # a fresh interpreter importing both apps (seconds); tests/test_layers.py checks it statically
 def test_loading_the_product_apps_loads_no_simulations_module():
     code = ("import sys, client.client_app, server.server_app, launch.launch_cli; "
             f"print(sorted(m for m in sys.modules if m == {FORBIDDEN!r} or m.startswith({FORBIDDEN + '.'!r})))")

@@ -16,31 +16,15 @@ from model.features import examples as encoding_examples
 from model.features.encoding import encode_events
 from model.network.networks import PreferenceLSTM
 from studio.room import DeviceRoom, RoomError, RoomSettings
-from tests.helpers import CALM_ACOUSTIC, CLUB, PRIOR_MODEL, listener_log
+from tests.helpers import CALM_ACOUSTIC, CLUB, PRIOR_MODEL, listener_log, warm
 
 START = time.time() - 30 * 86_400
 
 
-@pytest.fixture(scope="module")
-def prior_arrays():
-    torch.manual_seed(0)
-    return {k: v.numpy().copy() for k, v in PreferenceLSTM(PRIOR_MODEL).state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def warm_storage(tmp_path_factory, prior_arrays):
-    """A device storage with the default architecture's step graph and the tiny pipeline built (seconds, once)."""
-    folder = tmp_path_factory.mktemp("warm") / "events.device"
-    with DeviceRoom(folder.parent / "events.db", folder, utc_offset_min=60) as room:
-        room.receive_prior(prior_arrays, PRIOR_MODEL, run_key="warm", round_number=1)
-        room.pipeline()
-    return folder
-
-
 def _room(tmp_path, warm_storage, prior_arrays, taste=CALM_ACOUSTIC, **settings) -> DeviceRoom:
+    """A room of ``taste``'s listener (``warm_storage`` and ``prior_arrays``: tests/conftest.py)."""
     storage = tmp_path / f"{taste[0][0]}.device"
-    shutil.copytree(warm_storage / "prior" / "graphs", storage / "prior" / "graphs")
-    shutil.copytree(warm_storage / "tiny-pipeline", storage / "tiny-pipeline")
+    warm(storage, warm_storage)
     room = DeviceRoom(tmp_path / f"{taste[0][0]}.db", storage, settings=RoomSettings(**settings), utc_offset_min=60)
     room.log(listener_log(taste, start=START))
     room.receive_prior(prior_arrays, PRIOR_MODEL, run_key="run", round_number=2)
@@ -131,6 +115,13 @@ def test_edits_are_logged_as_the_log_formats_events(tmp_path, warm_storage, prio
     assert room.events[-2].direction == "down"
 
 
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, warm_storage, prior_arrays):
+    """A room and the id of a piece it generated, built once: each refusal below leaves both as they were (checked)."""
+    room = _room(tmp_path_factory.mktemp("refusals"), warm_storage, prior_arrays)
+    return room, room.generate("something", seed=7).id
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda room, piece: room.react("../../etc/passwd", "keep"), "six digits"),
     (lambda room, piece: room.react("999999", "keep"), "was not generated on this device"),
@@ -140,13 +131,12 @@ def test_edits_are_logged_as_the_log_formats_events(tmp_path, warm_storage, prio
     (lambda room, piece: room.react(piece, "tempo", bpm=900), "BPM must be a number between 20 and 300"),
     (lambda room, piece: room.request("x" * 2001), "prompt"),
 ])
-def test_bad_input_is_refused_naming_the_value_and_the_rule(tmp_path, warm_storage, prior_arrays, call, message):
-    room = _room(tmp_path, warm_storage, prior_arrays)
-    piece = room.generate("something", seed=7).id
-    count = len(room.events)
+def test_bad_input_is_refused_naming_the_value_and_the_rule(generated, call, message):
+    room, piece = generated
+    count, reactions = len(room.events), room.piece(piece)["reactions"]
     with pytest.raises(RoomError, match=message):
         call(room, piece)
-    assert len(room.events) == count  # nothing logged
+    assert len(room.events) == count and room.piece(piece)["reactions"] == reactions  # nothing logged
 
 
 def test_events_another_process_logged_are_read_before_the_next_request(tmp_path, warm_storage, prior_arrays):

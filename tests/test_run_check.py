@@ -8,7 +8,7 @@ import pytest
 
 from launch.processes import free_port
 from launch.run_check import RunConfigError, check_run_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -38,6 +38,7 @@ def test_the_readme_run_passes_the_check():
     check_run_config("deploy", ["simulation.rounds=20", "simulation.sample_rate=0.5"])
 
 
+@pytest.mark.slow  # the real command in a child process (seconds of imports); the check itself: in this process above
 def test_launch_run_with_a_typo_exits_2_in_one_line_before_contacting_any_superlink(tmp_path):
     nobody = f"127.0.0.1:{free_port()}"  # nothing listens: reaching it would be a connection error, not this one
     result = subprocess.run([sys.executable, "-m", "launch", "run", "--superlink", nobody, "--insecure",

@@ -329,7 +329,7 @@ def plain_and_secure_runs(tmp_path_factory):
     import server.round
     from simulations.federation.simulation_client_app import app as client_app
     from simulations.federation.simulation_server_app import simulated_run
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         plain = settings_from_config(compose(config_name="config", overrides=TINY))

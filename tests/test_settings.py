@@ -5,7 +5,7 @@ import pytest
 
 from server.settings import settings_from_config
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("group,options", [
@@ -56,6 +56,7 @@ def test_a_deployments_delta_is_checked_against_its_nodes_not_a_simulated_popula
     assert compose_settings("deploy", ["privacy.delta=0.01", "population.num_users=1000000"]).privacy.delta == 0.01
 
 
+@pytest.mark.slow  # the real command in a child process: seconds of imports; the same rule in this process above
 def test_entry_point_rejects_a_bad_config_before_any_training():
     result = subprocess.run(
         [sys.executable, "-m", "simulations.run", "privacy.target_epsilon=0", "hydra.run.dir=/tmp/fedpref-never-created"],

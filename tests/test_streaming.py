@@ -208,7 +208,7 @@ def test_a_device_killed_between_saves_recovers_exactly_by_replaying_its_log(tmp
     import sys
 
     from client.log_store import LogStore
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     count = 21  # saves after events 8 and 16: the file is 5 events behind the log when the process dies
     done = subprocess.run([sys.executable, "-c", _CRASHING_DEVICE, str(tmp_path / "log.db"), str(tmp_path),

@@ -14,29 +14,23 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from launch.processes import free_port, is_listening
-from model.network.networks import PreferenceLSTM
 from studio.room import DeviceRoom
-from tests.conftest import ROOT
-from tests.helpers import CALM_ACOUSTIC, PRIOR_MODEL, listener_log
-from tests.outsider import refuses_connections
+from tests.helpers import CALM_ACOUSTIC, PRIOR_MODEL, ROOT, listener_log, refuses_connections, warm
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, warm_storage, prior_arrays):
     """A device with a calm listener's log and a kept prior, its studio served by the CLI in its own process."""
     root = tmp_path_factory.mktemp("studio")
     db, storage = root / "events.db", root / "events.device"
-    torch.manual_seed(0)
-    arrays = {k: v.numpy().copy() for k, v in PreferenceLSTM(PRIOR_MODEL).state_dict().items()}
+    warm(storage, warm_storage)  # the step graph and the tiny pipeline, built once a session (tests/conftest.py)
     with DeviceRoom(db, storage, utc_offset_min=60) as room:
         room.log(listener_log(CALM_ACOUSTIC, start=time.time() - 20 * 86_400))
-        room.receive_prior(arrays, PRIOR_MODEL, run_key="run", round_number=3)
-        room.pipeline()  # build the tiny pipeline once, before the server starts
+        room.receive_prior(prior_arrays, PRIOR_MODEL, run_key="run", round_number=3)
     port = free_port()
     log = open(root / "serve.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "studio", "serve", "--db", str(db), "--storage", str(storage),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from simulations.summarize import BASELINE_LINES, collect, figure, table
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _metrics(target: float | None, top1: float) -> dict:

@@ -8,7 +8,7 @@ import time
 
 from launch.processes import descendants, is_alive
 from launch.supervisor import Supervisor
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SLEEPER = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
            "'import time; time.sleep(60)'], start_new_session=True); print('up', flush=True); time.sleep(60)"]

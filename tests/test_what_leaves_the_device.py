@@ -220,7 +220,7 @@ def recorded_run(tmp_path_factory):
 
     from server.settings import settings_from_config
     from simulations.run import run_federated_simulation
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         settings = settings_from_config(compose(config_name="config", overrides=TINY))

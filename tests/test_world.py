@@ -20,7 +20,7 @@ from simulations.population.population import Population, PopulationConfig
 from simulations.population.sessions import MOOD_PROMPTS, VAGUE_PROMPTS
 from simulations.population.world import MOODS, GenreLogits, GenreMoods, Persona, World
 from validation.config import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TODAY_FINGERPRINTS = [((0, 28, 7), "08439f158fbc067a", 372), ((3, 14, 1), "14a12ed50b109d62", 268)]
 """(seed, days, user) -> sha256 of repr(events)[:16] and event count, computed before worlds were configurable."""
@@ -101,6 +101,7 @@ def test_impossible_worlds_fail_validation_naming_the_key(compose_config, overri
     assert message in str(error.value)
 
 
+@pytest.mark.slow  # the real command in a child process (seconds of imports); the rule itself: in this process above
 def test_entry_point_refuses_an_impossible_world_with_exit_2():
     result = subprocess.run(
         [sys.executable, "-m", "simulations.run", "population.world.prompt_mix.genre=0.5",
