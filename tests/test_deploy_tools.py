@@ -295,6 +295,17 @@ def test_a_device_needs_a_valid_approved_apps_file(tmp_path):
     assert bad.returncode == 2 and f"{tmp_path / 'approved.txt'}:1: each entry must be" in bad.stderr
 
 
+def test_app_hash_prints_the_hash_alone_in_process(tmp_path, capsys):
+    from launch.approved_apps import bundle_hash
+    from launch.launch_cli import main
+    from tests.helpers import ROOT
+
+    assert main(["app-hash"]) == 0 and capsys.readouterr().out == bundle_hash(ROOT) + "\n"
+    assert main(["app-hash", "--app-dir", str(tmp_path)]) == 2
+    assert "has no pyproject.toml" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two child processes that each import the launcher: the same as above, as a shell sees it
 def test_app_hash_prints_the_hash_alone(tmp_path):
     from launch.approved_apps import bundle_hash
     from tests.helpers import ROOT

@@ -203,6 +203,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # between events, before any flush
 """
 
 
+@pytest.mark.slow  # a child process killed mid-run: end to end, in make test
 def test_a_device_killed_between_saves_recovers_exactly_by_replaying_its_log(tmp_path, events):
     import subprocess
     import sys
