@@ -296,11 +296,19 @@ def test_a_device_needs_a_valid_approved_apps_file(tmp_path):
 
 
 def test_app_hash_prints_the_hash_alone_in_process(tmp_path, capsys):
+    """On a tiny app folder (bundling this project's takes seconds: the slow twin below does it)."""
     from launch.approved_apps import bundle_hash
     from launch.launch_cli import main
     from tests.helpers import ROOT
 
-    assert main(["app-hash"]) == 0 and capsys.readouterr().out == bundle_hash(ROOT) + "\n"
+    app = tmp_path / "app"
+    for folder in ("client", "model", "privacy", "protocol", "server", "storage", "validation"):  # fab-include's
+        (app / folder).mkdir(parents=True)
+        (app / folder / "tiny.py").write_text("X = 1\n")
+    (app / "conf").mkdir()
+    (app / "conf" / "tiny.yaml").write_text("x: 1\n")
+    (app / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())  # the project's app config
+    assert main(["app-hash", "--app-dir", str(app)]) == 0 and capsys.readouterr().out == bundle_hash(app) + "\n"
     assert main(["app-hash", "--app-dir", str(tmp_path)]) == 2
     assert "has no pyproject.toml" in capsys.readouterr().err
 
