@@ -22,10 +22,11 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from privacy.banded_mf import participations
 from privacy.contribution import STATISTICS
 from privacy.distributed_dp import DistributedDiscreteGaussian
 from privacy.distributed_release import plan_run
-from server.settings import RunSettings
+from server.settings import RunSettings, bands_of
 from validation.config import ConfigError
 
 COPIES_PER_PROCESS = 8
@@ -99,14 +100,17 @@ def _check_budget_reachable(settings: RunSettings) -> None:
         # series at q = 0.5 and this noise takes ~3 s: the exact floor is computed only when the bound is not enough.
         floor = PrivacyLedger().epsilon_after(noise_multiplier=MAX_SIGMA, sample_rate=1.0, delta=privacy.delta,
                                               accountant="rdp", steps=sim.rounds)
+        # The releases the run's own accountant counts: R at q, or under bandmf the k rounds a device can join, unamplified.
+        rate, steps = ((1.0, participations(sim.rounds, bands_of(settings))) if privacy.banded
+                       else (sim.sample_rate, sim.rounds))
         if floor > privacy.target_epsilon:  # type: ignore[operator]
-            floor = PrivacyLedger().epsilon_after(noise_multiplier=MAX_SIGMA, sample_rate=sim.sample_rate,
-                                                  delta=privacy.delta, accountant=privacy.accountant, steps=sim.rounds)
+            floor = PrivacyLedger().epsilon_after(noise_multiplier=MAX_SIGMA, sample_rate=rate,
+                                                  delta=privacy.delta, accountant=privacy.accountant, steps=steps)
     if floor > privacy.target_epsilon:  # type: ignore[operator]
         raise ConfigError(
             f"privacy.target_epsilon must be more than the ε that even noise multiplier z={MAX_SIGMA:g} (Opacus' "
-            f"largest) spends over simulation.rounds={sim.rounds} at q={sim.sample_rate}, δ={privacy.delta:g}: "
-            f"{floor:.3g}; found {privacy.target_epsilon}.")
+            f"largest) spends over {steps} releases at q={rate}, δ={privacy.delta:g} (simulation.rounds="
+            f"{sim.rounds}): {floor:.3g}; found {privacy.target_epsilon}.")
 
 
 def model_parameters(settings: RunSettings) -> int:
