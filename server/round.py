@@ -67,13 +67,17 @@ def poisson_sample(rng: np.random.Generator, candidates: Sequence[int], sample_r
     return [int(c) for c, u in zip(candidates, rng.random(len(candidates))) if u < sample_rate]
 
 
-def band_sample(key: bytes, candidates: Sequence[int], server_round: int, bands: int) -> list[int]:
-    """Round ``server_round``'s group under ``privacy.mechanism=bandmf``: the candidates ranked by a hash keyed with
-    ``key`` (drawn once a run), every ``bands``-th from position (round - 1) mod ``bands``. While the candidates stay
-    the same, each joins every ``bands``-th round, as the banded factor assumes; a device whose group shifts (nodes
-    come and go) is held to the separation by its own ledger, not by this."""
-    ranked = sorted((int(c) for c in candidates),
-                    key=lambda c: hashlib.blake2b(c.to_bytes(8, "little", signed=True), key=key, digest_size=8).digest())
+def band_ranking(key: bytes, candidates: Sequence[int]) -> list[int]:
+    """The candidates ranked by a hash keyed with ``key`` (drawn once a run): the order ``band_sample`` deals from."""
+    return sorted((int(c) for c in candidates),
+                  key=lambda c: hashlib.blake2b(c.to_bytes(8, "little", signed=True), key=key, digest_size=8).digest())
+
+
+def band_sample(ranked: list[int], server_round: int, bands: int) -> list[int]:
+    """Round ``server_round``'s group under ``privacy.mechanism=bandmf``: every ``bands``-th of ``ranked``
+    (``band_ranking``) from position (round - 1) mod ``bands``. While the candidates stay the same, each joins every
+    ``bands``-th round, as the banded factor assumes; a device whose group shifts (nodes come and go) is held to the
+    separation by its own ledger, not by this."""
     return ranked[(server_round - 1) % bands::bands]
 
 
@@ -118,6 +122,7 @@ class FederatedRound:
         self.sampling_rng, self.sample_rate = sampling_rng, sample_rate
         self.on_reply = on_reply
         self._group_key: bytes | None = None
+        self._ranking: tuple[tuple[int, ...], list[int]] = ((), [])  # (the candidates, their ranking): hashed once
 
     def sample(self, server_round: int, candidates: Sequence[int]) -> list[int]:
         """Who is sent the round: Poisson at q, or under the banded mechanism the round's group (``band_sample``,
@@ -126,7 +131,9 @@ class FederatedRound:
             return poisson_sample(self.sampling_rng, candidates, self.sample_rate)
         if self._group_key is None:
             self._group_key = self.sampling_rng.bytes(16)
-        return band_sample(self._group_key, candidates, server_round, self.mechanism.bands)
+        if tuple(candidates) != self._ranking[0]:  # the same nodes round after round: rank them once
+            self._ranking = (tuple(candidates), band_ranking(self._group_key, candidates))
+        return band_sample(self._ranking[1], server_round, self.mechanism.bands)
 
     def play(self, server_round: int, arrays: Arrays, instructions: TrainInstructions,
              transport: Transport) -> RoundOutcome:
