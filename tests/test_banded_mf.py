@@ -21,7 +21,7 @@ from privacy.banded_release import BandedMatrixGaussian, banded_noise_multiplier
 from privacy.contribution import STATISTICS
 from privacy.errors import PrivacyConfigError
 from privacy.randomness import SeededNoise
-from server.round import band_sample
+from server.round import band_ranking, band_sample
 from server.settings import settings_from_config
 from validation.config import ConfigError
 
@@ -127,13 +127,13 @@ def test_the_run_is_calibrated_to_spend_its_budget_over_k_releases_and_stops_the
 
 def test_each_candidate_joins_every_bands_th_round_and_the_groups_part_the_candidates():
     candidates = list(range(1000, 1103))
-    key = b"k" * 16
-    groups = [band_sample(key, candidates, t, 4) for t in range(1, 13)]
+    ranked = band_ranking(b"k" * 16, candidates)
+    groups = [band_sample(ranked, t, 4) for t in range(1, 13)]
     assert sorted(sum(groups[:4], [])) == candidates  # one band of rounds: everyone exactly once
     for t in range(4, 12):
         assert groups[t] == groups[t - 4]
     assert {len(g) for g in groups} <= {25, 26}
-    assert band_sample(b"x" * 16, candidates, 1, 4) != groups[0]  # the key, not the ids, decides the groups
+    assert band_sample(band_ranking(b"x" * 16, candidates), 1, 4) != groups[0]  # the key decides the groups
 
 
 def _settings(compose_config, *overrides):
@@ -174,3 +174,13 @@ def test_a_banded_run_in_flowers_simulation_engine_trains_one_group_a_round_and_
                                 evaluation=bool(user["evaluation_releases"]))
     assert user["noise_multiplier"] == z and user["epsilon"] <= 8.0
     assert [round(r["epsilon"], 9) for r in metrics["rounds"]][::2] == [round(r["epsilon"], 9) for r in metrics["rounds"]][1::2]
+
+
+def test_an_unreachable_banded_target_is_refused_before_anything_starts_by_its_own_unamplified_accounting(
+        compose_config):
+    """Under bandmf the floor is k unamplified releases (1 here: 4 rounds, 4 bands), not R amplified ones."""
+    from server.preflight import check_can_start
+
+    settings = _settings(compose_config, "simulation.rounds=4", "privacy.bands=4", "privacy.target_epsilon=1e-9")
+    with pytest.raises(ConfigError, match=r"over 1 releases at q=1.0"):
+        check_can_start(settings)

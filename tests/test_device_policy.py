@@ -188,5 +188,7 @@ def test_under_a_banded_mechanism_the_device_joins_rounds_only_as_far_apart_as_a
     assert _participated(_send(_instructions(round=5, user_level=banded), device))
     assert run_user_epsilon(_instructions(user_level=banded)) == fast_rdp_epsilon([(2.0, 1.0, 3)], delta=1e-6)  # ceil(10/4)
     assert DeviceLedger(tmp_path / "ledger.json").run("test-run")["last_round"] == 5
+    sooner = UserLevelInstructions(noise_multiplier=2.0, sample_rate=1.0, delta=1e-6, min_separation=1)
+    assert _send(_instructions(round=6, user_level=sooner), device).error.reason == "policy-run-changed"  # no shrinking
     with pytest.raises(InstructionError, match="min_separation"):  # a separation with amplification claimed: malformed
         UserLevelInstructions(noise_multiplier=2.0, sample_rate=0.1, delta=1e-6, min_separation=4)
