@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Optional
 
 from client.device_ledger import DAY_S, DeviceLedger
 from privacy.accounting import Entry, announced_epsilon
+from privacy.banded_mf import participations
 from privacy.errors import PrivacyConfigError
 from protocol.instructions import InstructionError, TrainInstructions, dataclass_from_dict
 from protocol.node_config import PRIVACY_POLICY
@@ -195,7 +195,7 @@ def run_history(instructions: TrainInstructions) -> list[Entry]:
         plan = share.plan
         return [(plan.norm_bound, float(plan.device_variance), plan.min_survivors, plan.padded, user.sample_rate, rounds)]
     if user.min_separation:  # banded: the rounds it can join, each unamplified (privacy.banded_release)
-        history: list[Entry] = [(user.noise_multiplier, 1.0, math.ceil(rounds / user.min_separation))]
+        history: list[Entry] = [(user.noise_multiplier, 1.0, participations(rounds, user.min_separation))]
     else:
         history = [(user.noise_multiplier, user.sample_rate, rounds)]
     if user.evaluation_rate > 0.0:

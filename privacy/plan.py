@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privacy.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, calibrate_noise_multiplier, planned_epsilon
+from privacy.banded_mf import participations
 from privacy.contribution import contribution_sensitivity
 from privacy.errors import PrivacyConfigError
 from privacy.utility_surface import SURFACE, PredictedUtility, load_surface, predict_top1
@@ -129,7 +130,7 @@ class PrivacyPlan:
                       else "given")
         also = "".join(f", plus {n} release{'s' if n > 1 else ''} at q = {q:.4g} (same z)" for q, n in self.also)
         sampling = (f"none assumed: one of {self.bands} groups a round (K = N/b = {self.expected_clients:,.4g}); "
-                    f"each device joins rounds >= {self.bands} apart, at most {math.ceil(self.rounds / self.bands)}"
+                    f"each device joins rounds >= {self.bands} apart, at most {participations(self.rounds, self.bands)}"
                     if self.bands else
                     f"{self.sample_rate:.6g}  (Poisson; expected clients per round K = qN = {self.expected_clients:,.4g})")
         rows = [
@@ -167,7 +168,7 @@ class PrivacyPlan:
         """The held-out top-1 the measured surface predicts for this plan, or why it predicts none."""
         if self.bands:
             return ("the measured surface is DP-FedAvg's; the banded mechanism's measured points are in "
-                    "benchmarks/results/privacy_surface.md")
+                    "benchmarks/results/bandmf_vs_dpfedavg_1k/ and bandmf_vs_dpfedavg_10k.md")
         surface = load_surface()
         if surface is None:
             return f"no measured surface ({SURFACE.name} is missing): no utility is predicted"
@@ -203,7 +204,7 @@ def plan_user_level(*, population: int, sample_rate: float, rounds: int, delta: 
     if not clipping_norm > 0.0:
         raise PrivacyConfigError(f"privacy.clipping_norm must be > 0; found {clipping_norm}.")
     also = tuple((1.0 if bands else float(q), int(n)) for q, n in also)
-    accounted_rate, steps = (1.0, math.ceil(rounds / bands)) if bands else (sample_rate, rounds)
+    accounted_rate, steps = (1.0, participations(rounds, bands)) if bands else (sample_rate, rounds)
     with warnings.catch_warnings():  # much noise or few steps: Opacus' note on its alphas, not a problem of the plan
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         if noise_multiplier is None:
