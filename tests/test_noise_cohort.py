@@ -28,3 +28,17 @@ def test_the_simulated_mean_carries_the_real_cohorts_noise_and_the_ledger_its_sa
 def test_a_real_cohort_smaller_than_the_simulated_one_is_refused():
     with pytest.raises(ValueError, match="must be at least the simulated one"):
         _mechanism(NoiseCohort(population=5_000, sample_rate=0.1), PrivacyLedger())
+
+
+@pytest.mark.parametrize("overrides", [["privacy=bandmf"], ["privacy=user", "privacy.clipping=adaptive"],
+                                       ["privacy=both"]])
+def test_a_noise_cohort_stands_only_for_dp_fedavg_with_fixed_clipping(compose_config, overrides):
+    from model.network.networks import PreferenceLSTM
+    from server.settings import settings_from_config
+    from simulations.federation.inprocess import InProcessFederation
+
+    settings = settings_from_config(compose_config("population=small", "privacy.delta=1e-8", *overrides))
+    arrays = {k: v.detach().numpy() for k, v in PreferenceLSTM(settings.model).state_dict().items()}
+    with pytest.raises(ValueError, match="a noise cohort simulates privacy=user with DP-FedAvg and fixed clipping"):
+        InProcessFederation(settings, arrays, num_users=60, sample_rate=0.1, planned_rounds=settings.simulation.rounds,
+                            stream=0, noise_cohort=NoiseCohort(population=1_000_000, sample_rate=0.01))

@@ -174,9 +174,10 @@ class InProcessFederation:
                 run.privacy, sample_rate=sample_rate, rounds=planned_rounds, bands=bands_of(run))
         self.noise_cohort = noise_cohort
         if noise_cohort is not None:  # z for the real cohort's q
-            if run.privacy.mode != "user" or run.privacy.banded:
-                raise ValueError(f"a noise cohort simulates privacy=user with DP-FedAvg; found privacy.mode "
-                                 f"{run.privacy.mode!r}, mechanism {run.privacy.mechanism!r}.")
+            if run.privacy.mode != "user" or run.privacy.banded or run.privacy.clipping != "fixed":
+                raise ValueError(f"a noise cohort simulates privacy=user with DP-FedAvg and fixed clipping; found "
+                                 f"privacy.mode {run.privacy.mode!r}, mechanism {run.privacy.mechanism!r}, clipping "
+                                 f"{run.privacy.clipping!r}.")
             self.noise_multiplier = noise_multiplier_for(run.privacy, sample_rate=noise_cohort.sample_rate,
                                                          rounds=planned_rounds)
         mechanism = user_level_mechanism(run, noise_multiplier=self.noise_multiplier, ledger=self.ledger,
